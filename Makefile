@@ -1,0 +1,47 @@
+# Hodei Makefile. `make run` starts a local 3-node cluster; `make test` runs the tests.
+GO ?= go
+PROTOC_GEN_GO_VERSION ?= v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.0
+GOBIN := $(shell $(GO) env GOPATH)/bin
+PKGS := ./...
+TEST_TIMEOUT ?= 20m
+
+.PHONY: all build test race bench fuzz proto proto-tools check run chaos-smoke clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -o bin/hodei ./cmd/hodei
+
+run: build
+	./bin/hodei dev
+
+test:
+	$(GO) test -race -timeout $(TEST_TIMEOUT) -count=1 $(PKGS)
+
+race: test
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzApply -fuzztime 30s ./fsm
+
+proto-tools:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	$(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
+proto: proto-tools
+	cd proto && PATH="$(GOBIN):$$PATH" protoc -I . \
+		--go_out=. --go_opt=module=github.com/hodei-io/hodei/proto \
+		--go-grpc_out=. --go-grpc_opt=module=github.com/hodei-io/hodei/proto \
+		$$(find . -name '*.proto' | sort)
+
+check:
+	./scripts/check.sh
+
+chaos-smoke: build
+	./bin/hodei chaos run --nodes 3 --duration 2m --faults mixed --seed 1 --binary ./bin/hodei --out chaos-report
+
+clean:
+	rm -rf bin chaos-report
