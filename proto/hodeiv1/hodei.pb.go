@@ -278,6 +278,8 @@ type JobResult struct {
 	WorkerId      string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	StartedAtMs   int64                  `protobuf:"varint,5,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
 	FinishedAtMs  int64                  `protobuf:"varint,6,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	LeaseToken    uint64                 `protobuf:"varint,7,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"` // token of the lease under which this result was accepted (set by the server)
+	Attempt       int32                  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`                         // attempt number this result belongs to (set by the server)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -350,6 +352,20 @@ func (x *JobResult) GetStartedAtMs() int64 {
 func (x *JobResult) GetFinishedAtMs() int64 {
 	if x != nil {
 		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *JobResult) GetLeaseToken() uint64 {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return 0
+}
+
+func (x *JobResult) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
 	}
 	return 0
 }
@@ -2266,14 +2282,17 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0fbackoff_base_ms\x18\n" +
 	" \x01(\x03R\rbackoffBaseMs\x12$\n" +
 	"\x0ebackoff_max_ms\x18\v \x01(\x03R\fbackoffMaxMs\x12\x19\n" +
-	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\"\xbd\x01\n" +
+	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\"\xf8\x01\n" +
 	"\tJobResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\fR\x06output\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x1b\n" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\"\n" +
 	"\rstarted_at_ms\x18\x05 \x01(\x03R\vstartedAtMs\x12$\n" +
-	"\x0efinished_at_ms\x18\x06 \x01(\x03R\ffinishedAtMs\"\x86\x04\n" +
+	"\x0efinished_at_ms\x18\x06 \x01(\x03R\ffinishedAtMs\x12\x1f\n" +
+	"\vlease_token\x18\a \x01(\x04R\n" +
+	"leaseToken\x12\x18\n" +
+	"\aattempt\x18\b \x01(\x05R\aattempt\"\x86\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
