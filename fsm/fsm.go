@@ -1,0 +1,218 @@
+// Package fsm is the deterministic replicated state of one Hodei shard: jobs,
+// per-tenant ready queues with fair sharing, fenced leases, the delayed-job and
+// lease-expiry timelines, the idempotency and request-id tables, and the
+// indexes by tenant and by state that keep listing and scheduling off O(n)
+// scans.
+//
+// Determinism is the contract. Every replica applies the same Raft log entries
+// and must reach byte-identical state (compare Digest). Therefore Apply never
+// reads the clock (the leader stamps now_ms into each internalpb.Entry), never
+// draws random numbers, never touches the network or the disk (beyond the
+// snapshot sink), never starts goroutines, and never iterates a Go map where
+// the order could influence the result: ordered work goes through B-trees or
+// slices in a defined order.
+//
+// A bad command (invalid spec, unknown job, stale token) is a deterministic
+// CommandResult with a non-OK code and changes nothing. A condition that would
+// let replicas diverge (a malformed entry, an entry version newer than this
+// binary understands, an impossible internal state) panics with a message
+// starting "fsm:" so that the node stops loudly instead of diverging silently.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// EntryVersion is the internalpb.Entry version this package writes and
+// understands. An entry with a larger (or unset) version makes Apply panic.
+const EntryVersion = 1
+
+// SnapshotVersion is the snapshot format version written by Snapshot and
+// accepted by Restore.
+const SnapshotVersion = 1
+
+// Config holds the replicated-state knobs. All replicas of a shard must use
+// the same Config, since it affects the outcome of Apply.
+type Config struct {
+	Shard                uint32
+	DefaultMaxAttempts   int32 // used when JobSpec.max_attempts == 0
+	DefaultBackoffBaseMs int64 // used when JobSpec.backoff_base_ms == 0
+	DefaultBackoffMaxMs  int64 // used when JobSpec.backoff_max_ms == 0
+	DefaultLeaseTTLMs    int64 // used when LeaseJobs/ExtendLeases ttl_ms == 0
+	MaxLeaseTTLMs        int64 // larger requested TTLs are clamped to this
+	RequestRetentionMs   int64 // request-id replies are kept this long (by entry now_ms)
+	MaxRequests          int   // at most this many request-id replies (oldest evicted first)
+	MaxPayloadBytes      int   // limit of args+env+labels bytes of one spec
+	MaxOutputBytes       int   // JobResult.output is truncated to its last MaxOutputBytes bytes
+}
+
+// DefaultConfig returns the default configuration for shard 0.
+func DefaultConfig() Config {
+	return Config{
+		Shard:                0,
+		DefaultMaxAttempts:   3,
+		DefaultBackoffBaseMs: 1000,
+		DefaultBackoffMaxMs:  60000,
+		DefaultLeaseTTLMs:    30000,
+		MaxLeaseTTLMs:        10 * 60000,
+		RequestRetentionMs:   10 * 60000,
+		MaxRequests:          100000,
+		MaxPayloadBytes:      1 << 20,
+		MaxOutputBytes:       64 << 10,
+	}
+}
+
+// Validate checks the configuration, including cross-field constraints.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DefaultMaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("DefaultMaxAttempts must be >= 1, got %d", c.DefaultMaxAttempts))
+	}
+	if c.DefaultBackoffBaseMs < 1 {
+		errs = append(errs, fmt.Errorf("DefaultBackoffBaseMs must be >= 1, got %d", c.DefaultBackoffBaseMs))
+	}
+	if c.DefaultBackoffMaxMs < c.DefaultBackoffBaseMs {
+		errs = append(errs, fmt.Errorf("DefaultBackoffMaxMs (%d) must be >= DefaultBackoffBaseMs (%d)", c.DefaultBackoffMaxMs, c.DefaultBackoffBaseMs))
+	}
+	if c.DefaultLeaseTTLMs < 1 {
+		errs = append(errs, fmt.Errorf("DefaultLeaseTTLMs must be >= 1, got %d", c.DefaultLeaseTTLMs))
+	}
+	if c.MaxLeaseTTLMs < c.DefaultLeaseTTLMs {
+		errs = append(errs, fmt.Errorf("MaxLeaseTTLMs (%d) must be >= DefaultLeaseTTLMs (%d)", c.MaxLeaseTTLMs, c.DefaultLeaseTTLMs))
+	}
+	if c.RequestRetentionMs < 0 {
+		errs = append(errs, fmt.Errorf("RequestRetentionMs must be >= 0, got %d", c.RequestRetentionMs))
+	}
+	if c.MaxRequests < 0 {
+		errs = append(errs, fmt.Errorf("MaxRequests must be >= 0, got %d", c.MaxRequests))
+	}
+	if c.MaxPayloadBytes < 1 {
+		errs = append(errs, fmt.Errorf("MaxPayloadBytes must be >= 1, got %d", c.MaxPayloadBytes))
+	}
+	if c.MaxOutputBytes < 0 {
+		errs = append(errs, fmt.Errorf("MaxOutputBytes must be >= 0, got %d", c.MaxOutputBytes))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("fsm config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// Event is one job state transition produced by Apply. From is UNSPECIFIED
+// for a submit; To is UNSPECIFIED when GC removes the job.
+type Event struct {
+	Index  uint64
+	JobID  string
+	Tenant string
+	From   hodeiv1.JobState
+	To     hodeiv1.JobState
+}
+
+// Options are non-replicated hooks.
+type Options struct {
+	// OnApply is called after each Apply/ApplyEntry that produced events,
+	// synchronously, outside the FSM lock (it may call the read methods). It
+	// must not block for long: it delays the next Apply.
+	OnApply func(index uint64, events []Event)
+}
+
+// FSM is the replicated state of one shard. It implements raft.FSM. Apply,
+// Snapshot and Restore are called by one goroutine (raft's); the read
+// methods are safe to call concurrently with them.
+type FSM struct {
+	cfg  Config
+	opts Options
+
+	mu sync.RWMutex
+	st *state
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns an empty FSM. It fails if cfg does not validate.
+func New(cfg Config, opts Options) (*FSM, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &FSM{cfg: cfg, opts: opts, st: newState(cfg)}, nil
+}
+
+// Config returns the configuration the FSM was built with.
+func (f *FSM) Config() Config { return f.cfg }
+
+// Apply implements raft.FSM. For LogCommand entries it decodes an
+// internalpb.Entry and returns []*internalpb.CommandResult, one per command
+// in order. Other log types return nil. Malformed data panics.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	if l.Type != raft.LogCommand {
+		f.mu.Lock()
+		if l.Index > f.st.appliedIndex {
+			f.st.appliedIndex = l.Index
+		}
+		f.mu.Unlock()
+		return nil
+	}
+	e := &internalpb.Entry{}
+	if err := proto.Unmarshal(l.Data, e); err != nil {
+		panic(fmt.Sprintf("fsm: malformed log entry at index %d (%d bytes): %v", l.Index, len(l.Data), err))
+	}
+	return f.ApplyEntry(l.Index, e)
+}
+
+// ApplyEntry applies one decoded entry at the given log index. It is the
+// same path as Apply, for tests and in-memory use. e is not retained.
+func (f *FSM) ApplyEntry(index uint64, e *internalpb.Entry) []*internalpb.CommandResult {
+	if e == nil {
+		panic(fmt.Sprintf("fsm: nil entry at index %d", index))
+	}
+	if e.GetVersion() == 0 || e.GetVersion() > EntryVersion {
+		panic(fmt.Sprintf("fsm: entry at index %d has version %d; this binary understands version %d (upgrade this node, or the proposer forgot to set Entry.version)",
+			index, e.GetVersion(), EntryVersion))
+	}
+	f.mu.Lock()
+	results, events := f.st.applyEntry(index, e)
+	f.mu.Unlock()
+	if f.opts.OnApply != nil && len(events) > 0 {
+		f.opts.OnApply(index, events)
+	}
+	return results
+}
+
+// ResultError converts a non-OK CommandResult to a *CodeError; nil for OK
+// (or a nil result).
+func ResultError(r *internalpb.CommandResult) error {
+	if r == nil || r.GetCode() == internalpb.Code_CODE_OK {
+		return nil
+	}
+	return &CodeError{C: r.GetCode(), Msg: r.GetMessage()}
+}
+
+// CodeError is a non-OK command outcome.
+type CodeError struct {
+	C   internalpb.Code
+	Msg string
+}
+
+// Error implements error.
+func (e *CodeError) Error() string { return fmt.Sprintf("%s: %s", e.C, e.Msg) }
+
+// Code returns the command result code.
+func (e *CodeError) Code() internalpb.Code { return e.C }
+
+// stateName is "SUCCEEDED" for JOB_STATE_SUCCEEDED.
+func stateName(s hodeiv1.JobState) string {
+	n := s.String()
+	const p = "JOB_STATE_"
+	if len(n) > len(p) && n[:len(p)] == p {
+		return n[len(p):]
+	}
+	return n
+}

@@ -1,0 +1,198 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/google/btree"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+)
+
+// maxSkipScan bounds how many ready entries of one tenant's queue a lease
+// (or HasReadyFor) inspects looking for a job whose labels the worker
+// carries.
+const maxSkipScan = 64
+
+// readyKey orders a tenant's ready queue: higher priority first, then FIFO.
+type readyKey struct {
+	prio int32
+	seq  uint64
+}
+
+func readyLess(a, b readyKey) bool {
+	if a.prio != b.prio {
+		return a.prio > b.prio
+	}
+	return a.seq < b.seq
+}
+
+func readyKeyOf(j *hodeiv1.Job) readyKey { return readyKey{j.GetSpec().GetPriority(), j.GetSeq()} }
+
+// scheduler is the fair-share structure over tenants' ready queues: deficit
+// round robin over the tenants that have ready jobs, visited in tenant-name
+// order (a pure function of the state, so a restored replica visits them in
+// the same order). Every tenant has weight 1 today; quantum() is where
+// per-tenant weights go. Cancelled jobs are removed eagerly from the
+// B-tree queues, so counts are exact without lazy deletion.
+type scheduler struct {
+	active *btree.BTreeG[string] // names of tenants with ready jobs
+	cursor string                // the next tenant to visit is the first active name >= cursor (wrapping)
+	ready  int                   // total ready jobs
+}
+
+func newScheduler() scheduler {
+	return scheduler{active: btree.NewOrderedG[string](btreeDegree)}
+}
+
+// quantum is the credit a tenant gets per round (its weight).
+func (sc *scheduler) quantum(*tenant) int64 { return 1 }
+
+func (sc *scheduler) push(t *tenant, j *hodeiv1.Job) {
+	if _, dup := t.ready.ReplaceOrInsert(readyKeyOf(j)); dup {
+		panic(fmt.Sprintf("fsm: job %s queued twice", j.GetId()))
+	}
+	sc.ready++
+	if t.ready.Len() == 1 {
+		sc.active.ReplaceOrInsert(t.name)
+	}
+}
+
+// remove takes j out of t's ready queue; false if it was not there.
+func (sc *scheduler) remove(t *tenant, j *hodeiv1.Job) bool {
+	if t == nil {
+		return false
+	}
+	if _, ok := t.ready.Delete(readyKeyOf(j)); !ok {
+		return false
+	}
+	sc.ready--
+	if t.ready.Len() == 0 {
+		sc.active.Delete(t.name)
+		t.deficit = 0
+	}
+	return true
+}
+
+// nextActive returns the first active tenant name at or after the cursor,
+// wrapping around.
+func (sc *scheduler) nextActive() (string, bool) {
+	var name string
+	found := false
+	sc.active.AscendGreaterOrEqual(sc.cursor, func(n string) bool {
+		name, found = n, true
+		return false
+	})
+	if !found {
+		name, found = sc.active.Min()
+	}
+	return name, found
+}
+
+// labelSet is a worker's labels, for matching.
+type labelSet map[string]string
+
+func newLabelSet(kvs []*hodeiv1.KeyValue) labelSet {
+	if len(kvs) == 0 {
+		return nil
+	}
+	ls := make(labelSet, len(kvs))
+	for _, kv := range kvs { // last value wins: deterministic in slice order
+		ls[kv.GetKey()] = kv.GetValue()
+	}
+	return ls
+}
+
+// runsOn reports whether a worker with labels ls may run j: every job label
+// k=v must be carried by the worker with the same value.
+func (ls labelSet) runsOn(j *hodeiv1.Job) bool {
+	for _, kv := range j.GetSpec().GetLabels() {
+		v, ok := ls[kv.GetKey()]
+		if !ok || v != kv.GetValue() {
+			return false
+		}
+	}
+	return true
+}
+
+// firstMatching returns the first job of t's ready queue (in priority/FIFO
+// order, looking at most maxSkipScan entries) that a worker with ls may run.
+func (s *state) firstMatching(t *tenant, ls labelSet) (*hodeiv1.Job, bool) {
+	var out *hodeiv1.Job
+	n := 0
+	t.ready.Ascend(func(k readyKey) bool {
+		j := s.jobs[k.seq]
+		if j == nil {
+			panic(fmt.Sprintf("fsm: ready queue of %q holds unknown seq %d", t.name, k.seq))
+		}
+		if ls.runsOn(j) {
+			out = j
+			return false
+		}
+		n++
+		return n < maxSkipScan
+	})
+	return out, out != nil
+}
+
+// pickReady chooses up to max jobs for a worker with labels ls, by deficit
+// round robin over tenants, removing them from the ready queues. It
+// updates the cursor and deficits. The order of the returned jobs is the
+// order they were picked.
+func (s *state) pickReady(max int, ls labelSet) []*hodeiv1.Job {
+	sc := &s.sched
+	var out []*hodeiv1.Job
+	idle := 0 // consecutive tenant visits that yielded nothing
+	for len(out) < max && sc.active.Len() > 0 && idle < sc.active.Len() {
+		name, _ := sc.nextActive()
+		t := s.tenants[name]
+		if t.deficit <= 0 {
+			t.deficit += sc.quantum(t)
+		}
+		got := 0
+		exhausted := false
+		for t.deficit > 0 && len(out) < max {
+			j, ok := s.firstMatching(t, ls)
+			if !ok {
+				exhausted = true
+				break
+			}
+			sc.remove(t, j) // may deactivate t and zero its deficit
+			out = append(out, j)
+			got++
+			if t.ready.Len() == 0 {
+				exhausted = true
+				break
+			}
+			t.deficit--
+		}
+		if got > 0 {
+			idle = 0
+		} else {
+			idle++
+		}
+		if !exhausted && t.deficit > 0 {
+			// Capacity ran out mid-turn: the tenant keeps its turn.
+			sc.cursor = name
+			break
+		}
+		if exhausted {
+			t.deficit = 0
+		}
+		sc.cursor = name + "\x00" // the smallest name after this one
+	}
+	return out
+}
+
+// hasReadyFor reports whether pickReady would find a job for ls (same
+// bounded scan per tenant).
+func (s *state) hasReadyFor(ls labelSet) bool {
+	found := false
+	s.sched.active.Ascend(func(name string) bool {
+		if _, ok := s.firstMatching(s.tenants[name], ls); ok {
+			found = true
+			return false
+		}
+		return true
+	})
+	return found
+}

@@ -1,0 +1,304 @@
+package fsm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sort"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// Snapshot format (all integers big-endian unless uvarint):
+//
+//	"HODEISNP" | uint32 version | records... | uint32 CRC32-C of all preceding bytes
+//
+// where each record is a uvarint length followed by a deterministic
+// protobuf encoding: one internalpb.SnapshotHeader, then header.job_count
+// hodeiv1.Job records in seq order, then header.request_count
+// internalpb.RequestRecord records in insertion (= at_ms) order.
+const snapshotMagic = "HODEISNP"
+
+// ErrCorruptSnapshot is wrapped by Restore errors about snapshot content.
+var ErrCorruptSnapshot = errors.New("corrupt snapshot")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+var marshalOpts = proto.MarshalOptions{Deterministic: true}
+
+// encodeSnapshot writes the deterministic encoding of s.
+func (s *state) encodeSnapshot() []byte {
+	seqs := make([]uint64, 0, len(s.jobs))
+	for seq := range s.jobs { // order fixed by the sort below
+		seqs = append(seqs, seq)
+	}
+	sort.Slice(seqs, func(a, b int) bool { return seqs[a] < seqs[b] })
+	reqs := s.reqs.records()
+
+	names := make([]string, 0, len(s.tenants))
+	for n, t := range s.tenants { // order fixed by the sort below
+		if t.deficit != 0 {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	hdr := &internalpb.SnapshotHeader{
+		Version:       SnapshotVersion,
+		Shard:         s.cfg.Shard,
+		NextSeq:       s.nextSeq,
+		NextToken:     s.nextToken,
+		JobCount:      uint64(len(seqs)),
+		RequestCount:  uint64(len(reqs)),
+		LastNowMs:     s.lastNowMs,
+		AppliedIndex:  s.appliedIndex,
+		LastPromoteMs: s.lastPromoteMs,
+		RrCursor:      s.sched.cursor,
+	}
+	for _, n := range names {
+		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
+	}
+
+	var buf bytes.Buffer
+	buf.Grow(64 + len(seqs)*256)
+	buf.WriteString(snapshotMagic)
+	var b4 [4]byte
+	binary.BigEndian.PutUint32(b4[:], SnapshotVersion)
+	buf.Write(b4[:])
+	var scratch []byte
+	writeRec := func(m proto.Message) {
+		var err error
+		scratch, err = marshalOpts.MarshalAppend(scratch[:0], m)
+		if err != nil {
+			panic(fmt.Sprintf("fsm: snapshot marshal: %v", err))
+		}
+		var lb [binary.MaxVarintLen64]byte
+		buf.Write(lb[:binary.PutUvarint(lb[:], uint64(len(scratch)))])
+		buf.Write(scratch)
+	}
+	writeRec(hdr)
+	for _, seq := range seqs {
+		writeRec(s.jobs[seq])
+	}
+	for _, r := range reqs {
+		writeRec(r)
+	}
+	binary.BigEndian.PutUint32(b4[:], crc32.Checksum(buf.Bytes(), castagnoli))
+	buf.Write(b4[:])
+	return buf.Bytes()
+}
+
+// Snapshot implements raft.FSM. The state is encoded into a buffer while the
+// read lock is held (O(state) time; acceptable for now, a copy-on-write
+// state would shorten it), and Persist streams the buffer to the sink.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	data := f.st.encodeSnapshot()
+	f.mu.RUnlock()
+	return &fsmSnapshot{data: data}, nil
+}
+
+type fsmSnapshot struct{ data []byte }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s.data); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("fsm: write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// Digest returns the applied index and the hex SHA-256 of the snapshot
+// encoding at that index. Replicas at the same index must agree.
+func (f *FSM) Digest() (uint64, string) {
+	f.mu.RLock()
+	idx := f.st.appliedIndex
+	data := f.st.encodeSnapshot()
+	f.mu.RUnlock()
+	sum := sha256.Sum256(data)
+	return idx, hex.EncodeToString(sum[:])
+}
+
+// Restore implements raft.FSM: it replaces the state entirely. The
+// snapshot is read and verified (magic, version, checksum, record counts,
+// internal consistency) before anything changes; on error the FSM keeps
+// its previous state.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return fmt.Errorf("fsm: read snapshot: %w", err)
+	}
+	st, err := decodeSnapshot(data, f.cfg)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.st = st
+	f.mu.Unlock()
+	return nil
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("fsm: %w: %s", ErrCorruptSnapshot, fmt.Sprintf(format, args...))
+}
+
+func decodeSnapshot(data []byte, cfg Config) (*state, error) {
+	if len(data) < len(snapshotMagic)+8 {
+		return nil, corrupt("%d bytes is too short", len(data))
+	}
+	if string(data[:len(snapshotMagic)]) != snapshotMagic {
+		return nil, corrupt("bad magic %q", data[:len(snapshotMagic)])
+	}
+	body, trailer := data[:len(data)-4], data[len(data)-4:]
+	if got, want := crc32.Checksum(body, castagnoli), binary.BigEndian.Uint32(trailer); got != want {
+		return nil, corrupt("checksum mismatch: computed %08x, trailer says %08x", got, want)
+	}
+	if v := binary.BigEndian.Uint32(body[len(snapshotMagic):]); v != SnapshotVersion {
+		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads version %d)", v, SnapshotVersion)
+	}
+	rest := body[len(snapshotMagic)+4:]
+	next := func(m proto.Message) error {
+		n, k := binary.Uvarint(rest)
+		if k <= 0 || n > uint64(len(rest)-k) {
+			return corrupt("bad record length")
+		}
+		if err := proto.Unmarshal(rest[k:k+int(n)], m); err != nil {
+			return corrupt("record: %v", err)
+		}
+		rest = rest[k+int(n):]
+		return nil
+	}
+	hdr := &internalpb.SnapshotHeader{}
+	if err := next(hdr); err != nil {
+		return nil, err
+	}
+	if hdr.GetVersion() != SnapshotVersion {
+		return nil, corrupt("header version %d", hdr.GetVersion())
+	}
+	if hdr.GetShard() != cfg.Shard {
+		return nil, fmt.Errorf("fsm: snapshot is of shard %d, this FSM is shard %d", hdr.GetShard(), cfg.Shard)
+	}
+	if hdr.GetJobCount() > uint64(len(rest)) || hdr.GetRequestCount() > uint64(len(rest)) {
+		return nil, corrupt("record counts exceed the data")
+	}
+	jobs := make([]*hodeiv1.Job, hdr.GetJobCount())
+	for i := range jobs {
+		jobs[i] = &hodeiv1.Job{}
+		if err := next(jobs[i]); err != nil {
+			return nil, err
+		}
+	}
+	reqs := make([]*internalpb.RequestRecord, hdr.GetRequestCount())
+	for i := range reqs {
+		reqs[i] = &internalpb.RequestRecord{}
+		if err := next(reqs[i]); err != nil {
+			return nil, err
+		}
+	}
+	if len(rest) != 0 {
+		return nil, corrupt("%d trailing bytes", len(rest))
+	}
+	return rebuildState(cfg, hdr, jobs, reqs)
+}
+
+// rebuildState builds a state and every index from snapshot records.
+func rebuildState(cfg Config, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Job, reqs []*internalpb.RequestRecord) (*state, error) {
+	s := newState(cfg)
+	s.nextSeq = hdr.GetNextSeq()
+	s.nextToken = hdr.GetNextToken()
+	s.lastNowMs = hdr.GetLastNowMs()
+	s.lastPromoteMs = hdr.GetLastPromoteMs()
+	s.appliedIndex = hdr.GetAppliedIndex()
+	s.sched.cursor = hdr.GetRrCursor()
+	if s.nextSeq == 0 {
+		return nil, corrupt("next_seq is 0")
+	}
+	var prev uint64
+	for _, j := range jobs {
+		seq := j.GetSeq()
+		if seq <= prev || seq >= s.nextSeq {
+			return nil, corrupt("job seq %d out of order or >= next_seq %d", seq, s.nextSeq)
+		}
+		prev = seq
+		if j.GetShard() != cfg.Shard || j.GetId() != FormatJobID(cfg.Shard, seq) {
+			return nil, corrupt("job %q does not belong to shard %d seq %d", j.GetId(), cfg.Shard, seq)
+		}
+		sp := j.GetSpec()
+		if sp == nil || !validTenant(sp.GetTenant()) {
+			return nil, corrupt("job %s has no valid spec", j.GetId())
+		}
+		st := j.GetState()
+		if st <= hodeiv1.JobState_JOB_STATE_UNSPECIFIED || int(st) >= numStates {
+			return nil, corrupt("job %s has state %v", j.GetId(), st)
+		}
+		if j.GetLeaseToken() > s.nextToken {
+			return nil, corrupt("job %s token %d > next_token %d", j.GetId(), j.GetLeaseToken(), s.nextToken)
+		}
+		s.jobs[seq] = j
+		t := s.tenant(sp.GetTenant(), true)
+		t.jobs++
+		if k := sp.GetIdempotencyKey(); k != "" {
+			ik := idemKey(sp.GetTenant(), k)
+			if _, dup := s.idem[ik]; dup {
+				return nil, corrupt("duplicate idempotency key %q", ik)
+			}
+			s.idem[ik] = seq
+		}
+		s.byState[st].ReplaceOrInsert(seq)
+		if t.byState[st] == nil {
+			t.byState[st] = newSeqTree()
+		}
+		t.byState[st].ReplaceOrInsert(seq)
+		switch {
+		case st == hodeiv1.JobState_JOB_STATE_PENDING:
+			if isDelayed(j, s.lastPromoteMs) {
+				s.delayed.ReplaceOrInsert(timeKey{j.GetReadyAtMs(), seq})
+			} else {
+				s.sched.push(t, j)
+			}
+		case st == hodeiv1.JobState_JOB_STATE_RUNNING:
+			s.leases.ReplaceOrInsert(timeKey{j.GetLeaseExpiresAtMs(), seq})
+		default:
+			s.finished.ReplaceOrInsert(timeKey{j.GetFinishedAtMs(), seq})
+		}
+	}
+	for _, d := range hdr.GetDeficits() {
+		t := s.tenants[d.GetTenant()]
+		if t == nil {
+			return nil, corrupt("deficit for unknown tenant %q", d.GetTenant())
+		}
+		t.deficit = d.GetDeficit()
+	}
+	for _, r := range reqs {
+		if r.GetRequestId() == "" || r.GetResult() == nil {
+			return nil, corrupt("empty request record")
+		}
+		if _, dup := s.reqs.byID[r.GetRequestId()]; dup {
+			return nil, corrupt("duplicate request id %q", r.GetRequestId())
+		}
+		s.reqs.byID[r.GetRequestId()] = r
+		s.reqs.order = append(s.reqs.order, r)
+	}
+	return s, nil
+}
+
+// isDelayed tells, from replicated fields alone, whether a PENDING job is
+// waiting for a PromoteDelayed: only jobs submitted with a delay or
+// retried after a failed attempt (backoff >= 1 ms) are ever delayed, and a
+// delayed job is promoted by the first PromoteDelayed whose now >= ready_at.
+// Replicated time is monotone, so ready_at > last promote time <=> not yet
+// promoted.
+func isDelayed(j *hodeiv1.Job, lastPromoteMs int64) bool {
+	return (j.GetAttempts() > 0 || j.GetSpec().GetDelayMs() > 0) && j.GetReadyAtMs() > lastPromoteMs
+}
