@@ -1,0 +1,603 @@
+package chaos
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Exec is one execution of a job attempt, as written by the job itself into
+// the run's exec log ("<job id> <lease token> <attempt> <worker id> <tenant>").
+type Exec struct {
+	JobID   string `json:"job_id"`
+	Token   uint64 `json:"token"`
+	Attempt int32  `json:"attempt"`
+	Worker  string `json:"worker"`
+	Tenant  string `json:"tenant"`
+	Line    int    `json:"line"`
+}
+
+// ParseExecLog reads an exec log. Lines that do not parse are counted, not
+// fatal: a worker killed mid-write may leave a torn line.
+func ParseExecLog(r io.Reader) (execs []Exec, bad int, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	n := 0
+	for sc.Scan() {
+		n++
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 {
+			bad++
+			continue
+		}
+		tok, err1 := strconv.ParseUint(f[1], 10, 64)
+		att, err2 := strconv.ParseInt(f[2], 10, 32)
+		if err1 != nil || err2 != nil || f[0] == "" {
+			bad++
+			continue
+		}
+		e := Exec{JobID: f[0], Token: tok, Attempt: int32(att), Worker: f[3], Line: n}
+		if len(f) > 4 {
+			e.Tenant = f[4]
+		}
+		execs = append(execs, e)
+	}
+	return execs, bad, sc.Err()
+}
+
+// FinalJob is a job as read from the cluster after heal and drain.
+type FinalJob struct {
+	Job           JobKey `json:"job"`
+	ID            string `json:"id"`
+	State         string `json:"state"`
+	Attempts      int32  `json:"attempts"`
+	ResultToken   uint64 `json:"result_token,omitempty"`
+	ResultAttempt int32  `json:"result_attempt,omitempty"`
+	ResultWorker  string `json:"result_worker,omitempty"`
+}
+
+// DrainResult is what happened after the last fault was healed.
+type DrainResult struct {
+	HealedAt      time.Duration `json:"healed_at_ns"`
+	Drained       bool          `json:"drained"`
+	DrainTime     time.Duration `json:"drain_time_ns"` // from heal to every acknowledged job terminal
+	Bound         time.Duration `json:"bound_ns"`      // allowed drain time
+	FinalWriteOK  bool          `json:"final_write_ok"`
+	FinalWriteErr string        `json:"final_write_err,omitempty"`
+	Stuck         []string      `json:"stuck,omitempty"` // jobs still not terminal at the deadline
+}
+
+// DigestSample is one node's view of one shard at one poll.
+type DigestSample struct {
+	At      time.Duration `json:"at_ns"`
+	Node    string        `json:"node"`
+	Shard   uint32        `json:"shard"`
+	Applied uint64        `json:"applied_index"`
+	Digest  string        `json:"fsm_digest"`
+}
+
+// Convergence is the record of the replica-convergence poll after the drain.
+type Convergence struct {
+	Samples []DigestSample `json:"samples,omitempty"`
+	// Converged is set when, at one poll, every node reported the same
+	// applied index and digest for every shard.
+	Converged bool   `json:"converged"`
+	Err       string `json:"err,omitempty"`
+}
+
+// Evidence is everything the checker looks at.
+type Evidence struct {
+	Ops         []Op
+	Execs       []Exec
+	BadExecLine int
+	Final       []FinalJob
+	FinalErr    string // non-empty if the final read could not complete
+	Drain       DrainResult
+	Convergence Convergence
+	// LinTimeout bounds porcupine per job; 0 means 10s.
+	LinTimeout time.Duration
+	// LinTotal bounds porcupine over all jobs; 0 means 2 minutes.
+	LinTotal time.Duration
+}
+
+// InvariantResult is the verdict on one invariant.
+type InvariantResult struct {
+	ID         int      `json:"id"`
+	Name       string   `json:"name"`
+	OK         bool     `json:"ok"`
+	Checked    int      `json:"checked"`    // how many jobs (or samples) were examined
+	Violations int      `json:"violations"` // how many offended
+	JobIDs     []string `json:"job_ids,omitempty"`
+	Details    []string `json:"details,omitempty"`
+	Note       string   `json:"note,omitempty"`
+}
+
+// LinResult is porcupine's verdict, one check per job.
+type LinResult struct {
+	Jobs        int      `json:"jobs"`
+	Ok          int      `json:"ok"`
+	Illegal     int      `json:"illegal"`
+	Unknown     int      `json:"unknown"` // timed out: neither proven nor refuted
+	IllegalJobs []string `json:"illegal_jobs,omitempty"`
+	UnknownJobs []string `json:"unknown_jobs,omitempty"`
+}
+
+// Duplicates counts executions beyond the first (at-least-once is allowed).
+type Duplicates struct {
+	JobsExecuted       int `json:"jobs_executed"`
+	Executions         int `json:"executions"`
+	JobsExecutedTwice  int `json:"jobs_executed_more_than_once"`
+	ExtraExecutions    int `json:"extra_executions"`
+	SameLeaseTwice     int `json:"same_lease_executed_twice"` // one lease token run twice
+	BadExecLogLines    int `json:"bad_exec_log_lines"`
+	AcknowledgedJobs   int `json:"acknowledged_jobs"`
+	LostJobs           int `json:"lost_jobs"`
+	UnknownSubmitsSeen int `json:"unknown_submits_that_exist"`
+}
+
+// CheckResult is the checker's verdict.
+type CheckResult struct {
+	OK              bool              `json:"ok"`
+	Invariants      []InvariantResult `json:"invariants"`
+	Linearizability LinResult         `json:"linearizability"`
+	Counts          Duplicates        `json:"counts"`
+}
+
+const maxListed = 50
+
+type violations struct {
+	ids     []string
+	details []string
+	n       int
+	seen    map[string]bool
+}
+
+func (v *violations) add(id, detail string) {
+	if v.seen == nil {
+		v.seen = map[string]bool{}
+	}
+	if !v.seen[id] {
+		v.seen[id] = true
+		v.n++
+		if len(v.ids) < maxListed {
+			v.ids = append(v.ids, id)
+		}
+	}
+	if detail != "" && len(v.details) < maxListed {
+		v.details = append(v.details, detail)
+	}
+}
+
+func (v *violations) result(id int, name string, checked int) InvariantResult {
+	return InvariantResult{ID: id, Name: name, OK: v.n == 0, Checked: checked, Violations: v.n, JobIDs: v.ids, Details: v.details}
+}
+
+// index of the evidence by job.
+type jobIndex struct {
+	submitted map[JobKey]bool   // any submit invoked
+	acked     map[JobKey]bool   // a submit answered ok
+	notFailed map[JobKey]bool   // a submit answered ok or unknown
+	idOf      map[JobKey]string // id learnt from any answer
+	keyOf     map[string]JobKey // reverse
+	final     map[JobKey]FinalJob
+	finalByID map[string]FinalJob
+}
+
+func buildIndex(ev *Evidence) *jobIndex {
+	ix := &jobIndex{
+		submitted: map[JobKey]bool{}, acked: map[JobKey]bool{}, notFailed: map[JobKey]bool{},
+		idOf: map[JobKey]string{}, keyOf: map[string]JobKey{},
+		final: map[JobKey]FinalJob{}, finalByID: map[string]FinalJob{},
+	}
+	for _, op := range ev.Ops {
+		if op.Kind == OpSubmit {
+			ix.submitted[op.Job] = true
+			if op.Outcome == OK {
+				ix.acked[op.Job] = true
+			}
+			if op.Outcome != Fail {
+				ix.notFailed[op.Job] = true
+			}
+		}
+		if op.JobID != "" && op.Job.Key != "" {
+			if _, ok := ix.idOf[op.Job]; !ok {
+				ix.idOf[op.Job] = op.JobID
+			}
+			ix.keyOf[op.JobID] = op.Job
+		}
+	}
+	for _, f := range ev.Final {
+		ix.final[f.Job] = f
+		if f.ID != "" {
+			ix.finalByID[f.ID] = f
+			ix.keyOf[f.ID] = f.Job
+			if _, ok := ix.idOf[f.Job]; !ok {
+				ix.idOf[f.Job] = f.ID
+			}
+		}
+	}
+	return ix
+}
+
+func (ix *jobIndex) label(k JobKey) string {
+	if id := ix.idOf[k]; id != "" {
+		return id
+	}
+	return k.String()
+}
+
+// Check runs every invariant over the evidence.
+func Check(ev *Evidence) CheckResult {
+	ix := buildIndex(ev)
+	var res CheckResult
+	res.Invariants = append(res.Invariants,
+		checkNoLoss(ev, ix),
+		checkNoPhantom(ev, ix),
+		checkFencing(ev, ix),
+		checkSingleCompletion(ev, ix),
+		checkMonotonic(ev, ix),
+		checkDrain(ev),
+		checkConvergence(ev),
+	)
+	lin := CheckLinearizable(ev.Ops, ev.LinTimeout, ev.LinTotal)
+	res.Linearizability = lin
+	inv8 := InvariantResult{ID: 8, Name: "linearizable reads (porcupine, per job)", OK: lin.Illegal == 0,
+		Checked: lin.Jobs, Violations: lin.Illegal, JobIDs: lin.IllegalJobs}
+	if lin.Unknown > 0 {
+		inv8.Note = fmt.Sprintf("%d job histories timed out (Unknown), reported separately", lin.Unknown)
+	}
+	res.Invariants = append(res.Invariants, inv8)
+	res.Counts = countExecutions(ev, ix)
+	res.Counts.LostJobs = res.Invariants[0].Violations
+	res.OK = true
+	for _, inv := range res.Invariants {
+		if !inv.OK {
+			res.OK = false
+		}
+	}
+	return res
+}
+
+// 1. Every acknowledged job exists after heal and drain, and is terminal.
+func checkNoLoss(ev *Evidence, ix *jobIndex) InvariantResult {
+	var v violations
+	name := "no acknowledged job is lost (exists and terminal after drain)"
+	if ev.FinalErr != "" {
+		r := v.result(1, name, 0)
+		r.OK, r.Violations, r.Note = false, 1, "final read failed: "+ev.FinalErr
+		return r
+	}
+	keys := sortedKeys(ix.acked)
+	for _, k := range keys {
+		f, ok := ix.final[k]
+		switch {
+		case !ok:
+			v.add(ix.label(k), "lost: acknowledged "+k.String()+" does not exist")
+		case !IsTerminal(f.State):
+			v.add(ix.label(k), fmt.Sprintf("stuck: %s is %s after drain", ix.label(k), f.State))
+		}
+	}
+	return v.result(1, name, len(keys))
+}
+
+// 2. Nothing exists that no client submitted; nothing ran that does not exist.
+func checkNoPhantom(ev *Evidence, ix *jobIndex) InvariantResult {
+	var v violations
+	name := "no phantom jobs"
+	for _, f := range ev.Final {
+		switch {
+		case !ix.submitted[f.Job]:
+			v.add(f.ID, "exists but never submitted: "+f.Job.String())
+		case !ix.notFailed[f.Job]:
+			v.add(f.ID, "exists although every submit of "+f.Job.String()+" failed definitely")
+		}
+	}
+	if ev.FinalErr == "" {
+		for _, e := range ev.Execs {
+			if _, ok := ix.finalByID[e.JobID]; !ok {
+				v.add(e.JobID, "executed (token "+strconv.FormatUint(e.Token, 10)+") but does not exist after drain")
+			}
+		}
+	}
+	return v.result(2, name, len(ev.Final))
+}
+
+// 3. Fencing: tokens strictly increase with the attempt, one token per
+// attempt, and the accepted completion carries the newest token ever granted.
+func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
+	var v violations
+	name := "one lease holder at a time (fencing tokens increase; no stale completion accepted)"
+	byJob := map[string][]Exec{}
+	for _, e := range ev.Execs {
+		byJob[e.JobID] = append(byJob[e.JobID], e)
+	}
+	ids := make([]string, 0, len(byJob))
+	for id := range byJob {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		es := byJob[id]
+		tokOfAttempt := map[int32]uint64{}
+		var maxTok uint64
+		for _, e := range es {
+			if t, ok := tokOfAttempt[e.Attempt]; ok && t != e.Token {
+				v.add(id, fmt.Sprintf("%s attempt %d ran under two tokens %d and %d", id, e.Attempt, t, e.Token))
+			}
+			tokOfAttempt[e.Attempt] = e.Token
+			if e.Token > maxTok {
+				maxTok = e.Token
+			}
+		}
+		atts := make([]int32, 0, len(tokOfAttempt))
+		for a := range tokOfAttempt {
+			atts = append(atts, a)
+		}
+		sort.Slice(atts, func(i, j int) bool { return atts[i] < atts[j] })
+		for i := 1; i < len(atts); i++ {
+			if tokOfAttempt[atts[i]] <= tokOfAttempt[atts[i-1]] {
+				v.add(id, fmt.Sprintf("%s token did not increase: attempt %d token %d, attempt %d token %d",
+					id, atts[i-1], tokOfAttempt[atts[i-1]], atts[i], tokOfAttempt[atts[i]]))
+			}
+		}
+		f, ok := ix.finalByID[id]
+		if !ok || f.ResultToken == 0 || (f.State != StSucceeded && f.State != StFailed) {
+			continue
+		}
+		if f.ResultToken < maxTok {
+			v.add(id, fmt.Sprintf("%s completion accepted with token %d after a lease with token %d was granted", id, f.ResultToken, maxTok))
+		}
+		found := false
+		for _, e := range es {
+			if e.Token == f.ResultToken {
+				found = true
+			}
+		}
+		if !found {
+			v.add(id, fmt.Sprintf("%s completion accepted with token %d that no execution held", id, f.ResultToken))
+		}
+	}
+	r := v.result(3, name, len(ids))
+	r.Note = "heartbeats are not observable from outside; checked through executions and accepted completions"
+	return r
+}
+
+// 4. At most one accepted completion per job; a terminal state never changes.
+func checkSingleCompletion(ev *Evidence, ix *jobIndex) InvariantResult {
+	var v violations
+	name := "at most one accepted completion per job; terminal states never change"
+	type obs struct {
+		st       string
+		tok      uint64
+		att      int32
+		ret, inv time.Duration
+		kind     OpKind
+	}
+	byJob := map[JobKey][]obs{}
+	for _, op := range ev.Ops {
+		if op.Outcome != OK || !op.Found || op.State == "" {
+			continue
+		}
+		byJob[op.Job] = append(byJob[op.Job], obs{op.State, op.ResultToken, op.ResultAttempt, op.Return, op.Invoke, op.Kind})
+	}
+	for _, f := range ev.Final {
+		byJob[f.Job] = append(byJob[f.Job], obs{f.State, f.ResultToken, f.ResultAttempt, 1<<62 + 1, 1 << 62, OpFinalRead})
+	}
+	keys := make([]JobKey, 0, len(byJob))
+	for k := range byJob {
+		keys = append(keys, k)
+	}
+	sortKeys(keys)
+	for _, k := range keys {
+		os := byJob[k]
+		var term *obs
+		firstTermReturn := time.Duration(1 << 62)
+		for i := range os {
+			o := &os[i]
+			if !IsTerminal(o.st) {
+				continue
+			}
+			if o.ret < firstTermReturn {
+				firstTermReturn = o.ret
+			}
+			if term == nil {
+				term = o
+				continue
+			}
+			if o.st != term.st {
+				v.add(ix.label(k), fmt.Sprintf("%s seen terminal as %s and as %s", ix.label(k), term.st, o.st))
+			}
+			if o.tok != 0 && term.tok != 0 && (o.tok != term.tok || o.att != term.att) {
+				v.add(ix.label(k), fmt.Sprintf("%s two accepted completions: token %d attempt %d and token %d attempt %d",
+					ix.label(k), term.tok, term.att, o.tok, o.att))
+			}
+			if term.tok == 0 && o.tok != 0 {
+				term = o
+			}
+		}
+		for _, o := range os {
+			linear := o.kind != OpGetStale
+			if linear && !IsTerminal(o.st) && o.inv > firstTermReturn {
+				v.add(ix.label(k), fmt.Sprintf("%s read %s after it was seen terminal", ix.label(k), o.st))
+			}
+		}
+	}
+	return v.result(4, name, len(keys))
+}
+
+func rank(st string) int {
+	switch st {
+	case StPending, StRunning:
+		return 1
+	case StSucceeded, StFailed, StCancelled:
+		return 2
+	}
+	return 0
+}
+
+// 5. States only move forward and attempts never decrease, across
+// linearizable observations ordered in real time.
+func checkMonotonic(ev *Evidence, ix *jobIndex) InvariantResult {
+	var v violations
+	name := "states only move forward; attempts never decrease"
+	type obs struct {
+		inv, ret time.Duration
+		st       string
+		att      int32
+	}
+	byJob := map[JobKey][]obs{}
+	for _, op := range ev.Ops {
+		if op.Outcome != OK || !op.Found || op.State == "" || op.Kind == OpGetStale {
+			continue
+		}
+		byJob[op.Job] = append(byJob[op.Job], obs{op.Invoke, op.Return, op.State, op.Attempts})
+	}
+	for _, f := range ev.Final {
+		byJob[f.Job] = append(byJob[f.Job], obs{1 << 62, 1<<62 + 1, f.State, f.Attempts})
+	}
+	keys := make([]JobKey, 0, len(byJob))
+	for k := range byJob {
+		keys = append(keys, k)
+	}
+	sortKeys(keys)
+	for _, k := range keys {
+		os := byJob[k]
+		byInv := append([]obs(nil), os...)
+		sort.Slice(byInv, func(i, j int) bool { return byInv[i].inv < byInv[j].inv })
+		byRet := append([]obs(nil), os...)
+		sort.Slice(byRet, func(i, j int) bool { return byRet[i].ret < byRet[j].ret })
+		j := 0
+		maxRank, maxAtt := 0, int32(0)
+		var maxRankSt string
+		for _, b := range byInv {
+			for j < len(byRet) && byRet[j].ret < b.inv {
+				a := byRet[j]
+				if rank(a.st) > maxRank {
+					maxRank, maxRankSt = rank(a.st), a.st
+				}
+				if a.att > maxAtt {
+					maxAtt = a.att
+				}
+				j++
+			}
+			if rank(b.st) < maxRank {
+				v.add(ix.label(k), fmt.Sprintf("%s moved back from %s to %s", ix.label(k), maxRankSt, b.st))
+			}
+			if b.att < maxAtt {
+				v.add(ix.label(k), fmt.Sprintf("%s attempts went back from %d to %d", ix.label(k), maxAtt, b.att))
+			}
+		}
+	}
+	return v.result(5, name, len(keys))
+}
+
+// 6. The queue drains in bounded time after healing and a final write succeeds.
+func checkDrain(ev *Evidence) InvariantResult {
+	var v violations
+	name := "queue drains after heal within the bound; a final write succeeds"
+	d := ev.Drain
+	if !d.Drained {
+		for _, id := range d.Stuck {
+			v.add(id, "")
+		}
+		if v.n == 0 {
+			v.add("(drain)", "")
+		}
+		v.details = append(v.details, fmt.Sprintf("not drained within %v", d.Bound))
+	} else if d.DrainTime > d.Bound {
+		v.add("(drain)", fmt.Sprintf("drained in %v, bound %v", d.DrainTime.Round(time.Millisecond), d.Bound))
+	}
+	if !d.FinalWriteOK {
+		v.add("(final-write)", "final write failed: "+d.FinalWriteErr)
+	}
+	r := v.result(6, name, 1)
+	r.Note = fmt.Sprintf("drain time %v, bound %v", d.DrainTime.Round(time.Millisecond), d.Bound)
+	return r
+}
+
+// 7. Replicas converge: equal digests at equal applied indexes, and at one
+// poll every node at the same index.
+func checkConvergence(ev *Evidence) InvariantResult {
+	var v violations
+	name := "replicas converge (equal FSM digest at equal applied index)"
+	c := ev.Convergence
+	type k struct {
+		shard   uint32
+		applied uint64
+	}
+	first := map[k]DigestSample{}
+	for _, s := range c.Samples {
+		if s.Digest == "" {
+			continue
+		}
+		kk := k{s.Shard, s.Applied}
+		f, ok := first[kk]
+		if !ok {
+			first[kk] = s
+			continue
+		}
+		if f.Digest != s.Digest {
+			v.add(fmt.Sprintf("shard-%d@%d", s.Shard, s.Applied),
+				fmt.Sprintf("shard %d index %d: %s has %.12s, %s has %.12s", s.Shard, s.Applied, f.Node, f.Digest, s.Node, s.Digest))
+		}
+	}
+	if !c.Converged && v.n == 0 {
+		v.add("(not-converged)", "nodes never reported the same applied index and digest: "+c.Err)
+	}
+	return v.result(7, name, len(c.Samples))
+}
+
+func countExecutions(ev *Evidence, ix *jobIndex) Duplicates {
+	var d Duplicates
+	per := map[string]int{}
+	perLease := map[string]int{}
+	for _, e := range ev.Execs {
+		per[e.JobID]++
+		perLease[e.JobID+"#"+strconv.FormatUint(e.Token, 10)]++
+	}
+	d.Executions = len(ev.Execs)
+	d.JobsExecuted = len(per)
+	for _, n := range per {
+		if n > 1 {
+			d.JobsExecutedTwice++
+			d.ExtraExecutions += n - 1
+		}
+	}
+	for _, n := range perLease {
+		if n > 1 {
+			d.SameLeaseTwice += n - 1
+		}
+	}
+	d.BadExecLogLines = ev.BadExecLine
+	d.AcknowledgedJobs = len(ix.acked)
+	for k := range ix.notFailed {
+		if !ix.acked[k] {
+			if _, ok := ix.final[k]; ok {
+				d.UnknownSubmitsSeen++
+			}
+		}
+	}
+	return d
+}
+
+func sortedKeys(m map[JobKey]bool) []JobKey {
+	out := make([]JobKey, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sortKeys(out)
+	return out
+}
+
+func sortKeys(ks []JobKey) {
+	sort.Slice(ks, func(i, j int) bool {
+		if ks[i].Tenant != ks[j].Tenant {
+			return ks[i].Tenant < ks[j].Tenant
+		}
+		return ks[i].Key < ks[j].Key
+	})
+}
