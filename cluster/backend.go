@@ -1,0 +1,330 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+	"github.com/hodei-io/hodei/transport"
+)
+
+var _ transport.Backend = (*Node)(nil)
+
+// ErrUnknownShard is returned for a shard number this cluster does not have.
+var ErrUnknownShard = errors.New("unknown shard")
+
+func invalidErr(format string, args ...any) error {
+	return &fsm.CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (n *Node) NodeID() string  { return n.cfg.NodeID }
+func (n *Node) ShardCount() int { return len(n.shards) }
+
+func (n *Node) ShardOfTenant(tenant string) uint32 { return ShardOf(tenant, len(n.shards)) }
+
+func (n *Node) ShardOfJob(id string) (uint32, error) {
+	sh, _, err := fsm.ParseJobID(id)
+	if err != nil {
+		return 0, err
+	}
+	if int(sh) >= len(n.shards) {
+		return 0, fmt.Errorf("%w %d", ErrUnknownShard, sh)
+	}
+	return sh, nil
+}
+
+func (n *Node) shard(id uint32) (*shard, error) {
+	if int(id) >= len(n.shards) {
+		return nil, invalidErr("unknown shard %d", id)
+	}
+	return n.shards[id], nil
+}
+
+func (n *Node) LeaderOf(id uint32) (bool, string) {
+	s, err := n.shard(id)
+	if err != nil {
+		return false, ""
+	}
+	if s.isLeader() {
+		return true, ""
+	}
+	addr, _ := s.raft.LeaderWithID()
+	return false, string(addr)
+}
+
+func (n *Node) ValidateSpec(spec *hodeiv1.JobSpec) error {
+	_, err := fsm.NormalizeSpec(spec, n.cfg.FSM)
+	return err
+}
+
+// propose runs one command on the shard leader and turns a non-OK result into an error.
+func (n *Node) propose(ctx context.Context, id uint32, cmd *internalpb.Command) (*internalpb.CommandResult, error) {
+	s, err := n.shard(id)
+	if err != nil {
+		return nil, err
+	}
+	if !s.isLeader() {
+		return nil, raft.ErrNotLeader
+	}
+	res, err := s.batch.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if err := fsm.ResultError(res); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (n *Node) Submit(ctx context.Context, id uint32, specs []*hodeiv1.JobSpec, requestID string) ([]*hodeiv1.SubmitJobResponse, error) {
+	cmd := &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_Submit{Submit: &internalpb.SubmitJobs{Specs: specs}}}
+	if n.cfg.UnsafeAckBeforeCommit {
+		// Deliberately broken (test-only): acknowledge before the entry is
+		// committed. A leader crash now loses acknowledged jobs.
+		s, err := n.shard(id)
+		if err != nil {
+			return nil, err
+		}
+		if !s.isLeader() {
+			return nil, raft.ErrNotLeader
+		}
+		go s.batch.Propose(context.Background(), cmd) //nolint:errcheck // the point is not to wait
+		out := make([]*hodeiv1.SubmitJobResponse, len(specs))
+		for i, sp := range specs {
+			out[i] = &hodeiv1.SubmitJobResponse{Job: &hodeiv1.Job{Spec: sp, State: hodeiv1.JobState_JOB_STATE_PENDING, Shard: id}}
+		}
+		return out, nil
+	}
+	res, err := n.propose(ctx, id, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return res.GetSubmitted(), nil
+}
+
+func (n *Node) Cancel(ctx context.Context, id uint32, jobID, reason, requestID string) (*hodeiv1.Job, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_Cancel{Cancel: &internalpb.CancelJob{JobId: jobID, Reason: reason}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetJob(), nil
+}
+
+func (n *Node) Lease(ctx context.Context, id uint32, req *hodeiv1.LeaseRequest) ([]*hodeiv1.Lease, error) {
+	ttl := req.GetTtlMs()
+	if ttl == 0 {
+		ttl = n.cfg.LeaseTTL.Milliseconds()
+	}
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: req.GetRequestId(), Kind: &internalpb.Command_Lease{Lease: &internalpb.LeaseJobs{
+		WorkerId: req.GetWorkerId(), Capacity: req.GetCapacity(), Labels: req.GetLabels(), TtlMs: ttl}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetLeases(), nil
+}
+
+func (n *Node) Extend(ctx context.Context, id uint32, req *hodeiv1.ExtendLeasesRequest) ([]*hodeiv1.ExtendResult, error) {
+	ttl := req.GetTtlMs()
+	if ttl == 0 {
+		ttl = n.cfg.LeaseTTL.Milliseconds()
+	}
+	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_Extend{Extend: &internalpb.ExtendLeases{
+		WorkerId: req.GetWorkerId(), Leases: req.GetLeases(), TtlMs: ttl}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetExtended(), nil
+}
+
+func (n *Node) Complete(ctx context.Context, id uint32, req *hodeiv1.CompleteJobRequest) (*hodeiv1.Job, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: req.GetRequestId(), Kind: &internalpb.Command_Complete{Complete: &internalpb.CompleteJob{
+		JobId: req.GetJobId(), Token: req.GetToken(), Success: req.GetSuccess(), Result: req.GetResult(), Retryable: req.GetRetryable()}}})
+	if err != nil {
+		return nil, err
+	}
+	return res.GetJob(), nil
+}
+
+func (n *Node) ReadIndex(ctx context.Context, id uint32) error {
+	s, err := n.shard(id)
+	if err != nil {
+		return err
+	}
+	return s.readIndex(ctx)
+}
+
+func (n *Node) GetJob(id uint32, jobID string) (*hodeiv1.Job, bool) {
+	s, err := n.shard(id)
+	if err != nil {
+		return nil, false
+	}
+	return s.fsm.GetJob(jobID)
+}
+
+func (n *Node) ListJobs(id uint32, tenant string, state hodeiv1.JobState, after uint64, limit int) ([]*hodeiv1.Job, uint64) {
+	s, err := n.shard(id)
+	if err != nil {
+		return nil, 0
+	}
+	return s.fsm.ListJobs(tenant, state, after, limit)
+}
+
+func (n *Node) HasReadyFor(id uint32, labels []*hodeiv1.KeyValue) bool {
+	s, err := n.shard(id)
+	if err != nil {
+		return false
+	}
+	return s.fsm.HasReadyFor(labels)
+}
+
+func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }
+
+func (n *Node) Status(ctx context.Context) (*hodeiv1.StatusResponse, error) {
+	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev"}
+	for _, s := range n.shards {
+		addr, lid := s.raft.LeaderWithID()
+		st := s.fsm.Stats()
+		idx, digest := s.fsm.Digest()
+		ss := &hodeiv1.ShardStatus{
+			Shard: s.id, LeaderId: string(lid), LeaderAddress: string(addr),
+			AppliedIndex: idx, CommitIndex: s.raft.CommitIndex(), LastLogIndex: s.raft.LastIndex(),
+			State: s.raft.State().String(), PendingJobs: int64(st.Ready + st.Delayed), RunningJobs: int64(st.Running),
+			Term: s.raft.CurrentTerm(), FsmDigest: digest,
+		}
+		if cf := s.raft.GetConfiguration(); cf.Error() == nil {
+			for _, srv := range cf.Configuration().Servers {
+				ss.Servers = append(ss.Servers, &hodeiv1.RaftServer{Id: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String(), Leader: srv.ID == lid})
+			}
+		}
+		resp.Shards = append(resp.Shards, ss)
+	}
+	return resp, nil
+}
+
+// Join adds a node to every group this node leads: first as a non-voter,
+// then, once it has caught up with the commit index seen when it was added,
+// as a voter. One configuration change at a time per group (raft enforces it).
+func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
+	for _, s := range n.shards {
+		if !s.isLeader() {
+			return raft.ErrNotLeader
+		}
+		cf := s.raft.GetConfiguration()
+		if err := cf.Error(); err != nil {
+			return err
+		}
+		already := false
+		for _, srv := range cf.Configuration().Servers {
+			if srv.ID == raft.ServerID(req.GetNodeId()) {
+				if srv.Address != raft.ServerAddress(req.GetAddress()) {
+					return &fsm.CodeError{C: internalpb.Code_CODE_ALREADY_EXISTS, Msg: fmt.Sprintf("node %s is already a member at %s", srv.ID, srv.Address)}
+				}
+				already = srv.Suffrage == raft.Voter || !req.GetVoter()
+			}
+		}
+		if already {
+			continue
+		}
+		target := s.raft.CommitIndex()
+		if err := waitFuture(ctx, s.raft.AddNonvoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
+			return fmt.Errorf("add %s as non-voter to shard %d: %w", req.GetNodeId(), s.id, err)
+		}
+		if !req.GetVoter() {
+			continue
+		}
+		if err := n.waitCaughtUp(ctx, s.id, req.GetAddress(), target); err != nil {
+			return err
+		}
+		if err := waitFuture(ctx, s.raft.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
+			return fmt.Errorf("promote %s in shard %d: %w", req.GetNodeId(), s.id, err)
+		}
+	}
+	return nil
+}
+
+// waitCaughtUp polls the new node's status until its replica of the shard
+// has applied target.
+func (n *Node) waitCaughtUp(ctx context.Context, id uint32, addr string, target uint64) error {
+	for {
+		cc, err := n.pool.Get(addr)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			st, err := hodeiv1.NewAdminServiceClient(cc).Status(cctx, &hodeiv1.StatusRequest{})
+			cancel()
+			if err == nil && int(id) < len(st.GetShards()) && st.GetShards()[id].GetAppliedIndex() >= target {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("node at %s did not catch up on shard %d: %w", addr, id, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Remove takes a node out of every group. It refuses when the remaining
+// voters could not form a quorum of the new configuration with the nodes
+// that are reachable now.
+func (n *Node) Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error {
+	for _, s := range n.shards {
+		if !s.isLeader() {
+			return raft.ErrNotLeader
+		}
+		cf := s.raft.GetConfiguration()
+		if err := cf.Error(); err != nil {
+			return err
+		}
+		member, voters := false, 0
+		for _, srv := range cf.Configuration().Servers {
+			if srv.ID == raft.ServerID(req.GetNodeId()) {
+				member = true
+				continue
+			}
+			if srv.Suffrage == raft.Voter {
+				voters++
+			}
+		}
+		if !member {
+			return &fsm.CodeError{C: internalpb.Code_CODE_NOT_FOUND, Msg: fmt.Sprintf("node %s is not a member of shard %d", req.GetNodeId(), s.id)}
+		}
+		if voters < 1 {
+			return &fsm.CodeError{C: internalpb.Code_CODE_FAILED_PRECONDITION, Msg: "cannot remove the last voter"}
+		}
+	}
+	for _, s := range n.shards {
+		if err := waitFuture(ctx, s.raft.RemoveServer(raft.ServerID(req.GetNodeId()), 0, 0)); err != nil {
+			return fmt.Errorf("remove %s from shard %d: %w", req.GetNodeId(), s.id, err)
+		}
+	}
+	return nil
+}
+
+func (n *Node) TransferLeader(ctx context.Context, req *hodeiv1.TransferLeaderRequest) error {
+	s, err := n.shard(req.GetShard())
+	if err != nil {
+		return err
+	}
+	if !s.isLeader() {
+		return raft.ErrNotLeader
+	}
+	if req.GetToNodeId() == "" {
+		return waitFuture(ctx, s.raft.LeadershipTransfer())
+	}
+	cf := s.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return err
+	}
+	for _, srv := range cf.Configuration().Servers {
+		if srv.ID == raft.ServerID(req.GetToNodeId()) {
+			return waitFuture(ctx, s.raft.LeadershipTransferToServer(srv.ID, srv.Address))
+		}
+	}
+	return &fsm.CodeError{C: internalpb.Code_CODE_NOT_FOUND, Msg: fmt.Sprintf("node %s is not a member of shard %d", req.GetToNodeId(), s.id)}
+}

@@ -1,0 +1,181 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// ErrClosed is returned by a proposal made after the node started shutting down.
+var ErrClosed = errors.New("cluster: node is shutting down")
+
+type propResult struct {
+	res *internalpb.CommandResult
+	err error
+}
+
+type proposal struct {
+	cmd  *internalpb.Command
+	size int
+	done chan propResult // buffered 1
+}
+
+type inflight struct {
+	fut   raft.ApplyFuture
+	props []*proposal
+	start time.Time
+}
+
+// batcher is the group-commit path of one shard: concurrent proposals are
+// collected into one Raft log entry (internalpb.Entry) so that many commands
+// share one fsync and one replication round. Up to maxInflight entries are in
+// Raft at once; while they are, new proposals keep accumulating.
+type batcher struct {
+	r           *raft.Raft
+	maxCommands int
+	maxBytes    int
+	timeout     time.Duration
+	observe     func(entryCommands int, d time.Duration)
+
+	in       chan *proposal
+	inflight chan inflight
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	closeMu  sync.Once
+}
+
+func newBatcher(r *raft.Raft, cfg Config, observe func(int, time.Duration)) *batcher {
+	b := &batcher{
+		r:           r,
+		maxCommands: cfg.BatchMaxCommands,
+		maxBytes:    cfg.BatchMaxBytes,
+		timeout:     cfg.ApplyTimeout,
+		observe:     observe,
+		in:          make(chan *proposal, 4096),
+		inflight:    make(chan inflight, cfg.BatchMaxInflight),
+		stop:        make(chan struct{}),
+	}
+	b.wg.Add(2)
+	go b.collect()
+	go b.complete()
+	return b
+}
+
+// Propose replicates one command and returns its deterministic result once
+// the entry is committed and applied on this node. An error means the outcome
+// is unknown (the command may or may not have been applied): callers retry
+// with the same request id.
+func (b *batcher) Propose(ctx context.Context, cmd *internalpb.Command) (*internalpb.CommandResult, error) {
+	p := &proposal{cmd: cmd, size: proto.Size(cmd), done: make(chan propResult, 1)}
+	select {
+	case b.in <- p:
+	case <-b.stop:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case r := <-p.done:
+		return r.res, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (b *batcher) collect() {
+	defer b.wg.Done()
+	defer close(b.inflight)
+	for {
+		var first *proposal
+		select {
+		case first = <-b.in:
+		case <-b.stop:
+			b.drainRejected()
+			return
+		}
+		props := []*proposal{first}
+		size := first.size
+	fill:
+		for len(props) < b.maxCommands && size < b.maxBytes {
+			select {
+			case p := <-b.in:
+				props = append(props, p)
+				size += p.size
+			default:
+				break fill
+			}
+		}
+		entry := &internalpb.Entry{Version: fsm.EntryVersion, NowMs: time.Now().UnixMilli()}
+		entry.Commands = make([]*internalpb.Command, len(props))
+		for i, p := range props {
+			entry.Commands[i] = p.cmd
+		}
+		data, err := proto.Marshal(entry)
+		if err != nil {
+			failAll(props, fmt.Errorf("cluster: encode entry: %w", err))
+			continue
+		}
+		fut := b.r.Apply(data, b.timeout)
+		select {
+		case b.inflight <- inflight{fut: fut, props: props, start: time.Now()}:
+		case <-b.stop:
+			failAll(props, ErrClosed)
+			b.drainRejected()
+			return
+		}
+	}
+}
+
+func (b *batcher) drainRejected() {
+	for {
+		select {
+		case p := <-b.in:
+			p.done <- propResult{err: ErrClosed}
+		default:
+			return
+		}
+	}
+}
+
+func (b *batcher) complete() {
+	defer b.wg.Done()
+	for in := range b.inflight {
+		err := in.fut.Error()
+		if err != nil {
+			failAll(in.props, err)
+			continue
+		}
+		if b.observe != nil {
+			b.observe(len(in.props), time.Since(in.start))
+		}
+		results, ok := in.fut.Response().([]*internalpb.CommandResult)
+		if !ok || len(results) != len(in.props) {
+			failAll(in.props, fmt.Errorf("cluster: unexpected apply response %T", in.fut.Response()))
+			continue
+		}
+		for i, p := range in.props {
+			p.done <- propResult{res: results[i]}
+		}
+	}
+}
+
+func failAll(props []*proposal, err error) {
+	for _, p := range props {
+		p.done <- propResult{err: err}
+	}
+}
+
+// Close stops accepting proposals; proposals already in Raft still complete
+// (or fail when Raft shuts down).
+func (b *batcher) Close() {
+	b.closeMu.Do(func() { close(b.stop) })
+	b.wg.Wait()
+}

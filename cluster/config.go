@@ -1,0 +1,171 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/hodei-io/hodei/fsm"
+)
+
+// Peer is one voter of the initial configuration.
+type Peer struct {
+	ID   string
+	Addr string
+}
+
+// ParsePeers parses "id1=host:port,id2=host:port".
+func ParsePeers(s string) ([]Peer, error) {
+	var out []Peer
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("peer %q: want id=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("peer %q: %w", part, err)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("peer id %q listed twice", id)
+		}
+		seen[id] = true
+		out = append(out, Peer{ID: id, Addr: addr})
+	}
+	return out, nil
+}
+
+// Config configures one server node.
+type Config struct {
+	NodeID   string
+	DataDir  string
+	GRPCAddr string // listen address, also the advertised Raft/gRPC address unless Advertise is set
+	// Advertise is the address other nodes and clients use; defaults to the listener's address.
+	Advertise string
+	// Listener, when set, is used instead of listening on GRPCAddr (tests use 127.0.0.1:0).
+	Listener net.Listener
+	HTTPAddr string // metrics/health; empty disables
+
+	Bootstrap []Peer   // initial voters (every bootstrap node is given the same list)
+	Join      []string // addresses of existing nodes to join through
+
+	// Raft timing.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotInterval   time.Duration
+	SnapshotThreshold  uint64
+	TrailingLogs       uint64
+	ApplyTimeout       time.Duration
+
+	// Proposal batching (group commit).
+	BatchMaxCommands int
+	BatchMaxBytes    int
+	BatchMaxInflight int
+
+	// Scheduling.
+	LeaseTTL    time.Duration // default lease TTL given to workers
+	LeaderGrace time.Duration // after winning leadership, no lease expires before this has passed (default LeaseTTL)
+	Retention   time.Duration // finished jobs are removed after this
+	TimerTick   time.Duration // leader timers' resolution
+
+	FSM fsm.Config
+
+	// UnsafeAckBeforeCommit acknowledges submits before Raft commit. It exists
+	// only so that the chaos checker can be shown to catch lost jobs. Never use it.
+	UnsafeAckBeforeCommit bool
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer // nil: a fresh registry per node
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		GRPCAddr:           "127.0.0.1:7401",
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		SnapshotInterval:   30 * time.Second,
+		SnapshotThreshold:  16384,
+		TrailingLogs:       10240,
+		ApplyTimeout:       10 * time.Second,
+		BatchMaxCommands:   2048,
+		BatchMaxBytes:      4 << 20,
+		BatchMaxInflight:   8,
+		LeaseTTL:           30 * time.Second,
+		Retention:          24 * time.Hour,
+		TimerTick:          50 * time.Millisecond,
+		FSM:                fsm.DefaultConfig(),
+	}
+}
+
+// Validate checks the configuration, including cross-field rules.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("node id is required"))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data dir is required"))
+	}
+	if c.Listener == nil && c.GRPCAddr == "" {
+		errs = append(errs, errors.New("grpc address is required"))
+	}
+	if len(c.Bootstrap) > 0 && len(c.Join) > 0 {
+		errs = append(errs, errors.New("--bootstrap and --join are exclusive"))
+	}
+	if len(c.Bootstrap) > 0 {
+		found := false
+		for _, p := range c.Bootstrap {
+			if p.ID == c.NodeID {
+				found = true
+			}
+		}
+		if !found {
+			errs = append(errs, fmt.Errorf("bootstrap peers do not include this node %q", c.NodeID))
+		}
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		errs = append(errs, errors.New("leader lease timeout must be <= heartbeat timeout"))
+	}
+	if c.ElectionTimeout < c.HeartbeatTimeout {
+		errs = append(errs, errors.New("election timeout must be >= heartbeat timeout"))
+	}
+	if c.BatchMaxCommands < 1 || c.BatchMaxCommands > 65535 {
+		errs = append(errs, errors.New("batch max commands must be in 1..65535"))
+	}
+	if c.BatchMaxInflight < 1 {
+		errs = append(errs, errors.New("batch max inflight must be >= 1"))
+	}
+	if c.LeaseTTL < 100*time.Millisecond {
+		errs = append(errs, errors.New("lease ttl must be >= 100ms"))
+	}
+	if c.TimerTick <= 0 {
+		errs = append(errs, errors.New("timer tick must be > 0"))
+	}
+	if c.Retention <= 0 {
+		errs = append(errs, errors.New("retention must be > 0"))
+	}
+	if err := c.FSM.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LeaderGrace == 0 {
+		c.LeaderGrace = c.LeaseTTL
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,277 @@
+// Package cluster runs one Hodei server node: the Raft groups it hosts (one
+// per shard), their storage (raft-boltdb/v2 with a log cache, file
+// snapshots), proposal batching, linearizable reads, membership changes and
+// the gRPC and HTTP servers. Routing and forwarding between nodes live in
+// package transport, against the Backend interface this package implements.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/scheduler"
+	"github.com/hodei-io/hodei/transport"
+)
+
+// Node is one server of a Hodei cluster.
+type Node struct {
+	cfg      Config
+	addr     string // advertised gRPC (and Raft) address
+	lis      net.Listener
+	grpc     *grpc.Server
+	health   *health.Server
+	pool     *transport.Pool
+	raftNet  *transport.RaftNetwork
+	shards   []*shard
+	registry *prometheus.Registry
+	metrics  *metrics
+	work     *scheduler.Signal // node-wide: fired when any shard may have work
+	httpSrv  *http.Server
+	httpLis  net.Listener
+
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// ShardCount is the number of shards of a cluster (one Raft group each).
+// The tenant routing below must stay identical on every node and client.
+const ShardCount = 1
+
+// ShardOf maps a tenant to its shard: FNV-1a (32 bit) of the tenant name,
+// modulo the shard count. The empty tenant is "default".
+func ShardOf(tenant string, shards int) uint32 {
+	if tenant == "" {
+		tenant = "default"
+	}
+	h := fnv.New32a()
+	h.Write([]byte(tenant))
+	return h.Sum32() % uint32(shards)
+}
+
+// New opens storage, starts the Raft groups and the gRPC and HTTP servers.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	n := &Node{cfg: cfg, work: scheduler.NewSignal()}
+	lis := cfg.Listener
+	if lis == nil {
+		var err error
+		if lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
+		}
+	}
+	n.lis = lis
+	n.addr = cfg.Advertise
+	if n.addr == "" {
+		n.addr = lis.Addr().String()
+	}
+	n.registry = prometheus.NewRegistry()
+	reg := cfg.Registerer
+	if reg == nil {
+		reg = n.registry
+	}
+	n.metrics = newMetrics(reg, n)
+
+	n.pool = transport.NewPool()
+	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
+	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	n.raftNet.Register(n.grpc)
+	transport.NewAPI(n, n.pool, cfg.Logger).Register(n.grpc)
+	n.health = health.NewServer()
+	healthpb.RegisterHealthServer(n.grpc, n.health)
+	reflection.Register(n.grpc)
+
+	fail := func(err error) (*Node, error) {
+		for _, s := range n.shards {
+			s.close()
+		}
+		n.raftNet.Close()
+		n.pool.Close()
+		lis.Close()
+		return nil, err
+	}
+	for i := 0; i < ShardCount; i++ {
+		s, err := openShard(n, uint32(i), filepath.Join(cfg.DataDir, "shards", fmt.Sprint(i)))
+		if err != nil {
+			return fail(err)
+		}
+		n.shards = append(n.shards, s)
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.grpc.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			cfg.Logger.Error("grpc server stopped", "err", err)
+		}
+	}()
+	if len(cfg.Bootstrap) > 0 {
+		for _, s := range n.shards {
+			if err := s.bootstrap(cfg.Bootstrap); err != nil {
+				return fail(fmt.Errorf("bootstrap shard %d: %w", s.id, err))
+			}
+		}
+	}
+	if cfg.HTTPAddr != "" {
+		if err := n.startHTTP(); err != nil {
+			n.Close()
+			return nil, err
+		}
+	}
+	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	cfg.Logger.Info("node started", "id", cfg.NodeID, "grpc", n.addr, "data", cfg.DataDir)
+	return n, nil
+}
+
+// Addr is the node's advertised gRPC address.
+func (n *Node) Addr() string { return n.addr }
+
+// HTTPAddr is the bound metrics/health address ("" when disabled).
+func (n *Node) HTTPAddr() string {
+	if n.httpLis == nil {
+		return ""
+	}
+	return n.httpLis.Addr().String()
+}
+
+// Registry is the node's own Prometheus registry.
+func (n *Node) Registry() *prometheus.Registry { return n.registry }
+
+// Ready reports whether every shard has a known leader and this node has
+// applied what it knows to be committed.
+func (n *Node) Ready() error {
+	for _, s := range n.shards {
+		if addr, _ := s.raft.LeaderWithID(); addr == "" {
+			return fmt.Errorf("shard %d has no leader", s.id)
+		}
+	}
+	return nil
+}
+
+func (n *Node) startHTTP() error {
+	lis, err := net.Listen("tcp", n.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", n.cfg.HTTPAddr, err)
+	}
+	n.httpLis = lis
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(n.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := n.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	n.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.httpSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.cfg.Logger.Error("http server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// JoinCluster asks the nodes in cfg.Join, one after another, to add this node.
+func (n *Node) JoinCluster(ctx context.Context) error {
+	var last error
+	for {
+		for _, addr := range n.cfg.Join {
+			cc, err := n.pool.Get(addr)
+			if err != nil {
+				last = err
+				continue
+			}
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			_, err = hodeiv1.NewAdminServiceClient(cc).Join(cctx, &hodeiv1.JoinRequest{NodeId: n.cfg.NodeID, Address: n.addr, Voter: true})
+			cancel()
+			if err == nil {
+				return nil
+			}
+			last = err
+			n.cfg.Logger.Warn("join attempt failed", "via", addr, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join: %w (last error: %v)", ctx.Err(), last)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// Close shuts the node down: gRPC first (no new requests), then each
+// shard's batcher and Raft, then the transport and storage.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.health.Shutdown()
+		if n.httpSrv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			n.httpSrv.Shutdown(ctx)
+			cancel()
+		}
+		stopped := make(chan struct{})
+		go func() { n.grpc.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			n.grpc.Stop()
+			<-stopped
+		}
+		var errs []error
+		for _, s := range n.shards {
+			if err := s.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, n.raftNet.Close(), n.pool.Close())
+		n.wg.Wait()
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// Kill stops the node abruptly for tests: the listener and transport close
+// without a graceful goodbye. Storage is closed so the data dir can be reopened.
+func (n *Node) Kill() error {
+	n.closeOnce.Do(func() {
+		n.grpc.Stop()
+		n.raftNet.Close()
+		for _, s := range n.shards {
+			s.close()
+		}
+		n.pool.Close()
+		if n.httpSrv != nil {
+			n.httpSrv.Close()
+		}
+		n.wg.Wait()
+	})
+	return nil
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+var _ = exists

@@ -1,0 +1,249 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+
+	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/scheduler"
+	"github.com/hodei-io/hodei/transport"
+)
+
+// shard is one Raft group with its FSM, proposal batcher and leader timers.
+type shard struct {
+	id     uint32
+	node   *Node
+	log    *slog.Logger
+	fsm    *fsm.FSM
+	raft   *raft.Raft
+	store  *raftboltdb.BoltStore
+	trans  transport.RaftTransport
+	batch  *batcher
+
+	notify chan bool
+
+	mu     sync.Mutex
+	timers *scheduler.Timers
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func openShard(n *Node, id uint32, dir string) (*shard, error) {
+	cfg := n.cfg
+	s := &shard{id: id, node: n, log: cfg.Logger.With("shard", id), notify: make(chan bool, 16), stop: make(chan struct{})}
+	fcfg := cfg.FSM
+	fcfg.Shard = id
+	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply})
+	if err != nil {
+		return nil, err
+	}
+	s.fsm = f
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(dir, "raft.db"),
+		BoltOptions: &bbolt.Options{
+			Timeout:        time.Second,
+			NoFreelistSync: true,
+			FreelistType:   bbolt.FreelistMapType,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open raft log of shard %d: %w", id, err)
+	}
+	s.store = store
+	hl := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("raft[%d]", id), Level: hclog.Warn, Output: slogWriter{cfg.Logger}})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	logs, err := raft.NewLogCache(4096, store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.MaxAppendEntries = 256
+	rc.BatchApplyCh = true
+	rc.NotifyCh = s.notify
+	rc.Logger = hl
+	s.trans = n.raftNet.Transport(id)
+	r, err := raft.NewRaft(rc, s.fsm, logs, store, snaps, s.trans)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("start raft of shard %d: %w", id, err)
+	}
+	s.raft = r
+	s.batch = newBatcher(r, cfg, n.metrics.observeApply)
+	s.wg.Add(1)
+	go s.watchLeadership()
+	return s, nil
+}
+
+// bootstrap forms the initial configuration if this group has no state yet.
+func (s *shard) bootstrap(peers []Peer) error {
+	servers := make([]raft.Server, len(peers))
+	for i, p := range peers {
+		servers[i] = raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr), Suffrage: raft.Voter}
+	}
+	err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
+	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return err
+	}
+	return nil
+}
+
+// onApply runs on the FSM goroutine after every applied entry: it must not block.
+func (s *shard) onApply(index uint64, events []fsm.Event) {
+	ready := false
+	for _, e := range events {
+		if e.To == hodeiv1.JobState_JOB_STATE_PENDING {
+			ready = true
+		}
+		s.node.metrics.event(e)
+	}
+	if ready {
+		s.node.work.Fire()
+	}
+	s.mu.Lock()
+	t := s.timers
+	s.mu.Unlock()
+	if t != nil && ready {
+		t.Poke()
+	}
+}
+
+func (s *shard) watchLeadership() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.stop:
+			s.stopTimers()
+			return
+		case leader := <-s.notify:
+			s.node.metrics.leaderChanges.Inc()
+			if leader {
+				s.becomeLeader()
+			} else {
+				s.stopTimers()
+			}
+		}
+	}
+}
+
+// becomeLeader runs Barrier (so the FSM holds every committed entry), then
+// starts the timers. Lease expiry waits for the grace period: leases were
+// stamped with another node's clock.
+func (s *shard) becomeLeader() {
+	if err := s.raft.Barrier(s.node.cfg.ApplyTimeout).Error(); err != nil {
+		s.log.Warn("barrier after election failed", "err", err)
+		return
+	}
+	s.stopTimers()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.raft.State() != raft.Leader {
+		return
+	}
+	s.log.Info("leading shard", "node", s.node.cfg.NodeID)
+	s.timers = scheduler.Start(scheduler.Config{
+		Shard:     s.id,
+		Grace:     s.node.cfg.LeaderGrace,
+		Retention: s.node.cfg.Retention,
+		Tick:      s.node.cfg.TimerTick,
+		Logger:    s.log,
+		OnExpire:  func(n int) { s.node.metrics.leaseExpiries.Add(float64(n)) },
+	}, s.batch, s.fsm)
+	s.node.work.Fire()
+}
+
+func (s *shard) stopTimers() {
+	s.mu.Lock()
+	t := s.timers
+	s.timers = nil
+	s.mu.Unlock()
+	if t != nil {
+		t.Stop()
+	}
+}
+
+func (s *shard) isLeader() bool { return s.raft.State() == raft.Leader }
+
+// readIndex makes a following local read linearizable: it records the commit
+// index, confirms leadership with a quorum, and waits until the FSM has
+// applied up to the recorded index.
+func (s *shard) readIndex(ctx context.Context) error {
+	ci := s.raft.CommitIndex()
+	if err := waitFuture(ctx, s.raft.VerifyLeader()); err != nil {
+		return err
+	}
+	for s.raft.AppliedIndex() < ci {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// waitFuture waits for a raft future while honouring ctx.
+func waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *shard) close() error {
+	close(s.stop)
+	s.wg.Wait()
+	s.batch.Close()
+	err := s.raft.Shutdown().Error()
+	if cerr := s.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// slogWriter adapts hclog's text output to slog.
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	msg := string(p)
+	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
+		msg = msg[:len(msg)-1]
+	}
+	w.l.Warn(msg, "component", "raft")
+	return len(p), nil
+}
+
+var _ io.Writer = slogWriter{}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/cluster"
+	"github.com/hodei-io/hodei/worker"
+)
+
+func init() { register(newDevCmd) }
+
+// devCluster is a whole cluster inside one process, for `hodei dev` and `hodei bench`.
+type devCluster struct {
+	nodes  []*cluster.Node
+	addrs  []string
+	dir    string
+	tmp    bool
+	cancel context.CancelFunc
+	done   chan error
+}
+
+type devOptions struct {
+	nodes    int
+	basePort int
+	httpBase int
+	dataDir  string
+	workers  int
+	leaseTTL time.Duration
+	logLevel string
+}
+
+func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
+	d := &devCluster{dir: o.dataDir}
+	if d.dir == "" {
+		dir, err := os.MkdirTemp("", "hodei-dev-")
+		if err != nil {
+			return nil, err
+		}
+		d.dir, d.tmp = dir, true
+	}
+	var peers []cluster.Peer
+	var lis []net.Listener
+	for i := 0; i < o.nodes; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", o.basePort+i)
+		if o.basePort == 0 {
+			addr = "127.0.0.1:0"
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			for _, x := range lis {
+				x.Close()
+			}
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		lis = append(lis, l)
+		peers = append(peers, cluster.Peer{ID: fmt.Sprintf("n%d", i+1), Addr: l.Addr().String()})
+		d.addrs = append(d.addrs, l.Addr().String())
+	}
+	for i := 0; i < o.nodes; i++ {
+		cfg := cluster.DefaultConfig()
+		cfg.NodeID = peers[i].ID
+		cfg.DataDir = filepath.Join(d.dir, peers[i].ID)
+		cfg.Listener = lis[i]
+		cfg.Bootstrap = peers
+		if o.leaseTTL > 0 {
+			cfg.LeaseTTL = o.leaseTTL
+		}
+		if o.httpBase > 0 {
+			cfg.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", o.httpBase+i)
+		}
+		cfg.Logger = log.With("node", cfg.NodeID)
+		n, err := cluster.New(cfg)
+		if err != nil {
+			for _, x := range lis[i:] {
+				x.Close()
+			}
+			d.Close()
+			return nil, err
+		}
+		d.nodes = append(d.nodes, n)
+	}
+	// Wait until every shard has a leader.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ready := true
+		for _, n := range d.nodes {
+			if n.Ready() != nil {
+				ready = false
+			}
+		}
+		if ready {
+			break
+		}
+		if time.Now().After(deadline) {
+			d.Close()
+			return nil, fmt.Errorf("cluster did not elect leaders within 30s")
+		}
+		select {
+		case <-ctx.Done():
+			d.Close()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if o.workers > 0 {
+		cl, err := client.New(client.Config{Addrs: d.addrs})
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		w, err := worker.New(worker.Config{Client: cl, ID: "dev-worker", Concurrency: o.workers, Logger: log.With("component", "worker")})
+		if err != nil {
+			cl.Close()
+			d.Close()
+			return nil, err
+		}
+		wctx, cancel := context.WithCancel(context.Background())
+		d.cancel = cancel
+		d.done = make(chan error, 1)
+		go func() {
+			err := w.Run(wctx)
+			cl.Close()
+			d.done <- err
+		}()
+	}
+	return d, nil
+}
+
+// Close stops the workers, then the nodes, and removes a temporary data dir.
+func (d *devCluster) Close() error {
+	if d.cancel != nil {
+		d.cancel()
+		<-d.done
+		d.cancel = nil
+	}
+	var first error
+	for _, n := range d.nodes {
+		if err := n.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	d.nodes = nil
+	if d.tmp {
+		os.RemoveAll(d.dir)
+	}
+	return first
+}
+
+func newDevCmd() *cobra.Command {
+	o := devOptions{}
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local cluster (3 nodes by default) and a pool of workers in one process",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.nodes < 1 || o.nodes > 7 {
+				return fmt.Errorf("--nodes must be in 1..7, got %d", o.nodes)
+			}
+			log, err := newLogger(o.logLevel)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			d, err := startDev(ctx, o, log)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for i, a := range d.addrs {
+				http := ""
+				if o.httpBase > 0 {
+					http = fmt.Sprintf("  metrics http://127.0.0.1:%d/metrics", o.httpBase+i)
+				}
+				fmt.Fprintf(out, "node n%d  grpc %s%s\n", i+1, a, http)
+			}
+			fmt.Fprintf(out, "data in %s, %d embedded workers\n", d.dir, o.workers)
+			fmt.Fprintf(out, "hodei dev ready: %d nodes at %s (try: hodei job submit -- echo hello)\n", len(d.addrs), strings.Join(d.addrs, ","))
+			<-ctx.Done()
+			fmt.Fprintln(out, "shutting down")
+			return d.Close()
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.nodes, "nodes", 3, "number of nodes")
+	f.IntVar(&o.basePort, "port", 7401, "gRPC port of the first node (next nodes use the following ports)")
+	f.IntVar(&o.httpBase, "http-port", 8401, "metrics port of the first node (0 disables)")
+	f.StringVar(&o.dataDir, "data", "", "data directory (default: a temporary directory removed on exit)")
+	f.IntVar(&o.workers, "workers", 8, "concurrency of the embedded worker pool (0: none)")
+	f.DurationVar(&o.leaseTTL, "lease-ttl", 0, "lease TTL (default 30s)")
+	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
+	return cmd
+}
