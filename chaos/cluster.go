@@ -1,0 +1,301 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+)
+
+// Node is one server process.
+type Node struct {
+	Index int // 1-based
+	ID    string
+	GRPC  string
+	HTTP  string
+	Data  string
+	Proc  *Proc
+}
+
+// ClusterConfig says how to start the cluster.
+type ClusterConfig struct {
+	Binary      string
+	RunDir      string
+	Nodes       int
+	Workers     int
+	Concurrency int
+	Network     *Network // nil: every node on 127.0.0.1
+	ServerArgs  []string // extra flags for every server (e.g. --unsafe-ack-before-commit)
+	WorkerArgs  []string
+	Log         *slog.Logger
+}
+
+// Cluster is a running set of server and worker processes.
+type Cluster struct {
+	cfg     ClusterConfig
+	Nodes   []*Node
+	Workers []*Proc
+	admin   *client.Client
+	mu      sync.Mutex
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// NewCluster lays out addresses and data directories; Start starts it.
+func NewCluster(cfg ClusterConfig) (*Cluster, error) {
+	c := &Cluster{cfg: cfg}
+	var boot []string
+	for i := 1; i <= cfg.Nodes; i++ {
+		n := &Node{Index: i, ID: fmt.Sprintf("n%d", i)}
+		if cfg.Network != nil {
+			ip := cfg.Network.IP(i)
+			n.GRPC, n.HTTP = ip+":7401", ip+":8401"
+		} else {
+			gp, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			hp, err := freePort()
+			if err != nil {
+				return nil, err
+			}
+			n.GRPC, n.HTTP = "127.0.0.1:"+strconv.Itoa(gp), "127.0.0.1:"+strconv.Itoa(hp)
+		}
+		n.Data = filepath.Join(cfg.RunDir, "nodes", n.ID, "data")
+		if err := os.MkdirAll(n.Data, 0o755); err != nil {
+			return nil, err
+		}
+		boot = append(boot, n.ID+"="+n.GRPC)
+		c.Nodes = append(c.Nodes, n)
+	}
+	for _, n := range c.Nodes {
+		args := []string{"server", "--id", n.ID, "--data", n.Data, "--grpc", n.GRPC, "--http", n.HTTP,
+			"--bootstrap", strings.Join(boot, ",")}
+		args = append(args, cfg.ServerArgs...)
+		n.Proc = &Proc{Name: n.ID, Path: cfg.Binary, Args: args,
+			LogPath: filepath.Join(cfg.RunDir, "nodes", n.ID, "server.log")}
+		if cfg.Network != nil {
+			n.Proc.NetNS = cfg.Network.NS(n.Index)
+		}
+	}
+	addrs := strings.Join(c.Addrs(), ",")
+	for i := 1; i <= cfg.Workers; i++ {
+		dir := filepath.Join(cfg.RunDir, "workers")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, err
+		}
+		args := []string{"worker", "--addr", addrs, "--concurrency", strconv.Itoa(cfg.Concurrency)}
+		args = append(args, cfg.WorkerArgs...)
+		c.Workers = append(c.Workers, &Proc{Name: fmt.Sprintf("w%d", i), Path: cfg.Binary, Args: args,
+			LogPath: filepath.Join(dir, fmt.Sprintf("w%d.log", i))})
+	}
+	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1})
+	if err != nil {
+		return nil, err
+	}
+	c.admin = cl
+	return c, nil
+}
+
+// Addrs are the nodes' gRPC addresses.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		out[i] = n.GRPC
+	}
+	return out
+}
+
+// Start starts every server and waits until every shard has a leader that
+// every node agrees on.
+func (c *Cluster) Start(ctx context.Context, timeout time.Duration) error {
+	for _, n := range c.Nodes {
+		if err := n.Proc.Start(); err != nil {
+			return err
+		}
+	}
+	return c.WaitHealthy(ctx, timeout)
+}
+
+// StartWorkers starts every worker process.
+func (c *Cluster) StartWorkers() error {
+	for _, w := range c.Workers {
+		if err := w.Start(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Status of one node, one attempt.
+func (c *Cluster) Status(ctx context.Context, n *Node) (*hodeiv1.StatusResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return c.admin.Status(ctx, n.GRPC)
+}
+
+// WaitHealthy waits until every node answers Status and they all name the
+// same leader for every shard.
+func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for {
+		last = c.healthy(ctx)
+		if last == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster not healthy after %v: %w", timeout, last)
+		}
+		if err := sleepCtx(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Cluster) healthy(ctx context.Context) error {
+	leaders := map[uint32]string{}
+	for _, n := range c.Nodes {
+		if !n.Proc.Running() {
+			return fmt.Errorf("%s is not running (see %s)", n.ID, n.Proc.LogPath)
+		}
+		st, err := c.Status(ctx, n)
+		if err != nil {
+			return fmt.Errorf("%s: %w", n.ID, err)
+		}
+		if len(st.GetShards()) == 0 {
+			return fmt.Errorf("%s reports no shards", n.ID)
+		}
+		for _, s := range st.GetShards() {
+			if s.GetLeaderId() == "" {
+				return fmt.Errorf("%s: shard %d has no leader", n.ID, s.GetShard())
+			}
+			if l, ok := leaders[s.GetShard()]; ok && l != s.GetLeaderId() {
+				return fmt.Errorf("shard %d: leaders disagree (%s, %s)", s.GetShard(), l, s.GetLeaderId())
+			}
+			leaders[s.GetShard()] = s.GetLeaderId()
+		}
+	}
+	return nil
+}
+
+// Leader returns the node that leads the most shards, as reported by any
+// reachable, running, unpaused node (ties: lowest index). nil if none known.
+func (c *Cluster) Leader(ctx context.Context) *Node {
+	for _, n := range c.Nodes {
+		if !n.Proc.Running() || n.Proc.Paused() {
+			continue
+		}
+		st, err := c.Status(ctx, n)
+		if err != nil {
+			continue
+		}
+		count := map[string]int{}
+		for _, s := range st.GetShards() {
+			if s.GetLeaderId() != "" {
+				count[s.GetLeaderId()]++
+			}
+		}
+		best, bestN := "", 0
+		ids := make([]string, 0, len(count))
+		for id := range count {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			if count[id] > bestN {
+				best, bestN = id, count[id]
+			}
+		}
+		for _, m := range c.Nodes {
+			if m.ID == best {
+				return m
+			}
+		}
+	}
+	return nil
+}
+
+// Digests polls every node once.
+func (c *Cluster) Digests(ctx context.Context, at time.Duration) ([]DigestSample, error) {
+	var out []DigestSample
+	var errs []error
+	for _, n := range c.Nodes {
+		st, err := c.Status(ctx, n)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.ID, err))
+			continue
+		}
+		for _, s := range st.GetShards() {
+			out = append(out, DigestSample{At: at, Node: n.ID, Shard: s.GetShard(), Applied: s.GetAppliedIndex(), Digest: s.GetFsmDigest()})
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// Close stops every process (workers first) and the admin client.
+func (c *Cluster) Close() {
+	var wg sync.WaitGroup
+	for _, w := range c.Workers {
+		wg.Add(1)
+		go func(p *Proc) { defer wg.Done(); _ = p.Stop(3 * time.Second) }(w)
+	}
+	wg.Wait()
+	for _, n := range c.Nodes {
+		wg.Add(1)
+		go func(p *Proc) { defer wg.Done(); _ = p.Stop(5 * time.Second) }(n.Proc)
+	}
+	wg.Wait()
+	if c.admin != nil {
+		_ = c.admin.Close()
+	}
+}
+
+// KillAll sends SIGKILL to every process group (used on abnormal exit).
+func (c *Cluster) KillAll() {
+	for _, w := range c.Workers {
+		_ = w.Kill()
+	}
+	for _, n := range c.Nodes {
+		_ = n.Proc.Kill()
+	}
+}
+
+// ServerSupports reports whether `binary server --help` mentions flag.
+func ServerSupports(binary, flag string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, binary, "server", "--help").CombinedOutput()
+	return strings.Contains(string(out), flag)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,313 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Fault kinds.
+const (
+	FaultKillLeader        = "kill-leader"
+	FaultKillRandom        = "kill-random"
+	FaultPauseLeader       = "pause-leader"
+	FaultPartitionLeader   = "partition-leader"
+	FaultPartitionMajority = "partition-majority"
+	FaultPartitionRing     = "partition-ring"
+	FaultWorkers           = "workers" // kill or pause a worker for longer than the lease TTL
+	FaultMixed             = "mixed"
+	FaultNone              = "none"
+)
+
+// AllFaults lists the selectable kinds (mixed picks among them).
+var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, FaultPartitionLeader,
+	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
+
+// IsPartition reports whether kind needs network namespaces.
+func IsPartition(kind string) bool { return strings.HasPrefix(kind, "partition-") }
+
+// FaultEvent is one injected fault.
+type FaultEvent struct {
+	Kind   string        `json:"kind"`
+	Target string        `json:"target"`
+	Start  time.Duration `json:"start_ns"`
+	Heal   time.Duration `json:"heal_ns"`
+	Detail string        `json:"detail,omitempty"`
+	Err    string        `json:"err,omitempty"`
+}
+
+// FaultConfig drives the scheduler.
+type FaultConfig struct {
+	Mode            string
+	Seed            int64
+	LeaseTTL        time.Duration
+	ElectionTimeout time.Duration
+	Log             *slog.Logger
+}
+
+// Faults injects faults into a cluster on a seeded schedule.
+type Faults struct {
+	cfg   FaultConfig
+	c     *Cluster
+	h     *History
+	rng   *rand.Rand
+	kinds []string
+
+	mu     sync.Mutex
+	events []FaultEvent
+}
+
+// NewFaults prepares a scheduler; partitions are dropped from mixed mode
+// when there is no network.
+func NewFaults(cfg FaultConfig, c *Cluster, h *History) (*Faults, error) {
+	f := &Faults{cfg: cfg, c: c, h: h, rng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0xfa17))}
+	switch cfg.Mode {
+	case FaultMixed:
+		for _, k := range AllFaults {
+			if IsPartition(k) && c.cfg.Network == nil {
+				continue
+			}
+			if k == FaultWorkers && len(c.Workers) == 0 {
+				continue
+			}
+			f.kinds = append(f.kinds, k)
+		}
+	case FaultNone:
+	default:
+		ok := false
+		for _, k := range AllFaults {
+			ok = ok || k == cfg.Mode
+		}
+		if !ok {
+			return nil, fmt.Errorf("unknown fault kind %q (one of %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "))
+		}
+		if IsPartition(cfg.Mode) && c.cfg.Network == nil {
+			return nil, fmt.Errorf("%s needs network namespaces, unsupported on this host", cfg.Mode)
+		}
+		f.kinds = []string{cfg.Mode}
+	}
+	return f, nil
+}
+
+// Events returns the faults injected so far.
+func (f *Faults) Events() []FaultEvent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]FaultEvent(nil), f.events...)
+}
+
+func (f *Faults) dur(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(f.rng.Int64N(int64(hi-lo)+1))
+}
+
+// Run injects faults from the first fault time until until, then heals
+// everything (always, even when ctx ends) and returns.
+func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
+	defer f.healAll()
+	if len(f.kinds) == 0 {
+		return
+	}
+	if sleepCtx(ctx, firstAt-f.h.Now()) != nil {
+		return
+	}
+	et := f.cfg.ElectionTimeout
+	for f.h.Now() < until && ctx.Err() == nil {
+		kind := f.kinds[f.rng.IntN(len(f.kinds))]
+		hold := f.dur(2*time.Second, 6*time.Second)
+		switch kind {
+		case FaultPauseLeader:
+			hold = f.dur(3*et, 5*et)
+		case FaultWorkers:
+			hold = f.dur(f.cfg.LeaseTTL*3/2, f.cfg.LeaseTTL*2)
+		case FaultPartitionLeader, FaultPartitionMajority, FaultPartitionRing:
+			hold = f.dur(max(5*time.Second, 3*et), max(10*time.Second, 6*et))
+		}
+		if rem := until - f.h.Now(); hold > rem {
+			hold = max(rem, time.Second)
+		}
+		ev := f.inject(ctx, kind, hold)
+		f.mu.Lock()
+		f.events = append(f.events, ev)
+		f.mu.Unlock()
+		f.cfg.Log.Info("fault", "kind", ev.Kind, "target", ev.Target, "start", ev.Start.Round(time.Millisecond),
+			"heal", ev.Heal.Round(time.Millisecond), "detail", ev.Detail, "err", ev.Err)
+		quiet := f.dur(3*time.Second, 8*time.Second)
+		if sleepCtx(ctx, quiet) != nil {
+			return
+		}
+	}
+}
+
+// inject applies one fault, holds it, heals it.
+func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) FaultEvent {
+	ev := FaultEvent{Kind: kind}
+	leader := func() *Node {
+		if l := f.c.Leader(ctx); l != nil {
+			return l
+		}
+		return f.c.Nodes[f.rng.IntN(len(f.c.Nodes))]
+	}
+	var heal func() error
+	switch kind {
+	case FaultKillLeader, FaultKillRandom:
+		n := f.c.Nodes[f.rng.IntN(len(f.c.Nodes))]
+		if kind == FaultKillLeader {
+			n = leader()
+		}
+		ev.Target, ev.Start = n.ID, f.h.Now()
+		if err := n.Proc.Kill(); err != nil {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("SIGKILL, restart after %v", hold.Round(time.Millisecond))
+		heal = n.Proc.Start
+	case FaultPauseLeader:
+		n := leader()
+		ev.Target, ev.Start = n.ID, f.h.Now()
+		if err := n.Proc.Pause(); err != nil {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("SIGSTOP for %v", hold.Round(time.Millisecond))
+		heal = n.Proc.Resume
+	case FaultWorkers:
+		w := f.c.Workers[f.rng.IntN(len(f.c.Workers))]
+		ev.Target, ev.Start = w.Name, f.h.Now()
+		if f.rng.IntN(2) == 0 {
+			ev.Detail = fmt.Sprintf("worker SIGKILL, restart after %v", hold.Round(time.Millisecond))
+			if err := w.Kill(); err != nil {
+				ev.Err = err.Error()
+			}
+			heal = w.Start
+		} else {
+			ev.Detail = fmt.Sprintf("worker SIGSTOP for %v", hold.Round(time.Millisecond))
+			if err := w.Pause(); err != nil {
+				ev.Err = err.Error()
+			}
+			heal = w.Resume
+		}
+	default: // partitions
+		groups := f.partition(kind, leader())
+		ev.Target = describeGroups(groups)
+		ev.Start = f.h.Now()
+		nw := f.c.cfg.Network
+		for _, p := range groups.cut {
+			if err := nw.Cut(ctx, p[0], p[1]); err != nil && ev.Err == "" {
+				ev.Err = err.Error()
+			}
+		}
+		ev.Detail = fmt.Sprintf("%d links cut for %v", len(groups.cut), hold.Round(time.Millisecond))
+		heal = func() error { return nw.HealAll(context.Background()) }
+	}
+	_ = sleepCtx(ctx, hold)
+	if err := heal(); err != nil && ev.Err == "" {
+		ev.Err = "heal: " + err.Error()
+	}
+	ev.Heal = f.h.Now()
+	return ev
+}
+
+type partitionPlan struct {
+	kind string
+	cut  [][2]int // node index pairs (1-based)
+	desc string
+}
+
+func describeGroups(p partitionPlan) string { return p.desc }
+
+// partition plans which links to cut.
+func (f *Faults) partition(kind string, leader *Node) partitionPlan {
+	n := len(f.c.Nodes)
+	idx := f.rng.Perm(n)
+	for i := range idx {
+		idx[i]++
+	}
+	plan := partitionPlan{kind: kind}
+	split := func(a []int) {
+		in := map[int]bool{}
+		for _, x := range a {
+			in[x] = true
+		}
+		var b []int
+		for i := 1; i <= n; i++ {
+			if !in[i] {
+				b = append(b, i)
+			}
+		}
+		for _, x := range a {
+			for _, y := range b {
+				plan.cut = append(plan.cut, [2]int{x, y})
+			}
+		}
+		sort.Ints(a)
+		sort.Ints(b)
+		plan.desc = fmt.Sprintf("%v | %v", names(a), names(b))
+	}
+	switch kind {
+	case FaultPartitionLeader:
+		split([]int{leader.Index})
+	case FaultPartitionMajority:
+		split(idx[:(n-1)/2]) // a random minority vs the majority
+	case FaultPartitionRing:
+		// nodes in a random ring each see only their two neighbours: every
+		// node sees a majority, but no two see the same one (for n >= 4; for
+		// n = 3 one link is cut and the middle node bridges the ends)
+		pos := map[int]int{}
+		for i, x := range idx {
+			pos[x] = i
+		}
+		for a := 1; a <= n; a++ {
+			for b := a + 1; b <= n; b++ {
+				d := (pos[a] - pos[b] + n) % n
+				if d != 1 && d != n-1 {
+					plan.cut = append(plan.cut, [2]int{a, b})
+				}
+			}
+		}
+		if n == 3 {
+			plan.cut = [][2]int{{idx[0], idx[2]}}
+		}
+		plan.desc = "ring " + strings.Join(names(idx), "-")
+	}
+	return plan
+}
+
+func names(ix []int) []string {
+	out := make([]string, len(ix))
+	for i, x := range ix {
+		out[i] = fmt.Sprintf("n%d", x)
+	}
+	return out
+}
+
+// healAll restarts dead nodes and workers, resumes paused ones and heals the
+// network.
+func (f *Faults) healAll() {
+	if nw := f.c.cfg.Network; nw != nil {
+		if err := nw.HealAll(context.Background()); err != nil {
+			f.cfg.Log.Warn("heal network", "err", err)
+		}
+	}
+	for _, n := range f.c.Nodes {
+		f.revive(n.Proc)
+	}
+	for _, w := range f.c.Workers {
+		f.revive(w)
+	}
+}
+
+func (f *Faults) revive(p *Proc) {
+	if p.Paused() {
+		if err := p.Resume(); err != nil {
+			f.cfg.Log.Warn("resume", "proc", p.Name, "err", err)
+		}
+	}
+	if !p.Running() {
+		if err := p.Start(); err != nil {
+			f.cfg.Log.Warn("restart", "proc", p.Name, "err", err)
+		}
+	}
+}
