@@ -1,0 +1,96 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/worker"
+)
+
+func init() { register(newWorkerCmd) }
+
+func newWorkerCmd() *cobra.Command {
+	var (
+		servers, id, logLevel          string
+		concurrency                    int
+		labels                         []string
+		leaseTTL, pollWait, drainAfter time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker agent: lease jobs and run them as shell commands",
+		Long: `Run a worker agent. It long-polls any node for jobs whose labels it carries,
+runs up to --concurrency of them at once, heartbeats their leases and reports
+results. On SIGINT/SIGTERM it stops leasing, lets running jobs finish for up to
+--drain-timeout, then exits.`,
+		Example: `  hodei worker --server 10.0.0.1:7401,10.0.0.2:7401 --concurrency 8 --label gpu=true`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+			addrList := addrs()
+			if servers != "" {
+				addrList = nil
+				for _, a := range strings.Split(servers, ",") {
+					if a = strings.TrimSpace(a); a != "" {
+						addrList = append(addrList, a)
+					}
+				}
+			}
+			kvs, err := parseKVs("label", labels)
+			if err != nil {
+				return err
+			}
+			lm := make(map[string]string, len(kvs))
+			for _, kv := range kvs {
+				lm[kv.GetKey()] = kv.GetValue()
+			}
+			c, err := client.New(client.Config{Addrs: addrList})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			w, err := worker.New(worker.Config{
+				Client:       c,
+				ID:           id,
+				Concurrency:  concurrency,
+				Labels:       lm,
+				LeaseTTL:     leaseTTL,
+				PollWait:     pollWait,
+				DrainTimeout: drainAfter,
+				Logger:       log,
+			})
+			if err != nil {
+				return err
+			}
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			log.Info("worker connecting", "id", w.ID(), "servers", strings.Join(addrList, ","), "labels", lm)
+			if err := w.Run(ctx); err != nil && !errors.Is(err, ctx.Err()) {
+				return err
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&servers, "server", "", "comma-separated node addresses (default: the global --addr)")
+	f.IntVar(&concurrency, "concurrency", worker.DefaultConcurrency, "jobs run at once")
+	f.StringArrayVar(&labels, "label", nil, "worker label K=V (repeatable); jobs requiring labels go to workers that carry them")
+	f.DurationVar(&leaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "lease TTL; heartbeats every TTL/3")
+	f.DurationVar(&pollWait, "poll-wait", worker.DefaultPollWait, "long-poll wait for work (max 60s)")
+	f.DurationVar(&drainAfter, "drain-timeout", worker.DefaultDrainTimeout, "on shutdown, how long running jobs may finish before being killed")
+	f.StringVar(&id, "id", "", "worker id (default hostname-pid-random)")
+	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	return cmd
+}
