@@ -24,14 +24,14 @@ import (
 
 // shard is one Raft group with its FSM, proposal batcher and leader timers.
 type shard struct {
-	id     uint32
-	node   *Node
-	log    *slog.Logger
-	fsm    *fsm.FSM
-	raft   *raft.Raft
-	store  *raftboltdb.BoltStore
-	trans  transport.RaftTransport
-	batch  *batcher
+	id    uint32
+	node  *Node
+	log   *slog.Logger
+	fsm   *fsm.FSM
+	raft  *raft.Raft
+	store *raftboltdb.BoltStore
+	trans transport.RaftTransport
+	batch *batcher
 
 	notify chan bool
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# make check: formatting, vet, generated code in sync, import boundaries, tidy go.mod.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+MOD=github.com/hodei-io/hodei
+
+echo "== gofmt"
+out=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$out" ]; then echo "gofmt needed:"; echo "$out"; fail=1; fi
+
+echo "== go vet"
+go vet ./... || fail=1
+
+echo "== import boundaries"
+# package -> our packages it may import (DESIGN.md: proto <- fsm <- scheduler <- cluster <- cmd;
+# transport is wired in by cluster/cmd; client depends on proto only).
+declare -A allowed=(
+  [proto]="proto"
+  [fsm]="proto"
+  [scheduler]="proto fsm"
+  [transport]="proto"
+  [cluster]="proto fsm scheduler transport"
+  [client]="proto"
+  [worker]="proto client"
+  [chaos]="proto client"
+)
+for pkg in "${!allowed[@]}"; do
+  [ -d "$pkg" ] || continue
+  deps=$(go list -f '{{join .Imports "\n"}}{{"\n"}}{{join .TestImports "\n"}}' "./$pkg/..." 2>/dev/null | grep "^$MOD/" | sort -u || true)
+  for d in $deps; do
+    rel=${d#"$MOD/"}
+    top=${rel%%/*}
+    ok=0
+    for a in ${allowed[$pkg]} "$pkg"; do
+      [ "$top" = "$a" ] && ok=1
+    done
+    # tests of server packages may use the client and worker to drive a real cluster
+    if [ $ok = 0 ] && { [ "$top" = client ] || [ "$top" = worker ]; } && \
+       go list -f '{{join .TestImports "\n"}}' "./$pkg/..." | grep -qx "$d" && \
+       ! go list -f '{{join .Imports "\n"}}' "./$pkg/..." | grep -qx "$d"; then
+      ok=1
+    fi
+    if [ $ok = 0 ]; then echo "forbidden import: $pkg -> $rel"; fail=1; fi
+  done
+done
+
+echo "== generated protobuf code up to date"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r proto "$tmp/before"
+make -s proto >/dev/null
+if ! diff -r "$tmp/before" proto >/dev/null; then
+  echo "generated code is out of date: run make proto and commit"; diff -r "$tmp/before" proto | head -20; fail=1
+fi
+
+echo "== go mod tidy"
+cp go.mod "$tmp/go.mod"; cp go.sum "$tmp/go.sum"
+go mod tidy
+if ! diff -q "$tmp/go.mod" go.mod >/dev/null || ! diff -q "$tmp/go.sum" go.sum >/dev/null; then
+  echo "go.mod/go.sum not tidy: run go mod tidy and commit"; cp "$tmp/go.mod" go.mod; cp "$tmp/go.sum" go.sum; fail=1
+fi
+
+if [ $fail = 0 ]; then echo "check: ok"; else echo "check: FAILED"; fi
+exit $fail
