@@ -1,0 +1,436 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+)
+
+// Config is a chaos run.
+type Config struct {
+	Binary          string
+	Out             string
+	Nodes           int
+	Workers         int
+	Concurrency     int // per worker
+	Clients         int
+	Rate            float64
+	Tenants         int
+	Duration        time.Duration // of load and faults
+	Faults          string
+	Seed            int64
+	Network         string // auto, netns, loopback
+	LeaseTTL        time.Duration
+	ElectionTimeout time.Duration
+	DrainBound      time.Duration // 0: lease TTL + 5 election timeouts + 20s
+	OpTimeout       time.Duration
+	ServerArgs      []string
+	WorkerArgs      []string
+	Log             *slog.Logger
+}
+
+// DefaultConfig returns the defaults used by `hodei chaos run`.
+func DefaultConfig() Config {
+	return Config{Nodes: 3, Workers: 3, Concurrency: 16, Clients: 8, Rate: 100, Tenants: 16,
+		Duration: 2 * time.Minute, Faults: FaultMixed, Seed: 1, Network: "auto", Out: "chaos-report",
+		LeaseTTL: 5 * time.Second, ElectionTimeout: time.Second, OpTimeout: 2 * time.Second}
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	switch {
+	case c.Binary == "":
+		return errors.New("no --binary")
+	case c.Nodes < 1:
+		return errors.New("--nodes must be at least 1")
+	case c.Rate <= 0:
+		return errors.New("--rate must be positive")
+	case c.Clients < 1:
+		return errors.New("--clients must be at least 1")
+	case c.Duration < 10*time.Second:
+		return errors.New("--duration must be at least 10s")
+	case c.Workers < 0 || c.Concurrency < 1:
+		return errors.New("--workers must be >= 0 and --concurrency >= 1")
+	}
+	switch c.Network {
+	case "auto", "netns", "loopback":
+	default:
+		return fmt.Errorf("--network must be auto, netns or loopback, got %q", c.Network)
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if c.DrainBound == 0 {
+		c.DrainBound = c.LeaseTTL + 5*c.ElectionTimeout + 20*time.Second
+	}
+	return nil
+}
+
+// Run runs one chaos experiment and always returns a report (with Error set
+// when the run could not complete). Every process and namespace it created
+// is gone when it returns.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	rep := &Report{Seed: cfg.Seed, Faults: cfg.Faults, Nodes: cfg.Nodes, Workers: cfg.Workers, Clients: cfg.Clients,
+		Duration: cfg.Duration, TargetRate: cfg.Rate, Ops: map[string]int{}, StartedAt: time.Now()}
+	out, err := filepath.Abs(cfg.Out)
+	if err != nil {
+		return nil, err
+	}
+	rep.RunDir = out
+	for _, p := range []string{"nodes", "workers", "exec.log", "history.jsonl", "report.json", "summary.txt"} {
+		_ = os.RemoveAll(filepath.Join(out, p))
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	err = run(ctx, cfg, out, rep)
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	if werr := writeReport(out, rep); werr != nil && err == nil {
+		err = werr
+	}
+	return rep, err
+}
+
+func writeReport(out string, rep *Report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "report.json"), b, 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(out, "summary.txt"))
+	if err != nil {
+		return err
+	}
+	rep.WriteSummary(f)
+	return f.Close()
+}
+
+func run(ctx context.Context, cfg Config, out string, rep *Report) error {
+	log := cfg.Log
+	needNet := cfg.Faults == FaultMixed || IsPartition(cfg.Faults)
+	var nw *Network
+	switch {
+	case cfg.Network == "netns" || (cfg.Network == "auto" && needNet):
+		CleanupStale()
+		if err := NetnsSupported(); err != nil {
+			if cfg.Network == "netns" || IsPartition(cfg.Faults) {
+				return fmt.Errorf("partitions are unsupported on this host: %w", err)
+			}
+			rep.Notes = append(rep.Notes, "network namespaces unavailable ("+err.Error()+"): partitions left out of mixed mode")
+			break
+		}
+		n, err := NewNetwork(ctx, cfg.Nodes)
+		if err != nil {
+			return fmt.Errorf("network namespaces: %w", err)
+		}
+		nw = n
+		defer nw.Close()
+	}
+	rep.Network = "loopback"
+	if nw != nil {
+		rep.Network = "netns"
+	}
+
+	serverArgs := append([]string(nil), cfg.ServerArgs...)
+	if ServerSupports(cfg.Binary, "--lease-ttl") {
+		serverArgs = append(serverArgs, "--lease-ttl", cfg.LeaseTTL.String())
+	} else {
+		rep.Notes = append(rep.Notes, "server has no --lease-ttl flag: assuming its default is "+cfg.LeaseTTL.String())
+	}
+	execLog := filepath.Join(out, "exec.log")
+	if err := os.WriteFile(execLog, nil, 0o666); err != nil {
+		return err
+	}
+	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
+		Concurrency: cfg.Concurrency, Network: nw, ServerArgs: serverArgs, WorkerArgs: cfg.WorkerArgs, Log: log})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	defer func() {
+		if ctx.Err() != nil {
+			c.KillAll() // interrupted: no graceful stop
+		}
+	}()
+	log.Info("starting cluster", "nodes", cfg.Nodes, "network", rep.Network, "addrs", strings.Join(c.Addrs(), ","))
+	if err := c.Start(ctx, 60*time.Second); err != nil {
+		return err
+	}
+	if err := c.StartWorkers(); err != nil {
+		return err
+	}
+
+	h := NewHistory(time.Now())
+	wl, err := NewWorkload(WorkloadConfig{Seed: cfg.Seed, Clients: cfg.Clients, Rate: cfg.Rate, Tenants: cfg.Tenants,
+		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs()}, h)
+	if err != nil {
+		return err
+	}
+	faults, err := NewFaults(FaultConfig{Mode: cfg.Faults, Seed: cfg.Seed, LeaseTTL: cfg.LeaseTTL,
+		ElectionTimeout: cfg.ElectionTimeout, Log: log}, c, h)
+	if err != nil {
+		wl.Wait(0)
+		return err
+	}
+	warmup := min(max(cfg.Duration/8, 10*time.Second), 30*time.Second)
+	wl.Start(ctx)
+	log.Info("workload started", "rate", cfg.Rate, "clients", cfg.Clients, "warmup", warmup, "duration", cfg.Duration)
+	faults.Run(ctx, warmup, cfg.Duration) // returns healed
+	log.Info("faults over, healed; stopping the workload")
+	wl.Wait(30 * time.Second)
+	healedAt := h.Now()
+	events := faults.Events()
+	if ctx.Err() != nil {
+		return fmt.Errorf("interrupted: %w", ctx.Err())
+	}
+
+	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+
+	ops := h.Ops()
+	acked := map[JobKey]bool{}
+	for _, op := range ops {
+		if op.Kind == OpSubmit && op.Outcome == OK {
+			acked[op.Job] = true
+		}
+	}
+	rep.Drain = drain(ctx, admin, h, acked, healedAt, cfg.DrainBound, log)
+	rep.Drain.FinalWriteOK, rep.Drain.FinalWriteErr = finalWrite(ctx, admin, h, cfg)
+
+	finalStart := h.Now()
+	final, ferr := listAll(ctx, admin)
+	finalEnd := h.Now()
+	ev := &Evidence{Drain: rep.Drain}
+	if ferr != nil {
+		ev.FinalErr = ferr.Error()
+	}
+	ev.Final = final
+	ev.Convergence = converge(ctx, c, h, 30*time.Second)
+	rep.Drain.Bound = cfg.DrainBound
+
+	ops = h.Ops()
+	if ferr == nil {
+		// the final read is part of every job's linearizable history
+		seen := map[JobKey]bool{}
+		for _, f := range final {
+			seen[f.Job] = true
+			ops = append(ops, Op{Client: -1, Kind: OpFinalRead, Job: f.Job, JobID: f.ID, Invoke: finalStart, Return: finalEnd,
+				Outcome: OK, Found: true, State: f.State, Attempts: f.Attempts, ResultToken: f.ResultToken, ResultAttempt: f.ResultAttempt})
+		}
+		for k := range acked {
+			if !seen[k] {
+				ops = append(ops, Op{Client: -1, Kind: OpFinalRead, Job: k, Invoke: finalStart, Return: finalEnd, Outcome: OK})
+			}
+		}
+	}
+	ev.Ops = ops
+	if f, err := os.Open(execLog); err == nil {
+		ev.Execs, ev.BadExecLine, _ = ParseExecLog(bufio.NewReader(f))
+		f.Close()
+	}
+	if err := writeHistory(filepath.Join(out, "history.jsonl"), ops, events); err != nil {
+		log.Warn("history", "err", err)
+	}
+	t0 := time.Now()
+	rep.Check = Check(ev)
+	rep.CheckTimeNs = int64(time.Since(t0))
+	for _, op := range ops {
+		rep.Ops[string(op.Kind)+"/"+string(op.Outcome)]++
+	}
+	rep.Events, rep.Overall.Before, rep.Overall.During, rep.Overall.After = Recovery(ops, events, healedAt)
+	first := cfg.Duration
+	if len(events) > 0 {
+		first = events[0].Start
+	}
+	rep.Warmup = okRate(ops, min(2*time.Second, first/2), first) // skip connection set-up
+	rep.RateReached = rep.Warmup.OKPerSec >= 0.9*cfg.Rate
+	return nil
+}
+
+// drain waits until every acknowledged job is terminal.
+func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey]bool, healedAt, bound time.Duration, log *slog.Logger) DrainResult {
+	d := DrainResult{HealedAt: healedAt, Bound: bound}
+	deadline := time.Now().Add(2 * bound) // keep waiting past the bound to measure
+	for {
+		jobs, err := listAll(ctx, api)
+		if err == nil {
+			var stuck []string
+			byKey := map[JobKey]FinalJob{}
+			for _, j := range jobs {
+				byKey[j.Job] = j
+			}
+			for k := range acked {
+				j, ok := byKey[k]
+				if !ok || !IsTerminal(j.State) {
+					id := j.ID
+					if id == "" {
+						id = k.String()
+					}
+					stuck = append(stuck, id)
+				}
+			}
+			if len(stuck) == 0 {
+				d.Drained, d.DrainTime = true, h.Now()-healedAt
+				log.Info("drained", "after", d.DrainTime.Round(time.Millisecond))
+				return d
+			}
+			d.Stuck = stuck
+			if len(d.Stuck) > maxListed {
+				d.Stuck = d.Stuck[:maxListed]
+			}
+		}
+		if time.Now().After(deadline) || sleepCtx(ctx, 500*time.Millisecond) != nil {
+			d.DrainTime = h.Now() - healedAt
+			return d
+		}
+	}
+}
+
+// finalWrite submits one job after the drain and waits for it to succeed.
+func finalWrite(ctx context.Context, api *client.Client, h *History, cfg Config) (bool, string) {
+	key := JobKey{"final", fmt.Sprintf("final-%d", cfg.Seed)}
+	spec := &hodeiv1.JobSpec{Tenant: key.Tenant, IdempotencyKey: key.Key, Command: []string{"true"}, Shell: true}
+	inv := h.Now()
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := api.Submit(cctx, spec)
+	op := Op{Client: -2, Kind: OpSubmit, Job: key, Invoke: inv, Return: h.Now()}
+	op.Outcome, op.Code = classify(err)
+	if err != nil {
+		op.Err = err.Error()
+		h.Add(op)
+		return false, err.Error()
+	}
+	observe(&op, resp.GetJob())
+	h.Add(op)
+	deadline := time.Now().Add(cfg.DrainBound)
+	for {
+		j, err := api.Get(cctx, op.JobID)
+		if err == nil && j.GetState() == hodeiv1.JobState_JOB_STATE_SUCCEEDED {
+			return true, ""
+		}
+		if time.Now().After(deadline) {
+			return false, fmt.Sprintf("final job %s not SUCCEEDED within %v (state %v, err %v)", op.JobID, cfg.DrainBound, j.GetState(), err)
+		}
+		if sleepCtx(cctx, 200*time.Millisecond) != nil {
+			return false, "interrupted"
+		}
+	}
+}
+
+// listAll reads every job of every tenant (linearizable, paged).
+func listAll(ctx context.Context, api *client.Client) ([]FinalJob, error) {
+	var out []FinalJob
+	token := ""
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err := api.List(cctx, &hodeiv1.ListJobsRequest{Limit: 1000, PageToken: token})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		for _, j := range resp.GetJobs() {
+			var op Op
+			observe(&op, j)
+			f := FinalJob{Job: JobKey{j.GetSpec().GetTenant(), j.GetSpec().GetIdempotencyKey()}, ID: j.GetId(),
+				State: op.State, Attempts: op.Attempts, ResultToken: op.ResultToken, ResultAttempt: op.ResultAttempt}
+			if r := j.GetLastResult(); r != nil {
+				f.ResultWorker = r.GetWorkerId()
+			}
+			out = append(out, f)
+		}
+		token = resp.GetNextPageToken()
+		if token == "" {
+			return out, nil
+		}
+	}
+}
+
+// converge polls every node until, for every shard, all report the same
+// applied index and digest, or the deadline passes.
+func converge(ctx context.Context, c *Cluster, h *History, timeout time.Duration) Convergence {
+	var cv Convergence
+	deadline := time.Now().Add(timeout)
+	for {
+		samples, err := c.Digests(ctx, h.Now())
+		cv.Samples = append(cv.Samples, samples...)
+		if err == nil && agreed(samples, len(c.Nodes)) {
+			cv.Converged = true
+			return cv
+		}
+		if err != nil {
+			cv.Err = err.Error()
+		} else {
+			cv.Err = "nodes at different applied indexes"
+		}
+		if time.Now().After(deadline) || sleepCtx(ctx, 250*time.Millisecond) != nil {
+			return cv
+		}
+	}
+}
+
+func agreed(samples []DigestSample, nodes int) bool {
+	type v struct {
+		applied uint64
+		digest  string
+	}
+	first := map[uint32]v{}
+	count := map[uint32]int{}
+	for _, s := range samples {
+		count[s.Shard]++
+		f, ok := first[s.Shard]
+		if !ok {
+			first[s.Shard] = v{s.Applied, s.Digest}
+			continue
+		}
+		if f.applied != s.Applied || f.digest != s.Digest {
+			return false
+		}
+	}
+	for _, n := range count {
+		if n != nodes {
+			return false
+		}
+	}
+	return len(count) > 0
+}
+
+func writeHistory(path string, ops []Op, events []FaultEvent) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriter(f)
+	enc := json.NewEncoder(w)
+	for _, e := range events {
+		_ = enc.Encode(map[string]any{"fault": e})
+	}
+	for _, op := range ops {
+		_ = enc.Encode(op)
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
