@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -143,6 +144,8 @@ type testNode struct {
 	pool *Pool
 	net  *RaftNetwork
 	done chan struct{}
+	// pipelines counts AppendEntriesPipeline streams served.
+	pipelines atomic.Int64
 
 	mu    sync.Mutex
 	rafts map[uint32]*raft.Raft
@@ -192,12 +195,18 @@ func (c *testCluster) addNode() *testNode {
 	nd := &testNode{
 		id:    fmt.Sprintf("n%d", len(c.nodes)+1),
 		addr:  lis.Addr().String(),
-		srv:   grpc.NewServer(ServerOptions()...),
 		pool:  NewPool(),
 		done:  make(chan struct{}),
 		rafts: make(map[uint32]*raft.Raft),
 		fsms:  make(map[uint32]*counterFSM),
 	}
+	countPipelines := func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if strings.HasSuffix(info.FullMethod, "/AppendEntriesPipeline") {
+			nd.pipelines.Add(1)
+		}
+		return h(srv, ss)
+	}
+	nd.srv = grpc.NewServer(append(ServerOptions(), grpc.ChainStreamInterceptor(countPipelines))...)
 	nd.net = NewRaftNetwork(RaftConfig{LocalAddr: nd.addr, Timeout: 2 * time.Second, SnapshotTimeout: 20 * time.Second}, nd.pool)
 	nd.net.Register(nd.srv)
 	go func() {

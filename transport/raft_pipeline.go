@@ -123,6 +123,7 @@ func (p *pipeline) receive() {
 			switch {
 			case err != nil:
 				err = p.g.rpcErr("AppendEntriesPipeline", p.target, err)
+				p.g.net.log.Debug("raft pipeline failed", "group", p.g.group, "target", string(p.target), "err", err)
 				p.setErr(err)
 				p.cancel()
 				f.respond(p.getErr())

@@ -33,6 +33,7 @@ func errGroupClosed(group uint32) error {
 func (s *raftService) group(group uint32, h *internalpb.RaftRPCHeader) (*groupTransport, error) {
 	g := s.net.lookup(group)
 	if g == nil {
+		s.net.log.Debug("raft rpc for unknown group", "group", group, "from", string(h.GetAddr()))
 		return nil, errUnknownGroup(group)
 	}
 	if len(h.GetAddr()) > 0 && s.net.dropped(raft.ServerAddress(h.GetAddr())) {

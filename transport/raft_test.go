@@ -31,6 +31,14 @@ func TestRaftTwoGroupsReplicate(t *testing.T) {
 	wg.Wait()
 	c.converged(7, 1000)
 	c.converged(9, 1000)
+	// Replication used the pipeline stream.
+	var piped int64
+	for _, nd := range c.nodes {
+		piped += nd.pipelines.Load()
+	}
+	if piped == 0 {
+		t.Error("no AppendEntriesPipeline stream was opened")
+	}
 	// Every node dialled each peer once, whatever the number of groups.
 	for _, nd := range c.nodes {
 		nd.pool.mu.Lock()
