@@ -285,7 +285,6 @@ func (w *Worker) leaseLoop(ctx, execCtx, rpcCtx context.Context, jobs *sync.Wait
 			continue
 		}
 		ttl := w.cfg.LeaseTTL
-		sent := time.Now()
 		resp, err := w.cfg.Client.Lease(ctx, &hodeiv1.LeaseRequest{
 			WorkerId: w.cfg.ID,
 			Capacity: int32(free),
@@ -311,14 +310,19 @@ func (w *Worker) leaseLoop(ctx, execCtx, rpcCtx context.Context, jobs *sync.Wait
 			continue
 		}
 		errs = 0
+		// A long-poll may have been granted at any time during the wait:
+		// count the TTL from the answer's arrival. (Erring late here only
+		// delays killing a job whose lease is gone; erring early would kill
+		// jobs whose lease is valid.)
+		received := time.Now()
 		for _, l := range resp.GetLeases() {
-			w.start(l, sent, execCtx, rpcCtx, jobs)
+			w.start(l, received, execCtx, rpcCtx, jobs)
 		}
 	}
 }
 
 // start registers a lease and runs its job in a new goroutine.
-func (w *Worker) start(l *hodeiv1.Lease, sent time.Time, execCtx, rpcCtx context.Context, jobs *sync.WaitGroup) {
+func (w *Worker) start(l *hodeiv1.Lease, received time.Time, execCtx, rpcCtx context.Context, jobs *sync.WaitGroup) {
 	id := l.GetJob().GetId()
 	w.leased.Add(1)
 	ttl := time.Duration(l.GetTtlMs()) * time.Millisecond
@@ -326,7 +330,7 @@ func (w *Worker) start(l *hodeiv1.Lease, sent time.Time, execCtx, rpcCtx context
 		ttl = w.cfg.LeaseTTL
 	}
 	jctx, cancel := context.WithCancelCause(execCtx)
-	t := &task{lease: l, cancel: cancel, expiresAt: sent.Add(ttl)}
+	t := &task{lease: l, cancel: cancel, expiresAt: received.Add(ttl)}
 	w.mu.Lock()
 	if _, dup := w.running[id]; dup {
 		w.mu.Unlock()
@@ -468,7 +472,6 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	ttl := w.cfg.LeaseTTL
 	hctx, cancel := context.WithTimeout(ctx, ttl/3)
 	defer cancel()
-	sent := time.Now()
 	resp, err := w.cfg.Client.ExtendLeases(hctx, &hodeiv1.ExtendLeasesRequest{
 		WorkerId: w.cfg.ID,
 		Leases:   refs,
@@ -480,6 +483,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		}
 		return
 	}
+	received := time.Now()
 	for _, r := range resp.GetResults() {
 		t := tasks[r.GetJobId()]
 		if t == nil {
@@ -489,7 +493,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 			w.loseLease(r.GetJobId(), t, r.GetReason())
 			continue
 		}
-		t.extendTo(sent.Add(ttl))
+		t.extendTo(received.Add(ttl))
 	}
 }
 

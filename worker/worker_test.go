@@ -35,6 +35,7 @@ type fakeCluster struct {
 	completions  []*hodeiv1.CompleteJobRequest
 	leasedAt     map[string]time.Time
 	maxCapacity  int32
+	pollStarted  time.Time  // when the latest Lease call arrived
 	failComplete int        // fail this many CompleteJob calls with failCode
 	failCode     codes.Code // code for failComplete
 	completeSeen int        // CompleteJob calls, failed or not
@@ -55,9 +56,13 @@ func (f *fakeCluster) submit(jobs ...*hodeiv1.Job) {
 func (f *fakeCluster) Lease(ctx context.Context, req *hodeiv1.LeaseRequest) (*hodeiv1.LeaseResponse, error) {
 	deadline := time.NewTimer(time.Duration(req.GetWaitMs()) * time.Millisecond)
 	defer deadline.Stop()
+	first := true
 	for {
 		f.mu.Lock()
 		f.maxCapacity = max(f.maxCapacity, req.GetCapacity())
+		if first {
+			f.pollStarted, first = time.Now(), false
+		}
 		if len(f.queue) > 0 {
 			n := min(int(req.GetCapacity()), len(f.queue))
 			resp := &hodeiv1.LeaseResponse{}
@@ -288,6 +293,27 @@ func TestWorkerHeartbeatsAndRespectsConcurrency(t *testing.T) {
 			}
 		}
 	})
+	h.stop(t, 5*time.Second)
+}
+
+// A job leased at the end of a long-poll longer than the TTL must not be
+// taken for lost: its lease starts when granted, not when the poll was sent.
+func TestWorkerLongPollGrantNotTakenForLost(t *testing.T) {
+	f := newFakeCluster()
+	h := startWorker(t, f, func(c *Config) { c.LeaseTTL = 300 * time.Millisecond; c.PollWait = 10 * time.Second })
+	waitFor(t, "a long-poll older than the TTL", 5*time.Second, func() bool {
+		var at time.Time
+		f.get(func() { at = f.pollStarted })
+		return !at.IsZero() && time.Since(at) > 500*time.Millisecond
+	})
+	f.submit(shellJob("late", "sleep 0.3"))
+	waitFor(t, "completion", 10*time.Second, func() bool { return f.completion("late") != nil })
+	if c := f.completion("late"); !c.GetSuccess() {
+		t.Fatalf("completion %v", c)
+	}
+	if st := h.w.Stats(); st.Lost != 0 {
+		t.Fatalf("stats %+v", st)
+	}
 	h.stop(t, 5*time.Second)
 }
 

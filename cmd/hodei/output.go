@@ -169,6 +169,9 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 		rowIf(r.GetWorkerId() != "", "  Worker", r.GetWorkerId)
 		rowIf(r.GetStartedAtMs() > 0, "  Started", func() string { return fmtMillis(r.GetStartedAtMs()) })
 		rowIf(r.GetFinishedAtMs() > 0, "  Finished", func() string {
+			if r.GetStartedAtMs() == 0 {
+				return fmtMillis(r.GetFinishedAtMs())
+			}
 			return fmt.Sprintf("%s (took %v)", fmtMillis(r.GetFinishedAtMs()), time.Duration(r.GetFinishedAtMs()-r.GetStartedAtMs())*time.Millisecond)
 		})
 	}
