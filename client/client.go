@@ -108,7 +108,16 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn)}, nil
+	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn)}
+	// Creating the channels checks the addresses; no connection is made
+	// until the first call.
+	for _, a := range cfg.Addrs {
+		if _, err := c.conn(a); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // Close closes every connection. Calls in flight fail.
@@ -218,13 +227,15 @@ func (c *Client) invoke(ctx context.Context, timeout time.Duration, addr string,
 			idx, target = c.current()
 		}
 		cc, err := c.conn(target)
+		if err != nil {
+			// Closed client or a malformed address: retrying cannot help.
+			return err
+		}
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		err = attempt(actx, cc)
+		cancel()
 		if err == nil {
-			actx, cancel := context.WithTimeout(ctx, timeout)
-			err = attempt(actx, cc)
-			cancel()
-			if err == nil {
-				return nil
-			}
+			return nil
 		}
 		if ctx.Err() != nil {
 			// The caller's context ended: report the RPC's error if it is
