@@ -185,17 +185,21 @@ func (n *Node) HasReadyFor(id uint32, labels []*hodeiv1.KeyValue) bool {
 
 func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }
 
-func (n *Node) Status(ctx context.Context) (*hodeiv1.StatusResponse, error) {
+func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
 	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev"}
 	for _, s := range n.shards {
 		addr, lid := s.raft.LeaderWithID()
 		st := s.fsm.Stats()
-		idx, digest := s.fsm.Digest()
+		idx, digest := s.fsm.AppliedIndex(), ""
+		if req.GetIncludeDigest() {
+			idx, digest = s.fsm.Digest()
+		}
 		ss := &hodeiv1.ShardStatus{
 			Shard: s.id, LeaderId: string(lid), LeaderAddress: string(addr),
 			AppliedIndex: idx, CommitIndex: s.raft.CommitIndex(), LastLogIndex: s.raft.LastIndex(),
 			State: s.raft.State().String(), PendingJobs: int64(st.Ready + st.Delayed), RunningJobs: int64(st.Running),
 			Term: s.raft.CurrentTerm(), FsmDigest: digest,
+			FinishedJobs: int64(st.Succeeded + st.Failed + st.Cancelled), Jobs: int64(st.Jobs),
 		}
 		if cf := s.raft.GetConfiguration(); cf.Error() == nil {
 			for _, srv := range cf.Configuration().Servers {

@@ -349,19 +349,19 @@ func TestRestartFromDataDir(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := followerOf(tc, tc.leader())
-	want, _ := tc.nodes[tc.leader()].Status(ctx)
+	want, _ := tc.nodes[tc.leader()].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 	waitFor(t, 10*time.Second, "follower to apply everything", func() bool {
-		st, _ := tc.nodes[f].Status(ctx)
+		st, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 		return st.Shards[0].AppliedIndex >= want.Shards[0].AppliedIndex
 	})
-	before, _ := tc.nodes[f].Status(ctx)
+	before, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 	if err := tc.nodes[f].Close(); err != nil {
 		t.Fatal(err)
 	}
 	tc.restart(f)
 	// Its FSM replays the log (and snapshot) from disk: same digest at the same index.
 	waitFor(t, 20*time.Second, "restarted node to reach the same state", func() bool {
-		st, _ := tc.nodes[f].Status(ctx)
+		st, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 		return st.Shards[0].AppliedIndex == before.Shards[0].AppliedIndex && st.Shards[0].FsmDigest == before.Shards[0].FsmDigest
 	})
 	j, ok := tc.nodes[f].GetJob(0, ids[0])

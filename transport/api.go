@@ -46,7 +46,7 @@ type Backend interface {
 	WorkSignal() <-chan struct{}
 
 	// Administration.
-	Status(ctx context.Context) (*hodeiv1.StatusResponse, error)
+	Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error)
 	Join(ctx context.Context, req *hodeiv1.JoinRequest) error
 	Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error
 	TransferLeader(ctx context.Context, req *hodeiv1.TransferLeaderRequest) error

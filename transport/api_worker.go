@@ -219,8 +219,8 @@ type adminService struct {
 	a *API
 }
 
-func (s *adminService) Status(ctx context.Context, _ *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
-	resp, err := s.a.b.Status(ctx)
+func (s *adminService) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
+	resp, err := s.a.b.Status(ctx, req)
 	return resp, ToStatus(err)
 }
 

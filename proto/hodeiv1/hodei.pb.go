@@ -1685,7 +1685,9 @@ type ShardStatus struct {
 	PendingJobs   int64                  `protobuf:"varint,9,opt,name=pending_jobs,json=pendingJobs,proto3" json:"pending_jobs,omitempty"` // queue depth (ready + delayed)
 	RunningJobs   int64                  `protobuf:"varint,10,opt,name=running_jobs,json=runningJobs,proto3" json:"running_jobs,omitempty"`
 	Term          uint64                 `protobuf:"varint,11,opt,name=term,proto3" json:"term,omitempty"`
-	FsmDigest     string                 `protobuf:"bytes,12,opt,name=fsm_digest,json=fsmDigest,proto3" json:"fsm_digest,omitempty"` // hex digest of the FSM state at applied_index
+	FsmDigest     string                 `protobuf:"bytes,12,opt,name=fsm_digest,json=fsmDigest,proto3" json:"fsm_digest,omitempty"`           // hex digest of the FSM state at applied_index
+	FinishedJobs  int64                  `protobuf:"varint,13,opt,name=finished_jobs,json=finishedJobs,proto3" json:"finished_jobs,omitempty"` // terminal jobs held (until retention removes them)
+	Jobs          int64                  `protobuf:"varint,14,opt,name=jobs,proto3" json:"jobs,omitempty"`                                     // all jobs held
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1804,8 +1806,23 @@ func (x *ShardStatus) GetFsmDigest() string {
 	return ""
 }
 
+func (x *ShardStatus) GetFinishedJobs() int64 {
+	if x != nil {
+		return x.FinishedJobs
+	}
+	return 0
+}
+
+func (x *ShardStatus) GetJobs() int64 {
+	if x != nil {
+		return x.Jobs
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	IncludeDigest bool                   `protobuf:"varint,1,opt,name=include_digest,json=includeDigest,proto3" json:"include_digest,omitempty"` // compute fsm_digest (costs a full encoding of each shard's state)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1838,6 +1855,13 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StatusRequest) GetIncludeDigest() bool {
+	if x != nil {
+		return x.IncludeDigest
+	}
+	return false
 }
 
 type StatusResponse struct {
@@ -2391,7 +2415,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1a\n" +
 	"\bsuffrage\x18\x03 \x01(\tR\bsuffrage\x12\x16\n" +
-	"\x06leader\x18\x04 \x01(\bR\x06leader\"\x94\x03\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\"\xcd\x03\n" +
 	"\vShardStatus\x12\x14\n" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12%\n" +
@@ -2406,8 +2430,11 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	" \x01(\x03R\vrunningJobs\x12\x12\n" +
 	"\x04term\x18\v \x01(\x04R\x04term\x12\x1d\n" +
 	"\n" +
-	"fsm_digest\x18\f \x01(\tR\tfsmDigest\"\x0f\n" +
-	"\rStatusRequest\"\x8c\x01\n" +
+	"fsm_digest\x18\f \x01(\tR\tfsmDigest\x12#\n" +
+	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
+	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
+	"\rStatusRequest\x12%\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\x8c\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +

@@ -871,6 +871,10 @@ type SnapshotHeader struct {
 	JobCount      uint64                 `protobuf:"varint,5,opt,name=job_count,json=jobCount,proto3" json:"job_count,omitempty"`
 	RequestCount  uint64                 `protobuf:"varint,6,opt,name=request_count,json=requestCount,proto3" json:"request_count,omitempty"`
 	LastNowMs     int64                  `protobuf:"varint,7,opt,name=last_now_ms,json=lastNowMs,proto3" json:"last_now_ms,omitempty"`
+	AppliedIndex  uint64                 `protobuf:"varint,8,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`      // raft index the snapshot was taken at (AppliedIndex after restore)
+	LastPromoteMs int64                  `protobuf:"varint,9,opt,name=last_promote_ms,json=lastPromoteMs,proto3" json:"last_promote_ms,omitempty"` // now_ms of the last PromoteDelayed (tells delayed from ready PENDING jobs)
+	RrCursor      string                 `protobuf:"bytes,10,opt,name=rr_cursor,json=rrCursor,proto3" json:"rr_cursor,omitempty"`                  // fair-share round robin: the tenant whose turn is next
+	Deficits      []*TenantDeficit       `protobuf:"bytes,11,rep,name=deficits,proto3" json:"deficits,omitempty"`                                  // non-zero per-tenant DRR deficits, sorted by tenant
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -954,6 +958,86 @@ func (x *SnapshotHeader) GetLastNowMs() int64 {
 	return 0
 }
 
+func (x *SnapshotHeader) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetLastPromoteMs() int64 {
+	if x != nil {
+		return x.LastPromoteMs
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetRrCursor() string {
+	if x != nil {
+		return x.RrCursor
+	}
+	return ""
+}
+
+func (x *SnapshotHeader) GetDeficits() []*TenantDeficit {
+	if x != nil {
+		return x.Deficits
+	}
+	return nil
+}
+
+type TenantDeficit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Deficit       int64                  `protobuf:"varint,2,opt,name=deficit,proto3" json:"deficit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantDeficit) Reset() {
+	*x = TenantDeficit{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantDeficit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantDeficit) ProtoMessage() {}
+
+func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantDeficit.ProtoReflect.Descriptor instead.
+func (*TenantDeficit) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TenantDeficit) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantDeficit) GetDeficit() int64 {
+	if x != nil {
+		return x.Deficit
+	}
+	return 0
+}
+
 type RequestRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -965,7 +1049,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -977,7 +1061,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -990,7 +1074,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1070,7 +1154,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x03job\x18\x04 \x01(\v2\r.hodei.v1.JobR\x03job\x12'\n" +
 	"\x06leases\x18\x05 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\x122\n" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
-	"\x05count\x18\a \x01(\rR\x05count\"\xdc\x01\n" +
+	"\x05count\x18\a \x01(\rR\x05count\"\x84\x03\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1079,7 +1163,15 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"next_token\x18\x04 \x01(\x04R\tnextToken\x12\x1b\n" +
 	"\tjob_count\x18\x05 \x01(\x04R\bjobCount\x12#\n" +
 	"\rrequest_count\x18\x06 \x01(\x04R\frequestCount\x12\x1e\n" +
-	"\vlast_now_ms\x18\a \x01(\x03R\tlastNowMs\"}\n" +
+	"\vlast_now_ms\x18\a \x01(\x03R\tlastNowMs\x12#\n" +
+	"\rapplied_index\x18\b \x01(\x04R\fappliedIndex\x12&\n" +
+	"\x0flast_promote_ms\x18\t \x01(\x03R\rlastPromoteMs\x12\x1b\n" +
+	"\trr_cursor\x18\n" +
+	" \x01(\tR\brrCursor\x12<\n" +
+	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\"A\n" +
+	"\rTenantDeficit\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
+	"\adeficit\x18\x02 \x01(\x03R\adeficit\"}\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x13\n" +
@@ -1106,7 +1198,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(*Entry)(nil),                     // 1: hodei.internal.v1.Entry
@@ -1121,15 +1213,16 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*GCJobs)(nil),                    // 10: hodei.internal.v1.GCJobs
 	(*CommandResult)(nil),             // 11: hodei.internal.v1.CommandResult
 	(*SnapshotHeader)(nil),            // 12: hodei.internal.v1.SnapshotHeader
-	(*RequestRecord)(nil),             // 13: hodei.internal.v1.RequestRecord
-	(*hodeiv1.JobSpec)(nil),           // 14: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 15: hodei.v1.KeyValue
-	(*hodeiv1.LeaseRef)(nil),          // 16: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 17: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 18: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 19: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 20: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 21: hodei.v1.ExtendResult
+	(*TenantDeficit)(nil),             // 13: hodei.internal.v1.TenantDeficit
+	(*RequestRecord)(nil),             // 14: hodei.internal.v1.RequestRecord
+	(*hodeiv1.JobSpec)(nil),           // 15: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 16: hodei.v1.KeyValue
+	(*hodeiv1.LeaseRef)(nil),          // 17: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 18: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 19: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 20: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 21: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 22: hodei.v1.ExtendResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	2,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -1141,22 +1234,23 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	8,  // 6: hodei.internal.v1.Command.expire:type_name -> hodei.internal.v1.ExpireLeases
 	9,  // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
 	10, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
-	14, // 9: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	15, // 10: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	16, // 11: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	17, // 12: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	16, // 13: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	15, // 9: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	16, // 10: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	17, // 11: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	18, // 12: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	17, // 13: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
 	0,  // 14: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	18, // 15: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	19, // 16: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	20, // 17: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	21, // 18: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	11, // 19: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	19, // 15: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	20, // 16: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	21, // 17: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	22, // 18: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	13, // 19: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	11, // 20: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -1180,7 +1274,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+)
+
+func init() { register(newBenchCmd) }
+
+type benchOptions struct {
+	clients  int
+	duration time.Duration
+	batch    int
+	tenants  int
+	jobs     int
+	cmdBytes int
+	dev      bool
+	nodes    int
+	workers  int
+	mode     string
+}
+
+type benchReport struct {
+	Mode          string  `json:"mode"`
+	Clients       int     `json:"clients"`
+	Batch         int     `json:"batch"`
+	Tenants       int     `json:"tenants"`
+	Submitted     int64   `json:"submitted"`
+	Errors        int64   `json:"errors"`
+	Seconds       float64 `json:"seconds"`
+	SubmitsPerSec float64 `json:"submits_per_sec"`
+	P50Ms         float64 `json:"p50_ms"`
+	P99Ms         float64 `json:"p99_ms"`
+	Completed     int64   `json:"completed,omitempty"`
+	JobsPerSec    float64 `json:"jobs_per_sec,omitempty"`
+	E2ESeconds    float64 `json:"e2e_seconds,omitempty"`
+}
+
+func newBenchCmd() *cobra.Command {
+	o := benchOptions{}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load generator: acknowledged submits/s and end-to-end jobs/s",
+		Long: `Load generator.
+
+  --mode submit   submit no-op jobs from --clients goroutines for --duration; reports
+                  acknowledged submits/s and p50/p99 submit latency.
+  --mode e2e      submit --jobs no-op jobs ("true") and wait until all have SUCCEEDED;
+                  reports jobs/s end to end (needs workers: hodei dev has them, or use --dev).
+
+With --dev the command starts its own in-process cluster (--nodes, --workers) on
+free loopback ports; otherwise it targets --addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.clients < 1 || o.batch < 1 || o.tenants < 1 {
+				return fmt.Errorf("--clients, --batch and --tenants must be >= 1")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			targets := addrs()
+			if o.dev {
+				d, err := startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers}, slog.New(slog.DiscardHandler))
+				if err != nil {
+					return err
+				}
+				defer d.Close()
+				targets = d.addrs
+			}
+			c, err := client.New(client.Config{Addrs: targets})
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var rep benchReport
+			switch o.mode {
+			case "submit":
+				rep, err = benchSubmit(ctx, c, o, o.duration, 0)
+			case "e2e":
+				rep, err = benchE2E(ctx, c, o)
+			default:
+				return fmt.Errorf("--mode must be submit or e2e")
+			}
+			if err != nil {
+				return err
+			}
+			if global.output == "json" {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "mode=%s clients=%d batch=%d tenants=%d\n", rep.Mode, rep.Clients, rep.Batch, rep.Tenants)
+			fmt.Fprintf(out, "submitted %d jobs in %.2fs: %.0f acknowledged submits/s, latency p50 %.2f ms p99 %.2f ms, %d errors\n",
+				rep.Submitted, rep.Seconds, rep.SubmitsPerSec, rep.P50Ms, rep.P99Ms, rep.Errors)
+			if rep.Mode == "e2e" {
+				fmt.Fprintf(out, "completed %d jobs in %.2fs end to end: %.0f jobs/s\n", rep.Completed, rep.E2ESeconds, rep.JobsPerSec)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.mode, "mode", "submit", "submit or e2e")
+	f.IntVar(&o.clients, "clients", 64, "concurrent submitters")
+	f.DurationVar(&o.duration, "duration", 10*time.Second, "submit mode: how long to submit")
+	f.IntVar(&o.batch, "batch", 1, "jobs per SubmitJobs call (1 = SubmitJob)")
+	f.IntVar(&o.tenants, "tenants", 16, "number of tenants the jobs are spread over")
+	f.IntVar(&o.jobs, "jobs", 20000, "e2e mode: number of jobs")
+	f.IntVar(&o.cmdBytes, "cmd-bytes", 0, "pad each job's command with an argument of this many bytes")
+	f.BoolVar(&o.dev, "dev", false, "start an in-process cluster instead of using --addr")
+	f.IntVar(&o.nodes, "nodes", 3, "with --dev: nodes")
+	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
+	return cmd
+}
+
+func benchSpec(o benchOptions, i int64) *hodeiv1.JobSpec {
+	cmd := []string{"true"}
+	if o.cmdBytes > 0 {
+		pad := make([]byte, o.cmdBytes)
+		for k := range pad {
+			pad[k] = 'x'
+		}
+		cmd = append(cmd, string(pad))
+	}
+	return &hodeiv1.JobSpec{Tenant: fmt.Sprintf("bench-%d", i%int64(o.tenants)), Command: cmd}
+}
+
+// benchSubmit submits for d, or until limit jobs (limit > 0).
+func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.Duration, limit int64) (benchReport, error) {
+	rep := benchReport{Mode: "submit", Clients: o.clients, Batch: o.batch, Tenants: o.tenants}
+	var (
+		next, submitted, errs atomic.Int64
+		mu                    sync.Mutex
+		lat                   []time.Duration
+		wg                    sync.WaitGroup
+	)
+	end := time.Now().Add(d)
+	start := time.Now()
+	for g := 0; g < o.clients; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var local []time.Duration
+			for ctx.Err() == nil {
+				if limit == 0 && time.Now().After(end) {
+					break
+				}
+				first := next.Add(int64(o.batch)) - int64(o.batch)
+				n := int64(o.batch)
+				if limit > 0 {
+					if first >= limit {
+						break
+					}
+					if first+n > limit {
+						n = limit - first
+					}
+				}
+				t0 := time.Now()
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				var err error
+				if n == 1 && o.batch == 1 {
+					_, err = c.Submit(cctx, benchSpec(o, first))
+				} else {
+					specs := make([]*hodeiv1.JobSpec, n)
+					for k := range specs {
+						specs[k] = benchSpec(o, first+int64(k))
+					}
+					_, err = c.SubmitBatch(cctx, specs)
+				}
+				cancel()
+				if err != nil {
+					errs.Add(1)
+					continue
+				}
+				local = append(local, time.Since(t0))
+				submitted.Add(n)
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	pct := func(p float64) float64 {
+		if len(lat) == 0 {
+			return 0
+		}
+		return float64(lat[int(float64(len(lat)-1)*p)].Microseconds()) / 1000
+	}
+	rep.Submitted, rep.Errors, rep.Seconds = submitted.Load(), errs.Load(), el.Seconds()
+	rep.SubmitsPerSec = float64(rep.Submitted) / el.Seconds()
+	rep.P50Ms, rep.P99Ms = pct(0.50), pct(0.99)
+	return rep, nil
+}
+
+func benchE2E(ctx context.Context, c *client.Client, o benchOptions) (benchReport, error) {
+	base, err := finished(ctx, c)
+	if err != nil {
+		return benchReport{}, err
+	}
+	start := time.Now()
+	rep, err := benchSubmit(ctx, c, o, 0, int64(o.jobs))
+	if err != nil {
+		return rep, err
+	}
+	rep.Mode = "e2e"
+	for {
+		done, err := finished(ctx, c)
+		if err == nil && done-base >= rep.Submitted {
+			rep.Completed = done - base
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	el := time.Since(start)
+	rep.E2ESeconds = el.Seconds()
+	rep.JobsPerSec = float64(rep.Completed) / el.Seconds()
+	return rep, nil
+}
+
+// finished counts jobs that are not PENDING or RUNNING, from every shard
+// leader's status (jobs minus queue minus running).
+func finished(ctx context.Context, c *client.Client) (int64, error) {
+	st, err := c.Status(ctx, "")
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, sh := range st.GetShards() {
+		lst, err := c.Status(ctx, sh.GetLeaderAddress())
+		if err != nil {
+			return 0, err
+		}
+		for _, s := range lst.GetShards() {
+			if s.GetShard() == sh.GetShard() {
+				total += s.GetFinishedJobs()
+			}
+		}
+	}
+	return total, nil
+}
