@@ -32,6 +32,7 @@ type fakeNode struct {
 	calls    int
 	reqIDs   []string
 	leaseDur time.Duration // how long Lease blocks
+	hang     bool          // GetJob blocks until the call ends
 }
 
 func (f *fakeNode) record(id string) error {
@@ -69,9 +70,13 @@ func (f *fakeNode) SubmitJobs(_ context.Context, req *hodeiv1.SubmitJobsRequest)
 	return out, nil
 }
 
-func (f *fakeNode) GetJob(_ context.Context, req *hodeiv1.GetJobRequest) (*hodeiv1.GetJobResponse, error) {
+func (f *fakeNode) GetJob(ctx context.Context, req *hodeiv1.GetJobRequest) (*hodeiv1.GetJobResponse, error) {
 	if err := f.record(""); err != nil {
 		return nil, err
+	}
+	if f.hang {
+		<-ctx.Done()
+		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	return &hodeiv1.GetJobResponse{Job: &hodeiv1.Job{Id: req.GetId(), Attempts: map[bool]int32{true: 1}[req.GetStale()]}}, nil
 }
@@ -190,6 +195,19 @@ func TestFailoverFromDeadToLive(t *testing.T) {
 	}
 	if n, _ := live.snapshot(); n != 2 {
 		t.Fatalf("live node saw %d calls, want 2", n)
+	}
+}
+
+func TestHungNodeSkippedAfterAttemptTimeout(t *testing.T) {
+	hung := &fakeNode{name: "hung", hang: true}
+	live := &fakeNode{name: "live"}
+	c := newClient(t, Config{Addrs: []string{serve(t, hung), serve(t, live)}, CallTimeout: 100 * time.Millisecond})
+	j, err := c.Get(ctxT(t), "x")
+	if err != nil || j.GetId() != "x" {
+		t.Fatalf("get %v %v", j, err)
+	}
+	if n, _ := hung.snapshot(); n != 1 {
+		t.Fatalf("hung node saw %d calls", n)
 	}
 }
 
