@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
@@ -31,7 +32,7 @@ func ToStatus(err error) error {
 	}
 	var ce CodedError
 	if errors.As(err, &ce) {
-		return status.Error(codeOf(ce.Code()), ce.Error())
+		return status.Error(codeOf(ce.Code()), strings.TrimPrefix(ce.Error(), ce.Code().String()+": "))
 	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
