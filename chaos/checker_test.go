@@ -193,3 +193,20 @@ func TestParseExecLog(t *testing.T) {
 		t.Fatalf("got %+v bad=%d err=%v", es, bad, err)
 	}
 }
+
+func TestExecWithoutEnvIsAttributedByKey(t *testing.T) {
+	ev := cleanEvidence()
+	ev.Execs = append(ev.Execs, Exec{JobID: "?", Token: 0, Attempt: 0, Worker: "?", Tenant: "t1", Key: "k1"})
+	r := Check(ev)
+	if !r.OK {
+		t.Fatalf("rejected: %+v", r.Invariants)
+	}
+	if r.Counts.ExtraExecutions != 2 {
+		t.Fatalf("extra executions = %d, want 2", r.Counts.ExtraExecutions)
+	}
+	ev = cleanEvidence()
+	ev.Execs = append(ev.Execs, Exec{JobID: "?", Tenant: "t9", Key: "ghost"})
+	if r := Check(ev); inv(t, r, 2).OK {
+		t.Fatal("execution of a job nobody submitted passed")
+	}
+}

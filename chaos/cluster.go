@@ -104,7 +104,8 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		args := []string{"worker", "--addr", addrs, "--concurrency", strconv.Itoa(cfg.Concurrency)}
+		args := []string{"worker", "--server", addrs, "--id", fmt.Sprintf("w%d", i),
+			"--concurrency", strconv.Itoa(cfg.Concurrency), "--drain-timeout", "2s"}
 		args = append(args, cfg.WorkerArgs...)
 		c.Workers = append(c.Workers, &Proc{Name: fmt.Sprintf("w%d", i), Path: cfg.Binary, Args: args,
 			LogPath: filepath.Join(dir, fmt.Sprintf("w%d.log", i))})

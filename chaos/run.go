@@ -158,8 +158,9 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	if err := os.WriteFile(execLog, nil, 0o666); err != nil {
 		return err
 	}
+	workerArgs := append([]string{"--lease-ttl", cfg.LeaseTTL.String()}, cfg.WorkerArgs...)
 	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
-		Concurrency: cfg.Concurrency, Network: nw, ServerArgs: serverArgs, WorkerArgs: cfg.WorkerArgs, Log: log})
+		Concurrency: cfg.Concurrency, Network: nw, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log})
 	if err != nil {
 		return err
 	}
@@ -271,6 +272,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey]bool, healedAt, bound time.Duration, log *slog.Logger) DrainResult {
 	d := DrainResult{HealedAt: healedAt, Bound: bound}
 	deadline := time.Now().Add(2 * bound) // keep waiting past the bound to measure
+	lastLog := time.Now()
 	for {
 		jobs, err := listAll(ctx, api)
 		if err == nil {
@@ -295,6 +297,10 @@ func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey
 				return d
 			}
 			d.Stuck = stuck
+			if time.Since(lastLog) > 5*time.Second {
+				log.Info("draining", "not terminal", len(stuck), "since heal", (h.Now() - healedAt).Round(time.Second))
+				lastLog = time.Now()
+			}
 			if len(d.Stuck) > maxListed {
 				d.Stuck = d.Stuck[:maxListed]
 			}
