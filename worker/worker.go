@@ -256,6 +256,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		grace.Stop()
 	}
+	// Every job is done and reported: stop heartbeats (an ExtendLeases in
+	// flight is cut short).
+	rpcCancel()
 	close(hbStop)
 	<-hbDone
 	st := w.Stats()
