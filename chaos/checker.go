@@ -582,7 +582,9 @@ func countExecutions(ev *Evidence, ix *jobIndex) Duplicates {
 	perLease := map[string]int{}
 	for _, e := range ev.Execs {
 		per[e.JobID]++
-		perLease[e.JobID+"#"+strconv.FormatUint(e.Token, 10)]++
+		if e.Token != 0 {
+			perLease[e.JobID+"#"+strconv.FormatUint(e.Token, 10)]++
+		}
 	}
 	d.Executions = len(ev.Execs)
 	d.JobsExecuted = len(per)

@@ -87,10 +87,10 @@ func TestCheckerCleanHistoryPasses(t *testing.T) {
 func TestCheckerCatchesViolations(t *testing.T) {
 	a := JobKey{"t1", "k1"}
 	cases := []struct {
-		name  string
-		want  int
+		name   string
+		want   int
 		break_ func(ev *Evidence)
-		jobID string
+		jobID  string
 	}{
 		{"1 lost acknowledged job", 1, func(ev *Evidence) {
 			ev.Final = ev.Final[1:]

@@ -1,0 +1,49 @@
+package chaos
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestChaosSmoke runs a short mixed-fault run against real processes. It
+// builds the binary, so it runs only with HODEI_CHAOS=1 and without -short:
+//
+//	HODEI_CHAOS=1 go test -run TestChaosSmoke -v ./chaos
+func TestChaosSmoke(t *testing.T) {
+	if testing.Short() || os.Getenv("HODEI_CHAOS") != "1" {
+		t.Skip("set HODEI_CHAOS=1 (and no -short) to run the chaos smoke test")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "hodei")
+	build := exec.Command("go", "build", "-o", bin, "github.com/hodei-io/hodei/cmd/hodei")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cfg := DefaultConfig()
+	cfg.Binary, cfg.Out = bin, filepath.Join(dir, "report")
+	cfg.Duration, cfg.Rate, cfg.Clients = 45*time.Second, 40, 4
+	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	rep.WriteSummary(testWriter{t})
+	if !rep.Passed() {
+		t.Fatal("chaos smoke found violations")
+	}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+var _ io.Writer = testWriter{}
