@@ -59,14 +59,15 @@ func (w *logWriter) stop() {
 	w.mu.Unlock()
 }
 
-// counterFSM counts applied commands and folds their contents, in order,
-// into a checksum; its snapshot carries pad extra bytes so that snapshots
-// span several stream chunks.
+// counterFSM counts distinct applied commands (the first 8 bytes are the
+// command id, so a retried command counts once, as with Hodei's request
+// ids) and folds them, in log order, into a checksum; its snapshot carries
+// pad extra bytes so that snapshots span several stream chunks.
 type counterFSM struct {
 	pad int
 
 	mu       sync.Mutex
-	count    uint64
+	seen     map[uint64]bool
 	sum      uint64
 	restores atomic.Int64
 }
@@ -74,20 +75,31 @@ type counterFSM struct {
 func (f *counterFSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.count++
-	f.sum = f.sum*1099511628211 ^ uint64(crc32.ChecksumIEEE(l.Data))
-	return f.count
+	if f.seen == nil {
+		f.seen = make(map[uint64]bool)
+	}
+	id := binary.BigEndian.Uint64(l.Data)
+	if !f.seen[id] {
+		f.seen[id] = true
+		f.sum = f.sum*1099511628211 ^ uint64(crc32.ChecksumIEEE(l.Data))
+	}
+	return nil
 }
 
 func (f *counterFSM) state() (count, sum uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.count, f.sum
+	return uint64(len(f.seen)), f.sum
 }
 
 func (f *counterFSM) Snapshot() (raft.FSMSnapshot, error) {
-	c, s := f.state()
-	return &counterSnap{count: c, sum: s, pad: f.pad}, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ids := make([]uint64, 0, len(f.seen))
+	for id := range f.seen {
+		ids = append(ids, id)
+	}
+	return &counterSnap{ids: ids, sum: f.sum, pad: f.pad}, nil
 }
 
 func (f *counterFSM) Restore(rc io.ReadCloser) error {
@@ -96,16 +108,25 @@ func (f *counterFSM) Restore(rc io.ReadCloser) error {
 	if _, err := io.ReadFull(rc, hdr[:]); err != nil {
 		return err
 	}
+	n := binary.BigEndian.Uint64(hdr[0:])
+	seen := make(map[uint64]bool, n)
+	var b [8]byte
+	for i := uint64(0); i < n; i++ {
+		if _, err := io.ReadFull(rc, b[:]); err != nil {
+			return err
+		}
+		seen[binary.BigEndian.Uint64(b[:])] = true
+	}
 	pad := binary.BigEndian.Uint64(hdr[16:])
-	n, err := io.Copy(io.Discard, rc)
+	got, err := io.Copy(io.Discard, rc)
 	if err != nil {
 		return err
 	}
-	if uint64(n) != pad {
-		return fmt.Errorf("snapshot padding is %d bytes, want %d", n, pad)
+	if uint64(got) != pad {
+		return fmt.Errorf("snapshot padding is %d bytes, want %d", got, pad)
 	}
 	f.mu.Lock()
-	f.count = binary.BigEndian.Uint64(hdr[0:])
+	f.seen = seen
 	f.sum = binary.BigEndian.Uint64(hdr[8:])
 	f.mu.Unlock()
 	f.restores.Add(1)
@@ -113,20 +134,20 @@ func (f *counterFSM) Restore(rc io.ReadCloser) error {
 }
 
 type counterSnap struct {
-	count, sum uint64
-	pad        int
+	ids []uint64
+	sum uint64
+	pad int
 }
 
 func (s *counterSnap) Persist(sink raft.SnapshotSink) error {
-	var hdr [24]byte
-	binary.BigEndian.PutUint64(hdr[0:], s.count)
-	binary.BigEndian.PutUint64(hdr[8:], s.sum)
-	binary.BigEndian.PutUint64(hdr[16:], uint64(s.pad))
-	if _, err := sink.Write(hdr[:]); err != nil {
-		_ = sink.Cancel()
-		return err
+	buf := make([]byte, 24+8*len(s.ids)+s.pad)
+	binary.BigEndian.PutUint64(buf[0:], uint64(len(s.ids)))
+	binary.BigEndian.PutUint64(buf[8:], s.sum)
+	binary.BigEndian.PutUint64(buf[16:], uint64(s.pad))
+	for i, id := range s.ids {
+		binary.BigEndian.PutUint64(buf[24+8*i:], id)
 	}
-	if _, err := sink.Write(make([]byte, s.pad)); err != nil {
+	if _, err := sink.Write(buf); err != nil {
 		_ = sink.Cancel()
 		return err
 	}
@@ -164,6 +185,8 @@ type testCluster struct {
 	logw  *logWriter
 	dir   string
 	nodes []*testNode
+
+	nextID atomic.Uint64
 }
 
 func newTestCluster(tb testing.TB, n int, groups []uint32, opts clusterOpts) *testCluster {
@@ -220,9 +243,10 @@ func (c *testCluster) addNode() *testNode {
 func (c *testCluster) raftConfig(id string, group uint32) *raft.Config {
 	conf := raft.DefaultConfig()
 	conf.LocalID = raft.ServerID(id)
-	conf.HeartbeatTimeout = 300 * time.Millisecond
-	conf.ElectionTimeout = 300 * time.Millisecond
-	conf.LeaderLeaseTimeout = 150 * time.Millisecond
+	// Tolerant of a loaded 2-core machine running -race.
+	conf.HeartbeatTimeout = 500 * time.Millisecond
+	conf.ElectionTimeout = 500 * time.Millisecond
+	conf.LeaderLeaseTimeout = 300 * time.Millisecond
 	conf.CommitTimeout = 5 * time.Millisecond
 	conf.Logger = hclog.New(&hclog.LoggerOptions{
 		Name:   fmt.Sprintf("raft-%s-g%d", id, group),
@@ -348,11 +372,21 @@ func (c *testCluster) leader(group uint32) *testNode {
 	return lead
 }
 
-// applyN applies n commands of size bytes to r from conc goroutines.
-func applyN(tb testing.TB, r *raft.Raft, n, conc, size int) {
-	tb.Helper()
+// applyN applies n new commands of size bytes to group from conc
+// goroutines, each retried on the current leader until it commits (a
+// command's id makes a retry after an unknown outcome harmless).
+func (c *testCluster) applyN(group uint32, n, conc, size int) {
+	c.tb.Helper()
+	if err := c.tryApplyN(group, n, conc, size); err != nil {
+		c.tb.Fatal(err)
+	}
+}
+
+// tryApplyN is applyN for any goroutine: it returns the failures.
+func (c *testCluster) tryApplyN(group uint32, n, conc, size int) error {
 	var wg sync.WaitGroup
 	var next atomic.Int64
+	base := c.nextID.Add(uint64(n)) - uint64(n)
 	errc := make(chan error, conc)
 	for w := 0; w < conc; w++ {
 		wg.Add(1)
@@ -365,8 +399,8 @@ func applyN(tb testing.TB, r *raft.Raft, n, conc, size int) {
 				}
 				// raft keeps the slice in its log: never reuse it.
 				buf := make([]byte, size)
-				binary.BigEndian.PutUint64(buf, uint64(i))
-				if err := r.Apply(buf, 10*time.Second).Error(); err != nil {
+				binary.BigEndian.PutUint64(buf, base+uint64(i))
+				if err := c.applyOne(group, buf); err != nil {
 					errc <- fmt.Errorf("apply %d: %w", i, err)
 					return
 				}
@@ -379,9 +413,37 @@ func applyN(tb testing.TB, r *raft.Raft, n, conc, size int) {
 	for err := range errc {
 		errs = append(errs, err)
 	}
-	if err := errors.Join(errs...); err != nil {
-		tb.Fatal(err)
+	return errors.Join(errs...)
+}
+
+func (c *testCluster) applyOne(group uint32, cmd []byte) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var err error
+		r := c.currentLeader(group)
+		if r == nil {
+			err = raft.ErrNotLeader
+		} else {
+			err = r.Apply(cmd, 5*time.Second).Error()
+		}
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond) // back off before retrying elsewhere
 	}
+}
+
+// currentLeader returns a live raft of group that believes it leads, or nil.
+func (c *testCluster) currentLeader(group uint32) *raft.Raft {
+	for _, nd := range c.nodes {
+		if r := nd.raft(group); r != nil && r.State() == raft.Leader {
+			return r
+		}
+	}
+	return nil
 }
 
 // converged waits until the group's FSM on every live node has applied

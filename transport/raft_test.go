@@ -21,11 +21,13 @@ func TestRaftTwoGroupsReplicate(t *testing.T) {
 	c := newTestCluster(t, 3, []uint32{7, 9}, clusterOpts{})
 	var wg sync.WaitGroup
 	for _, g := range []uint32{7, 9} {
-		lead := c.leader(g)
+		c.leader(g)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			applyN(t, lead.raft(g), 1000, 16, 200)
+			if err := c.tryApplyN(g, 1000, 16, 200); err != nil {
+				t.Error(err)
+			}
 		}()
 	}
 	wg.Wait()
@@ -55,7 +57,7 @@ func TestRaftTwoGroupsReplicate(t *testing.T) {
 func TestRaftLeaderFailover(t *testing.T) {
 	c := newTestCluster(t, 3, []uint32{7, 9}, clusterOpts{})
 	lead := c.leader(7)
-	applyN(t, lead.raft(7), 100, 8, 200)
+	c.applyN(7, 100, 8, 200)
 	c.converged(7, 100)
 
 	lead.stopRaft(t, 7)
@@ -73,11 +75,11 @@ func TestRaftLeaderFailover(t *testing.T) {
 	if next == lead {
 		t.Fatal("stopped node still leads")
 	}
-	applyN(t, next.raft(7), 200, 8, 200)
+	c.applyN(7, 200, 8, 200)
 	c.converged(7, 300)
 
-	lead9 := c.leader(9)
-	applyN(t, lead9.raft(9), 50, 4, 200)
+	c.leader(9)
+	c.applyN(9, 50, 4, 200)
 	c.converged(9, 50)
 }
 
@@ -91,23 +93,23 @@ func TestRaftInstallSnapshot(t *testing.T) {
 			conf.SnapshotThreshold = 1 << 30 // only explicit snapshots
 		},
 	})
-	lead := c.leader(7)
-	applyN(t, lead.raft(7), 300, 8, 200)
-	if err := lead.raft(7).Snapshot().Error(); err != nil {
+	c.leader(7)
+	c.applyN(7, 300, 8, 200)
+	if err := c.leader(7).raft(7).Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
-	applyN(t, lead.raft(7), 20, 2, 200) // a few entries past the snapshot
+	c.applyN(7, 20, 2, 200) // a few entries past the snapshot
 
 	joiner := c.addNode()
 	c.startRaft(joiner, 7, nil)
-	if err := lead.raft(7).AddVoter(raft.ServerID(joiner.id), raft.ServerAddress(joiner.addr), 0, 10*time.Second).Error(); err != nil {
+	if err := c.leader(7).raft(7).AddVoter(raft.ServerID(joiner.id), raft.ServerAddress(joiner.addr), 0, 10*time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
 	c.converged(7, 320)
 	if n := joiner.fsm(7).restores.Load(); n < 1 {
 		t.Fatalf("joiner restored %d snapshots, want at least 1", n)
 	}
-	applyN(t, lead.raft(7), 30, 4, 200)
+	c.applyN(7, 30, 4, 200)
 	c.converged(7, 350)
 }
 
@@ -129,8 +131,8 @@ func TestRaftRestartedFollowerCatchesUp(t *testing.T) {
 		}
 	}
 	follower.stopRaft(t, 7)
-	applyN(t, lead.raft(7), 200, 8, 200)
-	if err := lead.raft(7).Snapshot().Error(); err != nil {
+	c.applyN(7, 200, 8, 200)
+	if err := c.leader(7).raft(7).Snapshot().Error(); err != nil {
 		t.Fatal(err)
 	}
 	// Fresh, empty stores: the follower lost its disk.
@@ -146,20 +148,18 @@ func TestRaftRestartedFollowerCatchesUp(t *testing.T) {
 func TestRaftDropFilterPartition(t *testing.T) {
 	c := newTestCluster(t, 3, []uint32{7}, clusterOpts{})
 	lead := c.leader(7)
-	applyN(t, lead.raft(7), 20, 2, 200)
+	c.applyN(7, 20, 2, 200)
 	lead.net.SetDropFilter(func(raft.ServerAddress) bool { return true })
 
-	var next *testNode
 	waitFor(t, 10*time.Second, "a new leader in the majority", func() bool {
 		for _, nd := range c.nodes {
 			if nd != lead && nd.raft(7).State() == raft.Leader {
-				next = nd
 				return true
 			}
 		}
 		return false
 	})
-	applyN(t, next.raft(7), 30, 2, 200)
+	c.applyN(7, 30, 2, 200)
 	lead.net.SetDropFilter(nil)
 	waitFor(t, 10*time.Second, "the old leader to step down", func() bool {
 		return lead.raft(7).State() == raft.Follower
