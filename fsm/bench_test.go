@@ -1,0 +1,83 @@
+package fsm
+
+import (
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// cmd100 is a 100-byte command line.
+var cmd100 = strings.Repeat("x", 100)
+
+func submitEntry(now int64, n int) *internalpb.Entry {
+	specs := make([]*hodeiv1.JobSpec, n)
+	for i := range specs {
+		specs[i] = &hodeiv1.JobSpec{Tenant: "bench", Command: []string{cmd100}, Shell: true}
+	}
+	return &internalpb.Entry{Version: EntryVersion, NowMs: now, Commands: []*internalpb.Command{submitCmd(specs...)}}
+}
+
+// BenchmarkApplySubmit: one op = one entry with a batch of 64 submits.
+func BenchmarkApplySubmit(b *testing.B) {
+	f, _ := New(DefaultConfig(), Options{})
+	e := submitEntry(1000, 64)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if r := f.ApplyEntry(uint64(i+1), e); r[0].GetCode() != internalpb.Code_CODE_OK {
+			b.Fatal(r[0].GetMessage())
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)*64/b.Elapsed().Seconds(), "submits/s")
+}
+
+// BenchmarkLeaseComplete: one op = lease 1 job and complete it.
+func BenchmarkLeaseComplete(b *testing.B) {
+	f, _ := New(DefaultConfig(), Options{})
+	idx := uint64(0)
+	for n := 0; n < b.N; n += 64 {
+		idx++
+		f.ApplyEntry(idx, submitEntry(1000, 64))
+	}
+	lease := &internalpb.Entry{Version: EntryVersion, NowMs: 1000, Commands: []*internalpb.Command{leaseCmd("w", 1)}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		idx++
+		l := f.ApplyEntry(idx, lease)[0].GetLeases()[0]
+		idx++
+		r := f.ApplyEntry(idx, &internalpb.Entry{Version: EntryVersion, NowMs: 1000, Commands: []*internalpb.Command{
+			completeCmd(l.GetJob().GetId(), l.GetToken(), true, false)}})
+		if r[0].GetCode() != internalpb.Code_CODE_OK {
+			b.Fatal(r[0].GetMessage())
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+}
+
+// BenchmarkBytesPerPendingJob reports live heap per PENDING job after 100k
+// submits with a 100-byte command (results dropped, as Raft would).
+func BenchmarkBytesPerPendingJob(b *testing.B) {
+	const jobs = 100_000
+	for i := 0; i < b.N; i++ {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		f, _ := New(DefaultConfig(), Options{})
+		for n := 0; n < jobs/64+1; n++ {
+			f.ApplyEntry(uint64(n+1), submitEntry(1000, 64))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if f.Stats().Ready < jobs {
+			b.Fatal("not all submitted")
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(f.Stats().Ready), "B/pending-job")
+		runtime.KeepAlive(f)
+	}
+}

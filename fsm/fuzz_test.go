@@ -1,0 +1,101 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// fuzzBase is a small state the fuzzed entry is applied on top of, so
+// that job ids and tokens in the input can hit real jobs.
+func fuzzBase(t testing.TB) *FSM {
+	f, err := New(DefaultConfig(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ApplyEntry(1, &internalpb.Entry{Version: EntryVersion, NowMs: 1000, Commands: []*internalpb.Command{
+		submitCmd(spec("a"), &hodeiv1.JobSpec{Tenant: "t", Command: []string{"b"}, DelayMs: 10, IdempotencyKey: "k"}, spec("c")),
+		leaseCmd("w", 1),
+		withRID("r", cancelCmd("0-3", "")),
+	}})
+	return f
+}
+
+// applyRecovering applies data as log index 2 and reports the panic
+// message, if any. Panics must be the FSM's own loud "fsm: ..." stops.
+func applyRecovering(t *testing.T, f *FSM, data []byte) (res []*internalpb.CommandResult, panicked bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			if msg := fmt.Sprint(r); !strings.HasPrefix(msg, "fsm: ") {
+				t.Fatalf("unexpected panic: %v", r)
+			}
+			panicked = true
+		}
+	}()
+	out := f.Apply(&raft.Log{Index: 2, Type: raft.LogCommand, Data: data})
+	return out.([]*internalpb.CommandResult), false
+}
+
+func FuzzApply(f *testing.F) {
+	for _, e := range fuzzSeedEntries() {
+		b, _ := proto.Marshal(e)
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{0xff, 0x01})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// NormalizeSpec never panics on any decodable spec.
+		var sp hodeiv1.JobSpec
+		if proto.Unmarshal(data, &sp) == nil {
+			if n, err := NormalizeSpec(&sp, DefaultConfig()); err == nil {
+				if _, err := NormalizeSpec(n, DefaultConfig()); err != nil {
+					t.Fatalf("normalized spec does not validate: %v", err)
+				}
+			}
+		}
+		a, b := fuzzBase(t), fuzzBase(t)
+		ra, pa := applyRecovering(t, a, data)
+		rb, pb := applyRecovering(t, b, bytes.Clone(data))
+		if pa != pb {
+			t.Fatal("panic is not deterministic")
+		}
+		if pa {
+			return
+		}
+		if len(ra) != len(rb) {
+			t.Fatal("result count differs")
+		}
+		for i := range ra {
+			if !proto.Equal(ra[i], rb[i]) {
+				t.Fatalf("result %d differs", i)
+			}
+		}
+		_, da := a.Digest()
+		_, db := b.Digest()
+		if da != db {
+			t.Fatal("replicas diverged")
+		}
+		checkInvariants(t, a)
+	})
+}
+
+func fuzzSeedEntries() []*internalpb.Entry {
+	e := func(cmds ...*internalpb.Command) *internalpb.Entry {
+		return &internalpb.Entry{Version: EntryVersion, NowMs: 5000, Commands: cmds}
+	}
+	return []*internalpb.Entry{
+		e(submitCmd(&hodeiv1.JobSpec{Command: []string{"sh"}, Env: []*hodeiv1.KeyValue{kv("A", "1")}, Labels: []*hodeiv1.KeyValue{kv("gpu", "1")}})),
+		e(leaseCmd("w2", 3), completeCmd("0-1", 1, true, false)),
+		e(completeCmd("0-1", 1, false, true), promoteCmd(), leaseCmd("w", 2)),
+		e(extendCmd("w", 100, &hodeiv1.LeaseRef{JobId: "0-1", Token: 1}), expireCmd(&hodeiv1.LeaseRef{JobId: "0-1", Token: 1})),
+		e(cancelCmd("0-2", "why"), gcCmd(10000, 5), withRID("r", cancelCmd("0-3", ""))),
+		{Version: EntryVersion + 1},
+	}
+}
