@@ -241,13 +241,13 @@ func (g *groupTransport) heartbeatFn() func(raft.RPC) {
 // with UNAVAILABLE, outgoing ones and pipelines are cancelled. Idempotent.
 func (g *groupTransport) Close() error {
 	g.net.mu.Lock()
-	defer g.net.mu.Unlock()
 	g.net.forget(g)
+	g.net.mu.Unlock()
 	g.closeLocked()
 	return nil
 }
 
-// closeLocked closes g; the caller holds g.net.mu.
+// closeLocked closes g (it takes only g.mu, so callers may hold g.net.mu).
 func (g *groupTransport) closeLocked() {
 	g.mu.Lock()
 	if g.closed {

@@ -248,3 +248,38 @@ func TestPool(t *testing.T) {
 		t.Fatalf("Get after Close: %v", err)
 	}
 }
+
+// Closing the network closes every group: open pipelines stop, later calls
+// fail with ErrTransportShutdown, and Close is idempotent.
+func TestRaftNetworkClose(t *testing.T) {
+	c := newTestCluster(t, 2, nil, clusterOpts{})
+	a, b := c.nodes[0], c.nodes[1]
+	stop := make(chan struct{})
+	done := serveGroup(t, b.net.Transport(1), stop, nil)
+	defer func() { close(stop); <-done }()
+
+	tr := a.net.Transport(1)
+	p, err := tr.AppendEntriesPipeline("n2", raft.ServerAddress(b.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.AppendEntries(&raft.AppendEntriesRequest{Term: 1, PrevLogEntry: 1}, new(raft.AppendEntriesResponse)); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.net.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.net.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.AppendEntries(&raft.AppendEntriesRequest{Term: 1}, new(raft.AppendEntriesResponse)); !errors.Is(err, raft.ErrPipelineShutdown) {
+		t.Fatalf("pipeline append after network close: %v", err)
+	}
+	var resp raft.RequestVoteResponse
+	if err := tr.RequestVote("n2", raft.ServerAddress(b.addr), &raft.RequestVoteRequest{Term: 1}, &resp); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("RequestVote after close: %v", err)
+	}
+	if err := a.net.Transport(2).RequestVote("n2", raft.ServerAddress(b.addr), &raft.RequestVoteRequest{Term: 1}, &resp); !errors.Is(err, raft.ErrTransportShutdown) {
+		t.Fatalf("new group after network close: %v", err)
+	}
+}
