@@ -25,6 +25,8 @@ func (s *state) applyComplete(now int64, c *internalpb.CompleteJob) *internalpb.
 	if res.GetWorkerId() == "" {
 		res.WorkerId = j.GetLeaseWorker()
 	}
+	res.LeaseToken = j.GetLeaseToken() // set by the server, whatever the worker sent
+	res.Attempt = j.GetAttempts()
 	j.LastResult = res
 	if c.GetSuccess() {
 		s.finish(j, hodeiv1.JobState_JOB_STATE_SUCCEEDED, now)

@@ -104,6 +104,8 @@ func (s *state) applyExpire(now int64, c *internalpb.ExpireLeases) *internalpb.C
 			Error:        "lease expired",
 			WorkerId:     j.GetLeaseWorker(),
 			FinishedAtMs: now,
+			LeaseToken:   j.GetLeaseToken(),
+			Attempt:      j.GetAttempts(),
 		}
 		s.retryOrFail(j, true, now)
 		n++

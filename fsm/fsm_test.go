@@ -343,6 +343,9 @@ func TestCompleteAndRetry(t *testing.T) {
 	c := completeCmd(r.GetLeases()[0].GetJob().GetId(), r.GetLeases()[0].GetToken(), true, false)
 	c.GetComplete().Result.Output = out
 	j := h.ok(c).GetJob()
+	if lr := j.GetLastResult(); lr.GetLeaseToken() != r.GetLeases()[0].GetToken() || lr.GetAttempt() != 1 {
+		t.Fatalf("last_result token/attempt %v", lr)
+	}
 	if j.GetState() != succeeded || len(j.GetLastResult().GetOutput()) != 64<<10 || j.GetLastResult().GetOutput()[64<<10-1] != 'E' || j.GetLastResult().GetWorkerId() != "w" {
 		t.Fatalf("success job state=%v output=%d", j.GetState(), len(j.GetLastResult().GetOutput()))
 	}
