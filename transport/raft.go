@@ -108,7 +108,10 @@ func (n *RaftNetwork) Register(s *grpc.Server) {
 
 // Transport returns the transport of group, creating it if the group has
 // none or its previous transport was closed (so a group can be restarted).
-// After RaftNetwork.Close it returns a closed transport.
+// Give it to exactly one raft.Raft: raft.Raft.Shutdown closes it (raft
+// calls WithClose), which unregisters the group, so peers then get
+// UNAVAILABLE "unknown raft group N". After RaftNetwork.Close it returns a
+// closed transport.
 func (n *RaftNetwork) Transport(group uint32) RaftTransport {
 	n.mu.Lock()
 	defer n.mu.Unlock()
