@@ -269,7 +269,11 @@ func Check(ev *Evidence) CheckResult {
 	}
 	res.Invariants = append(res.Invariants, inv8)
 	res.Counts = countExecutions(ev, ix)
-	res.Counts.LostJobs = res.Invariants[0].Violations
+	for k := range ix.acked {
+		if _, ok := ix.final[k]; !ok && ev.FinalErr == "" {
+			res.Counts.LostJobs++ // missing; stuck jobs are counted by invariant 1 only
+		}
+	}
 	res.OK = true
 	for _, inv := range res.Invariants {
 		if !inv.OK {

@@ -41,7 +41,7 @@ type Config struct {
 
 // DefaultConfig returns the defaults used by `hodei chaos run`.
 func DefaultConfig() Config {
-	return Config{Nodes: 3, Workers: 3, Concurrency: 16, Clients: 8, Rate: 100, Tenants: 16,
+	return Config{Nodes: 3, Workers: 3, Concurrency: 32, Clients: 8, Rate: 40, Tenants: 16,
 		Duration: 2 * time.Minute, Faults: FaultMixed, Seed: 1, Network: "auto", Out: "chaos-report",
 		LeaseTTL: 5 * time.Second, ElectionTimeout: time.Second, OpTimeout: 2 * time.Second}
 }
