@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 PKGS := ./...
 TEST_TIMEOUT ?= 20m
 
-.PHONY: all build test race bench fuzz proto proto-tools check run chaos-smoke clean
+.PHONY: image all build test race bench fuzz proto proto-tools check run chaos-smoke clean
 
 all: build
 
@@ -45,3 +45,7 @@ chaos-smoke: build
 
 clean:
 	rm -rf bin chaos-report
+
+image:
+	CGO_ENABLED=0 $(GO) build -o deploy/hodei ./cmd/hodei
+	docker build -t hodei:dev deploy

@@ -79,7 +79,7 @@ func (e *ShellExecutor) Run(ctx context.Context, job *hodeiv1.Job) Result {
 
 	out := newRing(cmp(e.MaxOutput, MaxOutput))
 	cmd := exec.CommandContext(runCtx, argv[0], argv[1:]...)
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), jobEnv(job)...)
 	for _, kv := range spec.GetEnv() {
 		cmd.Env = append(cmd.Env, kv.GetKey()+"="+kv.GetValue())
 	}
@@ -192,4 +192,15 @@ func (r *ring) Bytes() []byte {
 	out := make([]byte, 0, len(r.buf))
 	out = append(out, r.buf[r.pos:]...)
 	return append(out, r.buf[:r.pos]...)
+}
+
+// jobEnv is what every job sees about itself (the job's own env wins on a clash).
+func jobEnv(job *hodeiv1.Job) []string {
+	return []string{
+		"HODEI_JOB_ID=" + job.GetId(),
+		"HODEI_TENANT=" + job.GetSpec().GetTenant(),
+		fmt.Sprintf("HODEI_LEASE_TOKEN=%d", job.GetLeaseToken()),
+		fmt.Sprintf("HODEI_ATTEMPT=%d", job.GetAttempts()),
+		"HODEI_WORKER_ID=" + job.GetLeaseWorker(),
+	}
 }
