@@ -186,7 +186,8 @@ type testCluster struct {
 	dir   string
 	nodes []*testNode
 
-	nextID atomic.Uint64
+	nextID  atomic.Uint64
+	closers []func() error
 }
 
 func newTestCluster(tb testing.TB, n int, groups []uint32, opts clusterOpts) *testCluster {
@@ -273,7 +274,7 @@ func (c *testCluster) startRaft(nd *testNode, group uint32, boot *raft.Configura
 		if err != nil {
 			c.tb.Fatal(err)
 		}
-		c.tb.Cleanup(func() { _ = bs.Close() })
+		c.closers = append(c.closers, bs.Close) // after raft shut down
 		cache, err := raft.NewLogCache(4096, bs)
 		if err != nil {
 			c.tb.Fatal(err)
@@ -350,6 +351,9 @@ func (c *testCluster) shutdown() {
 		nd.srv.Stop()
 		<-nd.done
 		_ = nd.pool.Close()
+	}
+	for _, closeFn := range c.closers {
+		_ = closeFn()
 	}
 	c.logw.stop()
 }
