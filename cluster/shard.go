@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -37,6 +38,10 @@ type shard struct {
 
 	mu     sync.Mutex
 	timers *scheduler.Timers
+	// readyTerm is the term in which this node, as leader, has seen a
+	// Barrier complete: only then does its commit index cover every entry
+	// committed by earlier leaders.
+	readyTerm atomic.Uint64
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -159,10 +164,12 @@ func (s *shard) watchLeadership() {
 // starts the timers. Lease expiry waits for the grace period: leases were
 // stamped with another node's clock.
 func (s *shard) becomeLeader() {
+	term := s.raft.CurrentTerm()
 	if err := s.raft.Barrier(s.node.cfg.ApplyTimeout).Error(); err != nil {
 		s.log.Warn("barrier after election failed", "err", err)
 		return
 	}
+	s.readyTerm.Store(term)
 	s.stopTimers()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -196,7 +203,17 @@ func (s *shard) isLeader() bool { return s.raft.State() == raft.Leader }
 // readIndex makes a following local read linearizable: it records the commit
 // index, confirms leadership with a quorum, and waits until the FSM has
 // applied up to the recorded index.
+//
+// A leader elected in this term may not yet know the commit index of the
+// previous term (Raft §8: it learns it by committing an entry of its own),
+// so until its Barrier has completed a read waits for one.
 func (s *shard) readIndex(ctx context.Context) error {
+	if term := s.raft.CurrentTerm(); s.readyTerm.Load() != term {
+		if err := waitFuture(ctx, s.raft.Barrier(s.node.cfg.ApplyTimeout)); err != nil {
+			return err
+		}
+		s.readyTerm.Store(term)
+	}
 	ci := s.raft.CommitIndex()
 	if err := waitFuture(ctx, s.raft.VerifyLeader()); err != nil {
 		return err
