@@ -43,6 +43,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// OnExpire is called with the number of leases expired by this leader.
 	OnExpire func(n int)
+	// OnRound, if set, is called after every timer round (tests use it to
+	// know that the timers have looked at the state).
+	OnRound func()
 }
 
 // Timers runs the leader-side timers of one shard. Create one per term of
@@ -127,6 +130,9 @@ func (t *Timers) run(ctx context.Context) {
 			if at, ok := t.s.OldestFinishedAt(); ok && at < cutoff {
 				t.propose(ctx, &internalpb.Command{Kind: &internalpb.Command_Gc{Gc: &internalpb.GCJobs{FinishedBeforeMs: cutoff, Max: uint32(t.cfg.MaxBatch)}}})
 			}
+		}
+		if t.cfg.OnRound != nil {
+			t.cfg.OnRound()
 		}
 	}
 }
