@@ -379,3 +379,29 @@ func TestCloseDrainsQueue(t *testing.T) {
 		}
 	}
 }
+
+// A transaction that fails fails every request in it, persists none of them
+// and leaves the bounds caches correct.
+func TestFailedCommitFailsWholeBatch(t *testing.T) {
+	db := openTest(t, "", true)
+	a, b := db.Group(1), db.Group(2)
+	if err := a.StoreLogs(mkLogs(1, 3, 1)); err != nil {
+		t.Fatal(err)
+	}
+	checkBounds(t, a, 1, 3)
+	good := storeReq(t, a, mkLogs(4, 6, 1))
+	del := &request{kind: opDeleteRange, store: a, min: 1, max: 2}
+	bad := &request{kind: opSet, store: b, key: nil, val: []byte("x")} // bbolt refuses an empty key
+	// Call commit directly (the writer goroutine is idle): one transaction.
+	if err := db.commit([]*request{good, del, bad}); err == nil {
+		t.Fatal("commit with an invalid request succeeded")
+	}
+	checkBounds(t, a, 1, 3)
+	checkMissing(t, a, 4, 5, 6)
+	checkLog(t, a, 1, 1)
+	// The store keeps working afterwards.
+	if err := a.StoreLogs(mkLogs(4, 6, 1)); err != nil {
+		t.Fatal(err)
+	}
+	checkBounds(t, a, 1, 6)
+}
