@@ -108,6 +108,10 @@ type Evidence struct {
 	LinTimeout time.Duration
 	// LinTotal bounds porcupine over all jobs; 0 means 2 minutes.
 	LinTotal time.Duration
+	// RequireTokens makes an execution without HODEI_LEASE_TOKEN (or
+	// HODEI_JOB_ID) a violation of invariant 3 instead of a note: the real
+	// worker exports them, so their absence means fencing went unchecked.
+	RequireTokens bool
 }
 
 // InvariantResult is the verdict on one invariant.
@@ -134,11 +138,18 @@ type LinResult struct {
 
 // Duplicates counts executions beyond the first (at-least-once is allowed).
 type Duplicates struct {
-	JobsExecuted       int `json:"jobs_executed"`
-	Executions         int `json:"executions"`
-	JobsExecutedTwice  int `json:"jobs_executed_more_than_once"`
-	ExtraExecutions    int `json:"extra_executions"`
-	SameLeaseTwice     int `json:"same_lease_executed_twice"` // one lease token run twice
+	JobsExecuted      int `json:"jobs_executed"`
+	Executions        int `json:"executions"`
+	JobsExecutedTwice int `json:"jobs_executed_more_than_once"`
+	ExtraExecutions   int `json:"extra_executions"`
+	SameLeaseTwice    int `json:"same_lease_executed_twice"` // one lease token run twice
+	// PlannedRetries are second attempts of jobs built to fail their first
+	// (idempotency key ending in "-f"); UnplannedExtra are executions beyond
+	// what the job asked for: re-runs after a lost lease (at-least-once).
+	PlannedRetries     int `json:"planned_retry_executions"`
+	UnplannedJobs      int `json:"jobs_reexecuted_unplanned"`
+	UnplannedExtra     int `json:"unplanned_extra_executions"`
+	FencingChecked     int `json:"executions_with_lease_token"`
 	BadExecLogLines    int `json:"bad_exec_log_lines"`
 	AcknowledgedJobs   int `json:"acknowledged_jobs"`
 	LostJobs           int `json:"lost_jobs"`
@@ -317,6 +328,15 @@ func checkNoPhantom(ev *Evidence, ix *jobIndex) InvariantResult {
 			v.add(f.ID, "exists although every submit of "+f.Job.String()+" failed definitely")
 		}
 	}
+	for _, e := range ev.Execs {
+		if e.Key == "" || e.JobID == "" {
+			continue
+		}
+		k := JobKey{e.Tenant, e.Key}
+		if id, ok := ix.idOf[k]; ok && id != e.JobID {
+			v.add(e.JobID, fmt.Sprintf("ran as job %s (HODEI_JOB_ID) but %s is job %s", e.JobID, k, id))
+		}
+	}
 	if ev.FinalErr == "" {
 		for _, e := range ev.Execs {
 			if _, ok := ix.finalByID[e.JobID]; !ok {
@@ -328,17 +348,22 @@ func checkNoPhantom(ev *Evidence, ix *jobIndex) InvariantResult {
 }
 
 // 3. Fencing: tokens strictly increase with the attempt, one token per
-// attempt, and the accepted completion carries the newest token ever granted.
+// attempt, one execution per token, and the accepted completion carries the
+// newest token ever executed and came from the worker that held it.
 func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 	var v violations
 	name := "one lease holder at a time (fencing tokens increase; no stale completion accepted)"
 	byJob := map[string][]Exec{}
-	unknownTok := 0
+	unknownTok, withTok := 0, 0
 	for _, e := range ev.Execs {
 		if e.Token == 0 {
 			unknownTok++ // the worker did not export its lease token
+			if ev.RequireTokens {
+				v.add(e.JobID, fmt.Sprintf("%s: execution (exec.log line %d) without HODEI_LEASE_TOKEN", e.JobID, e.Line))
+			}
 			continue
 		}
+		withTok++
 		byJob[e.JobID] = append(byJob[e.JobID], e)
 	}
 	ids := make([]string, 0, len(byJob))
@@ -349,12 +374,17 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 	for _, id := range ids {
 		es := byJob[id]
 		tokOfAttempt := map[int32]uint64{}
+		execOfTok := map[uint64]Exec{}
 		var maxTok uint64
 		for _, e := range es {
 			if t, ok := tokOfAttempt[e.Attempt]; ok && t != e.Token {
 				v.add(id, fmt.Sprintf("%s attempt %d ran under two tokens %d and %d", id, e.Attempt, t, e.Token))
 			}
 			tokOfAttempt[e.Attempt] = e.Token
+			if p, ok := execOfTok[e.Token]; ok {
+				v.add(id, fmt.Sprintf("%s lease token %d executed twice (%s line %d, %s line %d)", id, e.Token, p.Worker, p.Line, e.Worker, e.Line))
+			}
+			execOfTok[e.Token] = e
 			if e.Token > maxTok {
 				maxTok = e.Token
 			}
@@ -377,20 +407,21 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 		if f.ResultToken < maxTok {
 			v.add(id, fmt.Sprintf("%s completion accepted with token %d after a lease with token %d was granted", id, f.ResultToken, maxTok))
 		}
-		found := false
-		for _, e := range es {
-			if e.Token == f.ResultToken {
-				found = true
-			}
-		}
-		if !found {
+		e, found := execOfTok[f.ResultToken]
+		switch {
+		case !found:
 			v.add(id, fmt.Sprintf("%s completion accepted with token %d that no execution held", id, f.ResultToken))
+		case f.ResultWorker != "" && e.Worker != "?" && f.ResultWorker != e.Worker:
+			v.add(id, fmt.Sprintf("%s completion with token %d accepted from %s, but %s held that lease", id, f.ResultToken, f.ResultWorker, e.Worker))
 		}
 	}
 	r := v.result(3, name, len(ids))
-	r.Note = "heartbeats are not observable from outside; checked through executions and accepted completions"
-	if unknownTok > 0 {
+	r.Note = fmt.Sprintf("%d executions of %d jobs carried a lease token; heartbeats are not observable from outside, checked through executions and accepted completions", withTok, len(ids))
+	switch {
+	case unknownTok > 0:
 		r.Note += fmt.Sprintf("; %d executions without HODEI_LEASE_TOKEN could not be checked", unknownTok)
+	case withTok == 0 && len(ev.Execs) > 0:
+		r.Note += "; NOT CHECKED: no execution carried a lease token"
 	}
 	return r
 }
@@ -590,12 +621,32 @@ func countExecutions(ev *Evidence, ix *jobIndex) Duplicates {
 			perLease[e.JobID+"#"+strconv.FormatUint(e.Token, 10)]++
 		}
 	}
+	planned := map[string]bool{}
+	for _, e := range ev.Execs {
+		if e.Token != 0 {
+			d.FencingChecked++
+		}
+		if PlannedFailure(e.Key) {
+			planned[e.JobID] = true
+		}
+	}
 	d.Executions = len(ev.Execs)
 	d.JobsExecuted = len(per)
-	for _, n := range per {
+	for id, n := range per {
 		if n > 1 {
 			d.JobsExecutedTwice++
 			d.ExtraExecutions += n - 1
+		}
+		want := 1
+		if planned[id] {
+			want = 2
+			if n >= 2 {
+				d.PlannedRetries++
+			}
+		}
+		if n > want {
+			d.UnplannedJobs++
+			d.UnplannedExtra += n - want
 		}
 	}
 	for _, n := range perLease {
@@ -614,6 +665,10 @@ func countExecutions(ev *Evidence, ix *jobIndex) Duplicates {
 	}
 	return d
 }
+
+// PlannedFailure reports whether the workload built the job with this
+// idempotency key to fail its first attempt.
+func PlannedFailure(key string) bool { return strings.HasSuffix(key, "-f") }
 
 func sortedKeys(m map[JobKey]bool) []JobKey {
 	out := make([]JobKey, 0, len(m))

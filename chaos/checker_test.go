@@ -111,6 +111,19 @@ func TestCheckerCatchesViolations(t *testing.T) {
 			ev.Execs = append(ev.Execs, Exec{JobID: "0-1", Token: 41, Attempt: 2, Worker: "w3"})
 			ev.Final[0].ResultToken = 41
 		}, "0-1"},
+		{"3 one lease token executed twice", 3, func(ev *Evidence) {
+			ev.Execs = append(ev.Execs, Exec{JobID: "0-1", Token: 40, Attempt: 2, Worker: "w3", Line: 4})
+		}, "0-1"},
+		{"3 completion accepted from a worker that did not hold the lease", 3, func(ev *Evidence) {
+			ev.Final[0].ResultWorker = "w1"
+		}, "0-1"},
+		{"3 execution without a lease token when tokens are required", 3, func(ev *Evidence) {
+			ev.RequireTokens = true
+			ev.Execs = append(ev.Execs, Exec{JobID: "1-1", Token: 0, Attempt: 1, Worker: "w1", Line: 4})
+		}, "1-1"},
+		{"2 executed under another job's id", 2, func(ev *Evidence) {
+			ev.Execs[1].Tenant, ev.Execs[1].Key = "t1", "k1" // ran as 1-1, but t1/k1 is 0-1
+		}, "1-1"},
 		{"4 two accepted completions", 4, func(ev *Evidence) {
 			ev.Ops = append(ev.Ops, Op{Kind: OpGetStale, Job: a, JobID: "0-1", Invoke: ms(40), Return: ms(41), Outcome: OK,
 				Found: true, State: StSucceeded, Attempts: 2, ResultToken: 20, ResultAttempt: 1})
@@ -208,5 +221,27 @@ func TestExecWithoutEnvIsAttributedByKey(t *testing.T) {
 	ev.Execs = append(ev.Execs, Exec{JobID: "?", Tenant: "t9", Key: "ghost"})
 	if r := Check(ev); inv(t, r, 2).OK {
 		t.Fatal("execution of a job nobody submitted passed")
+	}
+}
+
+func TestDuplicatesSplitPlannedRetriesFromReexecutions(t *testing.T) {
+	ev := cleanEvidence()
+	// 0-1 ran twice: unplanned (its key does not end in -f)
+	r := Check(ev)
+	if r.Counts.PlannedRetries != 0 || r.Counts.UnplannedJobs != 1 || r.Counts.UnplannedExtra != 1 || r.Counts.FencingChecked != 3 {
+		t.Fatalf("counts = %+v", r.Counts)
+	}
+	for i := range ev.Execs {
+		ev.Execs[i].Tenant, ev.Execs[i].Key = "t1", "k1-f"
+		if ev.Execs[i].JobID == "1-1" {
+			ev.Execs[i].Tenant, ev.Execs[i].Key = "t2", "k2"
+		}
+	}
+	r = Check(ev)
+	if r.Counts.PlannedRetries != 1 || r.Counts.UnplannedJobs != 0 || r.Counts.UnplannedExtra != 0 {
+		t.Fatalf("planned failure counted as a duplicate: %+v", r.Counts)
+	}
+	if !PlannedFailure("s1-c2-7-f") || PlannedFailure("s1-c2-7") {
+		t.Fatal("PlannedFailure")
 	}
 }

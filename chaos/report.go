@@ -172,8 +172,10 @@ func (r *Report) WriteSummary(w io.Writer) {
 			e.LongestWriteGap.Round(time.Millisecond), e.Before.OKPerSec, e.During.OKPerSec, e.After.OKPerSec, e.Err)
 	}
 	c := r.Check.Counts
-	fmt.Fprintf(w, "jobs: acknowledged %d, lost %d, executed %d (%d executions), executed more than once %d (+%d extra executions, same lease twice %d), unknown submits that exist %d\n",
-		c.AcknowledgedJobs, c.LostJobs, c.JobsExecuted, c.Executions, c.JobsExecutedTwice, c.ExtraExecutions, c.SameLeaseTwice, c.UnknownSubmitsSeen)
+	fmt.Fprintf(w, "jobs: acknowledged %d, lost %d, executed %d (%d executions, %d with a lease token), executed more than once %d (+%d extra executions, same lease twice %d), unknown submits that exist %d\n",
+		c.AcknowledgedJobs, c.LostJobs, c.JobsExecuted, c.Executions, c.FencingChecked, c.JobsExecutedTwice, c.ExtraExecutions, c.SameLeaseTwice, c.UnknownSubmitsSeen)
+	fmt.Fprintf(w, "duplicates: %d planned retries (jobs built to fail attempt 1), %d jobs re-executed beyond plan (+%d executions: at-least-once after lost leases)\n",
+		c.PlannedRetries, c.UnplannedJobs, c.UnplannedExtra)
 	fmt.Fprintf(w, "drain: drained=%v in %v (bound %v), final write ok=%v\n",
 		r.Drain.Drained, r.Drain.DrainTime.Round(time.Millisecond), r.Drain.Bound, r.Drain.FinalWriteOK)
 	l := r.Check.Linearizability

@@ -149,6 +149,11 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 
 	serverArgs := append([]string(nil), cfg.ServerArgs...)
+	for _, a := range serverArgs {
+		if strings.Contains(a, "unsafe-ack-before-commit") {
+			rep.Notes = append(rep.Notes, "servers run with --unsafe-ack-before-commit (deliberately broken: submits acknowledged before Raft commit); violations are expected")
+		}
+	}
 	if ServerSupports(cfg.Binary, "--lease-ttl") {
 		serverArgs = append(serverArgs, "--lease-ttl", cfg.LeaseTTL.String())
 	} else {
@@ -221,7 +226,9 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	finalStart := h.Now()
 	final, ferr := listAll(ctx, admin)
 	finalEnd := h.Now()
-	ev := &Evidence{Drain: rep.Drain}
+	// the worker exports HODEI_LEASE_TOKEN: an execution without it means
+	// fencing went unchecked, which must not pass silently
+	ev := &Evidence{Drain: rep.Drain, RequireTokens: true}
 	if ferr != nil {
 		ev.FinalErr = ferr.Error()
 	}

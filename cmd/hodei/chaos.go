@@ -20,6 +20,7 @@ var errChaosViolations = errors.New("chaos: invariant violations (see the report
 func newChaosCmd() *cobra.Command {
 	root := &cobra.Command{Use: "chaos", Short: "Chaos harness: real processes, faults, history checks"}
 	cfg := chaos.DefaultConfig()
+	var unsafeDemo bool
 	run := &cobra.Command{
 		Use:   "run",
 		Short: "Start a real cluster, run load, inject faults, check invariants, write a report",
@@ -30,6 +31,14 @@ partition-leader, partition-majority, partition-ring, workers, none) on a schedu
 summary.txt, history.jsonl and every process's log under --out. Exits non-zero on any
 invariant violation. Partitions need root and network namespaces (ip netns).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if unsafeDemo {
+				// show that the checker fails against a deliberately broken
+				// cluster: acknowledged submits die with a killed leader
+				cfg.ServerArgs = append(cfg.ServerArgs, "--unsafe-ack-before-commit")
+				if !cmd.Flags().Changed("faults") {
+					cfg.Faults = chaos.FaultKillLeader
+				}
+			}
 			if cfg.Binary == "" {
 				exe, err := os.Executable()
 				if err != nil {
@@ -77,6 +86,7 @@ invariant violation. Partitions need root and network namespaces (ip netns).`,
 	f.DurationVar(&cfg.OpTimeout, "op-timeout", cfg.OpTimeout, "timeout of one client attempt")
 	f.StringArrayVar(&cfg.ServerArgs, "server-arg", nil, "extra flag for every server, repeatable (e.g. --server-arg=--unsafe-ack-before-commit)")
 	f.StringArrayVar(&cfg.WorkerArgs, "worker-arg", nil, "extra flag for every worker, repeatable")
+	f.BoolVar(&unsafeDemo, "unsafe-ack-demo", false, "run the servers with --unsafe-ack-before-commit (and --faults kill-leader unless set): the checker must FAIL (exit non-zero) with lost jobs")
 	root.AddCommand(run)
 	return root
 }
