@@ -22,6 +22,7 @@ type Exec struct {
 	Worker  string `json:"worker"`
 	Tenant  string `json:"tenant"`
 	Line    int    `json:"line"`
+	AtMs    int64  `json:"at_ms,omitempty"` // wall clock when it started (0: not written)
 }
 
 // ParseExecLog reads an exec log. Lines that do not parse are counted, not
@@ -50,9 +51,21 @@ func ParseExecLog(r io.Reader) (execs []Exec, bad int, err error) {
 		if len(f) > 5 {
 			e.Key = f[5]
 		}
+		if len(f) > 6 {
+			e.AtMs, _ = strconv.ParseInt(f[6], 10, 64)
+		}
 		execs = append(execs, e)
 	}
 	return execs, bad, sc.Err()
+}
+
+// ExecLine is the shell command a job runs to record its execution in the
+// exec log: job id, lease token, attempt and worker from the HODEI_*
+// environment, then tenant and key literally (so an execution is attributed
+// even without the environment), then the start time in ms.
+func ExecLine(tenant, key, execLog string) string {
+	return fmt.Sprintf(`printf '%%s %%s %%s %%s %%s %%s %%s\n' "${HODEI_JOB_ID:-?}" "${HODEI_LEASE_TOKEN:-0}" "${HODEI_ATTEMPT:-0}" "${HODEI_WORKER_ID:-?}" %s %s "$(date +%%s%%3N)" >> %s`,
+		tenant, key, shellQuote(execLog))
 }
 
 // FinalJob is a job as read from the cluster after heal and drain.
@@ -64,6 +77,17 @@ type FinalJob struct {
 	ResultToken   uint64 `json:"result_token,omitempty"`
 	ResultAttempt int32  `json:"result_attempt,omitempty"`
 	ResultWorker  string `json:"result_worker,omitempty"`
+	// Wall-clock times (ms since the epoch) as the cluster stamped them, for
+	// diagnosing slow drains: when it was created, last changed, ready to run
+	// (after a delay or a retry backoff), leased until, and when the accepted
+	// completion's attempt ran.
+	CreatedAtMs     int64  `json:"created_at_ms,omitempty"`
+	UpdatedAtMs     int64  `json:"updated_at_ms,omitempty"`
+	ReadyAtMs       int64  `json:"ready_at_ms,omitempty"`
+	LeaseWorker     string `json:"lease_worker,omitempty"`
+	LeaseExpiresMs  int64  `json:"lease_expires_at_ms,omitempty"`
+	ResultStartedMs int64  `json:"result_started_at_ms,omitempty"`
+	ResultFinishMs  int64  `json:"result_finished_at_ms,omitempty"`
 }
 
 // DrainResult is what happened after the last fault was healed.
@@ -74,7 +98,13 @@ type DrainResult struct {
 	Bound         time.Duration `json:"bound_ns"`      // allowed drain time
 	FinalWriteOK  bool          `json:"final_write_ok"`
 	FinalWriteErr string        `json:"final_write_err,omitempty"`
-	Stuck         []string      `json:"stuck,omitempty"` // jobs still not terminal at the deadline
+	Stuck         []string      `json:"stuck,omitempty"` // jobs not terminal at the last poll before the drain ended
+	// StuckJobs are the first of those jobs as read at that poll, with the
+	// cluster's timestamps; StartWallMs converts them to run time.
+	StuckJobs []FinalJob `json:"stuck_jobs,omitempty"`
+	// StuckExecs: per stuck job, its executions "attempt N token T on W at Xs".
+	StuckExecs  map[string][]string `json:"stuck_execs,omitempty"`
+	StartWallMs int64               `json:"start_wall_ms"`
 }
 
 // DigestSample is one node's view of one shard at one poll.

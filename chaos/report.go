@@ -178,6 +178,22 @@ func (r *Report) WriteSummary(w io.Writer) {
 		c.PlannedRetries, c.UnplannedJobs, c.UnplannedExtra)
 	fmt.Fprintf(w, "drain: drained=%v in %v (bound %v), final write ok=%v\n",
 		r.Drain.Drained, r.Drain.DrainTime.Round(time.Millisecond), r.Drain.Bound, r.Drain.FinalWriteOK)
+	if d := r.Drain; len(d.StuckJobs) > 0 && (!d.Drained || d.DrainTime > d.Bound) {
+		rel := func(ms int64) string {
+			if ms == 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.1fs", float64(ms-d.StartWallMs)/1000)
+		}
+		fmt.Fprintf(w, "  last jobs not terminal (run time; heal at %.1fs):\n", d.HealedAt.Seconds())
+		for _, j := range d.StuckJobs {
+			fmt.Fprintf(w, "    %s %s attempts %d created %s updated %s ready %s lease %s until %s\n", j.ID, j.State, j.Attempts,
+				rel(j.CreatedAtMs), rel(j.UpdatedAtMs), rel(j.ReadyAtMs), j.LeaseWorker, rel(j.LeaseExpiresMs))
+			for _, e := range d.StuckExecs[j.ID] {
+				fmt.Fprintf(w, "      ran: %s\n", e)
+			}
+		}
+	}
 	l := r.Check.Linearizability
 	fmt.Fprintf(w, "porcupine: %d jobs: Ok %d, Illegal %d, Unknown %d\n", l.Jobs, l.Ok, l.Illegal, l.Unknown)
 	fmt.Fprintln(w, "invariants:")

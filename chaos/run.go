@@ -256,6 +256,18 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		ev.Execs, ev.BadExecLine, _ = ParseExecLog(bufio.NewReader(f))
 		f.Close()
 	}
+	if len(rep.Drain.StuckJobs) > 0 {
+		rep.Drain.StuckExecs = map[string][]string{}
+		for _, j := range rep.Drain.StuckJobs {
+			for _, e := range ev.Execs {
+				if e.JobID == j.ID || (e.Tenant == j.Job.Tenant && e.Key == j.Job.Key) {
+					rep.Drain.StuckExecs[j.ID] = append(rep.Drain.StuckExecs[j.ID], fmt.Sprintf("attempt %d token %d on %s at %.1fs",
+						e.Attempt, e.Token, e.Worker, float64(e.AtMs-rep.Drain.StartWallMs)/1000))
+				}
+			}
+		}
+		ev.Drain = rep.Drain
+	}
 	if err := writeHistory(filepath.Join(out, "history.jsonl"), ops, events); err != nil {
 		log.Warn("history", "err", err)
 	}
@@ -277,13 +289,14 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 
 // drain waits until every acknowledged job is terminal.
 func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey]bool, healedAt, bound time.Duration, log *slog.Logger) DrainResult {
-	d := DrainResult{HealedAt: healedAt, Bound: bound}
+	d := DrainResult{HealedAt: healedAt, Bound: bound, StartWallMs: h.Start().UnixMilli()}
 	deadline := time.Now().Add(2 * bound) // keep waiting past the bound to measure
 	lastLog := time.Now()
 	for {
 		jobs, err := listAll(ctx, api)
 		if err == nil {
 			var stuck []string
+			var stuckJobs []FinalJob
 			byKey := map[JobKey]FinalJob{}
 			for _, j := range jobs {
 				byKey[j.Job] = j
@@ -296,6 +309,9 @@ func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey
 						id = k.String()
 					}
 					stuck = append(stuck, id)
+					if ok && len(stuckJobs) < 10 {
+						stuckJobs = append(stuckJobs, j)
+					}
 				}
 			}
 			if len(stuck) == 0 {
@@ -303,7 +319,7 @@ func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey
 				log.Info("drained", "after", d.DrainTime.Round(time.Millisecond))
 				return d
 			}
-			d.Stuck = stuck
+			d.Stuck, d.StuckJobs = stuck, stuckJobs
 			if time.Since(lastLog) > 5*time.Second {
 				log.Info("draining", "not terminal", len(stuck), "since heal", (h.Now() - healedAt).Round(time.Second))
 				lastLog = time.Now()
@@ -368,8 +384,10 @@ func listAll(ctx context.Context, api *client.Client) ([]FinalJob, error) {
 			f := FinalJob{Job: JobKey{j.GetSpec().GetTenant(), j.GetSpec().GetIdempotencyKey()}, ID: j.GetId(),
 				State: op.State, Attempts: op.Attempts, ResultToken: op.ResultToken, ResultAttempt: op.ResultAttempt}
 			if r := j.GetLastResult(); r != nil {
-				f.ResultWorker = r.GetWorkerId()
+				f.ResultWorker, f.ResultStartedMs, f.ResultFinishMs = r.GetWorkerId(), r.GetStartedAtMs(), r.GetFinishedAtMs()
 			}
+			f.CreatedAtMs, f.UpdatedAtMs, f.ReadyAtMs = j.GetCreatedAtMs(), j.GetUpdatedAtMs(), j.GetReadyAtMs()
+			f.LeaseWorker, f.LeaseExpiresMs = j.GetLeaseWorker(), j.GetLeaseExpiresAtMs()
 			out = append(out, f)
 		}
 		token = resp.GetNextPageToken()

@@ -221,10 +221,7 @@ func (w *Workload) spec(rng *rand.Rand, client, seq int) *hodeiv1.JobSpec {
 	if failFirst {
 		key += "-f" // PlannedFailure: its retry is not counted as a duplicate
 	}
-	// the tenant and key are written literally, so an execution is
-	// attributed to its job even if the worker exports no HODEI_* variables
-	line := fmt.Sprintf(`printf '%%s %%s %%s %%s %%s %%s\n' "${HODEI_JOB_ID:-?}" "${HODEI_LEASE_TOKEN:-0}" "${HODEI_ATTEMPT:-0}" "${HODEI_WORKER_ID:-?}" %s %s >> %s; sleep %s`,
-		tenant, key, shellQuote(w.cfg.ExecLog), sleep)
+	line := ExecLine(tenant, key, w.cfg.ExecLog) + "; sleep " + sleep
 	if failFirst {
 		line += `; [ "${HODEI_ATTEMPT:-1}" -ge 2 ] || exit 3`
 	}
