@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -47,14 +46,14 @@ func (n *Node) shard(id uint32) (*shard, error) {
 }
 
 func (n *Node) LeaderOf(id uint32) (bool, string) {
-	s, err := n.shard(id)
+	r, err := n.groupRaft(id)
 	if err != nil {
 		return false, ""
 	}
-	if s.isLeader() {
+	if r.State() == raft.Leader {
 		return true, ""
 	}
-	addr, _ := s.raft.LeaderWithID()
+	addr, _ := r.LeaderWithID()
 	return false, string(addr)
 }
 
@@ -187,6 +186,14 @@ func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }
 
 func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
 	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev"}
+	_, mlid := n.meta.raft.LeaderWithID()
+	resp.MetaLeaderId = string(mlid)
+	resp.MetaAppliedIndex = n.meta.raft.AppliedIndex()
+	if cf := n.meta.raft.GetConfiguration(); cf.Error() == nil {
+		for _, srv := range cf.Configuration().Servers {
+			resp.MetaServers = append(resp.MetaServers, &hodeiv1.RaftServer{Id: string(srv.ID), Address: string(srv.Address), Suffrage: srv.Suffrage.String(), Leader: srv.ID == mlid})
+		}
+	}
 	for _, s := range n.shards {
 		addr, lid := s.raft.LeaderWithID()
 		st := s.fsm.Stats()
@@ -209,105 +216,6 @@ func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1
 		resp.Shards = append(resp.Shards, ss)
 	}
 	return resp, nil
-}
-
-// Join adds a node to every group this node leads: first as a non-voter,
-// then, once it has caught up with the commit index seen when it was added,
-// as a voter. One configuration change at a time per group (raft enforces it).
-func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
-	for _, s := range n.shards {
-		if !s.isLeader() {
-			return raft.ErrNotLeader
-		}
-		cf := s.raft.GetConfiguration()
-		if err := cf.Error(); err != nil {
-			return err
-		}
-		already := false
-		for _, srv := range cf.Configuration().Servers {
-			if srv.ID == raft.ServerID(req.GetNodeId()) {
-				if srv.Address != raft.ServerAddress(req.GetAddress()) {
-					return &fsm.CodeError{C: internalpb.Code_CODE_ALREADY_EXISTS, Msg: fmt.Sprintf("node %s is already a member at %s", srv.ID, srv.Address)}
-				}
-				already = srv.Suffrage == raft.Voter || !req.GetVoter()
-			}
-		}
-		if already {
-			continue
-		}
-		target := s.raft.CommitIndex()
-		if err := waitFuture(ctx, s.raft.AddNonvoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
-			return fmt.Errorf("add %s as non-voter to shard %d: %w", req.GetNodeId(), s.id, err)
-		}
-		if !req.GetVoter() {
-			continue
-		}
-		if err := n.waitCaughtUp(ctx, s.id, req.GetAddress(), target); err != nil {
-			return err
-		}
-		if err := waitFuture(ctx, s.raft.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
-			return fmt.Errorf("promote %s in shard %d: %w", req.GetNodeId(), s.id, err)
-		}
-	}
-	return nil
-}
-
-// waitCaughtUp polls the new node's status until its replica of the shard
-// has applied target.
-func (n *Node) waitCaughtUp(ctx context.Context, id uint32, addr string, target uint64) error {
-	for {
-		cc, err := n.pool.Get(addr)
-		if err == nil {
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			st, err := hodeiv1.NewAdminServiceClient(cc).Status(cctx, &hodeiv1.StatusRequest{})
-			cancel()
-			if err == nil && int(id) < len(st.GetShards()) && st.GetShards()[id].GetAppliedIndex() >= target {
-				return nil
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("node at %s did not catch up on shard %d: %w", addr, id, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// Remove takes a node out of every group. It refuses when the remaining
-// voters could not form a quorum of the new configuration with the nodes
-// that are reachable now.
-func (n *Node) Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error {
-	for _, s := range n.shards {
-		if !s.isLeader() {
-			return raft.ErrNotLeader
-		}
-		cf := s.raft.GetConfiguration()
-		if err := cf.Error(); err != nil {
-			return err
-		}
-		member, voters := false, 0
-		for _, srv := range cf.Configuration().Servers {
-			if srv.ID == raft.ServerID(req.GetNodeId()) {
-				member = true
-				continue
-			}
-			if srv.Suffrage == raft.Voter {
-				voters++
-			}
-		}
-		if !member {
-			return &fsm.CodeError{C: internalpb.Code_CODE_NOT_FOUND, Msg: fmt.Sprintf("node %s is not a member of shard %d", req.GetNodeId(), s.id)}
-		}
-		if voters < 1 {
-			return &fsm.CodeError{C: internalpb.Code_CODE_FAILED_PRECONDITION, Msg: "cannot remove the last voter"}
-		}
-	}
-	for _, s := range n.shards {
-		if err := waitFuture(ctx, s.raft.RemoveServer(raft.ServerID(req.GetNodeId()), 0, 0)); err != nil {
-			return fmt.Errorf("remove %s from shard %d: %w", req.GetNodeId(), s.id, err)
-		}
-	}
-	return nil
 }
 
 func (n *Node) TransferLeader(ctx context.Context, req *hodeiv1.TransferLeaderRequest) error {

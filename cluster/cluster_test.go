@@ -61,18 +61,20 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 type testCluster struct {
-	t     testing.TB
+	t      testing.TB
+	shards int
 	peers []Peer
 	dirs  []string
 	nodes []*Node
 }
 
-func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer) Config {
+func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, shards int) Config {
 	cfg := DefaultConfig()
 	cfg.NodeID = id
 	cfg.DataDir = dir
 	cfg.Listener = lis
 	cfg.Bootstrap = peers
+	cfg.Shards = shards
 	cfg.LeaseTTL = 2 * time.Second
 	cfg.LeaderGrace = 2 * time.Second
 	cfg.TimerTick = 20 * time.Millisecond
@@ -80,9 +82,9 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer) Co
 	return cfg
 }
 
-func startCluster(t testing.TB, size int) *testCluster {
+func startCluster(t testing.TB, size, shards int) *testCluster {
 	t.Helper()
-	tc := &testCluster{t: t}
+	tc := &testCluster{t: t, shards: shards}
 	var lis []net.Listener
 	for i := 0; i < size; i++ {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -94,14 +96,21 @@ func startCluster(t testing.TB, size int) *testCluster {
 		tc.dirs = append(tc.dirs, filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i+1)))
 	}
 	for i := 0; i < size; i++ {
-		n, err := New(testConfig(t, tc.peers[i].ID, tc.dirs[i], lis[i], tc.peers))
+		n, err := New(testConfig(t, tc.peers[i].ID, tc.dirs[i], lis[i], tc.peers, shards))
 		if err != nil {
 			t.Fatal(err)
 		}
 		tc.nodes = append(tc.nodes, n)
 	}
 	t.Cleanup(tc.close)
-	waitFor(t, 20*time.Second, "a leader", func() bool { return tc.leader() >= 0 })
+	waitFor(t, 20*time.Second, "every group to have a leader", func() bool {
+		for _, n := range tc.nodes {
+			if n.Ready() != nil {
+				return false
+			}
+		}
+		return true
+	})
 	return tc
 }
 
@@ -140,7 +149,7 @@ func (tc *testCluster) restart(i int) {
 		l, err = net.Listen("tcp", tc.peers[i].Addr)
 		return err == nil
 	})
-	n, err := New(testConfig(tc.t, tc.peers[i].ID, tc.dirs[i], l, tc.peers))
+	n, err := New(testConfig(tc.t, tc.peers[i].ID, tc.dirs[i], l, tc.peers, tc.shards))
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -202,7 +211,7 @@ func followerOf(tc *testCluster, not ...int) int {
 }
 
 func TestSubmitOnFollowerRunOnAnother(t *testing.T) {
-	tc := startCluster(t, 3)
+	tc := startCluster(t, 3, 1)
 	ld := tc.leader()
 	f1 := followerOf(tc, ld)
 	f2 := followerOf(tc, ld, f1)
@@ -235,7 +244,7 @@ func TestSubmitOnFollowerRunOnAnother(t *testing.T) {
 }
 
 func TestKillLeaderWhileJobsInFlight(t *testing.T) {
-	tc := startCluster(t, 3)
+	tc := startCluster(t, 3, 1)
 	exec := &recordingExec{}
 	startWorker(t, exec, 32, tc.addrs()...)
 	c := newClient(t, tc.addrs()...)
@@ -333,7 +342,7 @@ func TestKillLeaderWhileJobsInFlight(t *testing.T) {
 }
 
 func TestRestartFromDataDir(t *testing.T) {
-	tc := startCluster(t, 3)
+	tc := startCluster(t, 3, 1)
 	c := newClient(t, tc.addrs()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

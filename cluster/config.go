@@ -55,6 +55,11 @@ type Config struct {
 	Listener net.Listener
 	HTTPAddr string // metrics/health; empty disables
 
+	// Shards is the number of shards of a new cluster (bootstrap). A node
+	// that joins learns it from the cluster; a restarted node reads it from
+	// its data dir.
+	Shards int
+
 	Bootstrap []Peer   // initial voters (every bootstrap node is given the same list)
 	Join      []string // addresses of existing nodes to join through
 
@@ -79,7 +84,19 @@ type Config struct {
 	Retention   time.Duration // finished jobs are removed after this
 	TimerTick   time.Duration // leader timers' resolution
 
+	// BalanceInterval is how often the meta leader reconciles members and
+	// moves shard leadership towards an even spread.
+	BalanceInterval time.Duration
+	// DeadNodeTimeout: a member gossip has seen dead this long is removed
+	// automatically, if the remaining voters keep a quorum of at least 3.
+	// Zero disables automatic removal.
+	DeadNodeTimeout time.Duration
+
 	FSM fsm.Config
+
+	// PerGroupLogStore gives every Raft group its own raft-boltdb file
+	// instead of the node's shared log store (for comparison benchmarks).
+	PerGroupLogStore bool
 
 	// UnsafeAckBeforeCommit acknowledges submits before Raft commit. It exists
 	// only so that the chaos checker can be shown to catch lost jobs. Never use it.
@@ -107,6 +124,8 @@ func DefaultConfig() Config {
 		LeaseTTL:           30 * time.Second,
 		Retention:          24 * time.Hour,
 		TimerTick:          50 * time.Millisecond,
+		Shards:             8,
+		BalanceInterval:    time.Second,
 		FSM:                fsm.DefaultConfig(),
 	}
 }
@@ -151,6 +170,15 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaseTTL < 100*time.Millisecond {
 		errs = append(errs, errors.New("lease ttl must be >= 100ms"))
+	}
+	if c.Shards < 1 || c.Shards > 256 {
+		errs = append(errs, fmt.Errorf("shards must be in 1..256, got %d", c.Shards))
+	}
+	if c.BalanceInterval <= 0 {
+		errs = append(errs, errors.New("balance interval must be > 0"))
+	}
+	if c.DeadNodeTimeout < 0 {
+		errs = append(errs, errors.New("dead node timeout must be >= 0"))
 	}
 	if c.TimerTick <= 0 {
 		errs = append(errs, errors.New("timer tick must be > 0"))

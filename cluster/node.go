@@ -12,7 +12,6 @@ import (
 	"hash/fnv"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -21,10 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/hodei-io/hodei/cluster/logdb"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/scheduler"
 	"github.com/hodei-io/hodei/transport"
@@ -40,6 +41,9 @@ type Node struct {
 	pool     *transport.Pool
 	raftNet  *transport.RaftNetwork
 	shards   []*shard
+	meta     *metaGroup
+	gossip   gossipView // nil without gossip
+	logdb    *logdb.DB
 	registry *prometheus.Registry
 	metrics  *metrics
 	work     *scheduler.Signal // node-wide: fired when any shard may have work
@@ -50,10 +54,6 @@ type Node struct {
 	closeOnce sync.Once
 	closeErr  error
 }
-
-// ShardCount is the number of shards of a cluster (one Raft group each).
-// The tenant routing below must stay identical on every node and client.
-const ShardCount = 1
 
 // ShardOf maps a tenant to its shard: FNV-1a (32 bit) of the tenant name,
 // modulo the shard count. The empty tenant is "default".
@@ -104,12 +104,34 @@ func New(cfg Config) (*Node, error) {
 		for _, s := range n.shards {
 			s.close()
 		}
+		if n.meta != nil {
+			n.meta.close()
+		}
+		if n.logdb != nil {
+			n.logdb.Close()
+		}
 		n.raftNet.Close()
 		n.pool.Close()
 		lis.Close()
 		return nil, err
 	}
-	for i := 0; i < ShardCount; i++ {
+	count, err := resolveShardCount(cfg)
+	if err != nil {
+		lis.Close()
+		n.pool.Close()
+		return nil, err
+	}
+	if !cfg.PerGroupLogStore {
+		if n.logdb, err = logdb.Open(logdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), Logger: cfg.Logger}); err != nil {
+			lis.Close()
+			n.pool.Close()
+			return nil, fmt.Errorf("open log store: %w", err)
+		}
+	}
+	if n.meta, err = openMeta(n, filepath.Join(cfg.DataDir, "meta")); err != nil {
+		return fail(err)
+	}
+	for i := 0; i < count; i++ {
 		s, err := openShard(n, uint32(i), filepath.Join(cfg.DataDir, "shards", fmt.Sprint(i)))
 		if err != nil {
 			return fail(err)
@@ -124,6 +146,9 @@ func New(cfg Config) (*Node, error) {
 		}
 	}()
 	if len(cfg.Bootstrap) > 0 {
+		if err := bootstrapGroup(n.meta.raft, cfg.Bootstrap); err != nil {
+			return fail(fmt.Errorf("bootstrap meta group: %w", err))
+		}
 		for _, s := range n.shards {
 			if err := s.bootstrap(cfg.Bootstrap); err != nil {
 				return fail(fmt.Errorf("bootstrap shard %d: %w", s.id, err))
@@ -158,6 +183,9 @@ func (n *Node) Registry() *prometheus.Registry { return n.registry }
 // Ready reports whether every shard has a known leader and this node has
 // applied what it knows to be committed.
 func (n *Node) Ready() error {
+	if addr, _ := n.meta.raft.LeaderWithID(); addr == "" {
+		return fmt.Errorf("meta group has no leader")
+	}
 	for _, s := range n.shards {
 		if addr, _ := s.raft.LeaderWithID(); addr == "" {
 			return fmt.Errorf("shard %d has no leader", s.id)
@@ -244,6 +272,12 @@ func (n *Node) Close() error {
 				errs = append(errs, err)
 			}
 		}
+		if err := n.meta.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
+			errs = append(errs, err)
+		}
+		if n.logdb != nil {
+			errs = append(errs, n.logdb.Close())
+		}
 		errs = append(errs, n.raftNet.Close(), n.pool.Close())
 		n.wg.Wait()
 		n.closeErr = errors.Join(errs...)
@@ -260,6 +294,10 @@ func (n *Node) Kill() error {
 		for _, s := range n.shards {
 			s.close()
 		}
+		n.meta.close()
+		if n.logdb != nil {
+			n.logdb.Close()
+		}
 		n.pool.Close()
 		if n.httpSrv != nil {
 			n.httpSrv.Close()
@@ -269,9 +307,7 @@ func (n *Node) Kill() error {
 	return nil
 }
 
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
+// dialOnce opens a client connection for a one-off call (the caller closes it).
+func dialOnce(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
-
-var _ = exists

@@ -2,20 +2,14 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -25,14 +19,14 @@ import (
 
 // shard is one Raft group with its FSM, proposal batcher and leader timers.
 type shard struct {
-	id    uint32
-	node  *Node
-	log   *slog.Logger
-	fsm   *fsm.FSM
-	raft  *raft.Raft
-	store *raftboltdb.BoltStore
-	trans transport.RaftTransport
-	batch *batcher
+	id         uint32
+	node       *Node
+	log        *slog.Logger
+	fsm        *fsm.FSM
+	raft       *raft.Raft
+	closeStore func() error
+	trans      transport.RaftTransport
+	batch      *batcher
 
 	notify chan bool
 
@@ -57,51 +51,13 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 		return nil, err
 	}
 	s.fsm = f
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	g, err := openGroup(n, id, fmt.Sprintf("shard %d", id), dir, f, s.notify)
+	if err != nil {
 		return nil, err
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: filepath.Join(dir, "raft.db"),
-		BoltOptions: &bbolt.Options{
-			Timeout:        time.Second,
-			NoFreelistSync: true,
-			FreelistType:   bbolt.FreelistMapType,
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("open raft log of shard %d: %w", id, err)
-	}
-	s.store = store
-	hl := hclog.New(&hclog.LoggerOptions{Name: fmt.Sprintf("raft[%d]", id), Level: hclog.Warn, Output: slogWriter{cfg.Logger}})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl)
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	logs, err := raft.NewLogCache(4096, store)
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	rc := raft.DefaultConfig()
-	rc.LocalID = raft.ServerID(cfg.NodeID)
-	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
-	rc.ElectionTimeout = cfg.ElectionTimeout
-	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
-	rc.CommitTimeout = cfg.CommitTimeout
-	rc.SnapshotInterval = cfg.SnapshotInterval
-	rc.SnapshotThreshold = cfg.SnapshotThreshold
-	rc.TrailingLogs = cfg.TrailingLogs
-	rc.MaxAppendEntries = 256
-	rc.BatchApplyCh = true
-	rc.NotifyCh = s.notify
-	rc.Logger = hl
-	s.trans = n.raftNet.Transport(id)
-	r, err := raft.NewRaft(rc, s.fsm, logs, store, snaps, s.trans)
-	if err != nil {
-		store.Close()
-		return nil, fmt.Errorf("start raft of shard %d: %w", id, err)
-	}
+	s.closeStore = g.closeStore
+	s.trans = g.trans
+	r := g.raft
 	s.raft = r
 	s.batch = newBatcher(r, cfg, n.metrics.observeApply)
 	s.wg.Add(1)
@@ -109,18 +65,7 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	return s, nil
 }
 
-// bootstrap forms the initial configuration if this group has no state yet.
-func (s *shard) bootstrap(peers []Peer) error {
-	servers := make([]raft.Server, len(peers))
-	for i, p := range peers {
-		servers[i] = raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr), Suffrage: raft.Voter}
-	}
-	err := s.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error()
-	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-		return err
-	}
-	return nil
-}
+func (s *shard) bootstrap(peers []Peer) error { return bootstrapGroup(s.raft, peers) }
 
 // onApply runs on the FSM goroutine after every applied entry: it must not block.
 func (s *shard) onApply(index uint64, events []fsm.Event) {
@@ -245,7 +190,7 @@ func (s *shard) close() error {
 	s.wg.Wait()
 	s.batch.Close()
 	err := s.raft.Shutdown().Error()
-	if cerr := s.store.Close(); err == nil {
+	if cerr := s.closeStore(); err == nil {
 		err = cerr
 	}
 	return err

@@ -49,6 +49,9 @@ type Backend interface {
 	Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error)
 	Join(ctx context.Context, req *hodeiv1.JoinRequest) error
 	Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error
+	// JoinGroup / RemoveGroup change one group this node leads.
+	JoinGroup(ctx context.Context, group uint32, req *hodeiv1.JoinRequest) error
+	RemoveGroup(ctx context.Context, group uint32, req *hodeiv1.RemoveRequest) error
 	TransferLeader(ctx context.Context, req *hodeiv1.TransferLeaderRequest) error
 }
 

@@ -224,24 +224,15 @@ func (s *adminService) Status(ctx context.Context, req *hodeiv1.StatusRequest) (
 	return resp, ToStatus(err)
 }
 
-// Membership changes run on the leader of shard 0, which drives every group.
+// Membership changes are coordinated by the node that receives them: it
+// applies the change to every Raft group on that group's leader, reaching
+// it with a request pinned to the group (x-hodei-shard).
 func (s *adminService) Join(ctx context.Context, req *hodeiv1.JoinRequest) (*hodeiv1.JoinResponse, error) {
 	if req.GetNodeId() == "" || req.GetAddress() == "" {
 		return nil, invalid("node_id and address are required")
 	}
-	if !isForwarded(ctx) {
-		local, addr := s.a.b.LeaderOf(0)
-		if !local && addr != "" {
-			cc, err := s.a.conn(addr)
-			if err != nil {
-				return nil, err
-			}
-			resp, err := hodeiv1.NewAdminServiceClient(cc).Join(forwardCtx(ctx, 0), req)
-			if err != nil {
-				return nil, forwardErr(err)
-			}
-			return resp, nil
-		}
+	if g, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
+		return &hodeiv1.JoinResponse{}, ToStatus(s.a.b.JoinGroup(ctx, g, req))
 	}
 	return &hodeiv1.JoinResponse{}, ToStatus(s.a.b.Join(ctx, req))
 }
@@ -250,19 +241,8 @@ func (s *adminService) Remove(ctx context.Context, req *hodeiv1.RemoveRequest) (
 	if req.GetNodeId() == "" {
 		return nil, invalid("node_id is required")
 	}
-	if !isForwarded(ctx) {
-		local, addr := s.a.b.LeaderOf(0)
-		if !local && addr != "" {
-			cc, err := s.a.conn(addr)
-			if err != nil {
-				return nil, err
-			}
-			resp, err := hodeiv1.NewAdminServiceClient(cc).Remove(forwardCtx(ctx, 0), req)
-			if err != nil {
-				return nil, forwardErr(err)
-			}
-			return resp, nil
-		}
+	if g, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
+		return &hodeiv1.RemoveResponse{}, ToStatus(s.a.b.RemoveGroup(ctx, g, req))
 	}
 	return &hodeiv1.RemoveResponse{}, ToStatus(s.a.b.Remove(ctx, req))
 }

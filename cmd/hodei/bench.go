@@ -32,6 +32,8 @@ type benchOptions struct {
 	nodes    int
 	workers  int
 	mode     string
+	shards   int
+	perGroup bool
 }
 
 type benchReport struct {
@@ -73,7 +75,7 @@ free loopback ports; otherwise it targets --addr.`,
 			defer stop()
 			targets := addrs()
 			if o.dev {
-				d, err := startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers}, slog.New(slog.DiscardHandler))
+				d, err := startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}, slog.New(slog.DiscardHandler))
 				if err != nil {
 					return err
 				}
@@ -121,6 +123,8 @@ free loopback ports; otherwise it targets --addr.`,
 	f.BoolVar(&o.dev, "dev", false, "start an in-process cluster instead of using --addr")
 	f.IntVar(&o.nodes, "nodes", 3, "with --dev: nodes")
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
+	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")
+	f.BoolVar(&o.perGroup, "per-group-log-store", false, "with --dev: one raft-boltdb file per Raft group instead of the shared log store")
 	return cmd
 }
 

@@ -39,6 +39,8 @@ type devOptions struct {
 	workers  int
 	leaseTTL time.Duration
 	logLevel string
+	shards   int
+	perGroup bool
 }
 
 func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
@@ -74,6 +76,10 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		cfg.DataDir = filepath.Join(d.dir, peers[i].ID)
 		cfg.Listener = lis[i]
 		cfg.Bootstrap = peers
+		if o.shards > 0 {
+			cfg.Shards = o.shards
+		}
+		cfg.PerGroupLogStore = o.perGroup
 		if o.leaseTTL > 0 {
 			cfg.LeaseTTL = o.leaseTTL
 		}
@@ -195,6 +201,7 @@ func newDevCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.IntVar(&o.nodes, "nodes", 3, "number of nodes")
+	f.IntVar(&o.shards, "shards", 8, "number of shards")
 	f.IntVar(&o.basePort, "port", 7401, "gRPC port of the first node (next nodes use the following ports)")
 	f.IntVar(&o.httpBase, "http-port", 8401, "metrics port of the first node (0 disables)")
 	f.StringVar(&o.dataDir, "data", "", "data directory (default: a temporary directory removed on exit)")

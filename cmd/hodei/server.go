@@ -86,6 +86,8 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.StringVar(&cfg.HTTPAddr, "http", "", "metrics and health listen address (/metrics, /healthz, /readyz); empty disables")
 	f.StringVar(&bootstrap, "bootstrap", "", "initial voters id=host:port,... (same list on every initial node)")
 	f.StringVar(&join, "join", "", "addresses of existing members to join through")
+	f.IntVar(&cfg.Shards, "shards", cfg.Shards, "number of shards of a new cluster (with --bootstrap; joining nodes learn it)")
+	f.DurationVar(&cfg.DeadNodeTimeout, "dead-node-timeout", cfg.DeadNodeTimeout, "remove a node gossip has seen dead this long (0: never), keeping >= 3 voters")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "default lease TTL given to workers")
 	f.DurationVar(&cfg.Retention, "retention", cfg.Retention, "how long finished jobs are kept")
 	f.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", cfg.HeartbeatTimeout, "Raft heartbeat timeout")

@@ -1865,13 +1865,16 @@ func (x *StatusRequest) GetIncludeDigest() bool {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
-	Shards        []*ShardStatus         `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
-	Version       string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	NodeId           string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Address          string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Shards           []*ShardStatus         `protobuf:"bytes,3,rep,name=shards,proto3" json:"shards,omitempty"`
+	Version          string                 `protobuf:"bytes,4,opt,name=version,proto3" json:"version,omitempty"`
+	MetaLeaderId     string                 `protobuf:"bytes,5,opt,name=meta_leader_id,json=metaLeaderId,proto3" json:"meta_leader_id,omitempty"`
+	MetaAppliedIndex uint64                 `protobuf:"varint,6,opt,name=meta_applied_index,json=metaAppliedIndex,proto3" json:"meta_applied_index,omitempty"`
+	MetaServers      []*RaftServer          `protobuf:"bytes,7,rep,name=meta_servers,json=metaServers,proto3" json:"meta_servers,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1930,6 +1933,27 @@ func (x *StatusResponse) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetMetaLeaderId() string {
+	if x != nil {
+		return x.MetaLeaderId
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetMetaAppliedIndex() uint64 {
+	if x != nil {
+		return x.MetaAppliedIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetMetaServers() []*RaftServer {
+	if x != nil {
+		return x.MetaServers
+	}
+	return nil
 }
 
 type JoinRequest struct {
@@ -2434,12 +2458,15 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
 	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
 	"\rStatusRequest\x12%\n" +
-	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\x8c\x01\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\x99\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
 	"\x06shards\x18\x03 \x03(\v2\x15.hodei.v1.ShardStatusR\x06shards\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\tR\aversion\"V\n" +
+	"\aversion\x18\x04 \x01(\tR\aversion\x12$\n" +
+	"\x0emeta_leader_id\x18\x05 \x01(\tR\fmetaLeaderId\x12,\n" +
+	"\x12meta_applied_index\x18\x06 \x01(\x04R\x10metaAppliedIndex\x127\n" +
+	"\fmeta_servers\x18\a \x03(\v2\x14.hodei.v1.RaftServerR\vmetaServers\"V\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -2557,35 +2584,36 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	4,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
 	24, // 20: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
 	25, // 21: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	5,  // 22: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 23: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 24: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 25: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 26: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	16, // 27: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 28: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 29: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 30: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	28, // 31: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	30, // 32: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	32, // 33: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	6,  // 34: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 35: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 36: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 37: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 38: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	17, // 39: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 40: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 41: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 42: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	29, // 43: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	31, // 44: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	33, // 45: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	34, // [34:46] is the sub-list for method output_type
-	22, // [22:34] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	24, // 22: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	5,  // 23: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 24: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 25: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 26: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 27: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	16, // 28: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 29: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 30: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 31: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	28, // 32: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	30, // 33: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	32, // 34: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	6,  // 35: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 36: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 37: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 38: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 39: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	17, // 40: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 41: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 42: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 43: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	29, // 44: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	31, // 45: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	33, // 46: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	35, // [35:47] is the sub-list for method output_type
+	23, // [23:35] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }

@@ -1098,6 +1098,333 @@ func (x *RequestRecord) GetResult() *CommandResult {
 	return nil
 }
 
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GrpcAddr      string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	GossipAddr    string                 `protobuf:"bytes,3,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	AddedAtMs     int64                  `protobuf:"varint,4,opt,name=added_at_ms,json=addedAtMs,proto3" json:"added_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Member) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *Member) GetAddedAtMs() int64 {
+	if x != nil {
+		return x.AddedAtMs
+	}
+	return 0
+}
+
+type TenantSettings struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // fair-share weight (default 1)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantSettings) Reset() {
+	*x = TenantSettings{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantSettings) ProtoMessage() {}
+
+func (x *TenantSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantSettings.ProtoReflect.Descriptor instead.
+func (*TenantSettings) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TenantSettings) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantSettings) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+// MetaState is the whole meta FSM; it is also its snapshot record.
+type MetaState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ShardCount    uint32                 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	Members       []*Member              `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"` // sorted by id
+	Tenants       []*TenantSettings      `protobuf:"bytes,4,rep,name=tenants,proto3" json:"tenants,omitempty"` // sorted by tenant
+	AppliedIndex  uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetaState) Reset() {
+	*x = MetaState{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetaState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetaState) ProtoMessage() {}
+
+func (x *MetaState) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
+func (*MetaState) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *MetaState) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *MetaState) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+func (x *MetaState) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+func (x *MetaState) GetTenants() []*TenantSettings {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
+func (x *MetaState) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+type MetaCommand struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	NowMs   int64                  `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*MetaCommand_InitShards
+	//	*MetaCommand_PutMember
+	//	*MetaCommand_RemoveMember
+	//	*MetaCommand_PutTenant
+	Kind          isMetaCommand_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetaCommand) Reset() {
+	*x = MetaCommand{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetaCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetaCommand) ProtoMessage() {}
+
+func (x *MetaCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
+func (*MetaCommand) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MetaCommand) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *MetaCommand) GetNowMs() int64 {
+	if x != nil {
+		return x.NowMs
+	}
+	return 0
+}
+
+func (x *MetaCommand) GetKind() isMetaCommand_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetInitShards() uint32 {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_InitShards); ok {
+			return x.InitShards
+		}
+	}
+	return 0
+}
+
+func (x *MetaCommand) GetPutMember() *Member {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_PutMember); ok {
+			return x.PutMember
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetRemoveMember() string {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_RemoveMember); ok {
+			return x.RemoveMember
+		}
+	}
+	return ""
+}
+
+func (x *MetaCommand) GetPutTenant() *TenantSettings {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_PutTenant); ok {
+			return x.PutTenant
+		}
+	}
+	return nil
+}
+
+type isMetaCommand_Kind interface {
+	isMetaCommand_Kind()
+}
+
+type MetaCommand_InitShards struct {
+	InitShards uint32 `protobuf:"varint,10,opt,name=init_shards,json=initShards,proto3,oneof"` // first writer wins; later values must match
+}
+
+type MetaCommand_PutMember struct {
+	PutMember *Member `protobuf:"bytes,11,opt,name=put_member,json=putMember,proto3,oneof"`
+}
+
+type MetaCommand_RemoveMember struct {
+	RemoveMember string `protobuf:"bytes,12,opt,name=remove_member,json=removeMember,proto3,oneof"`
+}
+
+type MetaCommand_PutTenant struct {
+	PutTenant *TenantSettings `protobuf:"bytes,13,opt,name=put_tenant,json=putTenant,proto3,oneof"`
+}
+
+func (*MetaCommand_InitShards) isMetaCommand_Kind() {}
+
+func (*MetaCommand_PutMember) isMetaCommand_Kind() {}
+
+func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
+
+func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -1176,7 +1503,35 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x13\n" +
 	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\x128\n" +
-	"\x06result\x18\x03 \x01(\v2 .hodei.internal.v1.CommandResultR\x06result*\x96\x01\n" +
+	"\x06result\x18\x03 \x01(\v2 .hodei.internal.v1.CommandResultR\x06result\"v\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
+	"\vgossip_addr\x18\x03 \x01(\tR\n" +
+	"gossipAddr\x12\x1e\n" +
+	"\vadded_at_ms\x18\x04 \x01(\x03R\taddedAtMs\"@\n" +
+	"\x0eTenantSettings\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xdd\x01\n" +
+	"\tMetaState\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
+	"\vshard_count\x18\x02 \x01(\rR\n" +
+	"shardCount\x123\n" +
+	"\amembers\x18\x03 \x03(\v2\x19.hodei.internal.v1.MemberR\amembers\x12;\n" +
+	"\atenants\x18\x04 \x03(\v2!.hodei.internal.v1.TenantSettingsR\atenants\x12#\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\x90\x02\n" +
+	"\vMetaCommand\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
+	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12!\n" +
+	"\vinit_shards\x18\n" +
+	" \x01(\rH\x00R\n" +
+	"initShards\x12:\n" +
+	"\n" +
+	"put_member\x18\v \x01(\v2\x19.hodei.internal.v1.MemberH\x00R\tputMember\x12%\n" +
+	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
+	"\n" +
+	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenantB\x06\n" +
+	"\x04kind*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -1198,7 +1553,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(*Entry)(nil),                     // 1: hodei.internal.v1.Entry
@@ -1215,14 +1570,18 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*SnapshotHeader)(nil),            // 12: hodei.internal.v1.SnapshotHeader
 	(*TenantDeficit)(nil),             // 13: hodei.internal.v1.TenantDeficit
 	(*RequestRecord)(nil),             // 14: hodei.internal.v1.RequestRecord
-	(*hodeiv1.JobSpec)(nil),           // 15: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 16: hodei.v1.KeyValue
-	(*hodeiv1.LeaseRef)(nil),          // 17: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 18: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 19: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 20: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 21: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 22: hodei.v1.ExtendResult
+	(*Member)(nil),                    // 15: hodei.internal.v1.Member
+	(*TenantSettings)(nil),            // 16: hodei.internal.v1.TenantSettings
+	(*MetaState)(nil),                 // 17: hodei.internal.v1.MetaState
+	(*MetaCommand)(nil),               // 18: hodei.internal.v1.MetaCommand
+	(*hodeiv1.JobSpec)(nil),           // 19: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 20: hodei.v1.KeyValue
+	(*hodeiv1.LeaseRef)(nil),          // 21: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 22: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 23: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 24: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 25: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 26: hodei.v1.ExtendResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	2,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -1234,23 +1593,27 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	8,  // 6: hodei.internal.v1.Command.expire:type_name -> hodei.internal.v1.ExpireLeases
 	9,  // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
 	10, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
-	15, // 9: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	16, // 10: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	17, // 11: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	18, // 12: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	17, // 13: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	19, // 9: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	20, // 10: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	21, // 11: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	22, // 12: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	21, // 13: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
 	0,  // 14: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	19, // 15: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	20, // 16: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	21, // 17: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	22, // 18: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	23, // 15: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	24, // 16: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	25, // 17: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	26, // 18: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
 	13, // 19: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
 	11, // 20: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	15, // 21: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	16, // 22: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	15, // 23: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	16, // 24: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	25, // [25:25] is the sub-list for method output_type
+	25, // [25:25] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -1268,13 +1631,19 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_Promote)(nil),
 		(*Command_Gc)(nil),
 	}
+	file_hodei_internal_v1_command_proto_msgTypes[17].OneofWrappers = []any{
+		(*MetaCommand_InitShards)(nil),
+		(*MetaCommand_PutMember)(nil),
+		(*MetaCommand_RemoveMember)(nil),
+		(*MetaCommand_PutTenant)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

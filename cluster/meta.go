@@ -1,0 +1,308 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/proto/internalpb"
+)
+
+// metaGroup is the small Raft group that holds the member list, the shard
+// count and tenant settings. Its leader reconciles members and keeps shard
+// leadership spread over the live nodes.
+type metaGroup struct {
+	n          *Node
+	fsm        *fsm.MetaFSM
+	raft       *raft.Raft
+	closeStore func() error
+	notify     chan bool
+
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops the leader loop
+	loopWG sync.WaitGroup
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func openMeta(n *Node, dir string) (*metaGroup, error) {
+	m := &metaGroup{n: n, notify: make(chan bool, 16), stop: make(chan struct{})}
+	m.fsm = fsm.NewMeta(nil)
+	g, err := openGroup(n, MetaGroup, "meta", dir, m.fsm, m.notify)
+	if err != nil {
+		return nil, err
+	}
+	m.raft, m.closeStore = g.raft, g.closeStore
+	m.wg.Add(1)
+	go m.watchLeadership()
+	return m, nil
+}
+
+func (m *metaGroup) watchLeadership() {
+	defer m.wg.Done()
+	for {
+		select {
+		case <-m.stop:
+			m.stopLoop()
+			return
+		case leader := <-m.notify:
+			m.stopLoop()
+			if leader {
+				m.startLoop()
+			}
+		}
+	}
+}
+
+func (m *metaGroup) startLoop() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	m.loopWG.Add(1)
+	go func() {
+		defer m.loopWG.Done()
+		if err := m.raft.Barrier(m.n.cfg.ApplyTimeout).Error(); err != nil {
+			return
+		}
+		t := time.NewTicker(m.n.cfg.BalanceInterval)
+		defer t.Stop()
+		for {
+			m.reconcile(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+func (m *metaGroup) stopLoop() {
+	m.mu.Lock()
+	c := m.cancel
+	m.cancel = nil
+	m.mu.Unlock()
+	if c != nil {
+		c()
+		m.loopWG.Wait()
+	}
+}
+
+func (m *metaGroup) close() error {
+	close(m.stop)
+	m.wg.Wait()
+	err := m.raft.Shutdown().Error()
+	if cerr := m.closeStore(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
+	cmd.Version = fsm.MetaVersion
+	cmd.NowMs = time.Now().UnixMilli()
+	b, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	f := m.raft.Apply(b, m.n.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		return err
+	}
+	return nil
+}
+
+// reconcile runs on the meta leader: it records the shard count, keeps the
+// member list equal to the meta group's Raft configuration, and moves one
+// shard's leadership per round towards an even spread.
+func (m *metaGroup) reconcile(ctx context.Context) {
+	log := m.n.cfg.Logger
+	if m.fsm.ShardCount() == 0 {
+		if err := m.propose(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_InitShards{InitShards: uint32(len(m.n.shards))}}); err != nil {
+			log.Warn("meta: record shard count", "err", err)
+			return
+		}
+	}
+	cf := m.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	inConfig := map[string]raft.Server{}
+	for _, srv := range cf.Configuration().Servers {
+		inConfig[string(srv.ID)] = srv
+	}
+	known := map[string]*internalpb.Member{}
+	for _, mem := range m.fsm.State().GetMembers() {
+		known[mem.GetId()] = mem
+	}
+	for id, srv := range inConfig {
+		if mem, ok := known[id]; !ok || mem.GetGrpcAddr() != string(srv.Address) {
+			if err := m.propose(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutMember{PutMember: &internalpb.Member{Id: id, GrpcAddr: string(srv.Address)}}}); err != nil {
+				log.Warn("meta: add member", "id", id, "err", err)
+			}
+		}
+	}
+	for id := range known {
+		if _, ok := inConfig[id]; !ok {
+			if err := m.propose(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_RemoveMember{RemoveMember: id}}); err != nil {
+				log.Warn("meta: remove member", "id", id, "err", err)
+			}
+		}
+	}
+	m.n.removeDeadNodes(ctx)
+	m.balance(ctx, cf.Configuration())
+}
+
+// balance moves the leadership of one shard from the node leading the most
+// shards to the live voter leading the fewest, when they differ by more
+// than one.
+func (m *metaGroup) balance(ctx context.Context, cfg raft.Configuration) {
+	counts := map[string]int{}
+	var live []string
+	for _, srv := range cfg.Servers {
+		if srv.Suffrage == raft.Voter && m.n.alive(string(srv.ID)) {
+			counts[string(srv.ID)] = 0
+			live = append(live, string(srv.ID))
+		}
+	}
+	if len(live) < 2 {
+		return
+	}
+	sort.Strings(live)
+	led := map[string][]uint32{}
+	for _, s := range m.n.shards {
+		_, id := s.raft.LeaderWithID()
+		if id == "" {
+			return // an election is going on: wait for it
+		}
+		if _, ok := counts[string(id)]; ok {
+			counts[string(id)]++
+			led[string(id)] = append(led[string(id)], s.id)
+		}
+	}
+	maxID, minID := live[0], live[0]
+	for _, id := range live {
+		if counts[id] > counts[maxID] {
+			maxID = id
+		}
+		if counts[id] < counts[minID] {
+			minID = id
+		}
+	}
+	if counts[maxID]-counts[minID] <= 1 {
+		return
+	}
+	// The shard must have the target as a voter.
+	for _, sh := range led[maxID] {
+		if !m.n.shards[sh].hasVoter(minID) {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := m.n.transferShard(cctx, sh, minID)
+		cancel()
+		if err != nil {
+			m.n.cfg.Logger.Warn("meta: leadership transfer failed", "shard", sh, "from", maxID, "to", minID, "err", err)
+		} else {
+			m.n.cfg.Logger.Info("meta: moved shard leadership", "shard", sh, "from", maxID, "to", minID)
+		}
+		return
+	}
+}
+
+func (s *shard) hasVoter(id string) bool {
+	cf := s.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return false
+	}
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == id && srv.Suffrage == raft.Voter {
+			return true
+		}
+	}
+	return false
+}
+
+// clusterFile records facts of the cluster a node must know before it can
+// open its Raft groups.
+type clusterFile struct {
+	Format int `json:"format"`
+	Shards int `json:"shards"`
+}
+
+const clusterFileName = "cluster.json"
+
+// resolveShardCount decides how many shards this node hosts: what its data
+// dir says; else the bootstrap setting; else what the cluster it joins has.
+func resolveShardCount(cfg Config) (int, error) {
+	path := filepath.Join(cfg.DataDir, clusterFileName)
+	if b, err := os.ReadFile(path); err == nil {
+		var cf clusterFile
+		if err := json.Unmarshal(b, &cf); err != nil || cf.Shards < 1 {
+			return 0, fmt.Errorf("%s is corrupt: %v", path, err)
+		}
+		return cf.Shards, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, err
+	}
+	n := cfg.Shards
+	if len(cfg.Bootstrap) == 0 && len(cfg.Join) > 0 {
+		var err error
+		if n, err = discoverShardCount(cfg); err != nil {
+			return 0, err
+		}
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return 0, err
+	}
+	b, _ := json.Marshal(clusterFile{Format: 1, Shards: n})
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return 0, err
+	}
+	return n, os.Rename(tmp, path)
+}
+
+// discoverShardCount asks the nodes to join for their shard count.
+func discoverShardCount(cfg Config) (int, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	var last error
+	for time.Now().Before(deadline) {
+		for _, addr := range cfg.Join {
+			st, err := probeStatus(context.Background(), addr)
+			if err == nil && len(st.GetShards()) > 0 {
+				return len(st.GetShards()), nil
+			}
+			last = err
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("cannot learn the shard count from %v: %v", cfg.Join, last)
+}
+
+// probeStatus asks one node for its status over a short-lived connection.
+func probeStatus(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
+	cc, err := dialOnce(addr)
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
+}
