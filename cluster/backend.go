@@ -197,7 +197,9 @@ func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1
 	for _, s := range n.shards {
 		addr, lid := s.raft.LeaderWithID()
 		st := s.fsm.Stats()
-		idx, digest := s.fsm.AppliedIndex(), ""
+		// Without a digest: Raft's applied index (it also counts entries
+		// the FSM ignores); with one: the FSM's, consistent with the digest.
+		idx, digest := s.raft.AppliedIndex(), ""
 		if req.GetIncludeDigest() {
 			idx, digest = s.fsm.Digest()
 		}

@@ -285,6 +285,17 @@ func TestNameConflictRejected(t *testing.T) {
 	if !strings.Contains(err.Error(), `"b"`) {
 		t.Errorf("error does not name the node: %v", err)
 	}
+	// The contacted node refuses the merge too (asynchronously: it answers
+	// the push/pull before merging) and says so.
+	waitFor(t, 5*time.Second, "a logs the conflict", func() error {
+		if !strings.Contains(a.logs.String(), "NAME CONFLICT") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if !strings.Contains(impostor.logs.String(), "NAME CONFLICT") {
+		t.Errorf("impostor did not log the conflict:\n%s", impostor.logs.String())
+	}
 	// Neither side merged anything.
 	if ms := impostor.Members(); len(ms) != 1 || ms[0].GossipAddr != impostor.LocalAddr() {
 		t.Errorf("impostor members: %v", ms)
@@ -299,11 +310,6 @@ func TestNameConflictRejected(t *testing.T) {
 		}
 		if len(obs.Members()) != 2 {
 			t.Errorf("%s members: %v", obs.name, obs.Members())
-		}
-	}
-	for _, n := range []node{a, impostor} {
-		if !strings.Contains(n.logs.String(), "NAME CONFLICT") {
-			t.Errorf("%s did not log the conflict:\n%s", n.name, n.logs.String())
 		}
 	}
 	// The same name at the same address (a restart) is not a conflict.
