@@ -19,14 +19,18 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
-// Node is one server process.
+// Node is one server process slot: an address (and, with partitions, a
+// network namespace) that a member or a spare runs at.
 type Node struct {
-	Index int // 1-based
+	Index int // 1-based slot
 	ID    string
 	GRPC  string
 	HTTP  string
 	Data  string
 	Proc  *Proc
+	// Member: part of the cluster's Raft groups. Spares (started only by a
+	// membership fault) are not, nor are nodes removed by one.
+	Member bool
 }
 
 // ClusterConfig says how to start the cluster.
@@ -36,6 +40,7 @@ type ClusterConfig struct {
 	Nodes       int
 	Workers     int
 	Concurrency int
+	Spares      int      // extra slots for membership faults (not started, not bootstrapped)
 	Network     *Network // nil: every node on 127.0.0.1
 	ServerArgs  []string // extra flags for every server (e.g. --unsafe-ack-before-commit)
 	WorkerArgs  []string
@@ -49,6 +54,7 @@ type Cluster struct {
 	Workers []*Proc
 	admin   *client.Client
 	mu      sync.Mutex
+	nextID  int // ids of nodes started by membership faults: n<nextID>
 }
 
 // freePort asks the kernel for a free loopback port.
@@ -63,10 +69,10 @@ func freePort() (int, error) {
 
 // NewCluster lays out addresses and data directories; Start starts it.
 func NewCluster(cfg ClusterConfig) (*Cluster, error) {
-	c := &Cluster{cfg: cfg}
+	c := &Cluster{cfg: cfg, nextID: cfg.Nodes + cfg.Spares + 1}
 	var boot []string
-	for i := 1; i <= cfg.Nodes; i++ {
-		n := &Node{Index: i, ID: fmt.Sprintf("n%d", i)}
+	for i := 1; i <= cfg.Nodes+cfg.Spares; i++ {
+		n := &Node{Index: i, ID: fmt.Sprintf("n%d", i), Member: i <= cfg.Nodes}
 		if cfg.Network != nil {
 			ip := cfg.Network.IP(i)
 			n.GRPC, n.HTTP = ip+":7401", ip+":8401"
@@ -81,21 +87,18 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 			}
 			n.GRPC, n.HTTP = "127.0.0.1:"+strconv.Itoa(gp), "127.0.0.1:"+strconv.Itoa(hp)
 		}
-		n.Data = filepath.Join(cfg.RunDir, "nodes", n.ID, "data")
-		if err := os.MkdirAll(n.Data, 0o755); err != nil {
-			return nil, err
+		if n.Member {
+			boot = append(boot, n.ID+"="+n.GRPC)
 		}
-		boot = append(boot, n.ID+"="+n.GRPC)
 		c.Nodes = append(c.Nodes, n)
 	}
 	for _, n := range c.Nodes {
-		args := []string{"server", "--id", n.ID, "--data", n.Data, "--grpc", n.GRPC, "--http", n.HTTP,
-			"--bootstrap", strings.Join(boot, ",")}
-		args = append(args, cfg.ServerArgs...)
-		n.Proc = &Proc{Name: n.ID, Path: cfg.Binary, Args: args,
-			LogPath: filepath.Join(cfg.RunDir, "nodes", n.ID, "server.log")}
-		if cfg.Network != nil {
-			n.Proc.NetNS = cfg.Network.NS(n.Index)
+		var extra []string
+		if n.Member {
+			extra = []string{"--bootstrap", strings.Join(boot, ",")}
+		}
+		if err := c.setNodeID(n, n.ID, extra); err != nil {
+			return nil, err
 		}
 	}
 	addrs := strings.Join(c.Addrs(), ",")
@@ -118,6 +121,59 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	return c, nil
 }
 
+// setNodeID (re)defines the process of slot n: a node with this id, a data
+// directory and log of its own, and extra flags (--bootstrap for initial
+// members; none for a node that will be joined).
+func (c *Cluster) setNodeID(n *Node, id string, extra []string) error {
+	n.ID = id
+	n.Data = filepath.Join(c.cfg.RunDir, "nodes", id, "data")
+	if err := os.MkdirAll(n.Data, 0o755); err != nil {
+		return err
+	}
+	args := []string{"server", "--id", n.ID, "--data", n.Data, "--grpc", n.GRPC, "--http", n.HTTP}
+	args = append(append(args, extra...), c.cfg.ServerArgs...)
+	n.Proc = &Proc{Name: n.ID, Path: c.cfg.Binary, Args: args,
+		LogPath: filepath.Join(c.cfg.RunDir, "nodes", n.ID, "server.log")}
+	if c.cfg.Network != nil {
+		n.Proc.NetNS = c.cfg.Network.NS(n.Index)
+	}
+	return nil
+}
+
+// Members are the nodes that are part of the cluster now.
+func (c *Cluster) Members() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*Node
+	for _, n := range c.Nodes {
+		if n.Member {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Spare returns a slot that is not a member and not running, or nil.
+func (c *Cluster) Spare() *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.Nodes {
+		if !n.Member && !n.Proc.Running() {
+			return n
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) setMember(n *Node, m bool) {
+	c.mu.Lock()
+	n.Member = m
+	c.mu.Unlock()
+}
+
+// Admin is the harness's admin API (membership changes).
+func (c *Cluster) Admin() hodeiv1.AdminServiceClient { return c.admin.Admin() }
+
 // Addrs are the nodes' gRPC addresses.
 func (c *Cluster) Addrs() []string {
 	out := make([]string, len(c.Nodes))
@@ -130,7 +186,7 @@ func (c *Cluster) Addrs() []string {
 // Start starts every server and waits until every shard has a leader that
 // every node agrees on.
 func (c *Cluster) Start(ctx context.Context, timeout time.Duration) error {
-	for _, n := range c.Nodes {
+	for _, n := range c.Members() {
 		if err := n.Proc.Start(); err != nil {
 			return err
 		}
@@ -176,7 +232,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context, timeout time.Duration) error 
 
 func (c *Cluster) healthy(ctx context.Context) error {
 	leaders := map[uint32]string{}
-	for _, n := range c.Nodes {
+	for _, n := range c.Members() {
 		if !n.Proc.Running() {
 			return fmt.Errorf("%s is not running (see %s)", n.ID, n.Proc.LogPath)
 		}
@@ -203,7 +259,8 @@ func (c *Cluster) healthy(ctx context.Context) error {
 // Leader returns the node that leads the most shards, as reported by any
 // reachable, running, unpaused node (ties: lowest index). nil if none known.
 func (c *Cluster) Leader(ctx context.Context) *Node {
-	for _, n := range c.Nodes {
+	members := c.Members()
+	for _, n := range members {
 		if !n.Proc.Running() || n.Proc.Paused() {
 			continue
 		}
@@ -228,7 +285,7 @@ func (c *Cluster) Leader(ctx context.Context) *Node {
 				best, bestN = id, count[id]
 			}
 		}
-		for _, m := range c.Nodes {
+		for _, m := range members {
 			if m.ID == best {
 				return m
 			}
@@ -241,7 +298,7 @@ func (c *Cluster) Leader(ctx context.Context) *Node {
 func (c *Cluster) Digests(ctx context.Context, at time.Duration) ([]DigestSample, error) {
 	var out []DigestSample
 	var errs []error
-	for _, n := range c.Nodes {
+	for _, n := range c.Members() {
 		st, err := c.Status(ctx, n)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", n.ID, err))

@@ -3,6 +3,8 @@ package chaos
 import (
 	"context"
 	"fmt"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
@@ -20,13 +22,20 @@ const (
 	FaultPartitionMajority = "partition-majority"
 	FaultPartitionRing     = "partition-ring"
 	FaultWorkers           = "workers" // kill or pause a worker for longer than the lease TTL
-	FaultMixed             = "mixed"
-	FaultNone              = "none"
+	// FaultMembership replaces a member under load: a spare node (started
+	// without --bootstrap) is joined, then a random member (maybe a leader)
+	// is removed and stopped. Not part of mixed (yet): selectable alone.
+	FaultMembership = "membership"
+	FaultMixed      = "mixed"
+	FaultNone       = "none"
 )
 
 // AllFaults lists the selectable kinds (mixed picks among them).
 var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, FaultPartitionLeader,
 	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
+
+// NeedsSpare reports whether kind needs a spare node slot.
+func NeedsSpare(kind string) bool { return kind == FaultMembership }
 
 // IsPartition reports whether kind needs network namespaces.
 func IsPartition(kind string) bool { return strings.HasPrefix(kind, "partition-") }
@@ -83,8 +92,12 @@ func NewFaults(cfg FaultConfig, c *Cluster, h *History) (*Faults, error) {
 		for _, k := range AllFaults {
 			ok = ok || k == cfg.Mode
 		}
+		ok = ok || cfg.Mode == FaultMembership
 		if !ok {
-			return nil, fmt.Errorf("unknown fault kind %q (one of %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "))
+			return nil, fmt.Errorf("unknown fault kind %q (one of %s, %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "), FaultMembership)
+		}
+		if cfg.Mode == FaultMembership && c.Spare() == nil {
+			return nil, fmt.Errorf("%s needs a spare node slot", cfg.Mode)
 		}
 		if IsPartition(cfg.Mode) && c.cfg.Network == nil {
 			return nil, fmt.Errorf("%s needs network namespaces, unsupported on this host", cfg.Mode)
@@ -146,16 +159,17 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 // inject applies one fault, holds it, heals it.
 func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) FaultEvent {
 	ev := FaultEvent{Kind: kind}
+	members := f.c.Members()
 	leader := func() *Node {
 		if l := f.c.Leader(ctx); l != nil {
 			return l
 		}
-		return f.c.Nodes[f.rng.IntN(len(f.c.Nodes))]
+		return members[f.rng.IntN(len(members))]
 	}
 	var heal func() error
 	switch kind {
 	case FaultKillLeader, FaultKillRandom:
-		n := f.c.Nodes[f.rng.IntN(len(f.c.Nodes))]
+		n := members[f.rng.IntN(len(members))]
 		if kind == FaultKillLeader {
 			n = leader()
 		}
@@ -189,8 +203,10 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 			}
 			heal = w.Resume
 		}
+	case FaultMembership:
+		return f.replaceMember(ctx, hold)
 	default: // partitions
-		groups := f.partition(kind, leader())
+		groups := f.partition(kind, leader(), members)
 		ev.Target = describeGroups(groups)
 		ev.Start = f.h.Now()
 		nw := f.c.cfg.Network
@@ -219,11 +235,15 @@ type partitionPlan struct {
 func describeGroups(p partitionPlan) string { return p.desc }
 
 // partition plans which links to cut.
-func (f *Faults) partition(kind string, leader *Node) partitionPlan {
-	n := len(f.c.Nodes)
+func (f *Faults) partition(kind string, leader *Node, members []*Node) partitionPlan {
+	n := len(members)
 	idx := f.rng.Perm(n)
+	slots := make([]int, n) // the members' slot indexes, ascending
+	for i, m := range members {
+		slots[i] = m.Index
+	}
 	for i := range idx {
-		idx[i]++
+		idx[i] = slots[idx[i]]
 	}
 	plan := partitionPlan{kind: kind}
 	split := func(a []int) {
@@ -232,7 +252,7 @@ func (f *Faults) partition(kind string, leader *Node) partitionPlan {
 			in[x] = true
 		}
 		var b []int
-		for i := 1; i <= n; i++ {
+		for _, i := range slots {
 			if !in[i] {
 				b = append(b, i)
 			}
@@ -259,8 +279,8 @@ func (f *Faults) partition(kind string, leader *Node) partitionPlan {
 		for i, x := range idx {
 			pos[x] = i
 		}
-		for a := 1; a <= n; a++ {
-			for b := a + 1; b <= n; b++ {
+		for ai, a := range slots {
+			for _, b := range slots[ai+1:] {
 				d := (pos[a] - pos[b] + n) % n
 				if d != 1 && d != n-1 {
 					plan.cut = append(plan.cut, [2]int{a, b})
@@ -291,7 +311,7 @@ func (f *Faults) healAll() {
 			f.cfg.Log.Warn("heal network", "err", err)
 		}
 	}
-	for _, n := range f.c.Nodes {
+	for _, n := range f.c.Members() {
 		f.revive(n.Proc)
 	}
 	for _, w := range f.c.Workers {
@@ -308,6 +328,87 @@ func (f *Faults) revive(p *Proc) {
 	if !p.Running() {
 		if err := p.Start(); err != nil {
 			f.cfg.Log.Warn("restart", "proc", p.Name, "err", err)
+		}
+	}
+}
+
+// replaceMember joins a spare node, holds, then removes a random member
+// (which may lead some groups) and stops it; its slot becomes the spare,
+// with a fresh node id and data directory for the next join.
+func (f *Faults) replaceMember(ctx context.Context, hold time.Duration) FaultEvent {
+	ev := FaultEvent{Kind: FaultMembership, Start: f.h.Now()}
+	members := f.c.Members()
+	victim := members[f.rng.IntN(len(members))]
+	spare := f.c.Spare()
+	if spare == nil {
+		ev.Err, ev.Heal = "no spare node slot", f.h.Now()
+		return ev
+	}
+	ev.Target = "+" + spare.ID + " -" + victim.ID
+	fail := func(what string, err error) FaultEvent {
+		ev.Err, ev.Heal = what+": "+err.Error(), f.h.Now()
+		return ev
+	}
+	if err := spare.Proc.Start(); err != nil {
+		return fail("start spare", err)
+	}
+	// the new node must answer before it can be joined
+	var st interface{ GetNodeId() string }
+	err := retryFor(ctx, 30*time.Second, func() error {
+		s, err := f.c.Status(ctx, spare)
+		st = s
+		return err
+	})
+	if err != nil {
+		return fail("spare never answered", err)
+	}
+	err = retryFor(ctx, 90*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := f.c.Admin().Join(cctx, &hodeiv1.JoinRequest{NodeId: st.GetNodeId(), Address: spare.GRPC, Voter: true})
+		return err
+	})
+	if err != nil {
+		return fail("join "+spare.ID, err)
+	}
+	f.c.setMember(spare, true)
+	joined := f.h.Now()
+	_ = sleepCtx(ctx, hold)
+	err = retryFor(ctx, 90*time.Second, func() error {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := f.c.Admin().Remove(cctx, &hodeiv1.RemoveRequest{NodeId: victim.ID})
+		return err
+	})
+	if err != nil {
+		return fail("remove "+victim.ID, err)
+	}
+	f.c.setMember(victim, false)
+	if err := victim.Proc.Stop(5 * time.Second); err != nil && ev.Err == "" {
+		ev.Err = "stop removed node: " + err.Error()
+	}
+	f.c.mu.Lock()
+	id := fmt.Sprintf("n%d", f.c.nextID)
+	f.c.nextID++
+	f.c.mu.Unlock()
+	if err := f.c.setNodeID(victim, id, nil); err != nil && ev.Err == "" {
+		ev.Err = "next spare: " + err.Error()
+	}
+	ev.Heal = f.h.Now()
+	ev.Detail = fmt.Sprintf("joined after %v, removed %v later", (joined - ev.Start).Round(time.Millisecond), (ev.Heal - joined).Round(time.Millisecond))
+	return ev
+}
+
+// retryFor calls fn until it succeeds or d has passed.
+func retryFor(ctx context.Context, d time.Duration, fn func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := fn()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		if sleepCtx(ctx, 500*time.Millisecond) != nil {
+			return err
 		}
 	}
 }

@@ -133,6 +133,10 @@ func writeReport(out string, rep *Report) error {
 func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	log := cfg.Log
 	needNet := cfg.Faults == FaultMixed || IsPartition(cfg.Faults)
+	spares := 0
+	if NeedsSpare(cfg.Faults) {
+		spares = 1
+	}
 	var nw *Network
 	switch {
 	case cfg.Network == "netns" || (cfg.Network == "auto" && needNet):
@@ -144,7 +148,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 			rep.Notes = append(rep.Notes, "network namespaces unavailable ("+err.Error()+"): partitions left out of mixed mode")
 			break
 		}
-		n, err := NewNetwork(ctx, cfg.Nodes)
+		n, err := NewNetwork(ctx, cfg.Nodes+spares)
 		if err != nil {
 			return fmt.Errorf("network namespaces: %w", err)
 		}
@@ -173,7 +177,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 	workerArgs := append([]string{"--lease-ttl", cfg.LeaseTTL.String()}, cfg.WorkerArgs...)
 	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
-		Concurrency: cfg.Concurrency, Network: nw, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log})
+		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log})
 	if err != nil {
 		return err
 	}
@@ -413,7 +417,7 @@ func converge(ctx context.Context, c *Cluster, h *History, timeout time.Duration
 	for {
 		samples, err := c.Digests(ctx, h.Now())
 		cv.Samples = append(cv.Samples, samples...)
-		if err == nil && agreed(samples, len(c.Nodes)) {
+		if err == nil && agreed(samples, len(c.Members())) {
 			cv.Converged = true
 			return cv
 		}
