@@ -37,14 +37,16 @@ func (l *logBuf) String() string {
 
 func fastConfig(name string, lb *logBuf) Config {
 	return Config{
-		Name:             name,
-		BindAddr:         "127.0.0.1:0",
-		Meta:             Meta{GRPCAddr: "127.0.0.1:7" + name, Version: "v-test-" + name},
-		Logger:           slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		ProbeInterval:    100 * time.Millisecond,
-		ProbeTimeout:     50 * time.Millisecond,
+		Name:     name,
+		BindAddr: "127.0.0.1:0",
+		Meta:     Meta{GRPCAddr: "127.0.0.1:7" + name, Version: "v-test-" + name},
+		Logger:   slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		// Fast but not twitchy: with -race on a loaded 2-core machine,
+		// 50ms probe timeouts produced false deaths.
+		ProbeInterval:    300 * time.Millisecond,
+		ProbeTimeout:     150 * time.Millisecond,
 		GossipInterval:   20 * time.Millisecond,
-		SuspicionMult:    2,
+		SuspicionMult:    3,
 		PushPullInterval: 500 * time.Millisecond,
 		TCPTimeout:       time.Second,
 	}
@@ -164,21 +166,16 @@ func TestThreeMembersSeeEachOtherWithMeta(t *testing.T) {
 	}
 
 	// The subscriber saw itself first (initial state), then b and c join.
-	seen := map[string]Member{}
-	deadline := time.After(10 * time.Second)
-	for len(seen) < 3 {
-		select {
-		case m := <-events:
-			seen[m.Name] = m
-		case <-deadline:
-			t.Fatalf("subscriber saw only %v", seen)
-		}
-	}
+	want := map[string]Meta{}
 	for _, n := range all {
-		if m := seen[n.name]; m.State != Alive || m.Meta != n.cfg.Meta {
-			t.Errorf("event for %s: %+v", n.name, m)
-		}
+		want[n.name] = n.cfg.Meta
 	}
+	waitForEvent(t, events, func(m Member) bool {
+		if meta, ok := want[m.Name]; ok && m.State == Alive && m.Meta == meta {
+			delete(want, m.Name)
+		}
+		return len(want) == 0
+	})
 }
 
 func TestCrashedMemberSeenDead(t *testing.T) {
