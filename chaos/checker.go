@@ -105,6 +105,10 @@ type DrainResult struct {
 	// StuckExecs: per stuck job, its executions "attempt N token T on W at Xs".
 	StuckExecs  map[string][]string `json:"stuck_execs,omitempty"`
 	StartWallMs int64               `json:"start_wall_ms"`
+	// ListErrors counts drain polls whose List failed (the cluster did not
+	// answer a linearizable list of all jobs); LastListErr is the last error.
+	ListErrors  int    `json:"list_errors,omitempty"`
+	LastListErr string `json:"last_list_err,omitempty"`
 }
 
 // DigestSample is one node's view of one shard at one poll.

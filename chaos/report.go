@@ -178,6 +178,9 @@ func (r *Report) WriteSummary(w io.Writer) {
 		c.PlannedRetries, c.UnplannedJobs, c.UnplannedExtra)
 	fmt.Fprintf(w, "drain: drained=%v in %v (bound %v), final write ok=%v\n",
 		r.Drain.Drained, r.Drain.DrainTime.Round(time.Millisecond), r.Drain.Bound, r.Drain.FinalWriteOK)
+	if d := r.Drain; d.ListErrors > 0 {
+		fmt.Fprintf(w, "  %d drain polls could not list the jobs; last error: %s\n", d.ListErrors, d.LastListErr)
+	}
 	if d := r.Drain; len(d.StuckJobs) > 0 && (!d.Drained || d.DrainTime > d.Bound) {
 		rel := func(ms int64) string {
 			if ms == 0 {

@@ -340,6 +340,14 @@ func drain(ctx context.Context, api *client.Client, h *History, acked map[JobKey
 				d.Stuck = d.Stuck[:maxListed]
 			}
 		}
+		if err != nil {
+			d.ListErrors++
+			d.LastListErr = err.Error()
+			if time.Since(lastLog) > 5*time.Second {
+				log.Warn("draining: listing the jobs failed", "errors", d.ListErrors, "err", err, "since heal", (h.Now() - healedAt).Round(time.Second))
+				lastLog = time.Now()
+			}
+		}
 		if time.Now().After(deadline) || sleepCtx(ctx, 500*time.Millisecond) != nil {
 			d.DrainTime = h.Now() - healedAt
 			return d
