@@ -41,11 +41,13 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+var testLogLevel = slog.LevelWarn
+
 func testLogger(t testing.TB) *slog.Logger {
 	on := &atomic.Bool{}
 	on.Store(true)
 	t.Cleanup(func() { on.Store(false) })
-	return slog.New(slog.NewTextHandler(tWriter{t: t, mu: &sync.Mutex{}, on: on}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(tWriter{t: t, mu: &sync.Mutex{}, on: on}, &slog.HandlerOptions{Level: testLogLevel}))
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -78,6 +80,11 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, sh
 	cfg.LeaseTTL = 2 * time.Second
 	cfg.LeaderGrace = 2 * time.Second
 	cfg.TimerTick = 20 * time.Millisecond
+	// The test machine is small and shared: looser Raft timing than the
+	// defaults keeps leaders from stepping down under -race load.
+	cfg.HeartbeatTimeout = time.Second
+	cfg.ElectionTimeout = time.Second
+	cfg.LeaderLeaseTimeout = 500 * time.Millisecond
 	cfg.Logger = testLogger(t).With("node", id)
 	return cfg
 }

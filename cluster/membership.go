@@ -96,6 +96,7 @@ func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
 		return &fsm.CodeError{C: internalpb.Code_CODE_FAILED_PRECONDITION, Msg: fmt.Sprintf("the node at %s hosts %d shards, the cluster has %d (start it with --shards %d or --join)", req.GetAddress(), len(st.GetShards()), len(n.shards), len(n.shards))}
 	}
 	for _, g := range n.groups() {
+		n.cfg.Logger.Info("join: adding node to group", "node", req.GetNodeId(), "group", g)
 		if err := n.onGroupLeader(ctx, g, func(ctx context.Context) error { return n.JoinGroup(ctx, g, req) },
 			func(ctx context.Context, c hodeiv1.AdminServiceClient) error {
 				_, err := c.Join(ctx, req)
@@ -126,6 +127,7 @@ func (n *Node) onGroupLeader(ctx context.Context, g uint32, local func(context.C
 		if err == nil || !retryableMembership(err) {
 			return err
 		}
+		n.cfg.Logger.Info("membership change retrying", "group", g, "err", err)
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("group %d: %w (last error: %v)", g, ctx.Err(), err)

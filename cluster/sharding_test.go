@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"sync"
@@ -156,6 +157,8 @@ func (tc *testCluster) addNode(t *testing.T, id string) *Node {
 }
 
 func TestJoinAndRemoveUnderLoad(t *testing.T) {
+	testLogLevel = slog.LevelInfo
+	defer func() { testLogLevel = slog.LevelWarn }()
 	tc := startCluster(t, 3, 8)
 	startWorker(t, &worker.ShellExecutor{}, 16, tc.addrs()...)
 	l := startLoad(t, tc, 40, 8, 2000)
