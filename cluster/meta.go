@@ -31,6 +31,9 @@ type metaGroup struct {
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops the leader loop
+	// cooldown: a shard whose leadership transfer failed is left alone
+	// until then (retrying every round keeps raft refusing writes: chaos F3).
+	cooldown map[uint32]time.Time
 	loopWG sync.WaitGroup
 
 	stop chan struct{}
@@ -209,14 +212,18 @@ func (m *metaGroup) balance(ctx context.Context, cfg raft.Configuration) {
 		return
 	}
 	// The shard must have the target as a voter.
+	if m.cooldown == nil {
+		m.cooldown = map[uint32]time.Time{}
+	}
 	for _, sh := range led[maxID] {
-		if !m.n.shards[sh].hasVoter(minID) {
+		if !m.n.shards[sh].hasVoter(minID) || time.Now().Before(m.cooldown[sh]) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := m.n.transferShard(cctx, sh, minID)
 		cancel()
 		if err != nil {
+			m.cooldown[sh] = time.Now().Add(15 * time.Second)
 			m.n.cfg.Logger.Warn("meta: leadership transfer failed", "shard", sh, "from", maxID, "to", minID, "err", err)
 		} else {
 			m.n.cfg.Logger.Info("meta: moved shard leadership", "shard", sh, "from", maxID, "to", minID)

@@ -109,10 +109,25 @@ func (s *shard) watchLeadership() {
 // starts the timers. Lease expiry waits for the grace period: leases were
 // stamped with another node's clock.
 func (s *shard) becomeLeader() {
+	// Barrier can fail transiently (e.g. "leadership transfer in progress"
+	// while a balancing transfer is under way): retry while still leader,
+	// never leave a leader without timers and read readiness (chaos F3).
 	term := s.raft.CurrentTerm()
-	if err := s.raft.Barrier(s.node.cfg.ApplyTimeout).Error(); err != nil {
-		s.log.Warn("barrier after election failed", "err", err)
-		return
+	for attempt := 0; ; attempt++ {
+		err := s.raft.Barrier(s.node.cfg.ApplyTimeout).Error()
+		if err == nil {
+			break
+		}
+		if s.raft.State() != raft.Leader || s.raft.CurrentTerm() != term {
+			s.log.Info("lost leadership before the barrier completed", "err", err)
+			return
+		}
+		s.log.Warn("barrier after election failed, retrying", "err", err, "attempt", attempt)
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	s.readyTerm.Store(term)
 	s.stopTimers()

@@ -78,6 +78,10 @@ func (s *state) applyPromote(now int64) *internalpb.CommandResult {
 		s.delayed.Delete(k)
 		j := s.jobs[k.seq]
 		s.sched.push(s.tenant(j.GetSpec().GetTenant(), false), j)
+		// PENDING -> PENDING: not a state change, but it tells listeners
+		// (workers' long-polls) that a job became leasable.
+		s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: j.GetSpec().GetTenant(),
+			From: hodeiv1.JobState_JOB_STATE_PENDING, To: hodeiv1.JobState_JOB_STATE_PENDING})
 	}
 	s.lastPromoteMs = now
 	return &internalpb.CommandResult{Count: uint32(len(due))}
