@@ -171,9 +171,6 @@ func (c *Cluster) setMember(n *Node, m bool) {
 	c.mu.Unlock()
 }
 
-// Admin is the harness's admin API (membership changes).
-func (c *Cluster) Admin() hodeiv1.AdminServiceClient { return c.admin.Admin() }
-
 // Addrs are the nodes' gRPC addresses.
 func (c *Cluster) Addrs() []string {
 	out := make([]string, len(c.Nodes))

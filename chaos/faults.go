@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"log/slog"
 	"math/rand/v2"
@@ -362,10 +363,22 @@ func (f *Faults) replaceMember(ctx context.Context, hold time.Duration) FaultEve
 	if err != nil {
 		return fail("spare never answered", err)
 	}
+	// Join and Remove go to the current members only: the spare's own
+	// address (a reused slot) is in the harness's address list too, and a
+	// node that is not yet a member cannot add itself.
+	var maddrs []string
+	for _, m := range members {
+		maddrs = append(maddrs, m.GRPC)
+	}
+	admin, err := client.New(client.Config{Addrs: maddrs, CallTimeout: 30 * time.Second, Retry: -1})
+	if err != nil {
+		return fail("admin client", err)
+	}
+	defer admin.Close()
 	err = retryFor(ctx, 90*time.Second, func() error {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		_, err := f.c.Admin().Join(cctx, &hodeiv1.JoinRequest{NodeId: st.GetNodeId(), Address: spare.GRPC, Voter: true})
+		_, err := admin.Admin().Join(cctx, &hodeiv1.JoinRequest{NodeId: st.GetNodeId(), Address: spare.GRPC, Voter: true})
 		return err
 	})
 	if err != nil {
@@ -377,7 +390,7 @@ func (f *Faults) replaceMember(ctx context.Context, hold time.Duration) FaultEve
 	err = retryFor(ctx, 90*time.Second, func() error {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		_, err := f.c.Admin().Remove(cctx, &hodeiv1.RemoveRequest{NodeId: victim.ID})
+		_, err := admin.Admin().Remove(cctx, &hodeiv1.RemoveRequest{NodeId: victim.ID})
 		return err
 	})
 	if err != nil {
