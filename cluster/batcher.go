@@ -173,9 +173,11 @@ func failAll(props []*proposal, err error) {
 	}
 }
 
-// Close stops accepting proposals; proposals already in Raft still complete
-// (or fail when Raft shuts down).
-func (b *batcher) Close() {
-	b.closeMu.Do(func() { close(b.stop) })
-	b.wg.Wait()
-}
+// Stop stops accepting proposals; proposals already in Raft complete, or
+// fail when Raft shuts down.
+func (b *batcher) Stop() { b.closeMu.Do(func() { close(b.stop) }) }
+
+// Wait waits for the batcher's goroutines. Call it after Raft has shut
+// down: a future of a node that lost its place in the cluster may
+// otherwise never resolve.
+func (b *batcher) Wait() { b.wg.Wait() }

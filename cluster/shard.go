@@ -203,8 +203,9 @@ func waitFuture(ctx context.Context, f raft.Future) error {
 func (s *shard) close() error {
 	close(s.stop)
 	s.wg.Wait()
-	s.batch.Close()
+	s.batch.Stop()
 	err := s.raft.Shutdown().Error()
+	s.batch.Wait()
 	if cerr := s.closeStore(); err == nil {
 		err = cerr
 	}
