@@ -90,7 +90,8 @@ func (l *load) finish() map[string]bool {
 	return l.acked
 }
 
-// waitSucceeded waits until every id is SUCCEEDED (linearizable reads).
+// waitSucceeded waits until every id is SUCCEEDED, listing succeeded jobs
+// (linearizable reads, one page per shard) rather than getting each job.
 func waitSucceeded(t *testing.T, tc *testCluster, ids map[string]bool, d time.Duration) {
 	c := newClient(t, tc.addrs()...)
 	pending := map[string]bool{}
@@ -98,16 +99,22 @@ func waitSucceeded(t *testing.T, tc *testCluster, ids map[string]bool, d time.Du
 		pending[id] = true
 	}
 	waitFor(t, d, fmt.Sprintf("%d acknowledged jobs to succeed", len(ids)), func() bool {
-		for id := range pending {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			j, err := c.Get(ctx, id)
+		token := ""
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := c.List(ctx, &hodeiv1.ListJobsRequest{State: hodeiv1.JobState_JOB_STATE_SUCCEEDED, Limit: 10000, PageToken: token})
 			cancel()
-			if err != nil || j.GetState() != hodeiv1.JobState_JOB_STATE_SUCCEEDED {
+			if err != nil {
 				return false
 			}
-			delete(pending, id)
+			for _, j := range resp.GetJobs() {
+				delete(pending, j.GetId())
+			}
+			if token = resp.GetNextPageToken(); token == "" {
+				break
+			}
 		}
-		return true
+		return len(pending) == 0
 	})
 }
 
