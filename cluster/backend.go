@@ -186,6 +186,12 @@ func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }
 
 func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
 	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev"}
+	if n.gossipImpl != nil {
+		resp.GossipAddress = n.gossipImpl.LocalAddr()
+		for _, m := range n.gossipImpl.Members() {
+			resp.Members = append(resp.Members, &hodeiv1.Member{Id: m.Name, GrpcAddress: m.Meta.GRPCAddr, GossipAddress: m.GossipAddr, State: m.State.String()})
+		}
+	}
 	_, mlid := n.meta.raft.LeaderWithID()
 	resp.MetaLeaderId = string(mlid)
 	resp.MetaAppliedIndex = n.meta.raft.AppliedIndex()

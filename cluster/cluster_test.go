@@ -65,9 +65,9 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 type testCluster struct {
 	t      testing.TB
 	shards int
-	peers []Peer
-	dirs  []string
-	nodes []*Node
+	peers  []Peer
+	dirs   []string
+	nodes  []*Node
 }
 
 func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, shards int) Config {

@@ -54,6 +54,9 @@ type Config struct {
 	// Listener, when set, is used instead of listening on GRPCAddr (tests use 127.0.0.1:0).
 	Listener net.Listener
 	HTTPAddr string // metrics/health; empty disables
+	// GossipAddr is the memberlist bind address (ip:port); empty: the gRPC
+	// IP with a free port (gossip is off when that is not an IP literal).
+	GossipAddr string
 
 	// Shards is the number of shards of a new cluster (bootstrap). A node
 	// that joins learns it from the cluster; a restarted node reads it from

@@ -1,6 +1,14 @@
 package cluster
 
-import "time"
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/hodei-io/hodei/cluster/gossip"
+)
 
 // gossipView is what the node needs from gossip membership.
 type gossipView interface {
@@ -11,3 +19,100 @@ type gossipView interface {
 func (n *Node) gossipAlive(id string) bool { return n.gossip.Alive(id) }
 
 func (n *Node) gossipDeadSince(id string) (time.Time, bool) { return n.gossip.DeadSince(id) }
+
+// memberGossip adapts cluster/gossip to gossipView.
+type memberGossip struct{ g *gossip.Gossip }
+
+// Alive: a member gossip has never heard of counts as alive (not yet joined).
+func (m memberGossip) Alive(id string) bool {
+	mem, ok := m.g.Member(id)
+	return !ok || mem.State == gossip.Alive
+}
+
+func (m memberGossip) DeadSince(id string) (time.Time, bool) { return m.g.DeadSince(id) }
+
+// gossipBindAddr picks the gossip address: cfg.GossipAddr, or, when empty,
+// the gRPC listener's IP with a free port. Empty result disables gossip.
+func gossipBindAddr(cfg Config, grpcAddr string) string {
+	if cfg.GossipAddr != "" {
+		return cfg.GossipAddr
+	}
+	host, _, err := net.SplitHostPort(grpcAddr)
+	if err != nil {
+		return ""
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.IsUnspecified() {
+		return ""
+	}
+	return net.JoinHostPort(host, "0")
+}
+
+// startGossip starts memberlist for this node and a loop that joins the
+// gossip of every member of the meta group (their gossip addresses come
+// from their Status).
+func (n *Node) startGossip() error {
+	bind := gossipBindAddr(n.cfg, n.addr)
+	if bind == "" {
+		n.cfg.Logger.Warn("gossip disabled: give --gossip ip:port (the gRPC address is not an IP literal)")
+		return nil
+	}
+	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"}, Logger: n.cfg.Logger.With("component", "gossip")})
+	if err != nil {
+		return fmt.Errorf("start gossip on %s: %w", bind, err)
+	}
+	n.gossipImpl = g
+	n.gossip = memberGossip{g}
+	ctx, cancel := context.WithCancel(context.Background())
+	n.gossipCancel = cancel
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			n.joinGossip(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return nil
+}
+
+// joinGossip joins the members of the meta configuration gossip does not know yet.
+func (n *Node) joinGossip(ctx context.Context) {
+	cf := n.meta.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	var addrs []string
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == n.cfg.NodeID {
+			continue
+		}
+		if _, ok := n.gossipImpl.Member(string(srv.ID)); ok {
+			continue
+		}
+		st, err := probeStatus(ctx, string(srv.Address))
+		if err == nil && st.GetGossipAddress() != "" {
+			addrs = append(addrs, st.GetGossipAddress())
+		}
+	}
+	if len(addrs) > 0 {
+		if _, err := n.gossipImpl.Join(addrs); err != nil {
+			n.cfg.Logger.Debug("gossip join", "err", err)
+		}
+	}
+}
+
+func (n *Node) stopGossip() {
+	if n.gossipCancel != nil {
+		n.gossipCancel()
+	}
+	if n.gossipImpl != nil {
+		n.gossipImpl.Close()
+	}
+}

@@ -34,7 +34,7 @@ type metaGroup struct {
 	// cooldown: a shard whose leadership transfer failed is left alone
 	// until then (retrying every round keeps raft refusing writes: chaos F3).
 	cooldown map[uint32]time.Time
-	loopWG sync.WaitGroup
+	loopWG   sync.WaitGroup
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -25,6 +25,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/hodei-io/hodei/cluster/gossip"
 	"github.com/hodei-io/hodei/cluster/logdb"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/scheduler"
@@ -33,22 +34,24 @@ import (
 
 // Node is one server of a Hodei cluster.
 type Node struct {
-	cfg      Config
-	addr     string // advertised gRPC (and Raft) address
-	lis      net.Listener
-	grpc     *grpc.Server
-	health   *health.Server
-	pool     *transport.Pool
-	raftNet  *transport.RaftNetwork
-	shards   []*shard
-	meta     *metaGroup
-	gossip   gossipView // nil without gossip
-	logdb    *logdb.DB
-	registry *prometheus.Registry
-	metrics  *metrics
-	work     *scheduler.Signal // node-wide: fired when any shard may have work
-	httpSrv  *http.Server
-	httpLis  net.Listener
+	cfg          Config
+	addr         string // advertised gRPC (and Raft) address
+	lis          net.Listener
+	grpc         *grpc.Server
+	health       *health.Server
+	pool         *transport.Pool
+	raftNet      *transport.RaftNetwork
+	shards       []*shard
+	meta         *metaGroup
+	gossip       gossipView // nil without gossip
+	gossipImpl   *gossip.Gossip
+	gossipCancel context.CancelFunc
+	logdb        *logdb.DB
+	registry     *prometheus.Registry
+	metrics      *metrics
+	work         *scheduler.Signal // node-wide: fired when any shard may have work
+	httpSrv      *http.Server
+	httpLis      net.Listener
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -161,6 +164,10 @@ func New(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	if err := n.startGossip(); err != nil {
+		n.Close()
+		return nil, err
+	}
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	cfg.Logger.Info("node started", "id", cfg.NodeID, "grpc", n.addr, "data", cfg.DataDir)
 	return n, nil
@@ -252,6 +259,7 @@ func (n *Node) JoinCluster(ctx context.Context) error {
 // shard's batcher and Raft, then the transport and storage.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.stopGossip()
 		n.health.Shutdown()
 		if n.httpSrv != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -289,6 +297,12 @@ func (n *Node) Close() error {
 // without a graceful goodbye. Storage is closed so the data dir can be reopened.
 func (n *Node) Kill() error {
 	n.closeOnce.Do(func() {
+		if n.gossipCancel != nil {
+			n.gossipCancel()
+		}
+		if n.gossipImpl != nil {
+			n.gossipImpl.Shutdown()
+		}
 		n.grpc.Stop()
 		n.raftNet.Close()
 		for _, s := range n.shards {

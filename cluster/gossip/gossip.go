@@ -530,3 +530,6 @@ func (g *Gossip) close(leave bool) error {
 	}
 	return err
 }
+
+// Shutdown stops gossip without announcing a leave (as a crash would look).
+func (g *Gossip) Shutdown() error { return g.close(false) }

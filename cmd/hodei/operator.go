@@ -75,7 +75,7 @@ func newShardsCmd() *cobra.Command {
 func newMembersCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "members",
-		Short: "Cluster members and whether they answer",
+		Short: "Cluster members: meta group suffrage and gossip state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -83,35 +83,36 @@ func newMembersCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if len(st.GetShards()) == 0 {
-					return fmt.Errorf("node %s reports no shards", st.GetNodeId())
-				}
-				type member struct {
-					srv    *hodeiv1.RaftServer
-					status string
-				}
-				var ms []member
-				for _, srv := range st.GetShards()[0].GetServers() {
-					cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-					s, err := probe(cctx, srv.GetAddress())
-					cancel()
-					state := "alive"
-					if err != nil {
-						state = "unreachable"
-					} else if len(s.GetShards()) > 0 {
-						state = "alive (" + s.GetShards()[0].GetState() + ")"
-					}
-					ms = append(ms, member{srv, state})
-				}
 				w := cmd.OutOrStdout()
 				if jsonOutput() {
-					resp := &hodeiv1.StatusResponse{NodeId: st.GetNodeId(), Shards: []*hodeiv1.ShardStatus{{Servers: st.GetShards()[0].GetServers()}}}
-					return printProto(w, resp)
+					return printProto(w, &hodeiv1.StatusResponse{NodeId: st.GetNodeId(), MetaLeaderId: st.GetMetaLeaderId(), MetaServers: st.GetMetaServers(), Members: st.GetMembers(), GossipAddress: st.GetGossipAddress()})
+				}
+				gossip := map[string]*hodeiv1.Member{}
+				for _, m := range st.GetMembers() {
+					gossip[m.GetId()] = m
 				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NODE\tADDRESS\tSUFFRAGE\tSTATUS")
-				for _, m := range ms {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.srv.GetId(), m.srv.GetAddress(), m.srv.GetSuffrage(), m.status)
+				fmt.Fprintln(tw, "NODE\tADDRESS\tSUFFRAGE\tMETA\tGOSSIP\tGOSSIP ADDRESS")
+				seen := map[string]bool{}
+				for _, srv := range st.GetMetaServers() {
+					seen[srv.GetId()] = true
+					role := "follower"
+					if srv.GetLeader() {
+						role = "leader"
+					}
+					state, gaddr := "unknown", ""
+					if srv.GetId() == st.GetNodeId() {
+						state, gaddr = "alive (self)", st.GetGossipAddress()
+					}
+					if m, ok := gossip[srv.GetId()]; ok {
+						state, gaddr = m.GetState(), m.GetGossipAddress()
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", srv.GetId(), srv.GetAddress(), srv.GetSuffrage(), role, state, gaddr)
+				}
+				for _, m := range st.GetMembers() {
+					if !seen[m.GetId()] {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.GetId(), m.GetGrpcAddress(), "-", "not a member", m.GetState(), m.GetGossipAddress())
+					}
 				}
 				return tw.Flush()
 			})

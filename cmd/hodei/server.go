@@ -84,6 +84,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "gRPC listen address (clients, workers, admin and Raft)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address other nodes and clients use (default: the --grpc address)")
 	f.StringVar(&cfg.HTTPAddr, "http", "", "metrics and health listen address (/metrics, /healthz, /readyz); empty disables")
+	f.StringVar(&cfg.GossipAddr, "gossip", "", "memberlist gossip address ip:port (default: the --grpc IP with a free port)")
 	f.StringVar(&bootstrap, "bootstrap", "", "initial voters id=host:port,... (same list on every initial node)")
 	f.StringVar(&join, "join", "", "addresses of existing members to join through")
 	f.IntVar(&cfg.Shards, "shards", cfg.Shards, "number of shards of a new cluster (with --bootstrap; joining nodes learn it)")

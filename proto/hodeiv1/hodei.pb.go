@@ -1873,6 +1873,8 @@ type StatusResponse struct {
 	MetaLeaderId     string                 `protobuf:"bytes,5,opt,name=meta_leader_id,json=metaLeaderId,proto3" json:"meta_leader_id,omitempty"`
 	MetaAppliedIndex uint64                 `protobuf:"varint,6,opt,name=meta_applied_index,json=metaAppliedIndex,proto3" json:"meta_applied_index,omitempty"`
 	MetaServers      []*RaftServer          `protobuf:"bytes,7,rep,name=meta_servers,json=metaServers,proto3" json:"meta_servers,omitempty"`
+	GossipAddress    string                 `protobuf:"bytes,8,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"` // memberlist address ("" when gossip is off)
+	Members          []*Member              `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`                                  // this node's gossip view
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -1956,6 +1958,88 @@ func (x *StatusResponse) GetMetaServers() []*RaftServer {
 	return nil
 }
 
+func (x *StatusResponse) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetMembers() []*Member {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+type Member struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	GrpcAddress   string                 `protobuf:"bytes,2,opt,name=grpc_address,json=grpcAddress,proto3" json:"grpc_address,omitempty"`
+	GossipAddress string                 `protobuf:"bytes,3,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"`
+	State         string                 `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"` // alive, dead, left
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Member) Reset() {
+	*x = Member{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Member) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Member) ProtoMessage() {}
+
+func (x *Member) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Member.ProtoReflect.Descriptor instead.
+func (*Member) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Member) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Member) GetGrpcAddress() string {
+	if x != nil {
+		return x.GrpcAddress
+	}
+	return ""
+}
+
+func (x *Member) GetGossipAddress() string {
+	if x != nil {
+		return x.GossipAddress
+	}
+	return ""
+}
+
+func (x *Member) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1967,7 +2051,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1979,7 +2063,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1992,7 +2076,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{27}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2024,7 +2108,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2036,7 +2120,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2049,7 +2133,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{28}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{29}
 }
 
 type RemoveRequest struct {
@@ -2061,7 +2145,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2157,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2170,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{29}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveRequest) GetNodeId() string {
@@ -2104,7 +2188,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2200,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2213,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{30}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{31}
 }
 
 type TransferLeaderRequest struct {
@@ -2142,7 +2226,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2238,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2251,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{31}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransferLeaderRequest) GetShard() uint32 {
@@ -2192,7 +2276,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2288,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2301,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{32}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{33}
 }
 
 type SnapshotRequest struct {
@@ -2229,7 +2313,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2325,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2338,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{33}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SnapshotRequest) GetShard() uint32 {
@@ -2273,7 +2357,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2369,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2382,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{34}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2458,7 +2542,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
 	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
 	"\rStatusRequest\x12%\n" +
-	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\x99\x02\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xec\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -2466,7 +2550,14 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\tR\aversion\x12$\n" +
 	"\x0emeta_leader_id\x18\x05 \x01(\tR\fmetaLeaderId\x12,\n" +
 	"\x12meta_applied_index\x18\x06 \x01(\x04R\x10metaAppliedIndex\x127\n" +
-	"\fmeta_servers\x18\a \x03(\v2\x14.hodei.v1.RaftServerR\vmetaServers\"V\n" +
+	"\fmeta_servers\x18\a \x03(\v2\x14.hodei.v1.RaftServerR\vmetaServers\x12%\n" +
+	"\x0egossip_address\x18\b \x01(\tR\rgossipAddress\x12*\n" +
+	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\"x\n" +
+	"\x06Member\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12%\n" +
+	"\x0egossip_address\x18\x03 \x01(\tR\rgossipAddress\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"V\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -2522,7 +2613,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                  // 0: hodei.v1.JobState
 	(*KeyValue)(nil),               // 1: hodei.v1.KeyValue
@@ -2552,14 +2643,15 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*ShardStatus)(nil),            // 25: hodei.v1.ShardStatus
 	(*StatusRequest)(nil),          // 26: hodei.v1.StatusRequest
 	(*StatusResponse)(nil),         // 27: hodei.v1.StatusResponse
-	(*JoinRequest)(nil),            // 28: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),           // 29: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),          // 30: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),         // 31: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),  // 32: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 33: hodei.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),        // 34: hodei.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),          // 35: hodei.v1.SnapshotChunk
+	(*Member)(nil),                 // 28: hodei.v1.Member
+	(*JoinRequest)(nil),            // 29: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),           // 30: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),          // 31: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),         // 32: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),  // 33: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 34: hodei.v1.TransferLeaderResponse
+	(*SnapshotRequest)(nil),        // 35: hodei.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),          // 36: hodei.v1.SnapshotChunk
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -2585,35 +2677,36 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	24, // 20: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
 	25, // 21: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
 	24, // 22: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	5,  // 23: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 24: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 25: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 26: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 27: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	16, // 28: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 29: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 30: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 31: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	28, // 32: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	30, // 33: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	32, // 34: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	6,  // 35: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 36: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 37: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 38: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 39: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	17, // 40: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 41: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 42: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 43: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	29, // 44: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	31, // 45: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	33, // 46: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	35, // [35:47] is the sub-list for method output_type
-	23, // [23:35] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	28, // 23: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	5,  // 24: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 25: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 26: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 27: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 28: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	16, // 29: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 30: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 31: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 32: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	29, // 33: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	31, // 34: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	33, // 35: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	6,  // 36: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 37: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 38: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 39: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 40: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	17, // 41: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 42: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 43: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 44: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	30, // 45: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	32, // 46: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	34, // 47: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	36, // [36:48] is the sub-list for method output_type
+	24, // [24:36] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -2627,7 +2720,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
