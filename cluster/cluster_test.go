@@ -43,6 +43,9 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 var testLogLevel = slog.LevelWarn
 
+// looseRaftTiming: tests use 1 s heartbeat/election; benchmarks the defaults.
+var looseRaftTiming = true
+
 func testLogger(t testing.TB) *slog.Logger {
 	on := &atomic.Bool{}
 	on.Store(true)
@@ -82,9 +85,11 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, sh
 	cfg.TimerTick = 20 * time.Millisecond
 	// The test machine is small and shared: looser Raft timing than the
 	// defaults keeps leaders from stepping down under -race load.
-	cfg.HeartbeatTimeout = time.Second
-	cfg.ElectionTimeout = time.Second
-	cfg.LeaderLeaseTimeout = 500 * time.Millisecond
+	if looseRaftTiming {
+		cfg.HeartbeatTimeout = time.Second
+		cfg.ElectionTimeout = time.Second
+		cfg.LeaderLeaseTimeout = 500 * time.Millisecond
+	}
 	cfg.Logger = testLogger(t).With("node", id)
 	return cfg
 }
