@@ -155,7 +155,6 @@ func (m *MetaFSM) Snapshot() (raft.FSMSnapshot, error) {
 	return metaSnapshot(buf), nil
 }
 
-
 // Restore implements raft.FSM: it replaces the state after verifying it.
 func (m *MetaFSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
