@@ -104,6 +104,7 @@ func New(cfg Config) (*Node, error) {
 	reflection.Register(n.grpc)
 
 	fail := func(err error) (*Node, error) {
+		n.stopGossip()
 		for _, s := range n.shards {
 			s.close()
 		}
@@ -141,6 +142,10 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.shards = append(n.shards, s)
 	}
+	// Before serving: Status handlers read the gossip fields.
+	if err := n.startGossip(); err != nil {
+		return fail(err)
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -163,10 +168,6 @@ func New(cfg Config) (*Node, error) {
 			n.Close()
 			return nil, err
 		}
-	}
-	if err := n.startGossip(); err != nil {
-		n.Close()
-		return nil, err
 	}
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	cfg.Logger.Info("node started", "id", cfg.NodeID, "grpc", n.addr, "data", cfg.DataDir)
