@@ -13,6 +13,9 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
+// forwardLeaseTimeout bounds one work-stealing call to another shard's leader.
+const forwardLeaseTimeout = 2 * time.Second
+
 type workerService struct {
 	hodeiv1.UnimplementedWorkerServiceServer
 	a     *API
@@ -115,7 +118,12 @@ func (s *workerService) leaseShard(ctx context.Context, sh uint32, req *hodeiv1.
 		return nil, err
 	}
 	fwd := &hodeiv1.LeaseRequest{WorkerId: req.GetWorkerId(), Capacity: req.GetCapacity(), Labels: req.GetLabels(), TtlMs: req.GetTtlMs(), RequestId: rid}
-	resp, err := hodeiv1.NewWorkerServiceClient(cc).Lease(forwardCtx(ctx, sh), fwd)
+	// The forwarded lease does not wait (wait_ms 0), so it gets a short
+	// deadline of its own: a leader behind a partition must not hold the
+	// worker's whole long-poll (chaos F4: jobs ready for ~30 s, unleased).
+	fctx, cancel := context.WithTimeout(ctx, forwardLeaseTimeout)
+	defer cancel()
+	resp, err := hodeiv1.NewWorkerServiceClient(cc).Lease(forwardCtx(fctx, sh), fwd)
 	if err != nil {
 		return nil, forwardErr(err)
 	}
