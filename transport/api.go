@@ -158,6 +158,26 @@ func forwardErr(err error) error {
 	return status.Error(codes.Unavailable, err.Error())
 }
 
+// forward sends a request for shard sh to its leader when this node does
+// not lead it. done is false when the caller must serve the request here.
+func forward[R any](a *API, ctx context.Context, sh uint32, call func(context.Context, *grpc.ClientConn) (R, error)) (resp R, done bool, err error) {
+	local, addr, err := a.route(ctx, sh)
+	if err != nil {
+		return resp, true, ToStatus(err)
+	}
+	if local {
+		return resp, false, nil
+	}
+	cc, err := a.conn(addr)
+	if err != nil {
+		return resp, true, err
+	}
+	if resp, err = call(forwardCtx(ctx, sh), cc); err != nil {
+		return resp, true, forwardErr(err)
+	}
+	return resp, true, nil
+}
+
 // ---- JobService ----
 
 type jobService struct {
@@ -238,22 +258,13 @@ func (a *API) submit(ctx context.Context, specs []*hodeiv1.JobSpec, requestID st
 }
 
 func (a *API) submitShard(ctx context.Context, shard uint32, specs []*hodeiv1.JobSpec, rid string) ([]*hodeiv1.SubmitJobResponse, error) {
-	local, addr, err := a.route(ctx, shard)
-	if err != nil {
-		return nil, err
+	resp, done, err := forward(a, ctx, shard, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.SubmitJobsResponse, error) {
+		return hodeiv1.NewJobServiceClient(cc).SubmitJobs(ctx, &hodeiv1.SubmitJobsRequest{Specs: specs, RequestId: rid})
+	})
+	if done {
+		return resp.GetResults(), err
 	}
-	if local {
-		return a.b.Submit(ctx, shard, specs, rid)
-	}
-	cc, err := a.conn(addr)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hodeiv1.NewJobServiceClient(cc).SubmitJobs(forwardCtx(ctx, shard), &hodeiv1.SubmitJobsRequest{Specs: specs, RequestId: rid})
-	if err != nil {
-		return nil, forwardErr(err)
-	}
-	return resp.GetResults(), nil
+	return a.b.Submit(ctx, shard, specs, rid)
 }
 
 func (s *jobService) GetJob(ctx context.Context, req *hodeiv1.GetJobRequest) (*hodeiv1.GetJobResponse, error) {
@@ -263,20 +274,11 @@ func (s *jobService) GetJob(ctx context.Context, req *hodeiv1.GetJobRequest) (*h
 		return nil, invalid("job id %q: %v", req.GetId(), err)
 	}
 	if !req.GetStale() {
-		local, addr, err := a.route(ctx, sh)
-		if err != nil {
-			return nil, ToStatus(err)
-		}
-		if !local {
-			cc, err := a.conn(addr)
-			if err != nil {
-				return nil, err
-			}
-			resp, err := hodeiv1.NewJobServiceClient(cc).GetJob(forwardCtx(ctx, sh), req)
-			if err != nil {
-				return nil, forwardErr(err)
-			}
-			return resp, nil
+		resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.GetJobResponse, error) {
+			return hodeiv1.NewJobServiceClient(cc).GetJob(ctx, req)
+		})
+		if done {
+			return resp, err
 		}
 		if err := a.b.ReadIndex(ctx, sh); err != nil {
 			return nil, ToStatus(err)
@@ -335,7 +337,7 @@ func (s *jobService) ListJobs(ctx context.Context, req *hodeiv1.ListJobsRequest)
 	}
 	// A forwarded list is pinned to one shard.
 	if sh, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
-		return a.listShard(ctx, sh, req, after, limit, true)
+		return a.listShard(ctx, sh, req, after, limit)
 	}
 	var shards []uint32
 	if req.GetTenant() != "" {
@@ -354,7 +356,7 @@ func (s *jobService) ListJobs(ctx context.Context, req *hodeiv1.ListJobsRequest)
 		if sh == startShard {
 			from = after
 		}
-		resp, err := a.listShard(ctx, sh, req, from, limit-len(out.Jobs), false)
+		resp, err := a.listShard(ctx, sh, req, from, limit-len(out.Jobs))
 		if err != nil {
 			return nil, err
 		}
@@ -383,23 +385,14 @@ func nextShard(shards []uint32, cur uint32) int {
 	return -1
 }
 
-func (a *API) listShard(ctx context.Context, sh uint32, req *hodeiv1.ListJobsRequest, after uint64, limit int, pinned bool) (*hodeiv1.ListJobsResponse, error) {
+func (a *API) listShard(ctx context.Context, sh uint32, req *hodeiv1.ListJobsRequest, after uint64, limit int) (*hodeiv1.ListJobsResponse, error) {
 	if !req.GetStale() {
-		local, addr, err := a.route(ctx, sh)
-		if err != nil {
-			return nil, ToStatus(err)
-		}
-		if !local {
-			cc, err := a.conn(addr)
-			if err != nil {
-				return nil, err
-			}
-			fwd := &hodeiv1.ListJobsRequest{Tenant: req.GetTenant(), State: req.GetState(), Limit: int32(limit), PageToken: fmt.Sprintf("%d:%d", sh, after)}
-			resp, err := hodeiv1.NewJobServiceClient(cc).ListJobs(forwardCtx(ctx, sh), fwd)
-			if err != nil {
-				return nil, forwardErr(err)
-			}
-			return resp, nil
+		fwd := &hodeiv1.ListJobsRequest{Tenant: req.GetTenant(), State: req.GetState(), Limit: int32(limit), PageToken: fmt.Sprintf("%d:%d", sh, after)}
+		resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.ListJobsResponse, error) {
+			return hodeiv1.NewJobServiceClient(cc).ListJobs(ctx, fwd)
+		})
+		if done {
+			return resp, err
 		}
 		if err := a.b.ReadIndex(ctx, sh); err != nil {
 			return nil, ToStatus(err)
@@ -410,7 +403,6 @@ func (a *API) listShard(ctx context.Context, sh uint32, req *hodeiv1.ListJobsReq
 	if next != 0 {
 		resp.NextPageToken = fmt.Sprintf("%d:%d", sh, next)
 	}
-	_ = pinned
 	return resp, nil
 }
 
@@ -420,20 +412,11 @@ func (s *jobService) CancelJob(ctx context.Context, req *hodeiv1.CancelJobReques
 	if err != nil {
 		return nil, invalid("job id %q: %v", req.GetId(), err)
 	}
-	local, addr, err := a.route(ctx, sh)
-	if err != nil {
-		return nil, ToStatus(err)
-	}
-	if !local {
-		cc, err := a.conn(addr)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := hodeiv1.NewJobServiceClient(cc).CancelJob(forwardCtx(ctx, sh), req)
-		if err != nil {
-			return nil, forwardErr(err)
-		}
-		return resp, nil
+	resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.CancelJobResponse, error) {
+		return hodeiv1.NewJobServiceClient(cc).CancelJob(ctx, req)
+	})
+	if done {
+		return resp, err
 	}
 	job, err := a.b.Cancel(ctx, sh, req.GetId(), req.GetReason(), req.GetRequestId())
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -158,26 +159,17 @@ func (s *workerService) ExtendLeases(ctx context.Context, req *hodeiv1.ExtendLea
 		for _, i := range idx {
 			sub.Leases = append(sub.Leases, req.GetLeases()[i])
 		}
-		local, addr, err := a.route(ctx, sh)
+		resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.ExtendLeasesResponse, error) {
+			return hodeiv1.NewWorkerServiceClient(cc).ExtendLeases(ctx, sub)
+		})
 		if err != nil {
-			return nil, ToStatus(err)
+			return nil, err
 		}
-		var res []*hodeiv1.ExtendResult
-		if local {
-			res, err = a.b.Extend(ctx, sh, sub)
-			if err != nil {
+		res := resp.GetResults()
+		if !done {
+			if res, err = a.b.Extend(ctx, sh, sub); err != nil {
 				return nil, ToStatus(err)
 			}
-		} else {
-			cc, err := a.conn(addr)
-			if err != nil {
-				return nil, err
-			}
-			resp, err := hodeiv1.NewWorkerServiceClient(cc).ExtendLeases(forwardCtx(ctx, sh), sub)
-			if err != nil {
-				return nil, forwardErr(err)
-			}
-			res = resp.GetResults()
 		}
 		if len(res) != len(idx) {
 			return nil, status.Errorf(codes.Internal, "shard %d returned %d extend results for %d leases", sh, len(res), len(idx))
@@ -198,20 +190,11 @@ func (s *workerService) CompleteJob(ctx context.Context, req *hodeiv1.CompleteJo
 	if req.GetToken() == 0 {
 		return nil, invalid("token is required")
 	}
-	local, addr, err := a.route(ctx, sh)
-	if err != nil {
-		return nil, ToStatus(err)
-	}
-	if !local {
-		cc, err := a.conn(addr)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := hodeiv1.NewWorkerServiceClient(cc).CompleteJob(forwardCtx(ctx, sh), req)
-		if err != nil {
-			return nil, forwardErr(err)
-		}
-		return resp, nil
+	resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.CompleteJobResponse, error) {
+		return hodeiv1.NewWorkerServiceClient(cc).CompleteJob(ctx, req)
+	})
+	if done {
+		return resp, err
 	}
 	job, err := a.b.Complete(ctx, sh, req)
 	if err != nil {
