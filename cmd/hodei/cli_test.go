@@ -83,11 +83,17 @@ func TestCLIAgainstDevCluster(t *testing.T) {
 		{[]string{"job", "list", "--state", "bogus"}, "unknown state"},
 		{[]string{"job", "submit", "--", ""}, "InvalidArgument"},
 		{[]string{"job", "submit", "--priority", "1000", "--", "true"}, "priority"},
+		{[]string{"job", "submit", "--", "true", strings.Repeat("x", 1100<<10)}, "payload"},
 	} {
 		_, err := run(t, append([]string{addr}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
 		}
+	}
+	// Nothing was created by the bad submits.
+	out, err = run(t, addr, "job", "list", "-o", "json")
+	if err != nil || strings.Count(out, `"id"`) != 1 {
+		t.Fatalf("after bad input the cluster holds other jobs than %s: %v\n%s", id, err, out)
 	}
 	out, err = run(t, addr, "operator", "shards")
 	if err != nil || !strings.Contains(out, "LEADER") {
