@@ -2304,27 +2304,26 @@ func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{33}
 }
 
-type SnapshotRequest struct {
+type SnapshotSaveRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Shard         uint32                 `protobuf:"varint,1,opt,name=shard,proto3" json:"shard,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SnapshotRequest) Reset() {
-	*x = SnapshotRequest{}
+func (x *SnapshotSaveRequest) Reset() {
+	*x = SnapshotSaveRequest{}
 	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SnapshotRequest) String() string {
+func (x *SnapshotSaveRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SnapshotRequest) ProtoMessage() {}
+func (*SnapshotSaveRequest) ProtoMessage() {}
 
-func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -2336,18 +2335,12 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
-func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{34}
 }
 
-func (x *SnapshotRequest) GetShard() uint32 {
-	if x != nil {
-		return x.Shard
-	}
-	return 0
-}
-
+// SnapshotChunk is the next piece of a backup archive.
 type SnapshotChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
@@ -2390,6 +2383,516 @@ func (x *SnapshotChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+type SnapshotRestoreRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`    // the next piece of the archive
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"` // first message only: restore even if the cluster holds (or held) jobs
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRestoreRequest) Reset() {
+	*x = SnapshotRestoreRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRestoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRestoreRequest) ProtoMessage() {}
+
+func (x *SnapshotRestoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRestoreRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRestoreRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SnapshotRestoreRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotRestoreRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// GroupSnapshotInfo describes one Raft group's part of a backup. It is also
+// the record that starts each section of the archive.
+type GroupSnapshotInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint32                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`                      // shard number, or 4294967295 for the meta group
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`                      // applied index of the group's state machine when encoded
+	Term          uint64                 `protobuf:"varint,3,opt,name=term,proto3" json:"term,omitempty"`                        // term of the leader that encoded it
+	Size          uint64                 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`                        // bytes of the part: the state machine's snapshot encoding
+	Jobs          uint64                 `protobuf:"varint,5,opt,name=jobs,proto3" json:"jobs,omitempty"`                        // shards: jobs held
+	NextSeq       uint64                 `protobuf:"varint,6,opt,name=next_seq,json=nextSeq,proto3" json:"next_seq,omitempty"`   // shards: sequence number of the next job id
+	LeaderId      string                 `protobuf:"bytes,7,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"` // node that encoded it
+	Tenants       uint32                 `protobuf:"varint,8,opt,name=tenants,proto3" json:"tenants,omitempty"`                  // meta group: tenant settings held
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupSnapshotInfo) Reset() {
+	*x = GroupSnapshotInfo{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupSnapshotInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupSnapshotInfo) ProtoMessage() {}
+
+func (x *GroupSnapshotInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupSnapshotInfo.ProtoReflect.Descriptor instead.
+func (*GroupSnapshotInfo) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GroupSnapshotInfo) GetGroup() uint32 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetJobs() uint64 {
+	if x != nil {
+		return x.Jobs
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetNextSeq() uint64 {
+	if x != nil {
+		return x.NextSeq
+	}
+	return 0
+}
+
+func (x *GroupSnapshotInfo) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *GroupSnapshotInfo) GetTenants() uint32 {
+	if x != nil {
+		return x.Tenants
+	}
+	return 0
+}
+
+// SnapshotArchiveHeader is the first record of a backup archive.
+type SnapshotArchiveHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ShardCount    uint32                 `protobuf:"varint,1,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	CreatedAtMs   int64                  `protobuf:"varint,2,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	GroupCount    uint32                 `protobuf:"varint,3,opt,name=group_count,json=groupCount,proto3" json:"group_count,omitempty"` // sections that follow: the meta group, then shards 0..n-1
+	CreatedBy     string                 `protobuf:"bytes,4,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`     // node that assembled the archive
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotArchiveHeader) Reset() {
+	*x = SnapshotArchiveHeader{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotArchiveHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotArchiveHeader) ProtoMessage() {}
+
+func (x *SnapshotArchiveHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotArchiveHeader.ProtoReflect.Descriptor instead.
+func (*SnapshotArchiveHeader) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SnapshotArchiveHeader) GetShardCount() uint32 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+func (x *SnapshotArchiveHeader) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *SnapshotArchiveHeader) GetGroupCount() uint32 {
+	if x != nil {
+		return x.GroupCount
+	}
+	return 0
+}
+
+func (x *SnapshotArchiveHeader) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+type SnapshotRestoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *SnapshotArchiveHeader `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Groups        []*GroupSnapshotInfo   `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`                                            // as recorded in the archive, in archive order
+	RestoredIndex []uint64               `protobuf:"varint,3,rep,packed,name=restored_index,json=restoredIndex,proto3" json:"restored_index,omitempty"` // per group: Raft index of the restored state on this cluster
+	Sha256        string                 `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`                                            // hex checksum of the archive
+	Bytes         uint64                 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`                                             // archive size
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRestoreResponse) Reset() {
+	*x = SnapshotRestoreResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRestoreResponse) ProtoMessage() {}
+
+func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *SnapshotRestoreResponse) GetHeader() *SnapshotArchiveHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SnapshotRestoreResponse) GetGroups() []*GroupSnapshotInfo {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *SnapshotRestoreResponse) GetRestoredIndex() []uint64 {
+	if x != nil {
+		return x.RestoredIndex
+	}
+	return nil
+}
+
+func (x *SnapshotRestoreResponse) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *SnapshotRestoreResponse) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// Node to node (pinned to one group with x-hodei-shard, served by that
+// group's leader): one group's part of a backup.
+type GroupSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         uint32                 `protobuf:"varint,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupSnapshotRequest) Reset() {
+	*x = GroupSnapshotRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupSnapshotRequest) ProtoMessage() {}
+
+func (x *GroupSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*GroupSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GroupSnapshotRequest) GetGroup() uint32 {
+	if x != nil {
+		return x.Group
+	}
+	return 0
+}
+
+type GroupSnapshotChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Info          *GroupSnapshotInfo     `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"` // first message only
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GroupSnapshotChunk) Reset() {
+	*x = GroupSnapshotChunk{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GroupSnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GroupSnapshotChunk) ProtoMessage() {}
+
+func (x *GroupSnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GroupSnapshotChunk.ProtoReflect.Descriptor instead.
+func (*GroupSnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GroupSnapshotChunk) GetInfo() *GroupSnapshotInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *GroupSnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// Node to node (pinned): restore one group on its leader.
+type RestoreGroupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Info          *GroupSnapshotInfo     `protobuf:"bytes,1,opt,name=info,proto3" json:"info,omitempty"`                             // first message only
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`                          // first message only
+	CheckOnly     bool                   `protobuf:"varint,3,opt,name=check_only,json=checkOnly,proto3" json:"check_only,omitempty"` // first message only: check the group is fresh (unless force), restore nothing
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreGroupRequest) Reset() {
+	*x = RestoreGroupRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreGroupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreGroupRequest) ProtoMessage() {}
+
+func (x *RestoreGroupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreGroupRequest.ProtoReflect.Descriptor instead.
+func (*RestoreGroupRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *RestoreGroupRequest) GetInfo() *GroupSnapshotInfo {
+	if x != nil {
+		return x.Info
+	}
+	return nil
+}
+
+func (x *RestoreGroupRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *RestoreGroupRequest) GetCheckOnly() bool {
+	if x != nil {
+		return x.CheckOnly
+	}
+	return false
+}
+
+func (x *RestoreGroupRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type RestoreGroupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // Raft index of the restored state
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreGroupResponse) Reset() {
+	*x = RestoreGroupResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreGroupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreGroupResponse) ProtoMessage() {}
+
+func (x *RestoreGroupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreGroupResponse.ProtoReflect.Descriptor instead.
+func (*RestoreGroupResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *RestoreGroupResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
 }
 
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
@@ -2570,11 +3073,49 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x05shard\x18\x01 \x01(\rR\x05shard\x12\x1c\n" +
 	"\n" +
 	"to_node_id\x18\x02 \x01(\tR\btoNodeId\"\x18\n" +
-	"\x16TransferLeaderResponse\"'\n" +
-	"\x0fSnapshotRequest\x12\x14\n" +
-	"\x05shard\x18\x01 \x01(\rR\x05shard\"#\n" +
+	"\x16TransferLeaderResponse\"\x15\n" +
+	"\x13SnapshotSaveRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data*\x9b\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"B\n" +
+	"\x16SnapshotRestoreRequest\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xcd\x01\n" +
+	"\x11GroupSnapshotInfo\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\rR\x05group\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\x04R\x04term\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04jobs\x18\x05 \x01(\x04R\x04jobs\x12\x19\n" +
+	"\bnext_seq\x18\x06 \x01(\x04R\anextSeq\x12\x1b\n" +
+	"\tleader_id\x18\a \x01(\tR\bleaderId\x12\x18\n" +
+	"\atenants\x18\b \x01(\rR\atenants\"\x9c\x01\n" +
+	"\x15SnapshotArchiveHeader\x12\x1f\n" +
+	"\vshard_count\x18\x01 \x01(\rR\n" +
+	"shardCount\x12\"\n" +
+	"\rcreated_at_ms\x18\x02 \x01(\x03R\vcreatedAtMs\x12\x1f\n" +
+	"\vgroup_count\x18\x03 \x01(\rR\n" +
+	"groupCount\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x04 \x01(\tR\tcreatedBy\"\xdc\x01\n" +
+	"\x17SnapshotRestoreResponse\x127\n" +
+	"\x06header\x18\x01 \x01(\v2\x1f.hodei.v1.SnapshotArchiveHeaderR\x06header\x123\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1b.hodei.v1.GroupSnapshotInfoR\x06groups\x12%\n" +
+	"\x0erestored_index\x18\x03 \x03(\x04R\rrestoredIndex\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\tR\x06sha256\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x04R\x05bytes\",\n" +
+	"\x14GroupSnapshotRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\rR\x05group\"Y\n" +
+	"\x12GroupSnapshotChunk\x12/\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.hodei.v1.GroupSnapshotInfoR\x04info\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x8f\x01\n" +
+	"\x13RestoreGroupRequest\x12/\n" +
+	"\x04info\x18\x01 \x01(\v2\x1b.hodei.v1.GroupSnapshotInfoR\x04info\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\x12\x1d\n" +
+	"\n" +
+	"check_only\x18\x03 \x01(\bR\tcheckOnly\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\",\n" +
+	"\x14RestoreGroupResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -2593,12 +3134,16 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rWorkerService\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
 	"\fExtendLeases\x12\x1d.hodei.v1.ExtendLeasesRequest\x1a\x1e.hodei.v1.ExtendLeasesResponse\x12J\n" +
-	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse2\x94\x02\n" +
+	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse2\xda\x04\n" +
 	"\fAdminService\x12;\n" +
 	"\x06Status\x12\x17.hodei.v1.StatusRequest\x1a\x18.hodei.v1.StatusResponse\x125\n" +
 	"\x04Join\x12\x15.hodei.v1.JoinRequest\x1a\x16.hodei.v1.JoinResponse\x12;\n" +
 	"\x06Remove\x12\x17.hodei.v1.RemoveRequest\x1a\x18.hodei.v1.RemoveResponse\x12S\n" +
-	"\x0eTransferLeader\x12\x1f.hodei.v1.TransferLeaderRequest\x1a .hodei.v1.TransferLeaderResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\x0eTransferLeader\x12\x1f.hodei.v1.TransferLeaderRequest\x1a .hodei.v1.TransferLeaderResponse\x12H\n" +
+	"\fSnapshotSave\x12\x1d.hodei.v1.SnapshotSaveRequest\x1a\x17.hodei.v1.SnapshotChunk0\x01\x12X\n" +
+	"\x0fSnapshotRestore\x12 .hodei.v1.SnapshotRestoreRequest\x1a!.hodei.v1.SnapshotRestoreResponse(\x01\x12O\n" +
+	"\rSnapshotGroup\x12\x1e.hodei.v1.GroupSnapshotRequest\x1a\x1c.hodei.v1.GroupSnapshotChunk0\x01\x12O\n" +
+	"\fRestoreGroup\x12\x1d.hodei.v1.RestoreGroupRequest\x1a\x1e.hodei.v1.RestoreGroupResponse(\x01B1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -2613,45 +3158,53 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_hodei_v1_hodei_proto_goTypes = []any{
-	(JobState)(0),                  // 0: hodei.v1.JobState
-	(*KeyValue)(nil),               // 1: hodei.v1.KeyValue
-	(*JobSpec)(nil),                // 2: hodei.v1.JobSpec
-	(*JobResult)(nil),              // 3: hodei.v1.JobResult
-	(*Job)(nil),                    // 4: hodei.v1.Job
-	(*SubmitJobRequest)(nil),       // 5: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),      // 6: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),      // 7: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),     // 8: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),          // 9: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),         // 10: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),        // 11: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),       // 12: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),       // 13: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),      // 14: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                  // 15: hodei.v1.Lease
-	(*LeaseRequest)(nil),           // 16: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),          // 17: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),               // 18: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),    // 19: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),           // 20: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),   // 21: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),     // 22: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),    // 23: hodei.v1.CompleteJobResponse
-	(*RaftServer)(nil),             // 24: hodei.v1.RaftServer
-	(*ShardStatus)(nil),            // 25: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),          // 26: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),         // 27: hodei.v1.StatusResponse
-	(*Member)(nil),                 // 28: hodei.v1.Member
-	(*JoinRequest)(nil),            // 29: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),           // 30: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),          // 31: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),         // 32: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),  // 33: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 34: hodei.v1.TransferLeaderResponse
-	(*SnapshotRequest)(nil),        // 35: hodei.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),          // 36: hodei.v1.SnapshotChunk
+	(JobState)(0),                   // 0: hodei.v1.JobState
+	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
+	(*JobSpec)(nil),                 // 2: hodei.v1.JobSpec
+	(*JobResult)(nil),               // 3: hodei.v1.JobResult
+	(*Job)(nil),                     // 4: hodei.v1.Job
+	(*SubmitJobRequest)(nil),        // 5: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 6: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),       // 7: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 8: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),           // 9: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 10: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),         // 11: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 12: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 13: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 14: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                   // 15: hodei.v1.Lease
+	(*LeaseRequest)(nil),            // 16: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),           // 17: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                // 18: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),     // 19: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),            // 20: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),    // 21: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),      // 22: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),     // 23: hodei.v1.CompleteJobResponse
+	(*RaftServer)(nil),              // 24: hodei.v1.RaftServer
+	(*ShardStatus)(nil),             // 25: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),           // 26: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),          // 27: hodei.v1.StatusResponse
+	(*Member)(nil),                  // 28: hodei.v1.Member
+	(*JoinRequest)(nil),             // 29: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),            // 30: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 31: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 32: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),   // 33: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),  // 34: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),     // 35: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 36: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),  // 37: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),       // 38: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),   // 39: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil), // 40: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),    // 41: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),      // 42: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),     // 43: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),    // 44: hodei.v1.RestoreGroupResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -2678,35 +3231,47 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	25, // 21: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
 	24, // 22: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
 	28, // 23: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	5,  // 24: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 25: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 26: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 27: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 28: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	16, // 29: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 30: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 31: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 32: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	29, // 33: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	31, // 34: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	33, // 35: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	6,  // 36: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 37: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 38: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 39: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 40: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	17, // 41: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 42: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 43: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 44: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	30, // 45: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	32, // 46: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	34, // 47: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	36, // [36:48] is the sub-list for method output_type
-	24, // [24:36] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	39, // 24: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	38, // 25: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	38, // 26: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	38, // 27: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	5,  // 28: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 29: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 30: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 31: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 32: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	16, // 33: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 34: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 35: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 36: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	29, // 37: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	31, // 38: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	33, // 39: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	35, // 40: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	37, // 41: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	41, // 42: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	43, // 43: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	6,  // 44: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 45: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 46: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 47: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 48: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	17, // 49: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 50: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 51: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 52: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	30, // 53: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	32, // 54: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	34, // 55: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	36, // 56: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	40, // 57: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	42, // 58: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	44, // 59: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	44, // [44:60] is the sub-list for method output_type
+	28, // [28:44] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -2720,7 +3285,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -454,10 +454,14 @@ var WorkerService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AdminService_Status_FullMethodName         = "/hodei.v1.AdminService/Status"
-	AdminService_Join_FullMethodName           = "/hodei.v1.AdminService/Join"
-	AdminService_Remove_FullMethodName         = "/hodei.v1.AdminService/Remove"
-	AdminService_TransferLeader_FullMethodName = "/hodei.v1.AdminService/TransferLeader"
+	AdminService_Status_FullMethodName          = "/hodei.v1.AdminService/Status"
+	AdminService_Join_FullMethodName            = "/hodei.v1.AdminService/Join"
+	AdminService_Remove_FullMethodName          = "/hodei.v1.AdminService/Remove"
+	AdminService_TransferLeader_FullMethodName  = "/hodei.v1.AdminService/TransferLeader"
+	AdminService_SnapshotSave_FullMethodName    = "/hodei.v1.AdminService/SnapshotSave"
+	AdminService_SnapshotRestore_FullMethodName = "/hodei.v1.AdminService/SnapshotRestore"
+	AdminService_SnapshotGroup_FullMethodName   = "/hodei.v1.AdminService/SnapshotGroup"
+	AdminService_RestoreGroup_FullMethodName    = "/hodei.v1.AdminService/RestoreGroup"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -468,6 +472,14 @@ type AdminServiceClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error)
 	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
+	// SnapshotSave streams a backup archive: every group's state, each taken on
+	// its leader after a barrier, and a SHA-256 over the whole archive.
+	SnapshotSave(ctx context.Context, in *SnapshotSaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
+	// SnapshotRestore installs an archive onto this (fresh) cluster.
+	SnapshotRestore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotRestoreRequest, SnapshotRestoreResponse], error)
+	// Node to node, pinned to a group: used by SnapshotSave and SnapshotRestore.
+	SnapshotGroup(ctx context.Context, in *GroupSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupSnapshotChunk], error)
+	RestoreGroup(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreGroupRequest, RestoreGroupResponse], error)
 }
 
 type adminServiceClient struct {
@@ -518,6 +530,70 @@ func (c *adminServiceClient) TransferLeader(ctx context.Context, in *TransferLea
 	return out, nil
 }
 
+func (c *adminServiceClient) SnapshotSave(ctx context.Context, in *SnapshotSaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_SnapshotSave_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotSaveRequest, SnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotSaveClient = grpc.ServerStreamingClient[SnapshotChunk]
+
+func (c *adminServiceClient) SnapshotRestore(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[SnapshotRestoreRequest, SnapshotRestoreResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[1], AdminService_SnapshotRestore_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SnapshotRestoreRequest, SnapshotRestoreResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotRestoreClient = grpc.ClientStreamingClient[SnapshotRestoreRequest, SnapshotRestoreResponse]
+
+func (c *adminServiceClient) SnapshotGroup(ctx context.Context, in *GroupSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupSnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[2], AdminService_SnapshotGroup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[GroupSnapshotRequest, GroupSnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotGroupClient = grpc.ServerStreamingClient[GroupSnapshotChunk]
+
+func (c *adminServiceClient) RestoreGroup(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreGroupRequest, RestoreGroupResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[3], AdminService_RestoreGroup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RestoreGroupRequest, RestoreGroupResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RestoreGroupClient = grpc.ClientStreamingClient[RestoreGroupRequest, RestoreGroupResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -526,6 +602,14 @@ type AdminServiceServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	Remove(context.Context, *RemoveRequest) (*RemoveResponse, error)
 	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
+	// SnapshotSave streams a backup archive: every group's state, each taken on
+	// its leader after a barrier, and a SHA-256 over the whole archive.
+	SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
+	// SnapshotRestore installs an archive onto this (fresh) cluster.
+	SnapshotRestore(grpc.ClientStreamingServer[SnapshotRestoreRequest, SnapshotRestoreResponse]) error
+	// Node to node, pinned to a group: used by SnapshotSave and SnapshotRestore.
+	SnapshotGroup(*GroupSnapshotRequest, grpc.ServerStreamingServer[GroupSnapshotChunk]) error
+	RestoreGroup(grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -547,6 +631,18 @@ func (UnimplementedAdminServiceServer) Remove(context.Context, *RemoveRequest) (
 }
 func (UnimplementedAdminServiceServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method TransferLeader not implemented")
+}
+func (UnimplementedAdminServiceServer) SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method SnapshotSave not implemented")
+}
+func (UnimplementedAdminServiceServer) SnapshotRestore(grpc.ClientStreamingServer[SnapshotRestoreRequest, SnapshotRestoreResponse]) error {
+	return status.Error(codes.Unimplemented, "method SnapshotRestore not implemented")
+}
+func (UnimplementedAdminServiceServer) SnapshotGroup(*GroupSnapshotRequest, grpc.ServerStreamingServer[GroupSnapshotChunk]) error {
+	return status.Error(codes.Unimplemented, "method SnapshotGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) RestoreGroup(grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]) error {
+	return status.Error(codes.Unimplemented, "method RestoreGroup not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -641,6 +737,42 @@ func _AdminService_TransferLeader_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_SnapshotSave_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SnapshotSaveRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).SnapshotSave(m, &grpc.GenericServerStream[SnapshotSaveRequest, SnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotSaveServer = grpc.ServerStreamingServer[SnapshotChunk]
+
+func _AdminService_SnapshotRestore_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdminServiceServer).SnapshotRestore(&grpc.GenericServerStream[SnapshotRestoreRequest, SnapshotRestoreResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotRestoreServer = grpc.ClientStreamingServer[SnapshotRestoreRequest, SnapshotRestoreResponse]
+
+func _AdminService_SnapshotGroup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(GroupSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).SnapshotGroup(m, &grpc.GenericServerStream[GroupSnapshotRequest, GroupSnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_SnapshotGroupServer = grpc.ServerStreamingServer[GroupSnapshotChunk]
+
+func _AdminService_RestoreGroup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AdminServiceServer).RestoreGroup(&grpc.GenericServerStream[RestoreGroupRequest, RestoreGroupResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_RestoreGroupServer = grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -665,6 +797,27 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_TransferLeader_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "SnapshotSave",
+			Handler:       _AdminService_SnapshotSave_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "SnapshotRestore",
+			Handler:       _AdminService_SnapshotRestore_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "SnapshotGroup",
+			Handler:       _AdminService_SnapshotGroup_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "RestoreGroup",
+			Handler:       _AdminService_RestoreGroup_Handler,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "hodei/v1/hodei.proto",
 }
