@@ -145,14 +145,43 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 func (m *MetaFSM) Snapshot() (raft.FSMSnapshot, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m.state)
+	buf, err := EncodeMetaSnapshot(m.state)
+	if err != nil {
+		return nil, err
+	}
+	return metaSnapshot(buf), nil
+}
+
+// EncodeMetaSnapshot is the meta snapshot encoding of st: "HODEIMET", the
+// deterministic protobuf encoding, and a CRC-32C of both (big-endian).
+func EncodeMetaSnapshot(st *internalpb.MetaState) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(st)
 	if err != nil {
 		return nil, err
 	}
 	buf := append(append([]byte{}, metaMagic...), b...)
 	sum := crc32.Checksum(buf, castagnoli)
-	buf = append(buf, byte(sum>>24), byte(sum>>16), byte(sum>>8), byte(sum))
-	return metaSnapshot(buf), nil
+	return append(buf, byte(sum>>24), byte(sum>>16), byte(sum>>8), byte(sum)), nil
+}
+
+// DecodeMetaSnapshot verifies and decodes a meta snapshot encoding.
+func DecodeMetaSnapshot(b []byte) (*internalpb.MetaState, error) {
+	if len(b) < len(metaMagic)+4 || string(b[:len(metaMagic)]) != string(metaMagic) {
+		return nil, errors.New("fsm: meta snapshot: bad magic")
+	}
+	body, tail := b[:len(b)-4], b[len(b)-4:]
+	sum := uint32(tail[0])<<24 | uint32(tail[1])<<16 | uint32(tail[2])<<8 | uint32(tail[3])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nil, errors.New("fsm: meta snapshot: checksum mismatch")
+	}
+	var st internalpb.MetaState
+	if err := proto.Unmarshal(body[len(metaMagic):], &st); err != nil {
+		return nil, fmt.Errorf("fsm: meta snapshot: %w", err)
+	}
+	if st.GetVersion() > MetaVersion {
+		return nil, fmt.Errorf("fsm: meta snapshot version %d is newer than %d", st.GetVersion(), MetaVersion)
+	}
+	return &st, nil
 }
 
 // Restore implements raft.FSM: it replaces the state after verifying it.
@@ -162,23 +191,12 @@ func (m *MetaFSM) Restore(rc io.ReadCloser) error {
 	if err != nil {
 		return err
 	}
-	if len(b) < len(metaMagic)+4 || string(b[:len(metaMagic)]) != string(metaMagic) {
-		return errors.New("fsm: meta snapshot: bad magic")
-	}
-	body, tail := b[:len(b)-4], b[len(b)-4:]
-	sum := uint32(tail[0])<<24 | uint32(tail[1])<<16 | uint32(tail[2])<<8 | uint32(tail[3])
-	if crc32.Checksum(body, castagnoli) != sum {
-		return errors.New("fsm: meta snapshot: checksum mismatch")
-	}
-	var st internalpb.MetaState
-	if err := proto.Unmarshal(body[len(metaMagic):], &st); err != nil {
-		return fmt.Errorf("fsm: meta snapshot: %w", err)
-	}
-	if st.GetVersion() > MetaVersion {
-		return fmt.Errorf("fsm: meta snapshot version %d is newer than %d", st.GetVersion(), MetaVersion)
+	st, err := DecodeMetaSnapshot(b)
+	if err != nil {
+		return err
 	}
 	m.mu.Lock()
-	m.state = &st
+	m.state = st
 	m.mu.Unlock()
 	if m.onChange != nil {
 		m.onChange()
