@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -53,6 +54,14 @@ type Backend interface {
 	JoinGroup(ctx context.Context, group uint32, req *hodeiv1.JoinRequest) error
 	RemoveGroup(ctx context.Context, group uint32, req *hodeiv1.RemoveRequest) error
 	TransferLeader(ctx context.Context, req *hodeiv1.TransferLeaderRequest) error
+
+	// Backups. SnapshotSave writes an archive of every group to w, and
+	// SnapshotRestore installs one; the node receiving them coordinates.
+	// SnapshotGroup / RestoreGroup act on one group this node leads.
+	SnapshotSave(ctx context.Context, w io.Writer) error
+	SnapshotRestore(ctx context.Context, archive []byte, force bool) (*hodeiv1.SnapshotRestoreResponse, error)
+	SnapshotGroup(ctx context.Context, group uint32) (*hodeiv1.GroupSnapshotInfo, []byte, error)
+	RestoreGroup(ctx context.Context, group uint32, req *hodeiv1.RestoreGroupRequest) (*hodeiv1.RestoreGroupResponse, error)
 }
 
 const (
