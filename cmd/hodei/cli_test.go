@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +100,86 @@ func TestCLIAgainstDevCluster(t *testing.T) {
 	out, err = run(t, addr, "operator", "shards")
 	if err != nil || !strings.Contains(out, "LEADER") {
 		t.Fatalf("operator shards: %v\n%s", err, out)
+	}
+}
+
+// TestCLISnapshotRoundTrip: `operator snapshot save` on one dev cluster,
+// `operator snapshot restore` on another, the same jobs; a corrupt file and
+// a second restore without --force are refused.
+func TestCLISnapshotRoundTrip(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	quiet := slog.New(slog.DiscardHandler)
+	src, err := startDev(ctx, devOptions{nodes: 1, workers: 1, shards: 2, dataDir: t.TempDir()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	saddr := "--addr=" + strings.Join(src.addrs, ",")
+	jobID := func(out string) string {
+		var v struct {
+			ID  string `json:"id"`
+			Job struct {
+				ID string `json:"id"`
+			} `json:"job"`
+		}
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, out)
+		}
+		return v.ID + v.Job.ID
+	}
+	out, err := run(t, saddr, "-o", "json", "job", "submit", "--wait", "--", "echo", "hello")
+	if err != nil {
+		t.Fatalf("submit: %v\n%s", err, out)
+	}
+	ids := []string{jobID(out)}
+	for _, tenant := range []string{"a", "b", "c"} {
+		out, err := run(t, saddr, "-o", "json", "job", "submit", "--tenant", tenant, "--delay", "1h", "--", "true")
+		if err != nil {
+			t.Fatalf("submit: %v\n%s", err, out)
+		}
+		ids = append(ids, jobID(out))
+	}
+
+	file := filepath.Join(t.TempDir(), "cluster.hodeisnap")
+	out, err = run(t, saddr, "operator", "snapshot", "save", file)
+	if err != nil || !strings.Contains(out, "sha256") || !strings.Contains(out, "4 jobs in 2 shards") {
+		t.Fatalf("save: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	dst, err := startDev(ctx, devOptions{nodes: 1, workers: 0, shards: 2, dataDir: t.TempDir()}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	daddr := "--addr=" + strings.Join(dst.addrs, ",")
+	bad := filepath.Join(t.TempDir(), "bad")
+	data[len(data)/3] ^= 0x10
+	if err := os.WriteFile(bad, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run(t, daddr, "operator", "snapshot", "restore", bad); err == nil || !strings.Contains(err.Error(), "InvalidArgument") {
+		t.Fatalf("restore of a corrupt file: %v\n%s", err, out)
+	}
+	out, err = run(t, daddr, "operator", "snapshot", "restore", file)
+	if err != nil || !strings.Contains(out, "RESTORED AT") {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	for _, id := range ids {
+		a, err1 := run(t, saddr, "job", "get", id, "-o", "json")
+		b, err2 := run(t, daddr, "job", "get", id, "-o", "json")
+		if err1 != nil || err2 != nil || a != b {
+			t.Fatalf("job %s: source %v\n%s\ntarget %v\n%s", id, err1, a, err2, b)
+		}
+	}
+	if out, err := run(t, daddr, "operator", "snapshot", "restore", file); err == nil || !strings.Contains(err.Error(), "FailedPrecondition") {
+		t.Fatalf("second restore without --force: %v\n%s", err, out)
+	}
+	if out, err := run(t, daddr, "operator", "snapshot", "restore", "--force", file); err != nil {
+		t.Fatalf("restore --force: %v\n%s", err, out)
 	}
 }

@@ -19,7 +19,7 @@ func newOperatorCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "operator", Short: "Cluster administration: status, membership, Raft"}
 	raftCmd := &cobra.Command{Use: "raft", Short: "Raft groups: peers and leadership"}
 	raftCmd.AddCommand(newListPeersCmd(), newTransferLeaderCmd())
-	cmd.AddCommand(newShardsCmd(), newMembersCmd(), newJoinCmd(), newRemoveCmd(), raftCmd)
+	cmd.AddCommand(newShardsCmd(), newMembersCmd(), newJoinCmd(), newRemoveCmd(), raftCmd, newSnapshotCmd())
 	return cmd
 }
 
