@@ -390,6 +390,24 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	if err := sameJobs(before, listAll(t, ctx, dst.addrs()[0])); err != nil {
 		t.Fatalf("after a forced restore: %v", err)
 	}
+
+	// A restarted node reopens the restored state from its own snapshot and
+	// log, and every replica applies new entries after it.
+	if err := dst.nodes[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	dst.restart(0)
+	waitFor(t, 30*time.Second, "the restarted node to hold the restored jobs", func() bool { return sameJobs(before, localJobs(dst.nodes[0])) == nil })
+	r, err := dc.Submit(ctx, &hodeiv1.JobSpec{Tenant: "alpha", Command: []string{"true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range dst.nodes {
+		waitFor(t, 30*time.Second, "node "+n.cfg.NodeID+" to apply a submit after the restart", func() bool {
+			_, ok := n.shards[r.GetJob().GetShard()].fsm.GetJob(r.GetJob().GetId())
+			return ok
+		})
+	}
 }
 
 // specsID returns the id of tenant's job with idempotency key tenant-j.
