@@ -67,6 +67,8 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 type testCluster struct {
 	t      testing.TB
+	// allowDivergence: the test corrupts a replica on purpose.
+	allowDivergence bool
 	shards int
 	peers  []Peer
 	dirs   []string
@@ -83,6 +85,10 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, sh
 	cfg.LeaseTTL = 2 * time.Second
 	cfg.LeaderGrace = 2 * time.Second
 	cfg.TimerTick = 20 * time.Millisecond
+	// Replica consistency checkpoints often: every cluster test then also
+	// checks that its replicas applied the same log (close fails on a
+	// divergence).
+	cfg.CheckpointEvery = 200 * time.Millisecond
 	// The test machine is small and shared: looser Raft timing than the
 	// defaults keeps leaders from stepping down under -race load.
 	if looseRaftTiming {
@@ -127,8 +133,11 @@ func startCluster(t testing.TB, size, shards int) *testCluster {
 }
 
 func (tc *testCluster) close() {
-	for _, n := range tc.nodes {
+	for i, n := range tc.nodes {
 		if n != nil {
+			if c := chainStats(n); c.Mismatched != 0 && !tc.allowDivergence {
+				tc.t.Errorf("node %d: replica divergence detected by %d checkpoint(s) (see the log)", i, c.Mismatched)
+			}
 			n.Close()
 		}
 	}
@@ -375,15 +384,22 @@ func TestRestartFromDataDir(t *testing.T) {
 		st, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 		return st.Shards[0].AppliedIndex >= want.Shards[0].AppliedIndex
 	})
-	before, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 	if err := tc.nodes[f].Close(); err != nil {
 		t.Fatal(err)
 	}
 	tc.restart(f)
-	// Its FSM replays the log (and snapshot) from disk: same digest at the same index.
-	waitFor(t, 20*time.Second, "restarted node to reach the same state", func() bool {
+	// Its FSM replays the log (and snapshot) from disk: the same digest as
+	// the leader's at the same index. (The leader may have applied a
+	// checkpoint since, so compare with the leader now, not with before.)
+	waitFor(t, 20*time.Second, "restarted node to reach the leader's state", func() bool {
+		l := tc.leader()
+		if l < 0 || l == f {
+			return false
+		}
+		ls, _ := tc.nodes[l].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
 		st, _ := tc.nodes[f].Status(ctx, &hodeiv1.StatusRequest{IncludeDigest: true})
-		return st.Shards[0].AppliedIndex == before.Shards[0].AppliedIndex && st.Shards[0].FsmDigest == before.Shards[0].FsmDigest
+		return ls != nil && st != nil && st.Shards[0].AppliedIndex == ls.Shards[0].AppliedIndex &&
+			st.Shards[0].FsmDigest == ls.Shards[0].FsmDigest && st.Shards[0].AppliedIndex >= want.Shards[0].AppliedIndex
 	})
 	j, ok := tc.nodes[f].GetJob(0, ids[0])
 	if !ok || j.GetState() != hodeiv1.JobState_JOB_STATE_CANCELLED {

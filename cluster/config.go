@@ -86,6 +86,10 @@ type Config struct {
 	LeaderGrace time.Duration // after winning leadership, no lease expires before this has passed (default LeaseTTL)
 	Retention   time.Duration // finished jobs are removed after this
 	TimerTick   time.Duration // leader timers' resolution
+	// CheckpointEvery is how often a shard leader proposes a replica
+	// consistency checkpoint (fsm/chain.go) when the shard moved; <0
+	// disables them.
+	CheckpointEvery time.Duration
 
 	// BalanceInterval is how often the meta leader reconciles members and
 	// moves shard leadership towards an even spread.
@@ -127,6 +131,7 @@ func DefaultConfig() Config {
 		LeaseTTL:           30 * time.Second,
 		Retention:          24 * time.Hour,
 		TimerTick:          50 * time.Millisecond,
+		CheckpointEvery:    5 * time.Second,
 		Shards:             8,
 		BalanceInterval:    time.Second,
 		FSM:                fsm.DefaultConfig(),

@@ -61,6 +61,26 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(c)
 		}),
 	)
+	for _, o := range []struct {
+		outcome string
+		f       func(fsm.ChainStats) uint64
+	}{
+		{"verified", func(c fsm.ChainStats) uint64 { return c.Verified }},
+		{"mismatched", func(c fsm.ChainStats) uint64 { return c.Mismatched }},
+		{"unverifiable", func(c fsm.ChainStats) uint64 { return c.Unverifiable }},
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "hodei_replica_checkpoints_total",
+			Help:        "Replica consistency checkpoints applied by this node's shard replicas, by outcome (mismatched = replica divergence).",
+			ConstLabels: prometheus.Labels{"outcome": o.outcome},
+		}, func() float64 {
+			total := uint64(0)
+			for _, s := range n.shards {
+				total += o.f(s.fsm.ChainStats())
+			}
+			return float64(total)
+		}))
+	}
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

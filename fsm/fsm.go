@@ -122,6 +122,9 @@ type Options struct {
 	// synchronously, outside the FSM lock (it may call the read methods). It
 	// must not block for long: it delays the next Apply.
 	OnApply func(index uint64, events []Event)
+	// OnDivergence is called (synchronously, outside the FSM lock) when a
+	// Checkpoint does not match this replica's apply chain.
+	OnDivergence func(Divergence)
 }
 
 // FSM is the replicated state of one shard. It implements raft.FSM. Apply,
@@ -133,6 +136,11 @@ type FSM struct {
 
 	mu sync.RWMutex
 	st *state
+	// Local, not replicated: the chain recorded at recent indexes (see
+	// chain.go), and the outcome of the checkpoints applied here.
+	ring    chainRing
+	lastIdx uint64 // index of the newest ring record
+	stats   ChainStats
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -156,6 +164,7 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 		f.mu.Lock()
 		if l.Index > f.st.appliedIndex {
 			f.st.appliedIndex = l.Index
+			f.record(l.Index)
 		}
 		f.mu.Unlock()
 		return nil
@@ -164,12 +173,17 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	if err := proto.Unmarshal(l.Data, e); err != nil {
 		panic(fmt.Sprintf("fsm: malformed log entry at index %d (%d bytes): %v", l.Index, len(l.Data), err))
 	}
-	return f.ApplyEntry(l.Index, e)
+	return f.apply(l.Index, e, l)
 }
 
 // ApplyEntry applies one decoded entry at the given log index. It is the
-// same path as Apply, for tests and in-memory use. e is not retained.
+// same path as Apply, for tests and in-memory use, except that it does not
+// extend the apply chain (it has no log bytes). e is not retained.
 func (f *FSM) ApplyEntry(index uint64, e *internalpb.Entry) []*internalpb.CommandResult {
+	return f.apply(index, e, nil)
+}
+
+func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalpb.CommandResult {
 	if e == nil {
 		panic(fmt.Sprintf("fsm: nil entry at index %d", index))
 	}
@@ -177,13 +191,73 @@ func (f *FSM) ApplyEntry(index uint64, e *internalpb.Entry) []*internalpb.Comman
 		panic(fmt.Sprintf("fsm: entry at index %d has version %d; this binary understands version %d (upgrade this node, or the proposer forgot to set Entry.version)",
 			index, e.GetVersion(), EntryVersion))
 	}
+	var divs []Divergence
 	f.mu.Lock()
+	for _, c := range e.GetCommands() {
+		if cp := c.GetCheckpoint(); cp != nil {
+			if d, bad := f.verify(index, cp); bad {
+				divs = append(divs, d)
+			}
+		}
+	}
 	results, events := f.st.applyEntry(index, e)
+	if l != nil {
+		f.st.chain = chainNext(f.st.chain, l.Index, l.Term, l.Data)
+		f.record(l.Index)
+	}
 	f.mu.Unlock()
+	if f.opts.OnDivergence != nil {
+		for _, d := range divs {
+			f.opts.OnDivergence(d)
+		}
+	}
 	if f.opts.OnApply != nil && len(events) > 0 {
 		f.opts.OnApply(index, events)
 	}
 	return results
+}
+
+// record notes the current chain at index. Callers hold f.mu.
+func (f *FSM) record(index uint64) {
+	f.ring.put(index, f.st.chain)
+	f.lastIdx = index
+}
+
+// verify checks a checkpoint applied at index at against the ring. Callers
+// hold f.mu.
+func (f *FSM) verify(at uint64, cp *internalpb.Checkpoint) (Divergence, bool) {
+	got, ok := f.ring.get(cp.GetIndex())
+	switch {
+	case !ok:
+		f.stats.Unverifiable++
+		return Divergence{}, false
+	case got != cp.GetChain():
+		f.stats.Mismatched++
+		return Divergence{At: at, Index: cp.GetIndex(), Want: cp.GetChain(), Got: got}, true
+	default:
+		f.stats.Verified++
+		return Divergence{}, false
+	}
+}
+
+// LastChain returns the newest index this replica recorded a chain for and
+// that chain: what a leader puts in a Checkpoint. ok is false before the
+// first apply or restore.
+func (f *FSM) LastChain() (index, chain uint64, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.lastIdx == 0 {
+		return 0, 0, false
+	}
+	chain, ok = f.ring.get(f.lastIdx)
+	return f.lastIdx, chain, ok
+}
+
+// ChainStats returns the outcome of the checkpoints applied here.
+func (f *FSM) ChainStats() ChainStats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.stats
 }
 
 // ResultError converts a non-OK CommandResult to a *CodeError; nil for OK

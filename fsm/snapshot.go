@@ -61,6 +61,7 @@ func (s *state) encodeSnapshot() []byte {
 		LastNowMs:     s.lastNowMs,
 		AppliedIndex:  s.appliedIndex,
 		LastPromoteMs: s.lastPromoteMs,
+		ApplyChain:    s.chain,
 		RrCursor:      s.sched.cursor,
 	}
 	for _, n := range names {
@@ -145,6 +146,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.st = st
+	f.ring.reset()
+	f.lastIdx = 0
+	if st.appliedIndex > 0 {
+		f.record(st.appliedIndex)
+	}
 	f.mu.Unlock()
 	return nil
 }
@@ -220,6 +226,7 @@ func rebuildState(cfg Config, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Jo
 	s.lastNowMs = hdr.GetLastNowMs()
 	s.lastPromoteMs = hdr.GetLastPromoteMs()
 	s.appliedIndex = hdr.GetAppliedIndex()
+	s.chain = hdr.GetApplyChain()
 	s.sched.cursor = hdr.GetRrCursor()
 	if s.nextSeq == 0 {
 		return nil, corrupt("next_seq is 0")

@@ -43,6 +43,7 @@ type state struct {
 	lastNowMs     int64  // effective now of the last applied entry (monotone)
 	lastPromoteMs int64  // effective now of the last PromoteDelayed
 	appliedIndex  uint64
+	chain         uint64 // apply-chain hash at appliedIndex (see chain.go)
 
 	jobs    map[uint64]*hodeiv1.Job // by seq
 	tenants map[string]*tenant      // tenants with at least one job
@@ -196,6 +197,10 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applyPromote(now)
 	case *internalpb.Command_Gc:
 		r = s.applyGC(k.Gc)
+	case *internalpb.Command_Checkpoint:
+		// Verified by the FSM wrapper against its local chain record; it
+		// changes no replicated state.
+		r = &internalpb.CommandResult{}
 	case nil:
 		r = errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "empty command")
 	default:

@@ -30,6 +30,9 @@ type State interface {
 	ExpiredLeases(nowMs int64, max int) []*hodeiv1.LeaseRef
 	NextLeaseExpiry() (int64, bool)
 	OldestFinishedAt() (int64, bool)
+	// LastChain is the newest applied index and apply-chain hash, for
+	// replica consistency checkpoints (see fsm/chain.go).
+	LastChain() (index, chain uint64, ok bool)
 }
 
 // Config configures the timers of one shard leader.
@@ -39,6 +42,10 @@ type Config struct {
 	Retention time.Duration // finished jobs are removed after this
 	Tick      time.Duration // timer resolution
 	MaxBatch  int           // max leases expired / jobs removed per command
+	// CheckpointEvery is how often the leader proposes a replica
+	// consistency Checkpoint when the shard has applied entries since the
+	// last one; 0 disables checkpoints.
+	CheckpointEvery time.Duration
 	Now       func() time.Time
 	Logger    *slog.Logger
 	// OnExpire is called with the number of leases expired by this leader.
@@ -101,6 +108,7 @@ func (t *Timers) run(ctx context.Context) {
 	tick := time.NewTicker(t.cfg.Tick)
 	defer tick.Stop()
 	lastGC := time.Time{}
+	lastCp, cpIndex := t.cfg.Now(), uint64(0)
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,6 +137,16 @@ func (t *Timers) run(ctx context.Context) {
 			cutoff := now.Add(-t.cfg.Retention).UnixMilli()
 			if at, ok := t.s.OldestFinishedAt(); ok && at < cutoff {
 				t.propose(ctx, &internalpb.Command{Kind: &internalpb.Command_Gc{Gc: &internalpb.GCJobs{FinishedBeforeMs: cutoff, Max: uint32(t.cfg.MaxBatch)}}})
+			}
+		}
+		if t.cfg.CheckpointEvery > 0 && now.Sub(lastCp) >= t.cfg.CheckpointEvery {
+			lastCp = now
+			// Only when something was applied since the last checkpoint
+			// landed: an idle shard does not grow its log.
+			if idx, chain, ok := t.s.LastChain(); ok && idx != cpIndex {
+				if t.propose(ctx, &internalpb.Command{Kind: &internalpb.Command_Checkpoint{Checkpoint: &internalpb.Checkpoint{Index: idx, Chain: chain}}}) != nil {
+					cpIndex, _, _ = t.s.LastChain()
+				}
 			}
 		}
 		if t.cfg.OnRound != nil {

@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -28,21 +30,41 @@ func (c *clock) Advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// fsmProposer applies commands straight to a real FSM (the Raft-less path),
-// stamping the test clock like the leader's batcher does.
+// fsmProposer applies commands straight to a real FSM as Raft would deliver
+// them (one encoded entry per command, term 1), stamping the test clock
+// like the leader's batcher does.
 type fsmProposer struct {
 	mu    sync.Mutex
 	f     *fsm.FSM
 	clock *clock
 	index uint64
+
+	checkpoints int
 }
 
 func (p *fsmProposer) Propose(_ context.Context, cmd *internalpb.Command) (*internalpb.CommandResult, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.index++
-	res := p.f.ApplyEntry(p.index, &internalpb.Entry{Version: fsm.EntryVersion, NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
+	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersion, NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
+	if err != nil {
+		return nil, err
+	}
+	res := p.f.Apply(&raft.Log{Index: p.index, Term: 1, Type: raft.LogCommand, Data: data}).([]*internalpb.CommandResult)
+	p.count(cmd)
 	return res[0], nil
+}
+
+func (p *fsmProposer) count(cmd *internalpb.Command) {
+	if cmd.GetCheckpoint() != nil {
+		p.checkpoints++
+	}
+}
+
+func (p *fsmProposer) checkpointCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.checkpoints
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -151,4 +173,40 @@ func TestSignalWakesAllWaiters(t *testing.T) {
 		t.Fatal("new waiter woken by an old fire")
 	default:
 	}
+}
+
+func TestCheckpointProposedOnlyWhenTheShardMoved(t *testing.T) {
+	f, p, c := setup(t)
+	submit(t, p, &hodeiv1.JobSpec{Command: []string{"true"}})
+	var rounds int
+	var mu sync.Mutex
+	tm := Start(Config{Grace: time.Hour, Retention: time.Hour, Tick: time.Millisecond, Now: c.Now, CheckpointEvery: 5 * time.Second,
+		OnRound: func() { mu.Lock(); rounds++; mu.Unlock() }}, p, f)
+	defer tm.Stop()
+	roundsAfter := func(n int) {
+		t.Helper()
+		mu.Lock()
+		seen := rounds
+		mu.Unlock()
+		waitFor(t, "timer rounds", func() bool { mu.Lock(); defer mu.Unlock(); return rounds >= seen+n })
+	}
+	roundsAfter(3)
+	if n := p.checkpointCount(); n != 0 {
+		t.Fatalf("%d checkpoints before the interval passed", n)
+	}
+	c.Advance(6 * time.Second)
+	waitFor(t, "a checkpoint", func() bool { return p.checkpointCount() == 1 })
+	if st := f.ChainStats(); st.Verified != 1 || st.Mismatched != 0 {
+		t.Fatalf("chain stats after the leader's own checkpoint: %+v", st)
+	}
+	// Idle: nothing applied since the checkpoint landed, so none is proposed.
+	c.Advance(6 * time.Second)
+	roundsAfter(3)
+	if n := p.checkpointCount(); n != 1 {
+		t.Fatalf("%d checkpoints on an idle shard, want still 1", n)
+	}
+	// New work: the next interval checkpoints again.
+	submit(t, p, &hodeiv1.JobSpec{Command: []string{"true"}})
+	c.Advance(6 * time.Second)
+	waitFor(t, "a second checkpoint", func() bool { return p.checkpointCount() == 2 })
 }

@@ -159,6 +159,7 @@ type Command struct {
 	//	*Command_Expire
 	//	*Command_Promote
 	//	*Command_Gc
+	//	*Command_Checkpoint
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -280,6 +281,15 @@ func (x *Command) GetGc() *GCJobs {
 	return nil
 }
 
+func (x *Command) GetCheckpoint() *Checkpoint {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_Checkpoint); ok {
+			return x.Checkpoint
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -316,6 +326,10 @@ type Command_Gc struct {
 	Gc *GCJobs `protobuf:"bytes,17,opt,name=gc,proto3,oneof"`
 }
 
+type Command_Checkpoint struct {
+	Checkpoint *Checkpoint `protobuf:"bytes,18,opt,name=checkpoint,proto3,oneof"`
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -331,6 +345,8 @@ func (*Command_Expire) isCommand_Kind() {}
 func (*Command_Promote) isCommand_Kind() {}
 
 func (*Command_Gc) isCommand_Kind() {}
+
+func (*Command_Checkpoint) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -769,6 +785,64 @@ func (x *GCJobs) GetMax() uint32 {
 	return 0
 }
 
+// Checkpoint is a replica consistency check, proposed by a shard leader every
+// few seconds: chain is the leader's apply-chain hash after applying the
+// entry at index (a hash over every applied entry's index, term and bytes).
+// Each replica that applies it compares the chain it recorded at index;
+// a mismatch means the replicas applied different entries (divergence).
+// It changes no replicated state.
+type Checkpoint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Chain         uint64                 `protobuf:"varint,2,opt,name=chain,proto3" json:"chain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Checkpoint) Reset() {
+	*x = Checkpoint{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Checkpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Checkpoint) ProtoMessage() {}
+
+func (x *Checkpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
+func (*Checkpoint) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Checkpoint) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Checkpoint) GetChain() uint64 {
+	if x != nil {
+		return x.Chain
+	}
+	return 0
+}
+
 // CommandResult is the deterministic outcome of one command.
 type CommandResult struct {
 	state         protoimpl.MessageState       `protogen:"open.v1"`
@@ -785,7 +859,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +871,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +884,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommandResult) GetCode() Code {
@@ -875,13 +949,14 @@ type SnapshotHeader struct {
 	LastPromoteMs int64                  `protobuf:"varint,9,opt,name=last_promote_ms,json=lastPromoteMs,proto3" json:"last_promote_ms,omitempty"` // now_ms of the last PromoteDelayed (tells delayed from ready PENDING jobs)
 	RrCursor      string                 `protobuf:"bytes,10,opt,name=rr_cursor,json=rrCursor,proto3" json:"rr_cursor,omitempty"`                  // fair-share round robin: the tenant whose turn is next
 	Deficits      []*TenantDeficit       `protobuf:"bytes,11,rep,name=deficits,proto3" json:"deficits,omitempty"`                                  // non-zero per-tenant DRR deficits, sorted by tenant
+	ApplyChain    uint64                 `protobuf:"varint,12,opt,name=apply_chain,json=applyChain,proto3" json:"apply_chain,omitempty"`           // apply-chain hash at applied_index (see Checkpoint)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +968,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +981,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -986,6 +1061,13 @@ func (x *SnapshotHeader) GetDeficits() []*TenantDeficit {
 	return nil
 }
 
+func (x *SnapshotHeader) GetApplyChain() uint64 {
+	if x != nil {
+		return x.ApplyChain
+	}
+	return 0
+}
+
 type TenantDeficit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -996,7 +1078,7 @@ type TenantDeficit struct {
 
 func (x *TenantDeficit) Reset() {
 	*x = TenantDeficit{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1008,7 +1090,7 @@ func (x *TenantDeficit) String() string {
 func (*TenantDeficit) ProtoMessage() {}
 
 func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1021,7 +1103,7 @@ func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantDeficit.ProtoReflect.Descriptor instead.
 func (*TenantDeficit) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TenantDeficit) GetTenant() string {
@@ -1049,7 +1131,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1143,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1156,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1110,7 +1192,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1204,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1217,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Member) GetId() string {
@@ -1176,7 +1258,7 @@ type TenantSettings struct {
 
 func (x *TenantSettings) Reset() {
 	*x = TenantSettings{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1270,7 @@ func (x *TenantSettings) String() string {
 func (*TenantSettings) ProtoMessage() {}
 
 func (x *TenantSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1283,7 @@ func (x *TenantSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantSettings.ProtoReflect.Descriptor instead.
 func (*TenantSettings) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TenantSettings) GetTenant() string {
@@ -1232,7 +1314,7 @@ type MetaState struct {
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1326,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1339,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MetaState) GetVersion() uint32 {
@@ -1312,7 +1394,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1324,7 +1406,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1337,7 +1419,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MetaCommand) GetVersion() uint32 {
@@ -1433,7 +1515,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xf7\x03\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xb8\x04\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1445,7 +1527,10 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x06cancel\x18\x0e \x01(\v2\x1c.hodei.internal.v1.CancelJobH\x00R\x06cancel\x129\n" +
 	"\x06expire\x18\x0f \x01(\v2\x1f.hodei.internal.v1.ExpireLeasesH\x00R\x06expire\x12=\n" +
 	"\apromote\x18\x10 \x01(\v2!.hodei.internal.v1.PromoteDelayedH\x00R\apromote\x12+\n" +
-	"\x02gc\x18\x11 \x01(\v2\x19.hodei.internal.v1.GCJobsH\x00R\x02gcB\x06\n" +
+	"\x02gc\x18\x11 \x01(\v2\x19.hodei.internal.v1.GCJobsH\x00R\x02gc\x12?\n" +
+	"\n" +
+	"checkpoint\x18\x12 \x01(\v2\x1d.hodei.internal.v1.CheckpointH\x00R\n" +
+	"checkpointB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -1473,7 +1558,11 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0ePromoteDelayed\"H\n" +
 	"\x06GCJobs\x12,\n" +
 	"\x12finished_before_ms\x18\x01 \x01(\x03R\x10finishedBeforeMs\x12\x10\n" +
-	"\x03max\x18\x02 \x01(\rR\x03max\"\xa5\x02\n" +
+	"\x03max\x18\x02 \x01(\rR\x03max\"8\n" +
+	"\n" +
+	"Checkpoint\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05chain\x18\x02 \x01(\x04R\x05chain\"\xa5\x02\n" +
 	"\rCommandResult\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x129\n" +
@@ -1481,7 +1570,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x03job\x18\x04 \x01(\v2\r.hodei.v1.JobR\x03job\x12'\n" +
 	"\x06leases\x18\x05 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\x122\n" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
-	"\x05count\x18\a \x01(\rR\x05count\"\x84\x03\n" +
+	"\x05count\x18\a \x01(\rR\x05count\"\xa5\x03\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1495,7 +1584,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0flast_promote_ms\x18\t \x01(\x03R\rlastPromoteMs\x12\x1b\n" +
 	"\trr_cursor\x18\n" +
 	" \x01(\tR\brrCursor\x12<\n" +
-	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\"A\n" +
+	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\x12\x1f\n" +
+	"\vapply_chain\x18\f \x01(\x04R\n" +
+	"applyChain\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"}\n" +
@@ -1553,7 +1644,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(*Entry)(nil),                     // 1: hodei.internal.v1.Entry
@@ -1566,22 +1657,23 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*ExpireLeases)(nil),              // 8: hodei.internal.v1.ExpireLeases
 	(*PromoteDelayed)(nil),            // 9: hodei.internal.v1.PromoteDelayed
 	(*GCJobs)(nil),                    // 10: hodei.internal.v1.GCJobs
-	(*CommandResult)(nil),             // 11: hodei.internal.v1.CommandResult
-	(*SnapshotHeader)(nil),            // 12: hodei.internal.v1.SnapshotHeader
-	(*TenantDeficit)(nil),             // 13: hodei.internal.v1.TenantDeficit
-	(*RequestRecord)(nil),             // 14: hodei.internal.v1.RequestRecord
-	(*Member)(nil),                    // 15: hodei.internal.v1.Member
-	(*TenantSettings)(nil),            // 16: hodei.internal.v1.TenantSettings
-	(*MetaState)(nil),                 // 17: hodei.internal.v1.MetaState
-	(*MetaCommand)(nil),               // 18: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 19: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 20: hodei.v1.KeyValue
-	(*hodeiv1.LeaseRef)(nil),          // 21: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 22: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 23: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 24: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 25: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 26: hodei.v1.ExtendResult
+	(*Checkpoint)(nil),                // 11: hodei.internal.v1.Checkpoint
+	(*CommandResult)(nil),             // 12: hodei.internal.v1.CommandResult
+	(*SnapshotHeader)(nil),            // 13: hodei.internal.v1.SnapshotHeader
+	(*TenantDeficit)(nil),             // 14: hodei.internal.v1.TenantDeficit
+	(*RequestRecord)(nil),             // 15: hodei.internal.v1.RequestRecord
+	(*Member)(nil),                    // 16: hodei.internal.v1.Member
+	(*TenantSettings)(nil),            // 17: hodei.internal.v1.TenantSettings
+	(*MetaState)(nil),                 // 18: hodei.internal.v1.MetaState
+	(*MetaCommand)(nil),               // 19: hodei.internal.v1.MetaCommand
+	(*hodeiv1.JobSpec)(nil),           // 20: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 21: hodei.v1.KeyValue
+	(*hodeiv1.LeaseRef)(nil),          // 22: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 23: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 24: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 25: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 26: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 27: hodei.v1.ExtendResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	2,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -1593,27 +1685,28 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	8,  // 6: hodei.internal.v1.Command.expire:type_name -> hodei.internal.v1.ExpireLeases
 	9,  // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
 	10, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
-	19, // 9: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	20, // 10: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	21, // 11: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	22, // 12: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	21, // 13: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 14: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	23, // 15: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	24, // 16: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	25, // 17: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	26, // 18: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	13, // 19: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	11, // 20: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	15, // 21: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	16, // 22: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	15, // 23: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	16, // 24: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	11, // 9: hodei.internal.v1.Command.checkpoint:type_name -> hodei.internal.v1.Checkpoint
+	20, // 10: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	21, // 11: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	22, // 12: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	23, // 13: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	22, // 14: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 15: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	24, // 16: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	25, // 17: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	26, // 18: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	27, // 19: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	14, // 20: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	12, // 21: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	16, // 22: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	17, // 23: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	16, // 24: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	17, // 25: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	26, // [26:26] is the sub-list for method output_type
+	26, // [26:26] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -1630,8 +1723,9 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_Expire)(nil),
 		(*Command_Promote)(nil),
 		(*Command_Gc)(nil),
+		(*Command_Checkpoint)(nil),
 	}
-	file_hodei_internal_v1_command_proto_msgTypes[17].OneofWrappers = []any{
+	file_hodei_internal_v1_command_proto_msgTypes[18].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
 		(*MetaCommand_PutMember)(nil),
 		(*MetaCommand_RemoveMember)(nil),
@@ -1643,7 +1737,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
