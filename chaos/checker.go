@@ -127,6 +127,11 @@ type Convergence struct {
 	// applied index and digest for every shard.
 	Converged bool   `json:"converged"`
 	Err       string `json:"err,omitempty"`
+	// Divergences are the "replica divergence" lines of the node logs: a
+	// replica consistency checkpoint that did not match (fsm/chain.go). It
+	// catches replicas that applied different entries even when their
+	// states agree again by the end of the run.
+	Divergences []string `json:"divergences,omitempty"`
 }
 
 // Evidence is everything the checker looks at.
@@ -638,6 +643,9 @@ func checkConvergence(ev *Evidence) InvariantResult {
 			v.add(fmt.Sprintf("shard-%d@%d", s.Shard, s.Applied),
 				fmt.Sprintf("shard %d index %d: %s has %.12s, %s has %.12s", s.Shard, s.Applied, f.Node, f.Digest, s.Node, s.Digest))
 		}
+	}
+	for _, d := range c.Divergences {
+		v.add("(divergence)", d)
 	}
 	if !c.Converged && v.n == 0 {
 		v.add("(not-converged)", "nodes never reported the same applied index and digest: "+c.Err)

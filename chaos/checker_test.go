@@ -146,6 +146,9 @@ func TestCheckerCatchesViolations(t *testing.T) {
 		{"7 digests differ", 7, func(ev *Evidence) {
 			ev.Convergence.Samples = append(ev.Convergence.Samples, DigestSample{Node: "n3", Shard: 0, Applied: 10, Digest: "cc"})
 		}, "shard-0@10"},
+		{"7 replica divergence logged", 7, func(ev *Evidence) {
+			ev.Convergence.Divergences = []string{`n2: level=ERROR msg="replica divergence: ..." checkpoint_at=120 index=118`}
+		}, "(divergence)"},
 		{"7 never converged", 7, func(ev *Evidence) { ev.Convergence.Converged = false }, "(not-converged)"},
 		{"8 stale linearizable read", 8, func(ev *Evidence) {
 			// acknowledged, then a linearizable read says it does not exist

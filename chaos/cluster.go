@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -353,4 +354,38 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// divergenceMarker is what a node logs when a replica consistency checkpoint
+// fails (cluster/shard.go onDivergence).
+const divergenceMarker = "replica divergence"
+
+// Divergences returns every node log line reporting a replica divergence,
+// prefixed with the node (at most 20 per node).
+func (c *Cluster) Divergences() []string {
+	var out []string
+	c.mu.Lock()
+	nodes := append([]*Node(nil), c.Nodes...)
+	c.mu.Unlock()
+	for _, n := range nodes {
+		out = append(out, scanLog(n.ID, n.Proc.LogPath, divergenceMarker, 20)...)
+	}
+	return out
+}
+
+func scanLog(node, path, marker string, limit int) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() && len(out) < limit {
+		if line := sc.Text(); strings.Contains(line, marker) {
+			out = append(out, node+": "+line)
+		}
+	}
+	return out
 }

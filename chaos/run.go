@@ -246,6 +246,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 	ev.Final = final
 	ev.Convergence = converge(ctx, c, h, 30*time.Second)
+	ev.Convergence.Divergences = c.Divergences()
 	rep.Drain.Bound = cfg.DrainBound
 
 	ops = h.Ops()
