@@ -66,13 +66,13 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 }
 
 type testCluster struct {
-	t      testing.TB
+	t testing.TB
 	// allowDivergence: the test corrupts a replica on purpose.
 	allowDivergence bool
-	shards int
-	peers  []Peer
-	dirs   []string
-	nodes  []*Node
+	shards          int
+	peers           []Peer
+	dirs            []string
+	nodes           []*Node
 }
 
 func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, shards int) Config {

@@ -46,8 +46,8 @@ type Config struct {
 	// consistency Checkpoint when the shard has applied entries since the
 	// last one; 0 disables checkpoints.
 	CheckpointEvery time.Duration
-	Now       func() time.Time
-	Logger    *slog.Logger
+	Now             func() time.Time
+	Logger          *slog.Logger
 	// OnExpire is called with the number of leases expired by this leader.
 	OnExpire func(n int)
 	// OnRound, if set, is called after every timer round (tests use it to
