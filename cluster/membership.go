@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -139,6 +141,17 @@ func (n *Node) onGroupLeader(ctx context.Context, g uint32, local func(context.C
 func retryableMembership(err error) bool {
 	if _, ok := err.(*fsm.CodeError); ok {
 		return false
+	}
+	// A remote leader's refusal (the same CodeErrors, as gRPC codes) is
+	// final and returned at once instead of being retried until the
+	// deadline; "not the leader / no leader yet / unreachable"
+	// (Unavailable), timeouts and unexpected errors are retried.
+	if st, ok := status.FromError(err); ok {
+		switch st.Code() {
+		case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists, codes.NotFound,
+			codes.ResourceExhausted, codes.OutOfRange, codes.Unimplemented, codes.PermissionDenied, codes.Unauthenticated:
+			return false
+		}
 	}
 	return true
 }
