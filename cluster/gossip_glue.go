@@ -96,7 +96,7 @@ func (n *Node) joinGossip(ctx context.Context) {
 		if _, ok := n.gossipImpl.Member(string(srv.ID)); ok {
 			continue
 		}
-		st, err := probeStatus(ctx, string(srv.Address))
+		st, err := n.probe(ctx, string(srv.Address))
 		if err == nil && st.GetGossipAddress() != "" {
 			addrs = append(addrs, st.GetGossipAddress())
 		}

@@ -87,7 +87,7 @@ func (n *Node) transferShard(ctx context.Context, sh uint32, to string) error {
 // that group's leader (forwarded, pinned to the group, when it is not here).
 // In each group the node is added as a non-voter and promoted once caught up.
 func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
-	st, err := probeStatus(ctx, req.GetAddress())
+	st, err := n.probe(ctx, req.GetAddress())
 	if err != nil {
 		return fmt.Errorf("cannot reach the joining node at %s: %w", req.GetAddress(), err)
 	}
@@ -199,7 +199,7 @@ func (n *Node) JoinGroup(ctx context.Context, g uint32, req *hodeiv1.JoinRequest
 // has applied target.
 func (n *Node) waitCaughtUp(ctx context.Context, g uint32, addr string, target uint64) error {
 	for {
-		st, err := probeStatus(ctx, addr)
+		st, err := n.probe(ctx, addr)
 		if err == nil && appliedOf(st, g) >= target {
 			return nil
 		}
@@ -236,7 +236,7 @@ func (n *Node) Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error {
 		if v, ok := probed[srv.Address]; ok {
 			return v
 		}
-		_, err := probeStatus(ctx, string(srv.Address))
+		_, err := n.probe(ctx, string(srv.Address))
 		probed[srv.Address] = err == nil
 		return err == nil
 	}

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
@@ -29,5 +30,25 @@ func TestRetryableMembership(t *testing.T) {
 		if got := retryableMembership(c.err); got != c.want {
 			t.Errorf("retryableMembership(%v) = %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+func TestReplicaLag(t *testing.T) {
+	st := &hodeiv1.StatusResponse{Shards: []*hodeiv1.ShardStatus{
+		{Shard: 0, State: "Follower", AppliedIndex: 90},
+		{Shard: 1, State: "Candidate", AppliedIndex: 100},
+		{Shard: 2, State: "Follower", AppliedIndex: 120},
+	}}
+	if lag, ok := replicaLag(st, 0, 100); !ok || lag != 10 {
+		t.Fatalf("shard 0: lag %d ok %v", lag, ok)
+	}
+	if _, ok := replicaLag(st, 1, 100); ok {
+		t.Fatal("a candidate replica is a balance target")
+	}
+	if lag, ok := replicaLag(st, 2, 100); !ok || lag != 0 {
+		t.Fatalf("shard 2 ahead of the local commit: lag %d ok %v", lag, ok)
+	}
+	if _, ok := replicaLag(st, 7, 100); ok {
+		t.Fatal("missing shard is a balance target")
 	}
 }

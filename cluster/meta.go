@@ -215,8 +215,24 @@ func (m *metaGroup) balance(ctx context.Context, cfg raft.Configuration) {
 	if m.cooldown == nil {
 		m.cooldown = map[uint32]time.Time{}
 	}
+	var target *hodeiv1.StatusResponse // minID's status, probed once per round
 	for _, sh := range led[maxID] {
 		if !m.n.shards[sh].hasVoter(minID) || time.Now().Before(m.cooldown[sh]) {
+			continue
+		}
+		// Only to a replica that has caught up: a node that just came back
+		// replays its log and fetches what it missed first, and a transfer
+		// to it now would time out (and cool the shard down for 15 s).
+		if target == nil {
+			st, err := m.n.probe(ctx, addrOf(cfg, minID))
+			if err != nil {
+				m.n.cfg.Logger.Debug("meta: balance target unreachable", "node", minID, "err", err)
+				return
+			}
+			target = st
+		}
+		if lag, ok := replicaLag(target, sh, m.n.shards[sh].raft.CommitIndex()); !ok || lag > balanceMaxLag {
+			m.n.cfg.Logger.Debug("meta: balance target not caught up on shard", "node", minID, "shard", sh, "lag", lag)
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -230,6 +246,37 @@ func (m *metaGroup) balance(ctx context.Context, cfg raft.Configuration) {
 		}
 		return
 	}
+}
+
+// balanceMaxLag is how many entries behind this node's commit index a
+// replica may be and still be given a shard's leadership by the balancer.
+const balanceMaxLag = 256
+
+// replicaLag is how far the replica described by st is behind commit on
+// shard sh; ok is false when st has no healthy follower replica of sh.
+func replicaLag(st *hodeiv1.StatusResponse, sh uint32, commit uint64) (lag uint64, ok bool) {
+	for _, ss := range st.GetShards() {
+		if ss.GetShard() != sh {
+			continue
+		}
+		if ss.GetState() != raft.Follower.String() {
+			return 0, false
+		}
+		if ss.GetAppliedIndex() >= commit {
+			return 0, true
+		}
+		return commit - ss.GetAppliedIndex(), true
+	}
+	return 0, false
+}
+
+func addrOf(cfg raft.Configuration, id string) string {
+	for _, srv := range cfg.Servers {
+		if string(srv.ID) == id {
+			return string(srv.Address)
+		}
+	}
+	return ""
 }
 
 func (s *shard) hasVoter(id string) bool {
@@ -302,7 +349,21 @@ func discoverShardCount(cfg Config) (int, error) {
 	return 0, fmt.Errorf("cannot learn the shard count from %v: %v", cfg.Join, last)
 }
 
-// probeStatus asks one node for its status over a short-lived connection.
+// probe asks one node for its status over the node's pooled connection to
+// it (join catch-up polls every 50 ms, the balancer every round: no dial per
+// call).
+func (n *Node) probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
+	cc, err := n.pool.Get(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
+}
+
+// probeStatus asks one node for its status over a short-lived connection
+// (before this node's own pool exists).
 func probeStatus(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
 	cc, err := dialOnce(addr)
 	if err != nil {

@@ -325,4 +325,10 @@ func TestKillNodeLeadingMostShards(t *testing.T) {
 		t.Fatalf("only %d of 1000 submits acknowledged", len(acked))
 	}
 	waitSucceeded(t, tc, acked, 90*time.Second)
+	// The node comes back from its data dir: once caught up it is given
+	// its share of leaderships again.
+	tc.restart(victim)
+	back := time.Now()
+	waitFor(t, 60*time.Second, "leadership rebalanced onto the returned node", func() bool { return tc.balanced(3) })
+	t.Logf("rebalanced %v after the restart", time.Since(back))
 }
