@@ -77,6 +77,10 @@ type FinalJob struct {
 	ResultToken   uint64 `json:"result_token,omitempty"`
 	ResultAttempt int32  `json:"result_attempt,omitempty"`
 	ResultWorker  string `json:"result_worker,omitempty"`
+	// ResultExpired: the last result is a lease expiry recorded by the
+	// server, not a completion a worker reported (nobody need have run
+	// that attempt: e.g. a lease granted to a forwarded poll that timed out).
+	ResultExpired bool `json:"result_expired,omitempty"`
 	// Wall-clock times (ms since the epoch) as the cluster stamped them, for
 	// diagnosing slow drains: when it was created, last changed, ready to run
 	// (after a delay or a retry backoff), leased until, and when the accepted
@@ -448,6 +452,8 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 		}
 		e, found := execOfTok[f.ResultToken]
 		switch {
+		case f.ResultExpired:
+			// An expiry: the server's own record, no completion to attribute.
 		case !found:
 			v.add(id, fmt.Sprintf("%s completion accepted with token %d that no execution held", id, f.ResultToken))
 		case f.ResultWorker != "" && e.Worker != "?" && f.ResultWorker != e.Worker:

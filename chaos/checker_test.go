@@ -248,3 +248,27 @@ func TestDuplicatesSplitPlannedRetriesFromReexecutions(t *testing.T) {
 		t.Fatal("PlannedFailure")
 	}
 }
+
+// A job whose last attempt's lease expired (granted, never run: e.g. a
+// forwarded poll timed out after the leader committed the lease) ends
+// FAILED with that lease's token. That is the server's expiry record, not a
+// completion: invariant 3 must not ask for an execution of it; the same
+// token as a worker's completion must still be flagged.
+func TestExpiredLastAttemptIsNotACompletion(t *testing.T) {
+	ev := cleanEvidence()
+	ev.Final[0].State, ev.Final[0].Attempts = StFailed, 3
+	ev.Final[0].ResultToken, ev.Final[0].ResultAttempt, ev.Final[0].ResultExpired = 55, 3, true
+	for i := range ev.Ops {
+		if ev.Ops[i].Kind == OpFinalRead && ev.Ops[i].JobID == "0-1" {
+			ev.Ops[i].State, ev.Ops[i].Attempts, ev.Ops[i].ResultToken, ev.Ops[i].ResultAttempt = StFailed, 3, 55, 3
+		}
+	}
+	if r := inv(t, Check(ev), 3); !r.OK {
+		t.Fatalf("expired last attempt flagged: %v", r.Details)
+	}
+	ev.Final[0].ResultExpired = false
+	r := inv(t, Check(ev), 3)
+	if r.OK || !strings.Contains(strings.Join(r.Details, " "), "no execution held") {
+		t.Fatalf("a completion with a token nobody executed passed: %+v", r)
+	}
+}

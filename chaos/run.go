@@ -406,6 +406,7 @@ func listAll(ctx context.Context, api *client.Client) ([]FinalJob, error) {
 				State: op.State, Attempts: op.Attempts, ResultToken: op.ResultToken, ResultAttempt: op.ResultAttempt}
 			if r := j.GetLastResult(); r != nil {
 				f.ResultWorker, f.ResultStartedMs, f.ResultFinishMs = r.GetWorkerId(), r.GetStartedAtMs(), r.GetFinishedAtMs()
+				f.ResultExpired = r.GetLeaseExpired()
 			}
 			f.CreatedAtMs, f.UpdatedAtMs, f.ReadyAtMs = j.GetCreatedAtMs(), j.GetUpdatedAtMs(), j.GetReadyAtMs()
 			f.LeaseWorker, f.LeaseExpiresMs = j.GetLeaseWorker(), j.GetLeaseExpiresAtMs()

@@ -27,6 +27,7 @@ func (s *state) applyComplete(now int64, c *internalpb.CompleteJob) *internalpb.
 	}
 	res.LeaseToken = j.GetLeaseToken() // set by the server, whatever the worker sent
 	res.Attempt = j.GetAttempts()
+	res.LeaseExpired = false // set by the server only, on expiry
 	j.LastResult = res
 	if c.GetSuccess() {
 		s.finish(j, hodeiv1.JobState_JOB_STATE_SUCCEEDED, now)

@@ -102,6 +102,7 @@ func (s *state) applyExpire(now int64, c *internalpb.ExpireLeases) *internalpb.C
 		}
 		j.LastResult = &hodeiv1.JobResult{
 			Error:        "lease expired",
+			LeaseExpired: true,
 			WorkerId:     j.GetLeaseWorker(),
 			FinishedAtMs: now,
 			LeaseToken:   j.GetLeaseToken(),

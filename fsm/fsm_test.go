@@ -419,7 +419,7 @@ func TestExpireLeases(t *testing.T) {
 		t.Fatalf("count %d", r.GetCount())
 	}
 	a, b := h.job("0-1"), h.job("0-2")
-	if a.GetState() != failed || a.GetLastResult().GetError() != "lease expired" {
+	if a.GetState() != failed || a.GetLastResult().GetError() != "lease expired" || !a.GetLastResult().GetLeaseExpired() {
 		t.Fatalf("a %v", a)
 	}
 	if b.GetState() != pending || b.GetReadyAtMs() != h.now+1000 || b.GetLastResult().GetWorkerId() != "w" {
@@ -665,5 +665,19 @@ func TestBackoff(t *testing.T) {
 		if got := backoffMs(c.base, c.max, c.attempts); got != c.want {
 			t.Errorf("backoffMs(%d,%d,%d) = %d, want %d", c.base, c.max, c.attempts, got, c.want)
 		}
+	}
+}
+
+// lease_expired is the server's record of an expiry; a worker's completion
+// cannot claim it.
+func TestCompletionCannotClaimLeaseExpired(t *testing.T) {
+	h := newHarness(t)
+	h.ok(submitCmd(spec("a")))
+	l := h.ok(leaseCmd("w1", 1)).GetLeases()[0]
+	c := completeCmd(l.GetJob().GetId(), l.GetToken(), true, false)
+	c.GetComplete().Result.LeaseExpired = true
+	h.ok(c)
+	if j := h.job(l.GetJob().GetId()); j.GetLastResult().GetLeaseExpired() {
+		t.Fatalf("a worker's completion recorded as a lease expiry: %v", j.GetLastResult())
 	}
 }

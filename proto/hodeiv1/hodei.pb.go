@@ -271,15 +271,18 @@ func (x *JobSpec) GetDelayMs() int64 {
 }
 
 type JobResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ExitCode      int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Output        []byte                 `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"` // last 64 KiB of combined stdout/stderr
-	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`   // executor error (timeout, spawn failure, ...)
-	WorkerId      string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	StartedAtMs   int64                  `protobuf:"varint,5,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
-	FinishedAtMs  int64                  `protobuf:"varint,6,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
-	LeaseToken    uint64                 `protobuf:"varint,7,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"` // token of the lease under which this result was accepted (set by the server)
-	Attempt       int32                  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`                         // attempt number this result belongs to (set by the server)
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ExitCode     int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Output       []byte                 `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"` // last 64 KiB of combined stdout/stderr
+	Error        string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`   // executor error (timeout, spawn failure, ...)
+	WorkerId     string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	StartedAtMs  int64                  `protobuf:"varint,5,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	FinishedAtMs int64                  `protobuf:"varint,6,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	LeaseToken   uint64                 `protobuf:"varint,7,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"` // token of the lease under which this result was accepted (set by the server)
+	Attempt      int32                  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`                         // attempt number this result belongs to (set by the server)
+	// lease_expired: no worker reported this attempt; its lease expired (set by
+	// the server; worker_id is the lease holder, who may or may not have run it).
+	LeaseExpired  bool `protobuf:"varint,9,opt,name=lease_expired,json=leaseExpired,proto3" json:"lease_expired,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,6 +371,13 @@ func (x *JobResult) GetAttempt() int32 {
 		return x.Attempt
 	}
 	return 0
+}
+
+func (x *JobResult) GetLeaseExpired() bool {
+	if x != nil {
+		return x.LeaseExpired
+	}
+	return false
 }
 
 type Job struct {
@@ -2917,7 +2927,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0fbackoff_base_ms\x18\n" +
 	" \x01(\x03R\rbackoffBaseMs\x12$\n" +
 	"\x0ebackoff_max_ms\x18\v \x01(\x03R\fbackoffMaxMs\x12\x19\n" +
-	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\"\xf8\x01\n" +
+	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\"\x9d\x02\n" +
 	"\tJobResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\fR\x06output\x12\x14\n" +
@@ -2927,7 +2937,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0efinished_at_ms\x18\x06 \x01(\x03R\ffinishedAtMs\x12\x1f\n" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
-	"\aattempt\x18\b \x01(\x05R\aattempt\"\x86\x04\n" +
+	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\x86\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
