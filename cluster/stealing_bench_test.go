@@ -13,18 +13,24 @@ import (
 // both to that shard's leader ("on-leader") or only to the two nodes that do
 // not lead it ("on-followers": every lease is stolen through one forwarded
 // call to the leader). It reports jobs/s from the first submit to the last
-// success. Run both in one process, for a same-run comparison:
+// success, each iteration running both modes back to back (so that a noisy
+// machine hits both alike; the order alternates):
 //
-//	go test -run '^$' -bench WorkStealing -benchtime 1x -count 3 ./cluster
+//	go test -run '^$' -bench WorkStealing -benchtime 1x -count 5 ./cluster
 func BenchmarkWorkStealing(b *testing.B) {
 	const (
 		tenant = "hot"
 		jobs   = 2000
 		batch  = 100
 	)
-	for _, mode := range []string{"on-leader", "on-followers"} {
-		b.Run(mode, func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
+	modes := []string{"on-leader", "on-followers"}
+	for i := 0; i < b.N; i++ {
+		if stealingRound%2 == 1 {
+			modes[0], modes[1] = modes[1], modes[0]
+		}
+		stealingRound++
+		for _, mode := range modes {
+			func() {
 				b.StopTimer()
 				tc := startCluster(b, 3, 8)
 				// Leadership settled first, so that the balancer does not move
@@ -78,9 +84,13 @@ func BenchmarkWorkStealing(b *testing.B) {
 				b.StopTimer()
 				cancel()
 				stolen := lead >= 0 && !tc.nodes[lead].shards[sh].isLeader()
-				b.ReportMetric(float64(jobs)/elapsed.Seconds(), "jobs/s")
+				b.ReportMetric(float64(jobs)/elapsed.Seconds(), mode+"-jobs/s")
 				b.Logf("%s: %d jobs in %v (leadership moved during the run: %v)", mode, jobs, elapsed.Round(time.Millisecond), stolen)
-			}
-		})
+				tc.close()
+			}()
+		}
 	}
 }
+
+// stealingRound alternates which mode goes first across -count runs.
+var stealingRound int
