@@ -27,41 +27,55 @@ const (
 func BenchmarkStoreLogs(b *testing.B) {
 	for _, groups := range []int{1, 8} {
 		b.Run(fmt.Sprintf("groups=%d/logdb", groups), func(b *testing.B) {
-			db, err := Open(Options{Path: filepath.Join(b.TempDir(), "raft.db")})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer db.Close()
-			stores := make([]raft.LogStore, groups)
-			for g := range stores {
-				stores[g] = db.Group(uint32(g))
-			}
-			before := db.Stats()
-			ops := runStoreLogs(b, stores)
-			after := db.Stats()
-			b.ReportMetric(float64(after.Commits-before.Commits)/float64(ops), "commits/op")
+			benchLogDB(b, groups, 0)
+		})
+		b.Run(fmt.Sprintf("groups=%d/logdb-nolinger", groups), func(b *testing.B) {
+			benchLogDB(b, groups, -1)
 		})
 		b.Run(fmt.Sprintf("groups=%d/raftboltdb", groups), func(b *testing.B) {
-			dir := b.TempDir()
-			stores := make([]raft.LogStore, groups)
-			for g := range stores {
-				s, err := raftboltdb.New(raftboltdb.Options{
-					Path: filepath.Join(dir, fmt.Sprintf("raft-%d.db", g)),
-					BoltOptions: &bbolt.Options{
-						Timeout:        openTimeout,
-						NoFreelistSync: true,
-						FreelistType:   bbolt.FreelistMapType,
-					},
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer s.Close()
-				stores[g] = s
-			}
-			runStoreLogs(b, stores)
+			runRaftBoltDB(b, groups)
 		})
 	}
+}
+
+func benchLogDB(b *testing.B, groups int, linger time.Duration) {
+	db, err := Open(Options{Path: filepath.Join(b.TempDir(), "raft.db"), MaxLinger: linger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	stores := make([]raft.LogStore, groups)
+	for g := range stores {
+		stores[g] = db.Group(uint32(g))
+	}
+	before := db.Stats()
+	ops := runStoreLogs(b, stores)
+	after := db.Stats()
+	b.ReportMetric(float64(after.Commits-before.Commits)/float64(ops), "commits/op")
+	if c := after.Commits - before.Commits; c > 0 {
+		b.ReportMetric((after.CommitTime-before.CommitTime).Seconds()*1000/float64(c), "ms/commit")
+	}
+}
+
+func runRaftBoltDB(b *testing.B, groups int) {
+	dir := b.TempDir()
+	stores := make([]raft.LogStore, groups)
+	for g := range stores {
+		s, err := raftboltdb.New(raftboltdb.Options{
+			Path: filepath.Join(dir, fmt.Sprintf("raft-%d.db", g)),
+			BoltOptions: &bbolt.Options{
+				Timeout:        openTimeout,
+				NoFreelistSync: true,
+				FreelistType:   bbolt.FreelistMapType,
+			},
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		stores[g] = s
+	}
+	runStoreLogs(b, stores)
 }
 
 func runStoreLogs(b *testing.B, stores []raft.LogStore) (ops int) {

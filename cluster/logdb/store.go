@@ -36,6 +36,10 @@ type Store struct {
 	// Writer-goroutine scratch, used only inside DB.commit.
 	txTouched       bool
 	txFirst, txLast uint64
+	txSeq           uint64 // last commit that carried a request of this group
+
+	// queuedGen == DB.queueGen: a request of this group is queued (DB.mu).
+	queuedGen uint64
 }
 
 var (

@@ -2,6 +2,7 @@ package logdb
 
 import (
 	"fmt"
+	"time"
 
 	"go.etcd.io/bbolt"
 )
@@ -29,37 +30,85 @@ type request struct {
 	// opSet
 	key, val []byte
 
-	size int
-	done chan error // buffered(1); receives the commit's result
+	size     int
+	enqueued time.Time
+	done     chan error // buffered(1); receives the commit's result
 }
 
 // submit enqueues r and waits for the commit that contains it.
 func (db *DB) submit(r *request) error {
 	r.done = make(chan error, 1)
+	r.enqueued = time.Now()
 	db.mu.Lock()
 	if db.closing {
 		db.mu.Unlock()
 		return ErrClosed
 	}
 	db.queue = append(db.queue, r)
-	db.cond.Signal()
+	if r.store.queuedGen != db.queueGen {
+		r.store.queuedGen = db.queueGen
+		db.queuedGroups++
+	}
 	db.mu.Unlock()
+	select {
+	case db.kick <- struct{}{}:
+	default:
+	}
 	return <-r.done
 }
+
+// activeCommits: a group that wrote in one of the last activeCommits commits
+// counts as active, and a lingering commit waits for it.
+const activeCommits = 4
 
 // writer owns every write transaction. It exits when Close has been called
 // and the queue is empty, so requests accepted before Close are committed.
 func (db *DB) writer() {
 	defer close(db.writerDone)
-	var batch []*request
+	var (
+		batch       []*request
+		seq         uint64        // commit sequence, to count distinct groups per commit
+		avgCommit   time.Duration // moving average of a commit's duration
+		avgGroups   float64       // moving average of distinct groups per commit
+		active      int           // groups written by the last activeCommits commits
+		lingerStart time.Time     // zero unless holding the next commit back
+	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
 		db.mu.Lock()
-		for len(db.queue) == 0 && !db.closing {
-			db.cond.Wait()
-		}
-		if len(db.queue) == 0 { // closing and drained
+		if len(db.queue) == 0 {
+			closing := db.closing
 			db.mu.Unlock()
-			return
+			if closing {
+				return
+			}
+			<-db.kick
+			continue
+		}
+		if !db.closing {
+			var waited time.Duration
+			if !lingerStart.IsZero() {
+				waited = time.Since(lingerStart)
+			}
+			if left := lingerLeft(db.maxLinger, avgCommit, avgGroups, active, db.queuedGroups, waited); left > 0 {
+				db.mu.Unlock()
+				if lingerStart.IsZero() {
+					lingerStart = time.Now()
+				}
+				timer.Reset(left)
+				select {
+				case <-db.kick: // another request (or Close): look again
+					timer.Stop()
+				case <-timer.C:
+				}
+				continue
+			}
+		}
+		if !lingerStart.IsZero() {
+			db.lingers.Add(1)
+			db.lingerNanos.Add(int64(time.Since(lingerStart)))
+			lingerStart = time.Time{}
 		}
 		n, size := 0, 0
 		for n < len(db.queue) && n < maxBatchRequests {
@@ -75,17 +124,67 @@ func (db *DB) writer() {
 		rest := copy(db.queue, db.queue[n:])
 		clear(db.queue[rest:])
 		db.queue = db.queue[:rest]
+		db.queueGen++
+		db.queuedGroups = 0
+		for _, r := range db.queue {
+			if r.store.queuedGen != db.queueGen {
+				r.store.queuedGen = db.queueGen
+				db.queuedGroups++
+			}
+		}
 		db.mu.Unlock()
 
+		start := time.Now()
 		err := db.commit(batch)
-		db.commits.Add(1)
-		db.requests.Add(uint64(len(batch)))
-		db.bytes.Add(uint64(size))
+		end := time.Now()
+		d := end.Sub(start)
+		seq++
+		var groups int
+		var wait time.Duration
 		for i, r := range batch {
+			if r.store.txSeq != seq {
+				r.store.txSeq = seq
+				groups++
+			}
+			wait += end.Sub(r.enqueued)
 			r.done <- err
 			batch[i] = nil
 		}
+		if seq == 1 {
+			avgCommit, avgGroups = d, float64(groups)
+		} else {
+			avgCommit += (d - avgCommit) / 8
+			avgGroups += (float64(groups) - avgGroups) / 8
+		}
+		if db.maxLinger > 0 {
+			active = 0
+			db.mu.Lock()
+			for _, s := range db.groups {
+				if s.txSeq > 0 && s.txSeq+activeCommits > seq {
+					active++
+				}
+			}
+			db.mu.Unlock()
+		}
+		db.commitNanos.Add(int64(d))
+		db.waitNanos.Add(int64(wait))
+		db.commits.Add(1)
+		db.requests.Add(uint64(len(batch)))
+		db.groupsN.Add(uint64(groups))
+		db.bytes.Add(uint64(size))
 	}
+}
+
+// lingerLeft is how much longer the writer should hold the next commit
+// back, 0 to commit now. It waits only when commits have recently carried
+// 1.5 groups or more on average (groups do write concurrently), and while
+// fewer groups are queued than were active in the last few commits; for at
+// most min(maxLinger, avgCommit) in all (waited is the time so far).
+func lingerLeft(maxLinger, avgCommit time.Duration, avgGroups float64, active, queued int, waited time.Duration) time.Duration {
+	if maxLinger <= 0 || avgGroups < 1.5 || queued >= active {
+		return 0
+	}
+	return max(0, min(maxLinger, avgCommit)-waited)
 }
 
 // commit applies batch in one bbolt transaction. On success it publishes the
@@ -146,6 +245,9 @@ func (db *DB) commit(batch []*request) (err error) {
 	if err = tx.Commit(); err != nil {
 		return fmt.Errorf("logdb: commit: %w", err)
 	}
+	st := tx.Stats()
+	db.pageWrites.Add(uint64(st.GetWrite()))
+	db.writeNanos.Add(int64(st.GetWriteTime()))
 	return nil
 }
 
