@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -26,6 +27,7 @@ type proposal struct {
 	cmd  *internalpb.Command
 	size int
 	done chan propResult // buffered 1
+	at   time.Time       // when Propose queued it
 }
 
 type inflight struct {
@@ -50,6 +52,30 @@ type batcher struct {
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	closeMu  sync.Once
+
+	// Counters for BatchStats.
+	entries, commands atomic.Uint64
+	fullNanos         atomic.Int64 // collector blocked on a full in-flight window
+	queueNanos        atomic.Int64 // proposals' time from Propose to raft.Apply
+	raftNanos         atomic.Int64 // entries' time from raft.Apply to applied here
+}
+
+// BatchStats counts one shard batcher's work since start.
+type BatchStats struct {
+	Entries  uint64        // log entries proposed
+	Commands uint64        // commands in them
+	Full     time.Duration // time the collector waited for an in-flight slot
+	// Queue sums over commands the time from Propose to the raft.Apply of
+	// their entry; Raft sums over entries the time from raft.Apply until
+	// the entry was committed and applied on this node.
+	Queue, Raft time.Duration
+}
+
+func (b *batcher) stats() BatchStats {
+	return BatchStats{
+		Entries: b.entries.Load(), Commands: b.commands.Load(), Full: time.Duration(b.fullNanos.Load()),
+		Queue: time.Duration(b.queueNanos.Load()), Raft: time.Duration(b.raftNanos.Load()),
+	}
 }
 
 func newBatcher(r *raft.Raft, cfg Config, observe func(int, time.Duration)) *batcher {
@@ -74,7 +100,7 @@ func newBatcher(r *raft.Raft, cfg Config, observe func(int, time.Duration)) *bat
 // is unknown (the command may or may not have been applied): callers retry
 // with the same request id.
 func (b *batcher) Propose(ctx context.Context, cmd *internalpb.Command) (*internalpb.CommandResult, error) {
-	p := &proposal{cmd: cmd, size: proto.Size(cmd), done: make(chan propResult, 1)}
+	p := &proposal{cmd: cmd, size: proto.Size(cmd), done: make(chan propResult, 1), at: time.Now()}
 	select {
 	case b.in <- p:
 	case <-b.stop:
@@ -123,13 +149,28 @@ func (b *batcher) collect() {
 			failAll(props, fmt.Errorf("cluster: encode entry: %w", err))
 			continue
 		}
+		applied := time.Now()
+		var queued time.Duration
+		for _, p := range props {
+			queued += applied.Sub(p.at)
+		}
 		fut := b.r.Apply(data, b.timeout)
+		b.entries.Add(1)
+		b.commands.Add(uint64(len(props)))
+		b.queueNanos.Add(int64(queued))
+		in := inflight{fut: fut, props: props, start: applied}
 		select {
-		case b.inflight <- inflight{fut: fut, props: props, start: time.Now()}:
-		case <-b.stop:
-			failAll(props, ErrClosed)
-			b.drainRejected()
-			return
+		case b.inflight <- in:
+		default:
+			t0 := time.Now()
+			select {
+			case b.inflight <- in:
+				b.fullNanos.Add(int64(time.Since(t0)))
+			case <-b.stop:
+				failAll(props, ErrClosed)
+				b.drainRejected()
+				return
+			}
 		}
 	}
 }
@@ -153,8 +194,10 @@ func (b *batcher) complete() {
 			failAll(in.props, err)
 			continue
 		}
+		d := time.Since(in.start)
+		b.raftNanos.Add(int64(d))
 		if b.observe != nil {
-			b.observe(len(in.props), time.Since(in.start))
+			b.observe(len(in.props), d)
 		}
 		results, ok := in.fut.Response().([]*internalpb.CommandResult)
 		if !ok || len(results) != len(in.props) {

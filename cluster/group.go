@@ -74,7 +74,17 @@ func startGroup(n *Node, id uint32, name, dir string, f raft.FSM, notify chan bo
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.MaxAppendEntries = 256
-	rc.BatchApplyCh = true
+	// No BatchApplyCh: with it raft buffers MaxAppendEntries futures in
+	// applyCh, and a future still in that buffer when raft shuts down is
+	// never answered (nothing drains it), so the batcher's completer waited
+	// for it forever (a Kill under load hung in TestKillLeaderWhileJobsInFlight).
+	// Unbuffered, Apply returns only once the leader loop took the future
+	// (answered on shutdown) or refused it; the leader loop still takes every
+	// Apply already waiting into one dispatch, and proposals that arrive
+	// while it stores go into the batcher's next entry instead of many
+	// one-command entries (1 shard, 64 clients: 9 commands per entry
+	// instead of 4.5, same submits/s).
+	rc.BatchApplyCh = false
 	rc.NotifyCh = notify
 	rc.Logger = hl
 	trans := n.raftNet.Transport(id)
