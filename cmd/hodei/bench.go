@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/cluster"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
@@ -34,6 +35,8 @@ type benchOptions struct {
 	mode     string
 	shards   int
 	perGroup bool
+	route    string
+	prof     benchProfile
 }
 
 type benchReport struct {
@@ -50,6 +53,13 @@ type benchReport struct {
 	Completed     int64   `json:"completed,omitempty"`
 	JobsPerSec    float64 `json:"jobs_per_sec,omitempty"`
 	E2ESeconds    float64 `json:"e2e_seconds,omitempty"`
+	// CPU of this whole process and its children (the jobs run by embedded
+	// workers) during the measured phase (with --dev: cluster, load
+	// generator and workers), and per acknowledged submit (submit mode) or
+	// per completed job (e2e).
+	CPUUserSec  float64 `json:"cpu_user_sec"`
+	CPUSysSec   float64 `json:"cpu_sys_sec"`
+	CPUMsPerJob float64 `json:"cpu_ms_per_job"`
 }
 
 func newBenchCmd() *cobra.Command {
@@ -63,6 +73,7 @@ func newBenchCmd() *cobra.Command {
                   acknowledged submits/s and p50/p99 submit latency.
   --mode e2e      submit --jobs no-op jobs ("true") and wait until all have SUCCEEDED;
                   reports jobs/s end to end (needs workers: hodei dev has them, or use --dev).
+  --mode idle     submit nothing for --duration: with --dev, the CPU an idle cluster uses.
 
 With --dev the command starts its own in-process cluster (--nodes, --workers) on
 free loopback ports; otherwise it targets --addr.`,
@@ -71,33 +82,84 @@ free loopback ports; otherwise it targets --addr.`,
 			if o.clients < 1 || o.batch < 1 || o.tenants < 1 {
 				return fmt.Errorf("--clients, --batch and --tenants must be >= 1")
 			}
+			if o.mode != "submit" && o.mode != "e2e" && o.mode != "idle" {
+				return fmt.Errorf("--mode must be submit, e2e or idle")
+			}
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			targets := addrs()
+			var d *devCluster
 			if o.dev {
-				d, err := startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}, slog.New(slog.DiscardHandler))
+				var err error
+				d, err = startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}, slog.New(slog.DiscardHandler))
 				if err != nil {
 					return err
 				}
 				defer d.Close()
 				targets = d.addrs
 			}
-			c, err := client.New(client.Config{Addrs: targets})
+			var nodes []*cluster.Node
+			if o.dev {
+				nodes = d.nodes
+			}
+			c, err := newBenchClients(targets, o.route, nodes)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			if nodes != nil {
+				spread, err := waitBalanced(ctx, nodes, 2*time.Second, 60*time.Second)
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %v; measuring anyway\n", err)
+				} else {
+					fmt.Fprintf(cmd.ErrOrStderr(), "shard leaders per node: %s\n", spread)
+				}
+			}
+			var before devStats
+			if o.prof.stats && nodes != nil {
+				before = snapshotStats(nodes)
+			}
+			if err := o.prof.start(); err != nil {
+				return err
+			}
+			u0, s0 := cpuTime()
+			t0 := time.Now()
 			var rep benchReport
 			switch o.mode {
 			case "submit":
 				rep, err = benchSubmit(ctx, c, o, o.duration, 0)
 			case "e2e":
 				rep, err = benchE2E(ctx, c, o)
-			default:
-				return fmt.Errorf("--mode must be submit or e2e")
+			case "idle":
+				rep = benchReport{Mode: "idle"}
+				select {
+				case <-ctx.Done():
+					err = ctx.Err()
+				case <-time.After(o.duration):
+				}
+				rep.Seconds = time.Since(t0).Seconds()
+			}
+			u1, s1 := cpuTime()
+			el := time.Since(t0)
+			if perr := o.prof.stop(); err == nil {
+				err = perr
 			}
 			if err != nil {
 				return err
+			}
+			rep.CPUUserSec, rep.CPUSysSec = (u1 - u0).Seconds(), (s1 - s0).Seconds()
+			jobs := rep.Submitted
+			if rep.Mode == "e2e" {
+				jobs = rep.Completed
+			}
+			if jobs > 0 {
+				rep.CPUMsPerJob = 1000 * (rep.CPUUserSec + rep.CPUSysSec) / float64(jobs)
+			}
+			if o.prof.stats && nodes != nil {
+				printStatsDelta(cmd.ErrOrStderr(), before, snapshotStats(nodes), el, rep.Submitted)
 			}
 			if global.output == "json" {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
@@ -109,13 +171,19 @@ free loopback ports; otherwise it targets --addr.`,
 			if rep.Mode == "e2e" {
 				fmt.Fprintf(out, "completed %d jobs in %.2fs end to end: %.0f jobs/s\n", rep.Completed, rep.E2ESeconds, rep.JobsPerSec)
 			}
+			what := "submit"
+			if rep.Mode == "e2e" {
+				what = "completed job"
+			}
+			fmt.Fprintf(out, "cpu (process and its children, measured phase): user %.2fs sys %.2fs = %.2f cores, %.3f ms per %s\n",
+				rep.CPUUserSec, rep.CPUSysSec, (rep.CPUUserSec+rep.CPUSysSec)/el.Seconds(), rep.CPUMsPerJob, what)
 			return nil
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.mode, "mode", "submit", "submit or e2e")
+	f.StringVar(&o.mode, "mode", "submit", "submit, e2e or idle")
 	f.IntVar(&o.clients, "clients", 64, "concurrent submitters")
-	f.DurationVar(&o.duration, "duration", 10*time.Second, "submit mode: how long to submit")
+	f.DurationVar(&o.duration, "duration", 10*time.Second, "submit and idle modes: how long to run")
 	f.IntVar(&o.batch, "batch", 1, "jobs per SubmitJobs call (1 = SubmitJob)")
 	f.IntVar(&o.tenants, "tenants", 16, "number of tenants the jobs are spread over")
 	f.IntVar(&o.jobs, "jobs", 20000, "e2e mode: number of jobs")
@@ -125,6 +193,12 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")
 	f.BoolVar(&o.perGroup, "per-group-log-store", false, "with --dev: one raft-boltdb file per Raft group instead of the shared log store")
+	f.StringVar(&o.route, "route", "spread", "which node each submit goes to: first (all to the first node, which forwards), spread (submitters spread evenly over the nodes) or leader (--dev: the tenant's shard leader)")
+	f.StringVar(&o.prof.cpu, "cpuprofile", "", "write a CPU profile of the measured phase to this file")
+	f.StringVar(&o.prof.block, "blockprofile", "", "write a block profile of the measured phase to this file")
+	f.StringVar(&o.prof.mutex, "mutexprofile", "", "write a mutex profile of the measured phase to this file")
+	f.StringVar(&o.prof.trace, "trace", "", "write an execution trace of the measured phase to this file")
+	f.BoolVar(&o.prof.stats, "stats", false, "with --dev: print log store commits and per-shard entries of the measured phase (to stderr)")
 	return cmd
 }
 
@@ -141,7 +215,7 @@ func benchSpec(o benchOptions, i int64) *hodeiv1.JobSpec {
 }
 
 // benchSubmit submits for d, or until limit jobs (limit > 0).
-func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.Duration, limit int64) (benchReport, error) {
+func benchSubmit(ctx context.Context, c *benchClients, o benchOptions, d time.Duration, limit int64) (benchReport, error) {
 	rep := benchReport{Mode: "submit", Clients: o.clients, Batch: o.batch, Tenants: o.tenants}
 	var (
 		next, submitted, errs atomic.Int64
@@ -153,7 +227,7 @@ func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.D
 	start := time.Now()
 	for g := 0; g < o.clients; g++ {
 		wg.Add(1)
-		go func() {
+		go func(g int) {
 			defer wg.Done()
 			var local []time.Duration
 			for ctx.Err() == nil {
@@ -174,13 +248,14 @@ func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.D
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				var err error
 				if n == 1 && o.batch == 1 {
-					_, err = c.Submit(cctx, benchSpec(o, first))
+					spec := benchSpec(o, first)
+					_, err = c.pick(g, spec.GetTenant()).Submit(cctx, spec)
 				} else {
 					specs := make([]*hodeiv1.JobSpec, n)
 					for k := range specs {
 						specs[k] = benchSpec(o, first+int64(k))
 					}
-					_, err = c.SubmitBatch(cctx, specs)
+					_, err = c.pick(g, specs[0].GetTenant()).SubmitBatch(cctx, specs)
 				}
 				cancel()
 				if err != nil {
@@ -193,7 +268,7 @@ func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.D
 			mu.Lock()
 			lat = append(lat, local...)
 			mu.Unlock()
-		}()
+		}(g)
 	}
 	wg.Wait()
 	el := time.Since(start)
@@ -210,8 +285,8 @@ func benchSubmit(ctx context.Context, c *client.Client, o benchOptions, d time.D
 	return rep, nil
 }
 
-func benchE2E(ctx context.Context, c *client.Client, o benchOptions) (benchReport, error) {
-	base, err := finished(ctx, c)
+func benchE2E(ctx context.Context, c *benchClients, o benchOptions) (benchReport, error) {
+	base, err := finished(ctx, c.main())
 	if err != nil {
 		return benchReport{}, err
 	}
@@ -222,7 +297,7 @@ func benchE2E(ctx context.Context, c *client.Client, o benchOptions) (benchRepor
 	}
 	rep.Mode = "e2e"
 	for {
-		done, err := finished(ctx, c)
+		done, err := finished(ctx, c.main())
 		if err == nil && done-base >= rep.Submitted {
 			rep.Completed = done - base
 			break
