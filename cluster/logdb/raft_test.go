@@ -232,14 +232,18 @@ func TestRaftGroupsShareOneDB(t *testing.T) {
 			for i := range pending {
 				pending[i] = uint64(i)
 			}
+			// A deadline, not an attempt count: on a loaded machine
+			// elections can take a while, and polling for a leader must not
+			// use up the budget (this failed once at load 25 with 20 tries).
+			deadline := time.Now().Add(60 * time.Second)
 			for attempt := 0; len(pending) > 0; attempt++ {
-				if attempt == 20 {
-					errCh <- fmt.Errorf("group %d: %d commands not applied after %d attempts", g, len(pending), attempt)
+				if time.Now().After(deadline) {
+					errCh <- fmt.Errorf("group %d: %d commands not applied after %d attempts in 60 s", g, len(pending), attempt)
 					return
 				}
 				leader := leaderOf(nodes, g)
 				if leader == nil {
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(50 * time.Millisecond) // poll for a leader, within the deadline
 					continue
 				}
 				futures := make([]raft.ApplyFuture, len(pending))
