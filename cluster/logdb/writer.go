@@ -141,12 +141,22 @@ func (db *DB) writer() {
 		seq++
 		var groups int
 		var wait time.Duration
-		for i, r := range batch {
+		for _, r := range batch {
 			if r.store.txSeq != seq {
 				r.store.txSeq = seq
 				groups++
 			}
 			wait += end.Sub(r.enqueued)
+		}
+		// Counters first, then the answers: a writer that returns from
+		// StoreLogs sees its commit counted in Stats.
+		db.commitNanos.Add(int64(d))
+		db.waitNanos.Add(int64(wait))
+		db.commits.Add(1)
+		db.requests.Add(uint64(len(batch)))
+		db.groupsN.Add(uint64(groups))
+		db.bytes.Add(uint64(size))
+		for i, r := range batch {
 			r.done <- err
 			batch[i] = nil
 		}
@@ -166,12 +176,6 @@ func (db *DB) writer() {
 			}
 			db.mu.Unlock()
 		}
-		db.commitNanos.Add(int64(d))
-		db.waitNanos.Add(int64(wait))
-		db.commits.Add(1)
-		db.requests.Add(uint64(len(batch)))
-		db.groupsN.Add(uint64(groups))
-		db.bytes.Add(uint64(size))
 	}
 }
 
