@@ -13,6 +13,7 @@ import (
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
+	"github.com/hodei-io/hodei/transport"
 )
 
 // groupRaft returns the Raft of a group id (a shard or the meta group).
@@ -53,7 +54,7 @@ func (n *Node) leaderConn(group uint32) (hodeiv1.AdminServiceClient, error) {
 	}
 	addr, _ := r.LeaderWithID()
 	if addr == "" {
-		return nil, fmt.Errorf("group %d has no leader", group)
+		return nil, fmt.Errorf("%s: %w", GroupName(group), transport.ErrNoLeader)
 	}
 	cc, err := n.pool.Get(string(addr))
 	if err != nil {
@@ -110,22 +111,28 @@ func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
 	return nil
 }
 
+// tryOnLeader runs local on this node if it leads group g, else remote on
+// g's leader (the context pinned to g), once.
+func (n *Node) tryOnLeader(ctx context.Context, g uint32, local func(context.Context) error, remote func(context.Context, hodeiv1.AdminServiceClient) error) error {
+	r, err := n.groupRaft(g)
+	if err != nil {
+		return err
+	}
+	if r.State() == raft.Leader {
+		return local(ctx)
+	}
+	c, err := n.leaderConn(g)
+	if err != nil {
+		return err
+	}
+	return remote(pinned(ctx, g), c)
+}
+
 // onGroupLeader runs local on this node if it leads group, else remote on
 // the leader, retrying through elections within ctx.
 func (n *Node) onGroupLeader(ctx context.Context, g uint32, local func(context.Context) error, remote func(context.Context, hodeiv1.AdminServiceClient) error) error {
 	for {
-		r, err := n.groupRaft(g)
-		if err != nil {
-			return err
-		}
-		if r.State() == raft.Leader {
-			err = local(ctx)
-		} else {
-			var c hodeiv1.AdminServiceClient
-			if c, err = n.leaderConn(g); err == nil {
-				err = remote(pinned(ctx, g), c)
-			}
-		}
+		err := n.tryOnLeader(ctx, g, local, remote)
 		if err == nil || !retryableMembership(err) {
 			return err
 		}

@@ -340,23 +340,9 @@ func (n *Node) RestoreGroup(ctx context.Context, g uint32, req *hodeiv1.RestoreG
 // the leader (the context pinned to g), retrying through elections and
 // leadership changes for up to groupRetry.
 func (n *Node) onLeader(ctx context.Context, g uint32, local func(context.Context) error, remote func(context.Context, hodeiv1.AdminServiceClient) error) error {
-	r, err := n.groupRaft(g)
-	if err != nil {
-		return err
-	}
 	deadline := time.Now().Add(groupRetry)
 	for {
-		if r.State() == raft.Leader {
-			err = local(ctx)
-		} else if addr, _ := r.LeaderWithID(); addr == "" {
-			err = fmt.Errorf("%s: %w", GroupName(g), transport.ErrNoLeader)
-		} else {
-			cc, cerr := n.pool.Get(string(addr))
-			if cerr != nil {
-				return cerr
-			}
-			err = remote(pinned(ctx, g), hodeiv1.NewAdminServiceClient(cc))
-		}
+		err := n.tryOnLeader(ctx, g, local, remote)
 		if err == nil || !retryableGroupErr(err) || ctx.Err() != nil || time.Now().After(deadline) {
 			return err
 		}
