@@ -34,12 +34,15 @@ type inflight struct {
 	fut   raft.ApplyFuture
 	props []*proposal
 	start time.Time
+	wave  *wave // nil without a wave gate
 }
 
 // batcher is the group-commit path of one shard: concurrent proposals are
 // collected into one Raft log entry (internalpb.Entry) so that many commands
 // share one fsync and one replication round. Up to maxInflight entries are in
-// Raft at once; while they are, new proposals keep accumulating.
+// Raft at once, and with a wave gate (wave.go) the shards of a node cut
+// their entries together; while an entry waits, new proposals keep
+// accumulating and join it.
 type batcher struct {
 	r           *raft.Raft
 	maxCommands int
@@ -49,6 +52,8 @@ type batcher struct {
 
 	in       chan *proposal
 	inflight chan inflight
+	slots    chan struct{} // one token per entry in Raft (BatchMaxInflight)
+	waves    *waveGate
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	closeMu  sync.Once
@@ -56,6 +61,7 @@ type batcher struct {
 	// Counters for BatchStats.
 	entries, commands atomic.Uint64
 	fullNanos         atomic.Int64 // collector blocked on a full in-flight window
+	waveNanos         atomic.Int64 // collector waiting for the node's next wave
 	queueNanos        atomic.Int64 // proposals' time from Propose to raft.Apply
 	raftNanos         atomic.Int64 // entries' time from raft.Apply to applied here
 }
@@ -65,6 +71,7 @@ type BatchStats struct {
 	Entries  uint64        // log entries proposed
 	Commands uint64        // commands in them
 	Full     time.Duration // time the collector waited for an in-flight slot
+	Wave     time.Duration // time the collector waited for the node's next wave
 	// Queue sums over commands the time from Propose to the raft.Apply of
 	// their entry; Raft sums over entries the time from raft.Apply until
 	// the entry was committed and applied on this node.
@@ -73,13 +80,14 @@ type BatchStats struct {
 
 func (b *batcher) stats() BatchStats {
 	return BatchStats{
-		Entries: b.entries.Load(), Commands: b.commands.Load(), Full: time.Duration(b.fullNanos.Load()),
+		Entries: b.entries.Load(), Commands: b.commands.Load(), Full: time.Duration(b.fullNanos.Load()), Wave: time.Duration(b.waveNanos.Load()),
 		Queue: time.Duration(b.queueNanos.Load()), Raft: time.Duration(b.raftNanos.Load()),
 	}
 }
 
-func newBatcher(r *raft.Raft, cfg Config, observe func(int, time.Duration)) *batcher {
+func newBatcher(r *raft.Raft, cfg Config, waves *waveGate, observe func(int, time.Duration)) *batcher {
 	b := &batcher{
+		waves:       waves,
 		r:           r,
 		maxCommands: cfg.BatchMaxCommands,
 		maxBytes:    cfg.BatchMaxBytes,
@@ -87,6 +95,7 @@ func newBatcher(r *raft.Raft, cfg Config, observe func(int, time.Duration)) *bat
 		observe:     observe,
 		in:          make(chan *proposal, 4096),
 		inflight:    make(chan inflight, cfg.BatchMaxInflight),
+		slots:       make(chan struct{}, cfg.BatchMaxInflight),
 		stop:        make(chan struct{}),
 	}
 	b.wg.Add(2)
@@ -127,6 +136,35 @@ func (b *batcher) collect() {
 			b.drainRejected()
 			return
 		}
+		// Take an in-flight slot before collecting the rest: while the
+		// window is full, proposals keep queueing and join this entry.
+		select {
+		case b.slots <- struct{}{}:
+		default:
+			t0 := time.Now()
+			select {
+			case b.slots <- struct{}{}:
+				b.fullNanos.Add(int64(time.Since(t0)))
+			case <-b.stop:
+				failAll([]*proposal{first}, ErrClosed)
+				b.drainRejected()
+				return
+			}
+		}
+		// Then wait for the node's next wave (wave.go): the shards this
+		// node leads cut their entries together.
+		var w *wave
+		if b.waves != nil {
+			t0 := time.Now()
+			var ok bool
+			if w, ok = b.waves.enter(b.stop); !ok {
+				<-b.slots
+				failAll([]*proposal{first}, ErrClosed)
+				b.drainRejected()
+				return
+			}
+			b.waveNanos.Add(int64(time.Since(t0)))
+		}
 		props := []*proposal{first}
 		size := first.size
 	fill:
@@ -146,6 +184,7 @@ func (b *batcher) collect() {
 		}
 		data, err := proto.Marshal(entry)
 		if err != nil {
+			b.release(w)
 			failAll(props, fmt.Errorf("cluster: encode entry: %w", err))
 			continue
 		}
@@ -158,20 +197,15 @@ func (b *batcher) collect() {
 		b.entries.Add(1)
 		b.commands.Add(uint64(len(props)))
 		b.queueNanos.Add(int64(queued))
-		in := inflight{fut: fut, props: props, start: applied}
-		select {
-		case b.inflight <- in:
-		default:
-			t0 := time.Now()
-			select {
-			case b.inflight <- in:
-				b.fullNanos.Add(int64(time.Since(t0)))
-			case <-b.stop:
-				failAll(props, ErrClosed)
-				b.drainRejected()
-				return
-			}
-		}
+		b.inflight <- inflight{fut: fut, props: props, start: applied, wave: w} // never blocks: a slot is held
+	}
+}
+
+// release gives back an entry's in-flight slot and its place in its wave.
+func (b *batcher) release(w *wave) {
+	<-b.slots
+	if w != nil {
+		b.waves.leave(w)
 	}
 }
 
@@ -190,6 +224,7 @@ func (b *batcher) complete() {
 	defer b.wg.Done()
 	for in := range b.inflight {
 		err := in.fut.Error()
+		b.release(in.wave)
 		if err != nil {
 			failAll(in.props, err)
 			continue

@@ -80,6 +80,14 @@ type Config struct {
 	BatchMaxCommands int
 	BatchMaxBytes    int
 	BatchMaxInflight int
+	// ProposeWaves is how many proposal waves a node keeps in Raft at once:
+	// the shards it leads cut their entries together when a wave opens
+	// (wave.go). 0 disables waves (each shard pipelines up to
+	// BatchMaxInflight entries on its own).
+	ProposeWaves int
+	// WaveStall: a wave in flight longer than this no longer holds the
+	// next one back (a shard that cannot commit must not stop the others).
+	WaveStall time.Duration
 
 	// Scheduling.
 	LeaseTTL    time.Duration // default lease TTL given to workers
@@ -138,6 +146,8 @@ func DefaultConfig() Config {
 		BatchMaxCommands:   2048,
 		BatchMaxBytes:      4 << 20,
 		BatchMaxInflight:   8,
+		ProposeWaves:       1,
+		WaveStall:          50 * time.Millisecond,
 		LeaseTTL:           30 * time.Second,
 		Retention:          24 * time.Hour,
 		TimerTick:          50 * time.Millisecond,
@@ -185,6 +195,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchMaxInflight < 1 {
 		errs = append(errs, errors.New("batch max inflight must be >= 1"))
+	}
+	if c.ProposeWaves < 0 {
+		errs = append(errs, errors.New("propose waves must be >= 0"))
+	}
+	if c.ProposeWaves > 0 && c.WaveStall <= 0 {
+		errs = append(errs, errors.New("wave stall must be > 0 when propose waves are on"))
 	}
 	if c.LeaseTTL < 100*time.Millisecond {
 		errs = append(errs, errors.New("lease ttl must be >= 100ms"))

@@ -7,6 +7,7 @@ import "github.com/hodei-io/hodei/cluster/logdb"
 type DebugStats struct {
 	// LogStore is the shared log store's counters (zero with PerGroupLogStore).
 	LogStore logdb.Stats
+	Waves    WaveStats // zero with waves off
 	Shards   []ShardDebugStats
 }
 
@@ -24,6 +25,7 @@ func (n *Node) DebugStats() DebugStats {
 	if n.logdb != nil {
 		st.LogStore = n.logdb.Stats()
 	}
+	st.Waves = n.waves.stats()
 	for _, s := range n.shards {
 		st.Shards = append(st.Shards, ShardDebugStats{Shard: s.id, Leader: s.isLeader(), Batch: s.batch.stats()})
 	}

@@ -50,6 +50,7 @@ type Node struct {
 	registry     *prometheus.Registry
 	metrics      *metrics
 	work         *scheduler.Signal // node-wide: fired when any shard may have work
+	waves        *waveGate         // nil: waves off (Config.ProposeWaves)
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
@@ -74,7 +75,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n := &Node{cfg: cfg, work: scheduler.NewSignal()}
+	n := &Node{cfg: cfg, work: scheduler.NewSignal(), waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall)}
 	lis := cfg.Listener
 	if lis == nil {
 		var err error

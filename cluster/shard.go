@@ -59,7 +59,7 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	s.trans = g.trans
 	r := g.raft
 	s.raft = r
-	s.batch = newBatcher(r, cfg, n.metrics.observeApply)
+	s.batch = newBatcher(r, cfg, n.waves, n.metrics.observeApply)
 	s.wg.Add(1)
 	go s.watchLeadership()
 	return s, nil

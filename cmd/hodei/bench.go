@@ -35,6 +35,7 @@ type benchOptions struct {
 	mode     string
 	shards   int
 	perGroup bool
+	waves    int
 	route    string
 	prof     benchProfile
 }
@@ -89,9 +90,20 @@ free loopback ports; otherwise it targets --addr.`,
 			defer stop()
 			targets := addrs()
 			var d *devCluster
+			var timings *raftTimings
+			if o.dev && o.prof.stats {
+				timings = newRaftTimings()
+				if err := timings.install(); err != nil {
+					return err
+				}
+			}
 			if o.dev {
 				var err error
-				d, err = startDev(ctx, devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}, slog.New(slog.DiscardHandler))
+				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}
+				if o.waves >= 0 {
+					do.waves = &o.waves
+				}
+				d, err = startDev(ctx, do, slog.New(slog.DiscardHandler))
 				if err != nil {
 					return err
 				}
@@ -121,6 +133,9 @@ free loopback ports; otherwise it targets --addr.`,
 			var before devStats
 			if o.prof.stats && nodes != nil {
 				before = snapshotStats(nodes)
+			}
+			if timings != nil {
+				timings.reset()
 			}
 			if err := o.prof.start(); err != nil {
 				return err
@@ -161,6 +176,9 @@ free loopback ports; otherwise it targets --addr.`,
 			if o.prof.stats && nodes != nil {
 				printStatsDelta(cmd.ErrOrStderr(), before, snapshotStats(nodes), el, rep.Submitted)
 			}
+			if timings != nil {
+				timings.print(cmd.ErrOrStderr())
+			}
 			if global.output == "json" {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
 			}
@@ -192,6 +210,7 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.nodes, "nodes", 3, "with --dev: nodes")
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")
+	f.IntVar(&o.waves, "waves", -1, "with --dev: proposal waves each node keeps in Raft (0 = off, each shard pipelines alone; default: the server default)")
 	f.BoolVar(&o.perGroup, "per-group-log-store", false, "with --dev: one raft-boltdb file per Raft group instead of the shared log store")
 	f.StringVar(&o.route, "route", "spread", "which node each submit goes to: first (all to the first node, which forwards), spread (submitters spread evenly over the nodes) or leader (--dev: the tenant's shard leader)")
 	f.StringVar(&o.prof.cpu, "cpuprofile", "", "write a CPU profile of the measured phase to this file")

@@ -155,12 +155,18 @@ func printStatsDelta(w io.Writer, bs, as devStats, el time.Duration, submitted i
 		fmt.Fprintf(w, "all nodes: %d log store commits, %.2f submits per commit, %.2f requests per commit\n",
 			commits, float64(submitted)/float64(commits), ratio(requests, commits))
 	}
+	for i := range after {
+		a, b := after[i].Waves, before[i].Waves
+		if n := a.Waves - b.Waves; n > 0 {
+			fmt.Fprintf(w, "node n%d proposal waves: %d (%.0f/s), %.2f shard entries per wave\n", i+1, n, float64(n)/sec, ratio(a.Entries-b.Entries, n))
+		}
+	}
 	type row struct {
 		shard       uint32
 		node        int
 		entries     uint64
 		commands    uint64
-		full        time.Duration
+		full, wave  time.Duration
 		queue, raft time.Duration
 	}
 	var rows []row
@@ -171,7 +177,7 @@ func printStatsDelta(w io.Writer, bs, as devStats, el time.Duration, submitted i
 				continue
 			}
 			pb := before[i].Shards[k].Batch
-			rows = append(rows, row{s.Shard, i + 1, e, s.Batch.Commands - pb.Commands, s.Batch.Full - pb.Full, s.Batch.Queue - pb.Queue, s.Batch.Raft - pb.Raft})
+			rows = append(rows, row{s.Shard, i + 1, e, s.Batch.Commands - pb.Commands, s.Batch.Full - pb.Full, s.Batch.Wave - pb.Wave, s.Batch.Queue - pb.Queue, s.Batch.Raft - pb.Raft})
 		}
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].shard < rows[j].shard })
@@ -180,8 +186,8 @@ func printStatsDelta(w io.Writer, bs, as devStats, el time.Duration, submitted i
 	for _, r := range rows {
 		entries, commands = entries+r.entries, commands+r.commands
 		queue, raft = queue+r.queue, raft+r.raft
-		fmt.Fprintf(w, "shard %d (leader n%d): %d entries (%.0f/s), %.1f commands per entry, in-flight window full %.0f%% of the time, batcher wait %.2f ms, raft commit+apply %.2f ms\n",
-			r.shard, r.node, r.entries, float64(r.entries)/sec, ratio(r.commands, r.entries), 100*r.full.Seconds()/sec, perMs(r.queue, r.commands), perMs(r.raft, r.entries))
+		fmt.Fprintf(w, "shard %d (leader n%d): %d entries (%.0f/s), %.1f commands per entry, in-flight window full %.0f%% and waiting for a wave %.0f%% of the time, batcher wait %.2f ms, raft commit+apply %.2f ms\n",
+			r.shard, r.node, r.entries, float64(r.entries)/sec, ratio(r.commands, r.entries), 100*r.full.Seconds()/sec, 100*r.wave.Seconds()/sec, perMs(r.queue, r.commands), perMs(r.raft, r.entries))
 	}
 	fmt.Fprintf(w, "all shards: %d entries (%.0f/s), %.1f commands per entry, batcher wait %.2f ms, raft commit+apply %.2f ms\n",
 		entries, float64(entries)/sec, ratio(commands, entries), perMs(queue, commands), perMs(raft, entries))

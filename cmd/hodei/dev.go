@@ -41,6 +41,7 @@ type devOptions struct {
 	logLevel string
 	shards   int
 	perGroup bool
+	waves    *int // Config.ProposeWaves; nil keeps the default
 }
 
 func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
@@ -80,6 +81,9 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 			cfg.Shards = o.shards
 		}
 		cfg.PerGroupLogStore = o.perGroup
+		if o.waves != nil {
+			cfg.ProposeWaves = *o.waves
+		}
 		if o.leaseTTL > 0 {
 			cfg.LeaseTTL = o.leaseTTL
 		}
