@@ -27,13 +27,23 @@ const (
 	// without --bootstrap) is joined, then a random member (maybe a leader)
 	// is removed and stopped. Not part of mixed (yet): selectable alone.
 	FaultMembership = "membership"
-	FaultMixed      = "mixed"
-	FaultNone       = "none"
+	// FaultClockSkew restarts a leader with its clock shifted by one to
+	// three lease TTLs (either way; the server's test-only
+	// --test-clock-offset), keeps it so while the balancer hands it
+	// shards to lead, then restarts it with the true time. Not part of
+	// mixed (that would change the schedules of the recorded mixed seeds):
+	// selectable alone.
+	FaultClockSkew = "clock-skew"
+	FaultMixed     = "mixed"
+	FaultNone      = "none"
 )
 
 // AllFaults lists the selectable kinds (mixed picks among them).
 var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, FaultPartitionLeader,
 	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
+
+// soloFaults are selectable alone but not part of mixed.
+var soloFaults = []string{FaultMembership, FaultClockSkew}
 
 // NeedsSpare reports whether kind needs a spare node slot.
 func NeedsSpare(kind string) bool { return kind == FaultMembership }
@@ -93,9 +103,11 @@ func NewFaults(cfg FaultConfig, c *Cluster, h *History) (*Faults, error) {
 		for _, k := range AllFaults {
 			ok = ok || k == cfg.Mode
 		}
-		ok = ok || cfg.Mode == FaultMembership
+		for _, k := range soloFaults {
+			ok = ok || k == cfg.Mode
+		}
 		if !ok {
-			return nil, fmt.Errorf("unknown fault kind %q (one of %s, %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "), FaultMembership)
+			return nil, fmt.Errorf("unknown fault kind %q (one of %s, %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "), strings.Join(soloFaults, ", "))
 		}
 		if cfg.Mode == FaultMembership && c.Spare() == nil {
 			return nil, fmt.Errorf("%s needs a spare node slot", cfg.Mode)
@@ -140,6 +152,8 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 			hold = f.dur(f.cfg.LeaseTTL*3/2, f.cfg.LeaseTTL*2)
 		case FaultPartitionLeader, FaultPartitionMajority, FaultPartitionRing:
 			hold = f.dur(max(5*time.Second, 3*et), max(10*time.Second, 6*et))
+		case FaultClockSkew:
+			hold = f.dur(10*time.Second, 20*time.Second) // the balancer moves leaders back within a few seconds
 		}
 		if rem := until - f.h.Now(); hold > rem {
 			hold = max(rem, time.Second)
@@ -206,6 +220,27 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 		}
 	case FaultMembership:
 		return f.replaceMember(ctx, hold)
+	case FaultClockSkew:
+		n := leader()
+		ttl := max(f.cfg.LeaseTTL, time.Second)
+		off := f.dur(ttl, 3*ttl).Round(100 * time.Millisecond)
+		if f.rng.IntN(2) == 0 {
+			off = -off
+		}
+		ev.Target, ev.Start = n.ID, f.h.Now()
+		if err := n.Proc.Kill(); err != nil {
+			ev.Err = err.Error()
+		}
+		if err := n.Proc.StartWith("--test-clock-offset=" + off.String()); err != nil && ev.Err == "" {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("SIGKILL, restart with its clock %+v off for %v, then SIGKILL and restart on true time", off, hold.Round(time.Millisecond))
+		heal = func() error {
+			if err := n.Proc.Kill(); err != nil {
+				return err
+			}
+			return n.Proc.Start()
+		}
 	default: // partitions
 		groups := f.partition(kind, leader(), members)
 		ev.Target = describeGroups(groups)

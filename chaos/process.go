@@ -31,9 +31,14 @@ type Proc struct {
 }
 
 // Start starts the process; an error if it is already running.
-func (p *Proc) Start() error {
+func (p *Proc) Start() error { return p.StartWith() }
+
+// StartWith starts the process with extra arguments for this incarnation
+// only (a later Start uses Args alone).
+func (p *Proc) StartWith(extra ...string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	args := append(append([]string(nil), p.Args...), extra...)
 	if p.cmd != nil {
 		select {
 		case <-p.done:
@@ -45,13 +50,13 @@ func (p *Proc) Start() error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(logf, "\n==== chaos: start #%d at %s: %s %v\n", p.starts+1, time.Now().Format(time.RFC3339Nano), p.Path, p.Args)
+	fmt.Fprintf(logf, "\n==== chaos: start #%d at %s: %s %v\n", p.starts+1, time.Now().Format(time.RFC3339Nano), p.Path, args)
 	var cmd *exec.Cmd
 	if p.NetNS != "" {
 		// ip netns exec execs the program itself, so the pid is the server's.
-		cmd = exec.Command("ip", append([]string{"netns", "exec", p.NetNS, p.Path}, p.Args...)...)
+		cmd = exec.Command("ip", append([]string{"netns", "exec", p.NetNS, p.Path}, args...)...)
 	} else {
-		cmd = exec.Command(p.Path, p.Args...)
+		cmd = exec.Command(p.Path, args...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), p.Env...)

@@ -48,6 +48,7 @@ type batcher struct {
 	maxCommands int
 	maxBytes    int
 	timeout     time.Duration
+	clockOffset time.Duration // Config.ClockOffset (test only)
 	observe     func(entryCommands int, d time.Duration)
 
 	in       chan *proposal
@@ -92,6 +93,7 @@ func newBatcher(r *raft.Raft, cfg Config, waves *waveGate, observe func(int, tim
 		maxCommands: cfg.BatchMaxCommands,
 		maxBytes:    cfg.BatchMaxBytes,
 		timeout:     cfg.ApplyTimeout,
+		clockOffset: cfg.ClockOffset,
 		observe:     observe,
 		in:          make(chan *proposal, 4096),
 		inflight:    make(chan inflight, cfg.BatchMaxInflight),
@@ -177,7 +179,7 @@ func (b *batcher) collect() {
 				break fill
 			}
 		}
-		entry := &internalpb.Entry{Version: fsm.EntryVersion, NowMs: time.Now().UnixMilli()}
+		entry := &internalpb.Entry{Version: fsm.EntryVersion, NowMs: time.Now().Add(b.clockOffset).UnixMilli()}
 		entry.Commands = make([]*internalpb.Command, len(props))
 		for i, p := range props {
 			entry.Commands[i] = p.cmd

@@ -117,6 +117,12 @@ type Config struct {
 	// only so that the chaos checker can be shown to catch lost jobs. Never use it.
 	UnsafeAckBeforeCommit bool
 
+	// ClockOffset shifts this node's clock: the time it stamps on the
+	// entries it proposes (the replicated "now" of every state change) and
+	// the time its leader timers compare lease deadlines and delays with.
+	// It exists only for the chaos harness's clock-skew fault.
+	ClockOffset time.Duration
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node
 }

@@ -116,7 +116,7 @@ func (m *metaGroup) close() error {
 
 func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
 	cmd.Version = fsm.MetaVersion
-	cmd.NowMs = time.Now().UnixMilli()
+	cmd.NowMs = m.n.now().UnixMilli()
 	b, err := proto.Marshal(cmd)
 	if err != nil {
 		return err

@@ -178,6 +178,9 @@ func New(cfg Config) (*Node, error) {
 // Addr is the node's advertised gRPC address.
 func (n *Node) Addr() string { return n.addr }
 
+// now is this node's clock: wall time plus the test-only ClockOffset.
+func (n *Node) now() time.Time { return time.Now().Add(n.cfg.ClockOffset) }
+
 // HTTPAddr is the bound metrics/health address ("" when disabled).
 func (n *Node) HTTPAddr() string {
 	if n.httpLis == nil {

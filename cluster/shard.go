@@ -157,6 +157,7 @@ func (s *shard) becomeLeader() {
 		Logger:          s.log,
 		OnExpire:        func(n int) { s.node.metrics.leaseExpiries.Add(float64(n)) },
 		CheckpointEvery: max(s.node.cfg.CheckpointEvery, 0),
+		Now:             s.node.now,
 	}, s.batch, s.fsm)
 	s.node.work.Fire()
 }

@@ -97,6 +97,8 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&cfg.UnsafeAckBeforeCommit, "unsafe-ack-before-commit", false, "TEST ONLY: acknowledge submits before commit (loses jobs; used to show the chaos checker fails)")
 	_ = f.MarkHidden("unsafe-ack-before-commit")
+	f.DurationVar(&cfg.ClockOffset, "test-clock-offset", 0, "TEST ONLY: shift this node's clock by this much (the chaos harness's clock-skew fault)")
+	_ = f.MarkHidden("test-clock-offset")
 	_ = time.Second
 	return cmd
 }
