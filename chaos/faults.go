@@ -234,7 +234,11 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 		if err := n.Proc.StartWith("--test-clock-offset=" + off.String()); err != nil && ev.Err == "" {
 			ev.Err = err.Error()
 		}
-		ev.Detail = fmt.Sprintf("SIGKILL, restart with its clock %+v off for %v, then SIGKILL and restart on true time", off, hold.Round(time.Millisecond))
+		sign := "+"
+		if off < 0 {
+			sign = ""
+		}
+		ev.Detail = fmt.Sprintf("SIGKILL, restart with its clock %s%v off for %v, then SIGKILL and restart on true time", sign, off, hold.Round(time.Millisecond))
 		heal = func() error {
 			if err := n.Proc.Kill(); err != nil {
 				return err
