@@ -55,7 +55,8 @@ type Cluster struct {
 	Workers []*Proc
 	admin   *client.Client
 	mu      sync.Mutex
-	nextID  int // ids of nodes started by membership faults: n<nextID>
+	nextID  int    // ids of nodes started by membership faults: n<nextID>
+	Disks   *Disks // each slot's own file system (disk faults only), by slot index
 }
 
 // freePort asks the kernel for a free loopback port.

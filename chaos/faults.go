@@ -34,8 +34,13 @@ const (
 	// mixed (that would change the schedules of the recorded mixed seeds):
 	// selectable alone.
 	FaultClockSkew = "clock-skew"
-	FaultMixed     = "mixed"
-	FaultNone      = "none"
+	// FaultDiskFull fills the file system of the node leading the most
+	// shards (every node's data directory is its own loop-mounted ext4
+	// image in this mode) for 5-15 s, then frees it; a node that exited
+	// meanwhile is restarted. Selectable alone.
+	FaultDiskFull = "disk-full"
+	FaultMixed    = "mixed"
+	FaultNone     = "none"
 )
 
 // AllFaults lists the selectable kinds (mixed picks among them).
@@ -43,7 +48,10 @@ var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, Fau
 	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
 
 // soloFaults are selectable alone but not part of mixed.
-var soloFaults = []string{FaultMembership, FaultClockSkew}
+var soloFaults = []string{FaultMembership, FaultClockSkew, FaultDiskFull}
+
+// NeedsDisks reports whether kind needs a file system per node.
+func NeedsDisks(kind string) bool { return kind == FaultDiskFull }
 
 // NeedsSpare reports whether kind needs a spare node slot.
 func NeedsSpare(kind string) bool { return kind == FaultMembership }
@@ -154,6 +162,8 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 			hold = f.dur(max(5*time.Second, 3*et), max(10*time.Second, 6*et))
 		case FaultClockSkew:
 			hold = f.dur(10*time.Second, 20*time.Second) // the balancer moves leaders back within a few seconds
+		case FaultDiskFull:
+			hold = f.dur(5*time.Second, 15*time.Second)
 		}
 		if rem := until - f.h.Now(); hold > rem {
 			hold = max(rem, time.Second)
@@ -220,6 +230,24 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 		}
 	case FaultMembership:
 		return f.replaceMember(ctx, hold)
+	case FaultDiskFull:
+		n := leader()
+		ev.Target, ev.Start = n.ID, f.h.Now()
+		took, err := f.c.Disks.Fill(n.Index)
+		if err != nil {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("file system filled (%d MiB taken) for %v", took>>20, hold.Round(time.Millisecond))
+		heal = func() error {
+			err := f.c.Disks.Free(n.Index)
+			if !n.Proc.Running() {
+				ev.Detail += "; the server exited while its disk was full, restarted"
+				if serr := n.Proc.Start(); err == nil {
+					err = serr
+				}
+			}
+			return err
+		}
 	case FaultClockSkew:
 		n := leader()
 		ttl := max(f.cfg.LeaseTTL, time.Second)

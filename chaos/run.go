@@ -181,6 +181,19 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	if err != nil {
 		return err
 	}
+	if NeedsDisks(cfg.Faults) {
+		var dirs []string
+		for _, n := range c.Nodes {
+			dirs = append(dirs, n.Data)
+		}
+		disks, err := NewDisks(ctx, filepath.Join(out, "disks"), dirs, DiskSizeMB)
+		if err != nil {
+			return err
+		}
+		defer disks.Close() // after c.Close (deferred below): the servers must be gone
+		c.Disks = disks
+		rep.Notes = append(rep.Notes, fmt.Sprintf("every node's data directory is its own loop-mounted ext4 file system of %d MiB (disks/)", DiskSizeMB))
+	}
 	defer c.Close()
 	defer func() {
 		if ctx.Err() != nil {
