@@ -18,6 +18,7 @@ import (
 // root, mkfs.ext4 and loop devices; the run says so when they are missing.
 type Disks struct {
 	imgs   []string
+	loops  []string // loop devices, detached by Close
 	mounts []string
 	sizeMB int
 }
@@ -67,11 +68,20 @@ func NewDisks(ctx context.Context, dir string, dataDirs []string, sizeMB int) (*
 			d.Close()
 			return nil, fmt.Errorf("mkfs.ext4 %s: %v: %s", img, err, strings.TrimSpace(string(out)))
 		}
-		if out, err := exec.CommandContext(ctx, "mount", "-o", "loop", img, data).CombinedOutput(); err != nil {
+		// An explicit loop device (mount -o loop does not always detach it
+		// on umount here, and loop devices are a shared resource).
+		out, err := exec.CommandContext(ctx, "losetup", "-f", "--show", img).CombinedOutput()
+		if err != nil {
 			d.Close()
-			return nil, fmt.Errorf("mount %s on %s: %v: %s", img, data, err, strings.TrimSpace(string(out)))
+			return nil, fmt.Errorf("losetup %s: %v: %s", img, err, strings.TrimSpace(string(out)))
 		}
+		loop := strings.TrimSpace(string(out))
 		d.imgs = append(d.imgs, img)
+		d.loops = append(d.loops, loop)
+		if out, err := exec.CommandContext(ctx, "mount", loop, data).CombinedOutput(); err != nil {
+			d.Close()
+			return nil, fmt.Errorf("mount %s (%s) on %s: %v: %s", loop, img, data, err, strings.TrimSpace(string(out)))
+		}
 		d.mounts = append(d.mounts, data)
 	}
 	return d, nil
@@ -140,5 +150,10 @@ func (d *Disks) Close() {
 			}
 		}
 	}
-	d.mounts, d.imgs = nil, nil
+	for _, l := range d.loops {
+		if out, err := exec.Command("losetup", "-d", l).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "chaos: losetup -d %s: %v: %s\n", l, err, out)
+		}
+	}
+	d.mounts, d.loops, d.imgs = nil, nil, nil
 }
