@@ -94,6 +94,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.DurationVar(&cfg.HeartbeatTimeout, "raft-heartbeat-timeout", cfg.HeartbeatTimeout, "Raft heartbeat timeout")
 	f.DurationVar(&cfg.ElectionTimeout, "raft-election-timeout", cfg.ElectionTimeout, "Raft election timeout")
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", cfg.LeaderLeaseTimeout, "Raft leader lease timeout")
+	f.IntVar(&cfg.ProposeWaves, "propose-waves", cfg.ProposeWaves, "proposal waves a node keeps in Raft at once (the shards it leads cut their entries together); 0 lets every shard pipeline alone")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.BoolVar(&cfg.UnsafeAckBeforeCommit, "unsafe-ack-before-commit", false, "TEST ONLY: acknowledge submits before commit (loses jobs; used to show the chaos checker fails)")
 	_ = f.MarkHidden("unsafe-ack-before-commit")
