@@ -31,13 +31,33 @@ import (
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
-// EntryVersion is the internalpb.Entry version this package writes and
-// understands. An entry with a larger (or unset) version makes Apply panic.
-const EntryVersion = 1
+// Entry versions. An entry is written in the lowest version that has every
+// command it carries, so that nodes of the previous release keep applying
+// ordinary entries during a rolling upgrade and stop loudly only on a
+// command they do not know (instead of ignoring it and diverging).
+const (
+	// EntryVersion is the version of entries without SetTenantWeight (the
+	// batcher writes it).
+	EntryVersion = 1
+	// EntryVersionTenantWeights is the version of entries that carry
+	// SetTenantWeight; in an older entry the command is rejected, changing
+	// nothing, as a binary that predates it would treat it.
+	EntryVersionTenantWeights = 2
+	// MaxEntryVersion is the newest entry version this binary understands.
+	// An entry with a larger (or unset) version makes Apply panic.
+	MaxEntryVersion = EntryVersionTenantWeights
+)
 
-// SnapshotVersion is the snapshot format version written by Snapshot and
-// accepted by Restore.
-const SnapshotVersion = 1
+// SnapshotVersion is the newest snapshot format version: Restore accepts
+// versions 1 and 2. Snapshot writes version 2 only when some tenant has a
+// fair-share weight other than 1 (the header then lists the weights), and
+// otherwise version 1 — the same bytes a binary without weights writes, so
+// such a binary fails loudly only on a snapshot it could not represent.
+const SnapshotVersion = 2
+
+// snapshotVersionNoWeights is the snapshot version of a state without
+// tenant weights.
+const snapshotVersionNoWeights = 1
 
 // Config holds the replicated-state knobs. All replicas of a shard must use
 // the same Config, since it affects the outcome of Apply.
@@ -187,9 +207,9 @@ func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalp
 	if e == nil {
 		panic(fmt.Sprintf("fsm: nil entry at index %d", index))
 	}
-	if e.GetVersion() == 0 || e.GetVersion() > EntryVersion {
-		panic(fmt.Sprintf("fsm: entry at index %d has version %d; this binary understands version %d (upgrade this node, or the proposer forgot to set Entry.version)",
-			index, e.GetVersion(), EntryVersion))
+	if e.GetVersion() == 0 || e.GetVersion() > MaxEntryVersion {
+		panic(fmt.Sprintf("fsm: entry at index %d has version %d; this binary understands versions up to %d (upgrade this node, or the proposer forgot to set Entry.version)",
+			index, e.GetVersion(), MaxEntryVersion))
 	}
 	var divs []Divergence
 	f.mu.Lock()

@@ -567,8 +567,8 @@ func TestApplyRaftLog(t *testing.T) {
 	mustPanic(t, "fsm: malformed log entry at index 3", func() {
 		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{0xff, 0xff, 0xff}})
 	})
-	newer := encodeEntry(t, &internalpb.Entry{Version: EntryVersion + 1, NowMs: 10})
-	mustPanic(t, "has version 2; this binary understands version 1", func() {
+	newer := encodeEntry(t, &internalpb.Entry{Version: MaxEntryVersion + 1, NowMs: 10})
+	mustPanic(t, "has version 3; this binary understands versions up to 2", func() {
 		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: newer})
 	})
 	mustPanic(t, "has version 0", func() {

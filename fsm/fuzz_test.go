@@ -96,6 +96,8 @@ func fuzzSeedEntries() []*internalpb.Entry {
 		e(completeCmd("0-1", 1, false, true), promoteCmd(), leaseCmd("w", 2)),
 		e(extendCmd("w", 100, &hodeiv1.LeaseRef{JobId: "0-1", Token: 1}), expireCmd(&hodeiv1.LeaseRef{JobId: "0-1", Token: 1})),
 		e(cancelCmd("0-2", "why"), gcCmd(10000, 5), withRID("r", cancelCmd("0-3", ""))),
-		{Version: EntryVersion + 1},
+		{Version: EntryVersionTenantWeights, NowMs: 5000, Commands: []*internalpb.Command{
+			setWeightCmd("t", 3), setWeightCmd("a", 1), setWeightCmd("", 2), leaseCmd("w", 4)}},
+		{Version: MaxEntryVersion + 1},
 	}
 }

@@ -113,6 +113,19 @@ func gcCmd(before int64, max uint32) *internalpb.Command {
 	return &internalpb.Command{Kind: &internalpb.Command_Gc{Gc: &internalpb.GCJobs{FinishedBeforeMs: before, Max: max}}}
 }
 
+func setWeightCmd(tenant string, weight uint32) *internalpb.Command {
+	return &internalpb.Command{Kind: &internalpb.Command_SetTenantWeight{SetTenantWeight: &internalpb.SetTenantWeight{Tenant: tenant, Weight: weight}}}
+}
+
+// setWeights applies SetTenantWeight commands in one entry of the version
+// that carries them.
+func (h *harness) setWeights(cmds ...*internalpb.Command) []*internalpb.CommandResult {
+	h.index++
+	e := &internalpb.Entry{Version: EntryVersionTenantWeights, NowMs: h.now, Commands: cmds}
+	h.log = append(h.log, e)
+	return h.f.ApplyEntry(h.index, e)
+}
+
 func withRID(rid string, c *internalpb.Command) *internalpb.Command {
 	c.RequestId = rid
 	return c

@@ -59,6 +59,17 @@ func (m *MetaFSM) TenantWeight(tenant string) uint32 {
 	return 1
 }
 
+// Tenants returns a copy of the tenant settings, sorted by tenant.
+func (m *MetaFSM) Tenants() []*internalpb.TenantSettings {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	out := make([]*internalpb.TenantSettings, len(m.state.GetTenants()))
+	for i, t := range m.state.GetTenants() {
+		out[i] = proto.Clone(t).(*internalpb.TenantSettings)
+	}
+	return out
+}
+
 // Apply implements raft.FSM. It returns a *CodeError for a rejected
 // command, nil otherwise. Malformed entries stop the node loudly.
 func (m *MetaFSM) Apply(l *raft.Log) interface{} {
@@ -120,8 +131,8 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 		}
 		s.Members = out
 	case *internalpb.MetaCommand_PutTenant:
-		if k.PutTenant.GetTenant() == "" {
-			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: "tenant is required"}
+		if err := ValidateTenantWeight(k.PutTenant.GetTenant(), k.PutTenant.GetWeight()); err != nil {
+			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: err.Error()}
 		}
 		t := proto.Clone(k.PutTenant).(*internalpb.TenantSettings)
 		replaced := false

@@ -106,6 +106,16 @@ func checkInvariants(t testing.TB, f *FSM) {
 			fail("idempotency key %q points at removed job", ik)
 		}
 	}
+	for name, w := range s.sched.weights {
+		if w < 2 || w > MaxTenantWeight || !validTenant(name) {
+			fail("stored weight %q=%d", name, w)
+		}
+	}
+	for name, t := range s.tenants {
+		if t.deficit < 0 || t.deficit > s.sched.quantum(t) {
+			fail("tenant %s deficit %d outside 0..%d", name, t.deficit, s.sched.quantum(t))
+		}
+	}
 }
 
 type propModel struct {
@@ -129,7 +139,8 @@ func TestPropertyRandomCommands(t *testing.T) {
 			var cmd *internalpb.Command
 			var completeRef *hodeiv1.LeaseRef
 			var tokenBefore uint64
-			switch op := rapid.IntRange(0, 9).Draw(rt, "op"); op {
+			version := uint32(EntryVersion)
+			switch op := rapid.IntRange(0, 10).Draw(rt, "op"); op {
 			case 0, 1:
 				n := rapid.IntRange(1, 3).Draw(rt, "n")
 				var specs []*hodeiv1.JobSpec
@@ -185,6 +196,11 @@ func TestPropertyRandomCommands(t *testing.T) {
 				cmd = promoteCmd()
 			case 9:
 				cmd = gcCmd(h.now-rapid.Int64Range(0, 3000).Draw(rt, "age"), rapid.Uint32Range(1, 3).Draw(rt, "gcmax"))
+			case 10:
+				cmd = setWeightCmd(rapid.SampledFrom(append(tenants, "d", "")).Draw(rt, "wtenant"), rapid.Uint32Range(0, 4).Draw(rt, "weight"))
+				if rapid.IntRange(0, 7).Draw(rt, "oldEntry") != 0 {
+					version = EntryVersionTenantWeights
+				}
 			}
 			if rapid.IntRange(0, 4).Draw(rt, "rid") == 0 {
 				cmd.RequestId = fmt.Sprint("r", rapid.IntRange(0, 5).Draw(rt, "ridn"))
@@ -193,7 +209,7 @@ func TestPropertyRandomCommands(t *testing.T) {
 			if completeRef != nil {
 				jobBefore, _ = h.f.GetJob(completeRef.GetJobId())
 			}
-			e := &internalpb.Entry{Version: EntryVersion, NowMs: h.now, Commands: []*internalpb.Command{cmd}}
+			e := &internalpb.Entry{Version: version, NowMs: h.now, Commands: []*internalpb.Command{cmd}}
 			h.index++
 			res := h.f.ApplyEntry(h.index, e)[0]
 			twin.ApplyEntry(h.index, proto.Clone(e).(*internalpb.Entry))
@@ -246,6 +262,43 @@ func TestPropertyRandomCommands(t *testing.T) {
 		if !bytes.Equal(snapshotBytes(t, h.f), snapshotBytes(t, twin)) {
 			rt.Fatal("restored replica diverged from the never-restored twin")
 		}
+	})
+}
+
+// TestPropertyWeightedShare: tenants of random weights, all backlogged,
+// leased by workers of random capacities: after k full rounds every tenant
+// got exactly k times its weight, whatever the capacities (deficit round
+// robin's pick order does not depend on how the picks are cut into leases).
+func TestPropertyWeightedShare(t *testing.T) {
+	rapid.Check(t, func(rt *rapid.T) {
+		h := newHarness(t)
+		names := []string{"a", "b", "c", "d"}[:rapid.IntRange(1, 4).Draw(rt, "tenants")]
+		weights := map[string]int{}
+		sum := 0
+		var cmds []*internalpb.Command
+		for _, tn := range names {
+			w := rapid.IntRange(1, 6).Draw(rt, "w")
+			weights[tn] = w
+			sum += w
+			cmds = append(cmds, setWeightCmd(tn, uint32(w)))
+		}
+		h.setWeights(cmds...)
+		rounds := rapid.IntRange(1, 4).Draw(rt, "rounds")
+		h.backlog(rounds*6+1, names...)
+		got := map[string]int{}
+		for left := rounds * sum; left > 0; {
+			c := min(rapid.IntRange(1, 7).Draw(rt, "cap"), left)
+			for _, l := range h.ok(leaseCmd("w", int32(c))).GetLeases() {
+				got[l.GetJob().GetSpec().GetTenant()]++
+				left--
+			}
+		}
+		for _, tn := range names {
+			if got[tn] != rounds*weights[tn] {
+				rt.Fatalf("weights %v, %d rounds: leased %v", weights, rounds, got)
+			}
+		}
+		checkInvariants(t, h.f)
 	})
 }
 

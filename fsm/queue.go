@@ -31,21 +31,34 @@ func readyKeyOf(j *hodeiv1.Job) readyKey { return readyKey{j.GetSpec().GetPriori
 // scheduler is the fair-share structure over tenants' ready queues: deficit
 // round robin over the tenants that have ready jobs, visited in tenant-name
 // order (a pure function of the state, so a restored replica visits them in
-// the same order). Every tenant has weight 1 today; quantum() is where
-// per-tenant weights go. Cancelled jobs are removed eagerly from the
+// the same order). A tenant's quantum is its weight (SetTenantWeight;
+// default 1): while every tenant stays backlogged, a tenant of weight w gets
+// w jobs per round, in a row. Cancelled jobs are removed eagerly from the
 // B-tree queues, so counts are exact without lazy deletion.
 type scheduler struct {
 	active *btree.BTreeG[string] // names of tenants with ready jobs
 	cursor string                // the next tenant to visit is the first active name >= cursor (wrapping)
 	ready  int                   // total ready jobs
+	// weights holds the tenants whose weight is not 1 (2..MaxTenantWeight),
+	// whether or not they have jobs: a weight outlives the tenant's jobs.
+	// Only looked up by name, never iterated where order matters.
+	weights map[string]int64
 }
 
 func newScheduler() scheduler {
-	return scheduler{active: btree.NewOrderedG[string](btreeDegree)}
+	return scheduler{active: btree.NewOrderedG[string](btreeDegree), weights: map[string]int64{}}
 }
 
-// quantum is the credit a tenant gets per round (its weight).
-func (sc *scheduler) quantum(*tenant) int64 { return 1 }
+// quantum is the credit a tenant gets per round: its weight.
+func (sc *scheduler) quantum(t *tenant) int64 { return sc.weight(t.name) }
+
+// weight is a tenant's fair-share weight (1 unless set).
+func (sc *scheduler) weight(name string) int64 {
+	if w, ok := sc.weights[name]; ok {
+		return w
+	}
+	return 1
+}
 
 func (sc *scheduler) push(t *tenant, j *hodeiv1.Job) {
 	if _, dup := t.ready.ReplaceOrInsert(readyKeyOf(j)); dup {

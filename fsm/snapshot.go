@@ -26,6 +26,10 @@ import (
 // protobuf encoding: one internalpb.SnapshotHeader, then header.job_count
 // hodeiv1.Job records in seq order, then header.request_count
 // internalpb.RequestRecord records in insertion (= at_ms) order.
+//
+// Version 2 adds the tenants' fair-share weights to the header; it is
+// written only when some tenant has a weight other than 1, so a shard that
+// uses no weights writes exactly the version 1 bytes.
 const snapshotMagic = "HODEISNP"
 
 // ErrCorruptSnapshot is wrapped by Restore errors about snapshot content.
@@ -51,8 +55,13 @@ func (s *state) encodeSnapshot() []byte {
 		}
 	}
 	sort.Strings(names)
+	weights := s.sortedWeights()
+	version := uint32(snapshotVersionNoWeights)
+	if len(weights) > 0 {
+		version = SnapshotVersion
+	}
 	hdr := &internalpb.SnapshotHeader{
-		Version:       SnapshotVersion,
+		Version:       version,
 		Shard:         s.cfg.Shard,
 		NextSeq:       s.nextSeq,
 		NextToken:     s.nextToken,
@@ -63,6 +72,7 @@ func (s *state) encodeSnapshot() []byte {
 		LastPromoteMs: s.lastPromoteMs,
 		ApplyChain:    s.chain,
 		RrCursor:      s.sched.cursor,
+		Weights:       weights,
 	}
 	for _, n := range names {
 		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
@@ -72,7 +82,7 @@ func (s *state) encodeSnapshot() []byte {
 	buf.Grow(64 + len(seqs)*256)
 	buf.WriteString(snapshotMagic)
 	var b4 [4]byte
-	binary.BigEndian.PutUint32(b4[:], SnapshotVersion)
+	binary.BigEndian.PutUint32(b4[:], version)
 	buf.Write(b4[:])
 	var scratch []byte
 	writeRec := func(m proto.Message) {
@@ -170,8 +180,9 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if got, want := crc32.Checksum(body, castagnoli), binary.BigEndian.Uint32(trailer); got != want {
 		return nil, corrupt("checksum mismatch: computed %08x, trailer says %08x", got, want)
 	}
-	if v := binary.BigEndian.Uint32(body[len(snapshotMagic):]); v != SnapshotVersion {
-		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads version %d)", v, SnapshotVersion)
+	version := binary.BigEndian.Uint32(body[len(snapshotMagic):])
+	if version < snapshotVersionNoWeights || version > SnapshotVersion {
+		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, SnapshotVersion)
 	}
 	rest := body[len(snapshotMagic)+4:]
 	next := func(m proto.Message) error {
@@ -189,8 +200,11 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if err := next(hdr); err != nil {
 		return nil, err
 	}
-	if hdr.GetVersion() != SnapshotVersion {
-		return nil, corrupt("header version %d", hdr.GetVersion())
+	if hdr.GetVersion() != version {
+		return nil, corrupt("header version %d in a version %d snapshot", hdr.GetVersion(), version)
+	}
+	if version < SnapshotVersion && len(hdr.GetWeights()) > 0 {
+		return nil, corrupt("tenant weights in a version %d snapshot", version)
 	}
 	if hdr.GetShard() != cfg.Shard {
 		return nil, fmt.Errorf("fsm: snapshot is of shard %d, this FSM is shard %d", hdr.GetShard(), cfg.Shard)
@@ -279,6 +293,15 @@ func rebuildState(cfg Config, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Jo
 		default:
 			s.finished.ReplaceOrInsert(timeKey{j.GetFinishedAtMs(), seq})
 		}
+	}
+	prevTenant := ""
+	for _, w := range hdr.GetWeights() {
+		// Exactly what encodeSnapshot writes: sorted, unique, valid, != 1.
+		if err := ValidateTenantWeight(w.GetTenant(), w.GetWeight()); err != nil || w.GetWeight() == 1 || w.GetTenant() <= prevTenant {
+			return nil, corrupt("tenant weight %q=%d (after %q)", w.GetTenant(), w.GetWeight(), prevTenant)
+		}
+		prevTenant = w.GetTenant()
+		s.sched.weights[w.GetTenant()] = int64(w.GetWeight())
 	}
 	for _, d := range hdr.GetDeficits() {
 		t := s.tenants[d.GetTenant()]

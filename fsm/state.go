@@ -58,8 +58,9 @@ type state struct {
 	reqs  requestTable
 
 	// per-entry scratch
-	curIndex uint64
-	events   []Event
+	curIndex   uint64
+	curVersion uint32 // the entry's version
+	events     []Event
 }
 
 func newState(cfg Config) *state {
@@ -150,6 +151,7 @@ func (s *state) applyEntry(index uint64, e *internalpb.Entry) ([]*internalpb.Com
 		panic(fmt.Sprintf("fsm: entry index %d is not after applied index %d", index, s.appliedIndex))
 	}
 	s.curIndex = index
+	s.curVersion = e.GetVersion()
 	s.events = nil
 	// Time in the FSM is monotone: a new leader's clock may be behind the
 	// old one's; we never let replicated time go backwards.
@@ -197,6 +199,8 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applyPromote(now)
 	case *internalpb.Command_Gc:
 		r = s.applyGC(k.Gc)
+	case *internalpb.Command_SetTenantWeight:
+		r = s.applySetTenantWeight(k.SetTenantWeight)
 	case *internalpb.Command_Checkpoint:
 		// Verified by the FSM wrapper against its local chain record; it
 		// changes no replicated state.

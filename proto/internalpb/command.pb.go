@@ -87,10 +87,13 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 // (group commit). The leader stamps its clock into now_ms; the FSM never
 // reads a clock.
 type Entry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"` // fsm.EntryVersion; a newer version stops an older node loudly
-	NowMs         int64                  `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
-	Commands      []*Command             `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// fsm.EntryVersion (1), or fsm.EntryVersionTenantWeights (2) for an entry
+	// that carries a SetTenantWeight; a version newer than a node understands
+	// stops that node loudly.
+	Version       uint32     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	NowMs         int64      `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
+	Commands      []*Command `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -160,6 +163,7 @@ type Command struct {
 	//	*Command_Promote
 	//	*Command_Gc
 	//	*Command_Checkpoint
+	//	*Command_SetTenantWeight
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -290,6 +294,15 @@ func (x *Command) GetCheckpoint() *Checkpoint {
 	return nil
 }
 
+func (x *Command) GetSetTenantWeight() *SetTenantWeight {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_SetTenantWeight); ok {
+			return x.SetTenantWeight
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -330,6 +343,10 @@ type Command_Checkpoint struct {
 	Checkpoint *Checkpoint `protobuf:"bytes,18,opt,name=checkpoint,proto3,oneof"`
 }
 
+type Command_SetTenantWeight struct {
+	SetTenantWeight *SetTenantWeight `protobuf:"bytes,19,opt,name=set_tenant_weight,json=setTenantWeight,proto3,oneof"` // only in entries of version >= 2
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -347,6 +364,8 @@ func (*Command_Promote) isCommand_Kind() {}
 func (*Command_Gc) isCommand_Kind() {}
 
 func (*Command_Checkpoint) isCommand_Kind() {}
+
+func (*Command_SetTenantWeight) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -843,6 +862,64 @@ func (x *Checkpoint) GetChain() uint64 {
 	return 0
 }
 
+// SetTenantWeight sets a tenant's fair-share weight in this shard: the
+// deficit round robin's quantum for the tenant (1 = the default, 1..1000).
+// The meta group's tenant settings are the source of truth; the shard
+// leader proposes this command when its shard's weights differ from them.
+// It is only valid in an entry of version >= 2: a node that predates it
+// stops loudly on the entry instead of ignoring the command and diverging.
+type SetTenantWeight struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantWeight) Reset() {
+	*x = SetTenantWeight{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantWeight) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantWeight) ProtoMessage() {}
+
+func (x *SetTenantWeight) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantWeight.ProtoReflect.Descriptor instead.
+func (*SetTenantWeight) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SetTenantWeight) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantWeight) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
 // CommandResult is the deterministic outcome of one command.
 type CommandResult struct {
 	state         protoimpl.MessageState       `protogen:"open.v1"`
@@ -859,7 +936,7 @@ type CommandResult struct {
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +948,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +961,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CommandResult) GetCode() Code {
@@ -950,13 +1027,17 @@ type SnapshotHeader struct {
 	RrCursor      string                 `protobuf:"bytes,10,opt,name=rr_cursor,json=rrCursor,proto3" json:"rr_cursor,omitempty"`                  // fair-share round robin: the tenant whose turn is next
 	Deficits      []*TenantDeficit       `protobuf:"bytes,11,rep,name=deficits,proto3" json:"deficits,omitempty"`                                  // non-zero per-tenant DRR deficits, sorted by tenant
 	ApplyChain    uint64                 `protobuf:"varint,12,opt,name=apply_chain,json=applyChain,proto3" json:"apply_chain,omitempty"`           // apply-chain hash at applied_index (see Checkpoint)
+	// Fair-share weights of the tenants whose weight is not 1, sorted by
+	// tenant. Only in snapshot version 2, which is written only when there is
+	// one (a shard without weights writes the version 1 bytes).
+	Weights       []*TenantSettings `protobuf:"bytes,13,rep,name=weights,proto3" json:"weights,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1049,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1062,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1068,6 +1149,13 @@ func (x *SnapshotHeader) GetApplyChain() uint64 {
 	return 0
 }
 
+func (x *SnapshotHeader) GetWeights() []*TenantSettings {
+	if x != nil {
+		return x.Weights
+	}
+	return nil
+}
+
 type TenantDeficit struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
@@ -1078,7 +1166,7 @@ type TenantDeficit struct {
 
 func (x *TenantDeficit) Reset() {
 	*x = TenantDeficit{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1178,7 @@ func (x *TenantDeficit) String() string {
 func (*TenantDeficit) ProtoMessage() {}
 
 func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1191,7 @@ func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantDeficit.ProtoReflect.Descriptor instead.
 func (*TenantDeficit) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *TenantDeficit) GetTenant() string {
@@ -1131,7 +1219,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1231,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1244,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1192,7 +1280,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1292,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1305,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Member) GetId() string {
@@ -1258,7 +1346,7 @@ type TenantSettings struct {
 
 func (x *TenantSettings) Reset() {
 	*x = TenantSettings{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1270,7 +1358,7 @@ func (x *TenantSettings) String() string {
 func (*TenantSettings) ProtoMessage() {}
 
 func (x *TenantSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1283,7 +1371,7 @@ func (x *TenantSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantSettings.ProtoReflect.Descriptor instead.
 func (*TenantSettings) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TenantSettings) GetTenant() string {
@@ -1314,7 +1402,7 @@ type MetaState struct {
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1414,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1427,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MetaState) GetVersion() uint32 {
@@ -1394,7 +1482,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1494,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1507,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MetaCommand) GetVersion() uint32 {
@@ -1515,7 +1603,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xb8\x04\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x8a\x05\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1530,7 +1618,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x02gc\x18\x11 \x01(\v2\x19.hodei.internal.v1.GCJobsH\x00R\x02gc\x12?\n" +
 	"\n" +
 	"checkpoint\x18\x12 \x01(\v2\x1d.hodei.internal.v1.CheckpointH\x00R\n" +
-	"checkpointB\x06\n" +
+	"checkpoint\x12P\n" +
+	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeightB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -1562,7 +1651,10 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"Checkpoint\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
-	"\x05chain\x18\x02 \x01(\x04R\x05chain\"\xa5\x02\n" +
+	"\x05chain\x18\x02 \x01(\x04R\x05chain\"A\n" +
+	"\x0fSetTenantWeight\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xa5\x02\n" +
 	"\rCommandResult\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x129\n" +
@@ -1570,7 +1662,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x03job\x18\x04 \x01(\v2\r.hodei.v1.JobR\x03job\x12'\n" +
 	"\x06leases\x18\x05 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\x122\n" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
-	"\x05count\x18\a \x01(\rR\x05count\"\xa5\x03\n" +
+	"\x05count\x18\a \x01(\rR\x05count\"\xe2\x03\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1586,7 +1678,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	" \x01(\tR\brrCursor\x12<\n" +
 	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\x12\x1f\n" +
 	"\vapply_chain\x18\f \x01(\x04R\n" +
-	"applyChain\"A\n" +
+	"applyChain\x12;\n" +
+	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"}\n" +
@@ -1644,7 +1737,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(*Entry)(nil),                     // 1: hodei.internal.v1.Entry
@@ -1658,22 +1751,23 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*PromoteDelayed)(nil),            // 9: hodei.internal.v1.PromoteDelayed
 	(*GCJobs)(nil),                    // 10: hodei.internal.v1.GCJobs
 	(*Checkpoint)(nil),                // 11: hodei.internal.v1.Checkpoint
-	(*CommandResult)(nil),             // 12: hodei.internal.v1.CommandResult
-	(*SnapshotHeader)(nil),            // 13: hodei.internal.v1.SnapshotHeader
-	(*TenantDeficit)(nil),             // 14: hodei.internal.v1.TenantDeficit
-	(*RequestRecord)(nil),             // 15: hodei.internal.v1.RequestRecord
-	(*Member)(nil),                    // 16: hodei.internal.v1.Member
-	(*TenantSettings)(nil),            // 17: hodei.internal.v1.TenantSettings
-	(*MetaState)(nil),                 // 18: hodei.internal.v1.MetaState
-	(*MetaCommand)(nil),               // 19: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 20: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 21: hodei.v1.KeyValue
-	(*hodeiv1.LeaseRef)(nil),          // 22: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 23: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 24: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 25: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 26: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 27: hodei.v1.ExtendResult
+	(*SetTenantWeight)(nil),           // 12: hodei.internal.v1.SetTenantWeight
+	(*CommandResult)(nil),             // 13: hodei.internal.v1.CommandResult
+	(*SnapshotHeader)(nil),            // 14: hodei.internal.v1.SnapshotHeader
+	(*TenantDeficit)(nil),             // 15: hodei.internal.v1.TenantDeficit
+	(*RequestRecord)(nil),             // 16: hodei.internal.v1.RequestRecord
+	(*Member)(nil),                    // 17: hodei.internal.v1.Member
+	(*TenantSettings)(nil),            // 18: hodei.internal.v1.TenantSettings
+	(*MetaState)(nil),                 // 19: hodei.internal.v1.MetaState
+	(*MetaCommand)(nil),               // 20: hodei.internal.v1.MetaCommand
+	(*hodeiv1.JobSpec)(nil),           // 21: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 22: hodei.v1.KeyValue
+	(*hodeiv1.LeaseRef)(nil),          // 23: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 24: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 25: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 26: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 27: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 28: hodei.v1.ExtendResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	2,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -1686,27 +1780,29 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	9,  // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
 	10, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
 	11, // 9: hodei.internal.v1.Command.checkpoint:type_name -> hodei.internal.v1.Checkpoint
-	20, // 10: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	21, // 11: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	22, // 12: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	23, // 13: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	22, // 14: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 15: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	24, // 16: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	25, // 17: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	26, // 18: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	27, // 19: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	14, // 20: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	12, // 21: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	16, // 22: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	17, // 23: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	16, // 24: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	17, // 25: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	26, // [26:26] is the sub-list for method output_type
-	26, // [26:26] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	12, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
+	21, // 11: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	22, // 12: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	23, // 13: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	24, // 14: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	23, // 15: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 16: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	25, // 17: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	26, // 18: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	27, // 19: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	28, // 20: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	15, // 21: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	18, // 22: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	13, // 23: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	17, // 24: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	18, // 25: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	17, // 26: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	18, // 27: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -1724,8 +1820,9 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_Promote)(nil),
 		(*Command_Gc)(nil),
 		(*Command_Checkpoint)(nil),
+		(*Command_SetTenantWeight)(nil),
 	}
-	file_hodei_internal_v1_command_proto_msgTypes[18].OneofWrappers = []any{
+	file_hodei_internal_v1_command_proto_msgTypes[19].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
 		(*MetaCommand_PutMember)(nil),
 		(*MetaCommand_RemoveMember)(nil),
@@ -1737,7 +1834,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
