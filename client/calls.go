@@ -181,6 +181,37 @@ func (c *Client) Status(ctx context.Context, addr string) (*hodeiv1.StatusRespon
 	return resp, nil
 }
 
+// SetTenant sets a tenant's fair-share weight (1..1000; 1 is the default)
+// and returns the tenant's settings, with the weight its shard applies when
+// the reply was sent. Setting an absolute value is idempotent, so the call is
+// retried like the others.
+func (c *Client) SetTenant(ctx context.Context, tenant string, weight uint32) (*hodeiv1.TenantStatus, error) {
+	var resp *hodeiv1.SetTenantResponse
+	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+		r, err := hodeiv1.NewAdminServiceClient(cc).SetTenant(ctx, &hodeiv1.SetTenantRequest{Tenant: tenant, Weight: weight})
+		resp = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetTenant(), nil
+}
+
+// ListTenants returns the tenant settings, sorted by tenant.
+func (c *Client) ListTenants(ctx context.Context) ([]*hodeiv1.TenantStatus, error) {
+	var resp *hodeiv1.ListTenantsResponse
+	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+		r, err := hodeiv1.NewAdminServiceClient(cc).ListTenants(ctx, &hodeiv1.ListTenantsRequest{})
+		resp = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetTenants(), nil
+}
+
 // Admin returns a raw AdminService client on the current node, for operator
 // commands. Its calls are not retried. It fails only after Close, in which
 // case every call returns ErrClosed.

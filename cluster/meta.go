@@ -17,6 +17,7 @@ import (
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
+	"github.com/hodei-io/hodei/scheduler"
 )
 
 // metaGroup is the small Raft group that holds the member list, the shard
@@ -28,6 +29,9 @@ type metaGroup struct {
 	raft       *raft.Raft
 	closeStore func() error
 	notify     chan bool
+	// changed fires after every meta apply and restore: shard leaders wait
+	// on it to bring their shards' tenant weights in line (tenants.go).
+	changed *scheduler.Signal
 
 	mu     sync.Mutex
 	cancel context.CancelFunc // stops the leader loop
@@ -41,8 +45,8 @@ type metaGroup struct {
 }
 
 func openMeta(n *Node, dir string) (*metaGroup, error) {
-	m := &metaGroup{n: n, notify: make(chan bool, 16), stop: make(chan struct{})}
-	m.fsm = fsm.NewMeta(nil)
+	m := &metaGroup{n: n, notify: make(chan bool, 16), stop: make(chan struct{}), changed: scheduler.NewSignal()}
+	m.fsm = fsm.NewMeta(m.changed.Fire)
 	g, err := openGroup(n, MetaGroup, "meta", dir, m.fsm, m.notify)
 	if err != nil {
 		return nil, err
@@ -115,6 +119,13 @@ func (m *metaGroup) close() error {
 }
 
 func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
+	return m.proposeCtx(context.Background(), cmd)
+}
+
+// proposeCtx replicates cmd in the meta group and returns the state
+// machine's verdict (a *fsm.CodeError for a rejected command). An error
+// from Raft or ctx means the outcome is unknown.
+func (m *metaGroup) proposeCtx(ctx context.Context, cmd *internalpb.MetaCommand) error {
 	cmd.Version = fsm.MetaVersion
 	cmd.NowMs = m.n.now().UnixMilli()
 	b, err := proto.Marshal(cmd)
@@ -122,7 +133,7 @@ func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
 		return err
 	}
 	f := m.raft.Apply(b, m.n.cfg.ApplyTimeout)
-	if err := f.Error(); err != nil {
+	if err := waitFuture(ctx, f); err != nil {
 		return err
 	}
 	if err, ok := f.Response().(error); ok && err != nil {

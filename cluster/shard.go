@@ -29,6 +29,8 @@ type shard struct {
 	batch      *batcher
 
 	notify chan bool
+	// tenantSync wakes the tenant weight sync (tenants.go); buffered 1.
+	tenantSync chan struct{}
 
 	mu     sync.Mutex
 	timers *scheduler.Timers
@@ -43,7 +45,7 @@ type shard struct {
 
 func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	cfg := n.cfg
-	s := &shard{id: id, node: n, log: cfg.Logger.With("shard", id), notify: make(chan bool, 16), stop: make(chan struct{})}
+	s := &shard{id: id, node: n, log: cfg.Logger.With("shard", id), notify: make(chan bool, 16), tenantSync: make(chan struct{}, 1), stop: make(chan struct{})}
 	fcfg := cfg.FSM
 	fcfg.Shard = id
 	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence})
@@ -60,8 +62,9 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	r := g.raft
 	s.raft = r
 	s.batch = newBatcher(r, cfg, n.waves, n.metrics.observeApply)
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.watchLeadership()
+	go s.runTenantSync()
 	return s, nil
 }
 
@@ -160,6 +163,9 @@ func (s *shard) becomeLeader() {
 		Now:             s.node.now,
 	}, s.batch, s.fsm)
 	s.node.work.Fire()
+	// The shard's tenant weights may lag the meta group's (a change the
+	// previous leader did not propose before it lost leadership).
+	s.wakeTenantSync()
 }
 
 func (s *shard) stopTimers() {

@@ -333,6 +333,11 @@ func (n *Node) RestoreGroup(ctx context.Context, g uint32, req *hodeiv1.RestoreG
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	if g != MetaGroup {
+		// The part's tenant weights are the old cluster's shard's; the
+		// meta group (restored first) is the source of truth.
+		n.shards[g].wakeTenantSync()
+	}
 	return &hodeiv1.RestoreGroupResponse{Index: r.AppliedIndex()}, nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -19,7 +18,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hodei-io/hodei/proto/hodeiv1"
-	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
 func testArchive(t *testing.T) ([]byte, string) {
@@ -238,15 +236,10 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	if _, err := c.Cancel(ctx, cancelled, "test"); err != nil {
 		t.Fatal(err)
 	}
-	// A tenant setting in the meta group (no public API sets one yet).
-	waitFor(t, 20*time.Second, "a tenant setting to be proposed", func() bool {
-		for _, n := range src.nodes {
-			if n.meta.raft.State() == raft.Leader {
-				return n.meta.propose(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{PutTenant: &internalpb.TenantSettings{Tenant: "alpha", Weight: 3}}}) == nil
-			}
-		}
-		return false
-	})
+	// A tenant setting: in the meta group, and applied by alpha's shard.
+	if st, err := c.SetTenant(ctx, "alpha", 3); err != nil || st.GetShardWeight() != 3 {
+		t.Fatalf("SetTenant: %v %v", st, err)
+	}
 
 	before := listAll(t, ctx, src.addrs()[0])
 	if len(before) != len(specs) {
@@ -333,6 +326,9 @@ func TestSnapshotSaveRestore(t *testing.T) {
 	for _, n := range dst.nodes {
 		waitFor(t, 30*time.Second, "node "+n.cfg.NodeID+" to hold the restored jobs", func() bool { return sameJobs(before, localJobs(n)) == nil })
 		waitFor(t, 30*time.Second, "node "+n.cfg.NodeID+" to hold the restored tenant setting", func() bool { return n.meta.fsm.TenantWeight("alpha") == 3 })
+		waitFor(t, 30*time.Second, "node "+n.cfg.NodeID+" to apply the restored tenant weight", func() bool {
+			return n.shards[ShardOf("alpha", shards)].fsm.TenantWeight("alpha") == 3
+		})
 		var ids []string
 		for _, m := range n.meta.fsm.State().GetMembers() {
 			ids = append(ids, m.GetId()+"="+m.GetGrpcAddr())

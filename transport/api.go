@@ -62,6 +62,15 @@ type Backend interface {
 	SnapshotRestore(ctx context.Context, archive []byte, force bool) (*hodeiv1.SnapshotRestoreResponse, error)
 	SnapshotGroup(ctx context.Context, group uint32) (*hodeiv1.GroupSnapshotInfo, []byte, error)
 	RestoreGroup(ctx context.Context, group uint32, req *hodeiv1.RestoreGroupRequest) (*hodeiv1.RestoreGroupResponse, error)
+
+	// Tenant settings, held by the meta group. SetTenant and ListTenants
+	// run on any node, which reaches the meta group's leader;
+	// PutTenantGroup and ListTenantsGroup act on the group (the meta
+	// group) this node leads.
+	SetTenant(ctx context.Context, req *hodeiv1.SetTenantRequest) (*hodeiv1.TenantStatus, error)
+	ListTenants(ctx context.Context) ([]*hodeiv1.TenantStatus, error)
+	PutTenantGroup(ctx context.Context, group uint32, req *hodeiv1.SetTenantRequest) error
+	ListTenantsGroup(ctx context.Context, group uint32) ([]*hodeiv1.TenantStatus, error)
 }
 
 const (

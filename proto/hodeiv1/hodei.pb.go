@@ -2905,6 +2905,251 @@ func (x *RestoreGroupResponse) GetIndex() uint64 {
 	return 0
 }
 
+// TenantStatus is a tenant's settings and what its shard applies.
+type TenantStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`                              // fair-share weight in the meta group (1..1000; 1 is the default)
+	Shard         uint32                 `protobuf:"varint,3,opt,name=shard,proto3" json:"shard,omitempty"`                                // the tenant's shard
+	ShardWeight   uint32                 `protobuf:"varint,4,opt,name=shard_weight,json=shardWeight,proto3" json:"shard_weight,omitempty"` // weight the shard's state machine applies now (the answering node's replica): equal to weight once propagated
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantStatus) Reset() {
+	*x = TenantStatus{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantStatus) ProtoMessage() {}
+
+func (x *TenantStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantStatus.ProtoReflect.Descriptor instead.
+func (*TenantStatus) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *TenantStatus) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantStatus) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *TenantStatus) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *TenantStatus) GetShardWeight() uint32 {
+	if x != nil {
+		return x.ShardWeight
+	}
+	return 0
+}
+
+type SetTenantRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // 1..1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantRequest) Reset() {
+	*x = SetTenantRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantRequest) ProtoMessage() {}
+
+func (x *SetTenantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantRequest.ProtoReflect.Descriptor instead.
+func (*SetTenantRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *SetTenantRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantRequest) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+type SetTenantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        *TenantStatus          `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantResponse) Reset() {
+	*x = SetTenantResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantResponse) ProtoMessage() {}
+
+func (x *SetTenantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantResponse.ProtoReflect.Descriptor instead.
+func (*SetTenantResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *SetTenantResponse) GetTenant() *TenantStatus {
+	if x != nil {
+		return x.Tenant
+	}
+	return nil
+}
+
+type ListTenantsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsRequest) Reset() {
+	*x = ListTenantsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsRequest) ProtoMessage() {}
+
+func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
+func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{47}
+}
+
+type ListTenantsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenants       []*TenantStatus        `protobuf:"bytes,1,rep,name=tenants,proto3" json:"tenants,omitempty"` // sorted by tenant
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTenantsResponse) Reset() {
+	*x = ListTenantsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTenantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTenantsResponse) ProtoMessage() {}
+
+func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
+func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -3126,7 +3371,20 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"check_only\x18\x03 \x01(\bR\tcheckOnly\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\",\n" +
 	"\x14RestoreGroupResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index*\x9b\x01\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"w\n" +
+	"\fTenantStatus\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x14\n" +
+	"\x05shard\x18\x03 \x01(\rR\x05shard\x12!\n" +
+	"\fshard_weight\x18\x04 \x01(\rR\vshardWeight\"B\n" +
+	"\x10SetTenantRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"C\n" +
+	"\x11SetTenantResponse\x12.\n" +
+	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
+	"\x12ListTenantsRequest\"G\n" +
+	"\x13ListTenantsResponse\x120\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -3145,7 +3403,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rWorkerService\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
 	"\fExtendLeases\x12\x1d.hodei.v1.ExtendLeasesRequest\x1a\x1e.hodei.v1.ExtendLeasesResponse\x12J\n" +
-	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse2\xda\x04\n" +
+	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse2\xec\x05\n" +
 	"\fAdminService\x12;\n" +
 	"\x06Status\x12\x17.hodei.v1.StatusRequest\x1a\x18.hodei.v1.StatusResponse\x125\n" +
 	"\x04Join\x12\x15.hodei.v1.JoinRequest\x1a\x16.hodei.v1.JoinResponse\x12;\n" +
@@ -3154,7 +3412,9 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\fSnapshotSave\x12\x1d.hodei.v1.SnapshotSaveRequest\x1a\x17.hodei.v1.SnapshotChunk0\x01\x12X\n" +
 	"\x0fSnapshotRestore\x12 .hodei.v1.SnapshotRestoreRequest\x1a!.hodei.v1.SnapshotRestoreResponse(\x01\x12O\n" +
 	"\rSnapshotGroup\x12\x1e.hodei.v1.GroupSnapshotRequest\x1a\x1c.hodei.v1.GroupSnapshotChunk0\x01\x12O\n" +
-	"\fRestoreGroup\x12\x1d.hodei.v1.RestoreGroupRequest\x1a\x1e.hodei.v1.RestoreGroupResponse(\x01B1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\fRestoreGroup\x12\x1d.hodei.v1.RestoreGroupRequest\x1a\x1e.hodei.v1.RestoreGroupResponse(\x01\x12D\n" +
+	"\tSetTenant\x12\x1a.hodei.v1.SetTenantRequest\x1a\x1b.hodei.v1.SetTenantResponse\x12J\n" +
+	"\vListTenants\x12\x1c.hodei.v1.ListTenantsRequest\x1a\x1d.hodei.v1.ListTenantsResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -3169,7 +3429,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                   // 0: hodei.v1.JobState
 	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
@@ -3216,6 +3476,11 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*GroupSnapshotChunk)(nil),      // 42: hodei.v1.GroupSnapshotChunk
 	(*RestoreGroupRequest)(nil),     // 43: hodei.v1.RestoreGroupRequest
 	(*RestoreGroupResponse)(nil),    // 44: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),            // 45: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),        // 46: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),       // 47: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),      // 48: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),     // 49: hodei.v1.ListTenantsResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -3246,43 +3511,49 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	38, // 25: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
 	38, // 26: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
 	38, // 27: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	5,  // 28: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 29: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 30: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 31: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 32: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	16, // 33: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 34: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 35: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 36: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	29, // 37: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	31, // 38: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	33, // 39: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	35, // 40: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	37, // 41: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	41, // 42: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	43, // 43: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	6,  // 44: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 45: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 46: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 47: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 48: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	17, // 49: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 50: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 51: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 52: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	30, // 53: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	32, // 54: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	34, // 55: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	36, // 56: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	40, // 57: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	42, // 58: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	44, // 59: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	44, // [44:60] is the sub-list for method output_type
-	28, // [28:44] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	45, // 28: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	45, // 29: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	5,  // 30: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 31: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 32: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 33: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 34: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	16, // 35: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 36: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 37: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 38: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	29, // 39: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	31, // 40: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	33, // 41: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	35, // 42: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	37, // 43: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	41, // 44: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	43, // 45: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	46, // 46: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	48, // 47: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	6,  // 48: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 49: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 50: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 51: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 52: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	17, // 53: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 54: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 55: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 56: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	30, // 57: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	32, // 58: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	34, // 59: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	36, // 60: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	40, // 61: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	42, // 62: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	44, // 63: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	47, // 64: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	49, // 65: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	48, // [48:66] is the sub-list for method output_type
+	30, // [30:48] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -3296,7 +3567,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   44,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

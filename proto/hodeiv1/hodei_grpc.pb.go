@@ -462,6 +462,8 @@ const (
 	AdminService_SnapshotRestore_FullMethodName = "/hodei.v1.AdminService/SnapshotRestore"
 	AdminService_SnapshotGroup_FullMethodName   = "/hodei.v1.AdminService/SnapshotGroup"
 	AdminService_RestoreGroup_FullMethodName    = "/hodei.v1.AdminService/RestoreGroup"
+	AdminService_SetTenant_FullMethodName       = "/hodei.v1.AdminService/SetTenant"
+	AdminService_ListTenants_FullMethodName     = "/hodei.v1.AdminService/ListTenants"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -480,6 +482,12 @@ type AdminServiceClient interface {
 	// Node to node, pinned to a group: used by SnapshotSave and SnapshotRestore.
 	SnapshotGroup(ctx context.Context, in *GroupSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GroupSnapshotChunk], error)
 	RestoreGroup(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[RestoreGroupRequest, RestoreGroupResponse], error)
+	// SetTenant records a tenant's fair-share weight in the meta group; the
+	// reply comes once the tenant's shard applies it (or after at most 5 s:
+	// shard_weight then still differs, and the shard follows shortly).
+	SetTenant(ctx context.Context, in *SetTenantRequest, opts ...grpc.CallOption) (*SetTenantResponse, error)
+	// ListTenants lists the tenant settings of the meta group (read on its leader).
+	ListTenants(ctx context.Context, in *ListTenantsRequest, opts ...grpc.CallOption) (*ListTenantsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -594,6 +602,26 @@ func (c *adminServiceClient) RestoreGroup(ctx context.Context, opts ...grpc.Call
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_RestoreGroupClient = grpc.ClientStreamingClient[RestoreGroupRequest, RestoreGroupResponse]
 
+func (c *adminServiceClient) SetTenant(ctx context.Context, in *SetTenantRequest, opts ...grpc.CallOption) (*SetTenantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetTenantResponse)
+	err := c.cc.Invoke(ctx, AdminService_SetTenant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListTenants(ctx context.Context, in *ListTenantsRequest, opts ...grpc.CallOption) (*ListTenantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTenantsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListTenants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -610,6 +638,12 @@ type AdminServiceServer interface {
 	// Node to node, pinned to a group: used by SnapshotSave and SnapshotRestore.
 	SnapshotGroup(*GroupSnapshotRequest, grpc.ServerStreamingServer[GroupSnapshotChunk]) error
 	RestoreGroup(grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]) error
+	// SetTenant records a tenant's fair-share weight in the meta group; the
+	// reply comes once the tenant's shard applies it (or after at most 5 s:
+	// shard_weight then still differs, and the shard follows shortly).
+	SetTenant(context.Context, *SetTenantRequest) (*SetTenantResponse, error)
+	// ListTenants lists the tenant settings of the meta group (read on its leader).
+	ListTenants(context.Context, *ListTenantsRequest) (*ListTenantsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -643,6 +677,12 @@ func (UnimplementedAdminServiceServer) SnapshotGroup(*GroupSnapshotRequest, grpc
 }
 func (UnimplementedAdminServiceServer) RestoreGroup(grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]) error {
 	return status.Error(codes.Unimplemented, "method RestoreGroup not implemented")
+}
+func (UnimplementedAdminServiceServer) SetTenant(context.Context, *SetTenantRequest) (*SetTenantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetTenant not implemented")
+}
+func (UnimplementedAdminServiceServer) ListTenants(context.Context, *ListTenantsRequest) (*ListTenantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTenants not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -773,6 +813,42 @@ func _AdminService_RestoreGroup_Handler(srv interface{}, stream grpc.ServerStrea
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_RestoreGroupServer = grpc.ClientStreamingServer[RestoreGroupRequest, RestoreGroupResponse]
 
+func _AdminService_SetTenant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetTenantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).SetTenant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_SetTenant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).SetTenant(ctx, req.(*SetTenantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListTenants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTenantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListTenants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListTenants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListTenants(ctx, req.(*ListTenantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -795,6 +871,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeader",
 			Handler:    _AdminService_TransferLeader_Handler,
+		},
+		{
+			MethodName: "SetTenant",
+			Handler:    _AdminService_SetTenant_Handler,
+		},
+		{
+			MethodName: "ListTenants",
+			Handler:    _AdminService_ListTenants_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
