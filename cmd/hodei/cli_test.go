@@ -183,3 +183,76 @@ func TestCLISnapshotRoundTrip(t *testing.T) {
 		t.Fatalf("restore --force: %v\n%s", err, out)
 	}
 }
+
+// TestCLITenantWeights: `operator tenant set NAME --weight N` and `operator
+// tenant list` (text and -o json); bad weights are refused and change
+// nothing.
+func TestCLITenantWeights(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	d, err := startDev(ctx, devOptions{nodes: 1, workers: 0, shards: 2, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	addr := "--addr=" + strings.Join(d.addrs, ",")
+
+	out, err := run(t, addr, "operator", "tenant", "list")
+	if err != nil || !strings.Contains(out, "no tenant settings") {
+		t.Fatalf("list on a new cluster: %v\n%s", err, out)
+	}
+	out, err = run(t, addr, "operator", "tenant", "set", "heavy", "--weight", "3")
+	if err != nil || !strings.Contains(out, "tenant heavy: weight 3 (in effect on shard") {
+		t.Fatalf("set: %v\n%s", err, out)
+	}
+	out, err = run(t, addr, "operator", "tenant", "list")
+	if err != nil || !strings.Contains(out, "SHARD APPLIES") || !strings.Contains(out, "heavy") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"operator", "tenant", "set", "heavy", "--weight", "0"}, "InvalidArgument"},
+		{[]string{"operator", "tenant", "set", "heavy", "--weight", "1001"}, "InvalidArgument"},
+		{[]string{"operator", "tenant", "set", "", "--weight", "2"}, "InvalidArgument"},
+		{[]string{"operator", "tenant", "set", "no/slash", "--weight", "2"}, "InvalidArgument"},
+		{[]string{"operator", "tenant", "set", "heavy"}, `"weight" not set`},
+	} {
+		_, err := run(t, append([]string{addr}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+	out, err = run(t, addr, "-o", "json", "operator", "tenant", "list")
+	if err != nil {
+		t.Fatalf("list -o json: %v", err)
+	}
+	var list struct {
+		Tenants []struct {
+			Tenant      string `json:"tenant"`
+			Weight      uint32 `json:"weight"`
+			ShardWeight uint32 `json:"shardWeight"`
+		} `json:"tenants"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("list -o json is not JSON: %v\n%s", err, out)
+	}
+	if len(list.Tenants) != 1 || list.Tenants[0].Tenant != "heavy" || list.Tenants[0].Weight != 3 || list.Tenants[0].ShardWeight != 3 {
+		t.Fatalf("after bad input: %+v", list)
+	}
+	out, err = run(t, addr, "-o", "json", "operator", "tenant", "set", "heavy", "--weight", "1")
+	if err != nil {
+		t.Fatalf("set -o json: %v", err)
+	}
+	var set struct {
+		Tenant struct {
+			Tenant      string `json:"tenant"`
+			Weight      uint32 `json:"weight"`
+			ShardWeight uint32 `json:"shardWeight"`
+		} `json:"tenant"`
+	}
+	if err := json.Unmarshal([]byte(out), &set); err != nil || set.Tenant.Tenant != "heavy" || set.Tenant.Weight != 1 || set.Tenant.ShardWeight != 1 {
+		t.Fatalf("set -o json: %v %+v\n%s", err, set, out)
+	}
+}

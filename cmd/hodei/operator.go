@@ -16,10 +16,10 @@ import (
 func init() { register(newOperatorCmd) }
 
 func newOperatorCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "operator", Short: "Cluster administration: status, membership, Raft"}
+	cmd := &cobra.Command{Use: "operator", Short: "Cluster administration: status, membership, Raft, backups, tenant settings"}
 	raftCmd := &cobra.Command{Use: "raft", Short: "Raft groups: peers and leadership"}
 	raftCmd.AddCommand(newListPeersCmd(), newTransferLeaderCmd())
-	cmd.AddCommand(newShardsCmd(), newMembersCmd(), newJoinCmd(), newRemoveCmd(), raftCmd, newSnapshotCmd())
+	cmd.AddCommand(newShardsCmd(), newMembersCmd(), newJoinCmd(), newRemoveCmd(), raftCmd, newSnapshotCmd(), newTenantCmd())
 	return cmd
 }
 
