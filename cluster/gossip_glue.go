@@ -64,10 +64,20 @@ func (n *Node) startGossip() error {
 	n.gossipImpl = g
 	n.gossip = memberGossip{g}
 	ctx, cancel := context.WithCancel(context.Background())
-	n.gossipCancel = cancel
+	loopDone := make(chan struct{})
+	// Close, Kill and New's failure path call gossipCancel before they shut
+	// gossip down: waiting for the loop here means no Join is in flight
+	// when memberlist shuts down (a Join racing Shutdown could still push
+	// this node's alive state to a peer), and the failure path, which
+	// never waits for n.wg, does not tear down what the loop uses under it.
+	n.gossipCancel = func() {
+		cancel()
+		<-loopDone
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		defer close(loopDone)
 		t := time.NewTicker(2 * time.Second)
 		defer t.Stop()
 		for {
@@ -108,11 +118,13 @@ func (n *Node) joinGossip(ctx context.Context) {
 	}
 }
 
+// stopGossip stops the join loop, then leaves the gossip cluster and shuts
+// memberlist down (Close waits for memberlist's goroutines).
 func (n *Node) stopGossip() {
 	if n.gossipCancel != nil {
 		n.gossipCancel()
 	}
 	if n.gossipImpl != nil {
-		n.gossipImpl.Close()
+		n.gossipImpl.Close() // logs an incomplete leave itself
 	}
 }

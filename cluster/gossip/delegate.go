@@ -13,6 +13,11 @@ import (
 // conflict and alive delegates with its node lock held, so they must never
 // call back into memberlist and must not block: they only touch g.mu and
 // push to subscribers (non-blocking).
+//
+// Once Close has started (g.down), the event and conflict delegates do
+// nothing and the merge delegate refuses: memberlist still runs goroutines
+// and timers after its Shutdown (see goroutines.go), and suspicion timers
+// may fire (and report a node dead) long after Close returned.
 
 type (
 	delegate  Gossip
@@ -52,6 +57,9 @@ func (e *events) NotifyLeave(n *memberlist.Node)  { (*Gossip)(e).observe(n, true
 // observe records a memberlist event in the member table and publishes the
 // member if anything visible changed.
 func (g *Gossip) observe(n *memberlist.Node, gone bool) {
+	if g.down.Load() {
+		return
+	}
 	now := time.Now()
 	w, err := decodeMeta(n.Meta)
 	if err != nil && !gone {
@@ -60,6 +68,9 @@ func (g *Gossip) observe(n *memberlist.Node, gone bool) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.subs == nil { // closed (checked again under the lock)
+		return
+	}
 	r, ok := g.members[n.Name]
 	if !ok {
 		r = &memberRec{Member: Member{Name: n.Name}}
@@ -105,6 +116,9 @@ func (g *Gossip) observe(n *memberlist.Node, gone bool) {
 // keeps the existing entry and ignores the newcomer.
 func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
 	g := (*Gossip)(c)
+	if g.down.Load() {
+		return
+	}
 	if existing.Name == g.name {
 		g.nameStolen.Store(true)
 		g.log.Error("NAME CONFLICT: another node claims this node's name; names must be unique, stop one of them",
@@ -133,6 +147,9 @@ func (a *alives) NotifyAlive(n *memberlist.Node) error {
 // second node with a taken name never enters the cluster.
 func (m *merges) NotifyMerge(peers []*memberlist.Node) error {
 	g := (*Gossip)(m)
+	if g.down.Load() {
+		return ErrClosed
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, p := range peers {

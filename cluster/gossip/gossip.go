@@ -202,6 +202,15 @@ type Gossip struct {
 	opMu   sync.Mutex // serialises Leave/Close/UpdateMeta
 	left   bool
 	closed bool
+	// down is set when Close starts shutting memberlist down. From then
+	// on the delegates and memberlist's log output are ignored, so nothing
+	// memberlist still runs (see goroutines.go) touches the member table,
+	// the subscribers or the caller's logger once Close has returned.
+	down atomic.Bool
+	// label tags every goroutine memberlist runs for this Gossip.
+	label string
+	// shutdownWait bounds how long Close waits for those goroutines.
+	shutdownWait time.Duration
 	// nameStolen is set when gossip shows another node using our name;
 	// Close then must not Leave, since the leave message would mark the
 	// other node (same name) as left.
@@ -226,9 +235,29 @@ func Start(cfg Config) (*Gossip, error) {
 		meta:    wireMeta{Meta: cfg.Meta},
 		members: make(map[string]*memberRec),
 		subs:    make(map[*subscriber]struct{}),
+		label:   fmt.Sprintf("%s#%d", cfg.Name, instanceSeq.Add(1)),
 	}
+	var (
+		ml  *memberlist.Memberlist
+		err error
+	)
+	// On a labelled goroutine, so that every goroutine memberlist and its
+	// transport start can be waited for by Close.
+	g.labelled(func() { ml, err = g.create() })
+	if err != nil {
+		// A memberlist that failed to start has shut itself down.
+		g.down.Store(true)
+		g.waitGoroutines(g.shutdownWait)
+		return nil, err
+	}
+	g.ml = ml
+	return g, nil
+}
 
-	stdLog := newStdLogger(logger)
+// create binds the transport and creates the memberlist.
+func (g *Gossip) create() (*memberlist.Memberlist, error) {
+	cfg := g.cfg
+	stdLog := newStdLogger(g.log, &g.down)
 	bindIP, bindPort, _ := splitIPPort("BindAddr", cfg.BindAddr, true)
 
 	// Bind ourselves rather than letting memberlist do it, so that an
@@ -285,14 +314,25 @@ func Start(cfg Config) (*Gossip, error) {
 		mc.DeadNodeReclaimTime = cfg.DeadNodeReclaimTime
 	}
 
+	g.shutdownWait = shutdownWait(mc)
+
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		_ = nt.Shutdown() // idempotent; Create may already have shut it down
 		return nil, fmt.Errorf("gossip: start memberlist: %w", err)
 	}
-	g.ml = ml
-	logger.Info("gossip started", "bind", net.JoinHostPort(bindIP.String(), strconv.Itoa(bindPort)), "advertise", g.LocalAddr())
-	return g, nil
+	g.log.Info("gossip started", "bind", net.JoinHostPort(bindIP.String(), strconv.Itoa(bindPort)), "advertise", ml.LocalNode().Address())
+	return ml, nil
+}
+
+// shutdownWait is how long Close waits for memberlist's goroutines: the
+// longest probe (ProbeInterval scaled by the awareness multiplier, which
+// grows while probes fail, e.g. when peers go away), plus slack for a
+// loaded machine. Push/pull and stream handlers are bounded by TCPTimeout
+// but end at once when the peer is up or gone; only a peer that hangs
+// mid-exchange can outlast this.
+func shutdownWait(mc *memberlist.Config) time.Duration {
+	return mc.ProbeInterval*time.Duration(max(mc.AwarenessMaxMultiplier, 1)) + mc.ProbeTimeout + time.Second
 }
 
 // newTransport binds TCP and UDP on the same port. With port 0 the kernel
@@ -500,9 +540,12 @@ func (g *Gossip) leaveLocked(timeout time.Duration) error {
 // closeLeaveTimeout bounds the graceful leave done by Close.
 const closeLeaveTimeout = 2 * time.Second
 
-// Close leaves the cluster (if Leave was not called, with a short timeout)
-// and shuts memberlist down, stopping every goroutine this package started
-// and closing all subscription channels. Idempotent.
+// Close leaves the cluster (if Leave was not called, with a short timeout),
+// shuts memberlist down, closes all subscription channels and waits (up to
+// a few probe intervals) for every goroutine memberlist ran for this
+// Gossip to end: memberlist's own Shutdown does not wait for them. Once
+// Close has returned, no delegate callback touches this Gossip's state and
+// nothing is logged any more. Idempotent.
 func (g *Gossip) Close() error { return g.close(true) }
 
 // close with leave=false shuts down without announcing: the others detect
@@ -518,6 +561,7 @@ func (g *Gossip) close(leave bool) error {
 		err = g.leaveLocked(closeLeaveTimeout)
 	}
 	g.closed = true
+	g.down.Store(true)
 	if serr := g.ml.Shutdown(); serr != nil && err == nil {
 		err = serr
 	}
@@ -528,8 +572,13 @@ func (g *Gossip) close(leave bool) error {
 	for s := range subs {
 		s.stop()
 	}
+	start := time.Now()
+	if n := g.waitGoroutines(g.shutdownWait); n > 0 {
+		g.log.Warn("memberlist goroutines still running after shutdown; giving up waiting", "goroutines", n, "waited", time.Since(start).Round(time.Millisecond))
+	}
 	return err
 }
 
 // Shutdown stops gossip without announcing a leave (as a crash would look).
+// Like Close it waits for memberlist's goroutines.
 func (g *Gossip) Shutdown() error { return g.close(false) }

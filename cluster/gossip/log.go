@@ -5,15 +5,22 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"sync/atomic"
 )
 
 // slogWriter adapts memberlist's *log.Logger output ("[LEVEL] memberlist: msg")
 // to slog. DEBUG goes to Debug, INFO to Info, WARN to Warn, ERR to Error;
-// lines without a recognised level are logged at Info.
-type slogWriter struct{ l *slog.Logger }
+// lines without a recognised level are logged at Info. Once off is set
+// (the Gossip is shutting down) lines are dropped: memberlist goroutines
+// that outlive Close must not reach the caller's logger, and what they
+// report then ("use of closed network connection") is shutdown noise.
+type slogWriter struct {
+	l   *slog.Logger
+	off *atomic.Bool // nil: never off
+}
 
-func newStdLogger(l *slog.Logger) *log.Logger {
-	return log.New(slogWriter{l}, "", 0)
+func newStdLogger(l *slog.Logger, off *atomic.Bool) *log.Logger {
+	return log.New(slogWriter{l, off}, "", 0)
 }
 
 var levelPrefixes = []struct {
@@ -29,6 +36,9 @@ var levelPrefixes = []struct {
 
 func (w slogWriter) Write(p []byte) (int, error) {
 	n := len(p)
+	if w.off != nil && w.off.Load() {
+		return n, nil
+	}
 	line := bytes.TrimSpace(p)
 	lvl := slog.LevelInfo
 	for _, lp := range levelPrefixes {

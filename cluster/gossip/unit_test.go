@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -206,7 +207,8 @@ func TestSubscriberCoalescesWithoutBlocking(t *testing.T) {
 
 func TestSlogWriterLevels(t *testing.T) {
 	var buf bytes.Buffer
-	l := newStdLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	var off atomic.Bool
+	l := newStdLogger(slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})), &off)
 	l.Printf("[DEBUG] memberlist: d1")
 	l.Printf("[INFO] memberlist: i1")
 	l.Printf("[WARN] memberlist: w1")
@@ -216,6 +218,35 @@ func TestSlogWriterLevels(t *testing.T) {
 	for _, want := range []string{"level=DEBUG msg=d1", "level=INFO msg=i1", "level=WARN msg=w1", "level=ERROR msg=e1", "level=INFO msg=plain"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	off.Store(true)
+	l.Printf("[ERR] memberlist: after shutdown")
+	if strings.Contains(buf.String(), "after shutdown") {
+		t.Error("line logged after the writer was switched off")
+	}
+}
+
+func TestCountLabelled(t *testing.T) {
+	profile := `goroutine profile: total 7
+3 @ 0x1 0x2
+# labels: {"hodei.gossip":"a#1"}
+#	0x1	x.f+0x1	/x.go:1
+
+2 @ 0x1 0x3
+# labels: {"hodei.gossip":"a#11", "z":"q"}
+#	0x1	x.f+0x1	/x.go:1
+
+1 @ 0x4
+# labels: {"a":"b", "hodei.gossip":"a#1"}
+#	0x4	x.g+0x1	/x.go:2
+
+1 @ 0x5
+#	0x5	x.h+0x1	/x.go:3
+`
+	for v, want := range map[string]int{"a#1": 4, "a#11": 2, "a#": 0, "b#1": 0} {
+		if got := countLabelled([]byte(profile), goroutineLabel, v); got != want {
+			t.Errorf("countLabelled(%q) = %d, want %d", v, got, want)
 		}
 	}
 }
