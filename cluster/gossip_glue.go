@@ -48,21 +48,38 @@ func gossipBindAddr(cfg Config, grpcAddr string) string {
 	return net.JoinHostPort(host, "0")
 }
 
-// startGossip starts memberlist for this node and a loop that joins the
-// gossip of every member of the meta group (their gossip addresses come
-// from their Status).
+// deadNodeReclaim: a dead member's name may be taken by a new address
+// after this long. A node restarted without --gossip binds a new port, and
+// memberlist's default (0) refuses its name at the new address (NAME
+// CONFLICT) until the old entry is reaped 30 s later — meanwhile the
+// balancer counts the restarted node dead and moves no leadership to it.
+const deadNodeReclaim = time.Second
+
+// startGossip starts memberlist for this node. It runs before the Raft
+// groups open, so that the meta leader's loops (which read n.gossip) never
+// see it change; startGossipJoins starts joining once the groups exist.
 func (n *Node) startGossip() error {
 	bind := gossipBindAddr(n.cfg, n.addr)
 	if bind == "" {
 		n.cfg.Logger.Warn("gossip disabled: give --gossip ip:port (the gRPC address is not an IP literal)")
 		return nil
 	}
-	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"}, Logger: n.cfg.Logger.With("component", "gossip")})
+	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"},
+		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger.With("component", "gossip")})
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", bind, err)
 	}
 	n.gossipImpl = g
 	n.gossip = memberGossip{g}
+	return nil
+}
+
+// startGossipJoins starts the loop that joins the gossip of every member
+// of the meta group (their gossip addresses come from their Status).
+func (n *Node) startGossipJoins() {
+	if n.gossipImpl == nil {
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	loopDone := make(chan struct{})
 	// Close, Kill and New's failure path call gossipCancel before they shut
@@ -89,7 +106,6 @@ func (n *Node) startGossip() error {
 			}
 		}
 	}()
-	return nil
 }
 
 // joinGossip joins the members of the meta configuration gossip does not know yet.

@@ -133,6 +133,10 @@ func New(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("open log store: %w", err)
 		}
 	}
+	// Gossip first: the meta leader's loops read n.gossip.
+	if err := n.startGossip(); err != nil {
+		return fail(err)
+	}
 	if n.meta, err = openMeta(n, filepath.Join(cfg.DataDir, "meta")); err != nil {
 		return fail(err)
 	}
@@ -143,10 +147,7 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.shards = append(n.shards, s)
 	}
-	// Before serving: Status handlers read the gossip fields.
-	if err := n.startGossip(); err != nil {
-		return fail(err)
-	}
+	n.startGossipJoins()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
