@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -59,8 +60,27 @@ type Cluster struct {
 	Disks   *Disks // each slot's own file system (disk faults only), by slot index
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
+// freePort picks a free loopback port below the kernel's ephemeral range
+// (32768 and up by default). A port the kernel hands out for ":0" is
+// closed again before the server binds it, and anything else on the
+// machine that connects or listens meanwhile can get the same one (seen:
+// a server failed to start with "address already in use" while tests ran
+// beside the harness); ports below the range are only taken by programs
+// that ask for them by number.
+func freePort(taken map[int]bool) (int, error) {
+	for range 200 {
+		port := 20000 + rand.IntN(12000)
+		if taken[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		taken[port] = true
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -73,17 +93,18 @@ func freePort() (int, error) {
 func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 	c := &Cluster{cfg: cfg, nextID: cfg.Nodes + cfg.Spares + 1}
 	var boot []string
+	taken := map[int]bool{}
 	for i := 1; i <= cfg.Nodes+cfg.Spares; i++ {
 		n := &Node{Index: i, ID: fmt.Sprintf("n%d", i), Member: i <= cfg.Nodes}
 		if cfg.Network != nil {
 			ip := cfg.Network.IP(i)
 			n.GRPC, n.HTTP = ip+":7401", ip+":8401"
 		} else {
-			gp, err := freePort()
+			gp, err := freePort(taken)
 			if err != nil {
 				return nil, err
 			}
-			hp, err := freePort()
+			hp, err := freePort(taken)
 			if err != nil {
 				return nil, err
 			}
