@@ -179,11 +179,12 @@ func (b *batcher) collect() {
 				break fill
 			}
 		}
-		entry := &internalpb.Entry{Version: fsm.EntryVersion, NowMs: time.Now().Add(b.clockOffset).UnixMilli()}
+		entry := &internalpb.Entry{NowMs: time.Now().Add(b.clockOffset).UnixMilli()}
 		entry.Commands = make([]*internalpb.Command, len(props))
 		for i, p := range props {
 			entry.Commands[i] = p.cmd
 		}
+		entry.Version = fsm.EntryVersionFor(entry.Commands)
 		data, err := proto.Marshal(entry)
 		if err != nil {
 			b.release(w)

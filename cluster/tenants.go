@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -211,38 +210,26 @@ func (s *shard) syncTenantWeights(ctx context.Context) error {
 		}
 	}
 	sort.Strings(names)
-	var cmds []*internalpb.Command
 	var changes []string
 	for _, name := range names {
 		w, h := max(want[name], 1), max(have[name], 1)
-		if w != h {
-			cmds = append(cmds, &internalpb.Command{Kind: &internalpb.Command_SetTenantWeight{
-				SetTenantWeight: &internalpb.SetTenantWeight{Tenant: name, Weight: w}}})
-			changes = append(changes, fmt.Sprintf("%s=%d (was %d)", name, w, h))
+		if w == h {
+			continue
 		}
-	}
-	if len(cmds) == 0 {
-		return nil
-	}
-	// Not through the batcher: SetTenantWeight needs an entry of its own
-	// version (fsm.EntryVersionTenantWeights), and it is rare.
-	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersionTenantWeights, NowMs: s.node.now().UnixMilli(), Commands: cmds})
-	if err != nil {
-		return err
-	}
-	f := s.raft.Apply(data, s.node.cfg.ApplyTimeout)
-	if err := waitFuture(ctx, f); err != nil {
-		return err
-	}
-	results, ok := f.Response().([]*internalpb.CommandResult)
-	if !ok || len(results) != len(cmds) {
-		return fmt.Errorf("unexpected apply response %T", f.Response())
-	}
-	for i, r := range results {
-		if err := fsm.ResultError(r); err != nil {
-			return fmt.Errorf("%s: %w", changes[i], err)
+		// Through the batcher like every write: it gives the entry the
+		// version the command needs (fsm.EntryVersionFor).
+		res, err := s.batch.Propose(ctx, &internalpb.Command{Kind: &internalpb.Command_SetTenantWeight{
+			SetTenantWeight: &internalpb.SetTenantWeight{Tenant: name, Weight: w}}})
+		if err == nil {
+			err = fsm.ResultError(res)
 		}
+		if err != nil {
+			return fmt.Errorf("%s=%d: %w", name, w, err)
+		}
+		changes = append(changes, fmt.Sprintf("%s=%d (was %d)", name, w, h))
 	}
-	s.log.Info("tenant weights applied from the meta group", "weights", strings.Join(changes, ", "))
+	if len(changes) > 0 {
+		s.log.Info("tenant weights applied from the meta group", "weights", strings.Join(changes, ", "))
+	}
 	return nil
 }

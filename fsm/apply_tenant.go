@@ -32,6 +32,18 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 	return nil
 }
 
+// EntryVersionFor is the version an entry carrying cmds must have: the
+// oldest that understands all of them, so that ordinary entries stay
+// readable by the previous release during a rolling upgrade.
+func EntryVersionFor(cmds []*internalpb.Command) uint32 {
+	for _, c := range cmds {
+		if c.GetSetTenantWeight() != nil {
+			return EntryVersionTenantWeights
+		}
+	}
+	return EntryVersion
+}
+
 // applySetTenantWeight sets a tenant's fair-share weight (its DRR quantum).
 // Only weights other than 1 are stored. A tenant in the middle of its turn
 // keeps at most its new quantum of credit.

@@ -36,8 +36,8 @@ import (
 // ordinary entries during a rolling upgrade and stop loudly only on a
 // command they do not know (instead of ignoring it and diverging).
 const (
-	// EntryVersion is the version of entries without SetTenantWeight (the
-	// batcher writes it).
+	// EntryVersion is the version of entries without SetTenantWeight
+	// (EntryVersionFor chooses).
 	EntryVersion = 1
 	// EntryVersionTenantWeights is the version of entries that carry
 	// SetTenantWeight; in an older entry the command is rejected, changing

@@ -248,3 +248,14 @@ func frameVersion(t testing.TB, version uint32, hdr *internalpb.SnapshotHeader) 
 	binary.BigEndian.PutUint32(out[len(snapshotMagic):], version)
 	return appendCRC(out)
 }
+
+func TestEntryVersionFor(t *testing.T) {
+	plain := []*internalpb.Command{{Kind: &internalpb.Command_Submit{Submit: &internalpb.SubmitJobs{}}}}
+	if v := EntryVersionFor(plain); v != EntryVersion {
+		t.Fatalf("ordinary entry: version %d, want %d", v, EntryVersion)
+	}
+	mixed := append(plain, &internalpb.Command{Kind: &internalpb.Command_SetTenantWeight{SetTenantWeight: &internalpb.SetTenantWeight{Tenant: "a", Weight: 2}}})
+	if v := EntryVersionFor(mixed); v != EntryVersionTenantWeights {
+		t.Fatalf("entry with SetTenantWeight: version %d, want %d", v, EntryVersionTenantWeights)
+	}
+}
