@@ -21,6 +21,8 @@ type Disks struct {
 	loops  []string // loop devices, detached by Close
 	mounts []string
 	sizeMB int
+
+	throttles map[int]*throttle // slow-disk cgroups by slot (slowdisk.go)
 }
 
 // DiskSizeMB is the size of each node's file system: roomy for a run (a
@@ -142,6 +144,7 @@ func (d *Disks) Free(i int) error {
 // stopped). The images stay in the run directory for post-mortems
 // (mount -o loop IMAGE DIR).
 func (d *Disks) Close() {
+	d.closeThrottles()
 	for _, m := range d.mounts {
 		if out, err := exec.Command("umount", m).CombinedOutput(); err != nil {
 			// A straggler still holds it: detach lazily rather than leak the mount.

@@ -39,6 +39,13 @@ const (
 	// image in this mode) for 5-15 s, then frees it; a node that exited
 	// meanwhile is restarted. Selectable alone.
 	FaultDiskFull = "disk-full"
+	// FaultSlowDisk throttles the file system of the node leading the most
+	// shards to 10, 20 or 50 write IOPS (a blkio cgroup on its loop device,
+	// see slowdisk.go) for 10-20 s, then lifts the limit: its log-store
+	// commits take tens to hundreds of milliseconds while its heartbeats
+	// stay fast, so it keeps its leaderships (a gray failure). Selectable
+	// alone.
+	FaultSlowDisk = "slow-disk"
 	FaultMixed    = "mixed"
 	FaultNone     = "none"
 )
@@ -48,10 +55,10 @@ var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, Fau
 	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
 
 // soloFaults are selectable alone but not part of mixed.
-var soloFaults = []string{FaultMembership, FaultClockSkew, FaultDiskFull}
+var soloFaults = []string{FaultMembership, FaultClockSkew, FaultDiskFull, FaultSlowDisk}
 
 // NeedsDisks reports whether kind needs a file system per node.
-func NeedsDisks(kind string) bool { return kind == FaultDiskFull }
+func NeedsDisks(kind string) bool { return kind == FaultDiskFull || kind == FaultSlowDisk }
 
 // NeedsSpare reports whether kind needs a spare node slot.
 func NeedsSpare(kind string) bool { return kind == FaultMembership }
@@ -164,6 +171,8 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 			hold = f.dur(10*time.Second, 20*time.Second) // the balancer moves leaders back within a few seconds
 		case FaultDiskFull:
 			hold = f.dur(5*time.Second, 15*time.Second)
+		case FaultSlowDisk:
+			hold = f.dur(10*time.Second, 20*time.Second)
 		}
 		if rem := until - f.h.Now(); hold > rem {
 			hold = max(rem, time.Second)
@@ -248,6 +257,15 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 			}
 			return err
 		}
+	case FaultSlowDisk:
+		n := leader()
+		iops := []int{10, 20, 50}[f.rng.IntN(3)]
+		ev.Target, ev.Start = n.ID, f.h.Now()
+		if err := f.c.Disks.Slow(n.Index, n.Proc.Pid(), iops); err != nil {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("file system throttled to %d write IOPS for %v", iops, hold.Round(time.Millisecond))
+		heal = func() error { return f.c.Disks.Unslow(n.Index) }
 	case FaultClockSkew:
 		n := leader()
 		ttl := max(f.cfg.LeaseTTL, time.Second)

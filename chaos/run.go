@@ -182,6 +182,11 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		return err
 	}
 	if NeedsDisks(cfg.Faults) {
+		if cfg.Faults == FaultSlowDisk {
+			if err := CanThrottle(); err != nil {
+				return fmt.Errorf("--faults %s: %w", cfg.Faults, err)
+			}
+		}
 		var dirs []string
 		for _, n := range c.Nodes {
 			dirs = append(dirs, n.Data)
