@@ -25,7 +25,8 @@ import (
 // shard differs from the meta group's (1 for a tenant meta does not list)
 // when it gains leadership, whenever its node's meta replica applies an
 // entry or restores a snapshot, after a backup restore of the shard, and
-// every tenantSyncEvery. A lost proposal (leader change, crash between the
+// every tenantSyncEvery (a failed proposal is retried sooner, with a
+// backoff). A lost proposal (leader change, crash between the
 // writes) is therefore redone by whichever node leads the shard next.
 
 const (
@@ -36,6 +37,16 @@ const (
 	// setTenantWait bounds how long SetTenant waits for the tenant's shard
 	// to apply the new weight before it replies anyway.
 	setTenantWait = 5 * time.Second
+	// tenantSyncRecheck is how soon a shard leader looks again when its
+	// node's meta replica was catching up. No apply is certain to wake it:
+	// Raft advances AppliedIndex only after handing the entries to the
+	// meta FSM, so the FSM's change signal for the last of them can come
+	// (and be consumed) while AppliedIndex still reads below CommitIndex.
+	tenantSyncRecheck = 20 * time.Millisecond
+	// tenantSyncRetryMin is the first retry delay after a failed proposal
+	// (a leader change, an apply timeout), doubling up to tenantSyncEvery:
+	// a transient failure is redone well within SetTenant's wait.
+	tenantSyncRetryMin = 50 * time.Millisecond
 )
 
 // SetTenant records a tenant's weight in the meta group (on its leader: here
@@ -160,12 +171,24 @@ func (s *shard) runTenantSync() {
 	}()
 	tick := time.NewTicker(tenantSyncEvery)
 	defer tick.Stop()
+	again := time.NewTimer(time.Hour)
+	again.Stop()
+	defer again.Stop()
+	backoff := tenantSyncRetryMin
 	for {
 		// Taken before the sync, so that a meta change during it wakes the
 		// next round.
 		metaChanged := s.node.meta.changed.Wait()
-		if err := s.syncTenantWeights(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("tenant weights: proposing the meta group's weights failed; retrying", "err", err)
+		recheck, err := s.syncTenantWeights(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("tenant weights: proposing the meta group's weights failed; retrying", "err", err, "in", backoff)
+			again.Reset(backoff)
+			backoff = min(2*backoff, tenantSyncEvery)
+		case recheck:
+			again.Reset(tenantSyncRecheck)
+		default:
+			backoff = tenantSyncRetryMin
 		}
 		select {
 		case <-s.stop:
@@ -173,23 +196,31 @@ func (s *shard) runTenantSync() {
 		case <-s.tenantSync:
 		case <-metaChanged:
 		case <-tick.C:
+		case <-again.C:
 		}
+		again.Stop() // Go 1.23+ timers: no stale value is left to drain
 	}
 }
 
-// syncTenantWeights proposes, if this node leads the shard, one entry that
-// sets every tenant weight of the shard that differs from the meta group's.
-func (s *shard) syncTenantWeights(ctx context.Context) error {
+// syncTenantWeights proposes, if this node leads the shard, one command per
+// tenant weight of the shard that differs from the meta group's. recheck
+// asks the caller to look again shortly: the local meta replica was
+// catching up, and no apply may be left to wake the loop.
+func (s *shard) syncTenantWeights(ctx context.Context) (recheck bool, err error) {
 	if !s.isLeader() || s.readyTerm.Load() != s.raft.CurrentTerm() {
-		return nil // becomeLeader wakes the sync once its Barrier is done
+		return false, nil // becomeLeader wakes the sync once its Barrier is done
 	}
 	m := s.node.meta
+	if m.raft.AppliedIndex() < m.raft.CommitIndex() {
+		// The local meta replica is catching up (or Raft has not yet
+		// advanced AppliedIndex past entries the FSM already applied):
+		// look again soon rather than wait for an apply that may already
+		// have signalled.
+		return true, nil
+	}
 	count := m.fsm.ShardCount()
 	if count == 0 {
-		return nil // not recorded yet: its apply wakes the sync
-	}
-	if m.raft.AppliedIndex() < m.raft.CommitIndex() {
-		return nil // the local meta replica is catching up: its applies wake the sync
+		return false, nil // not recorded yet: its apply wakes the sync
 	}
 	want := map[string]uint32{}
 	for _, t := range m.fsm.Tenants() {
@@ -224,12 +255,12 @@ func (s *shard) syncTenantWeights(ctx context.Context) error {
 			err = fsm.ResultError(res)
 		}
 		if err != nil {
-			return fmt.Errorf("%s=%d: %w", name, w, err)
+			return false, fmt.Errorf("%s=%d: %w", name, w, err)
 		}
 		changes = append(changes, fmt.Sprintf("%s=%d (was %d)", name, w, h))
 	}
 	if len(changes) > 0 {
 		s.log.Info("tenant weights applied from the meta group", "weights", strings.Join(changes, ", "))
 	}
-	return nil
+	return false, nil
 }
