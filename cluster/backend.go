@@ -7,6 +7,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/hodei-io/hodei/cluster/gossip"
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
@@ -189,7 +190,11 @@ func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1
 	if n.gossipImpl != nil {
 		resp.GossipAddress = n.gossipImpl.LocalAddr()
 		for _, m := range n.gossipImpl.Members() {
-			resp.Members = append(resp.Members, &hodeiv1.Member{Id: m.Name, GrpcAddress: m.Meta.GRPCAddr, GossipAddress: m.GossipAddr, State: m.State.String()})
+			state := m.State.String()
+			if m.State == gossip.Alive && m.Meta.LogStoreFailing {
+				state += " (log store failing)"
+			}
+			resp.Members = append(resp.Members, &hodeiv1.Member{Id: m.Name, GrpcAddress: m.Meta.GRPCAddr, GossipAddress: m.GossipAddr, State: state})
 		}
 	}
 	_, mlid := n.meta.raft.LeaderWithID()

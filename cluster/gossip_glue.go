@@ -14,6 +14,9 @@ import (
 type gossipView interface {
 	Alive(id string) bool
 	DeadSince(id string) (time.Time, bool)
+	// LogStoreFailing: the member gossips that its log store is failing
+	// writes (storehealth.go).
+	LogStoreFailing(id string) bool
 }
 
 func (n *Node) gossipAlive(id string) bool { return n.gossip.Alive(id) }
@@ -30,6 +33,11 @@ func (m memberGossip) Alive(id string) bool {
 }
 
 func (m memberGossip) DeadSince(id string) (time.Time, bool) { return m.g.DeadSince(id) }
+
+func (m memberGossip) LogStoreFailing(id string) bool {
+	mem, ok := m.g.Member(id)
+	return ok && mem.State == gossip.Alive && mem.Meta.LogStoreFailing
+}
 
 // gossipBindAddr picks the gossip address: cfg.GossipAddr, or, when empty,
 // the gRPC listener's IP with a free port. Empty result disables gossip.

@@ -185,12 +185,14 @@ func (m *metaGroup) reconcile(ctx context.Context) {
 
 // balance moves the leadership of one shard from the node leading the most
 // shards to the live voter leading the fewest, when they differ by more
-// than one.
+// than one. Nodes whose log store is failing take no part.
 func (m *metaGroup) balance(ctx context.Context, cfg raft.Configuration) {
 	counts := map[string]int{}
 	var live []string
 	for _, srv := range cfg.Servers {
-		if srv.Suffrage == raft.Voter && m.n.alive(string(srv.ID)) {
+		// A node whose log store is failing is neither given a leadership
+		// nor counted: it hands its own away (storehealth.go).
+		if srv.Suffrage == raft.Voter && m.n.usable(string(srv.ID)) {
 			counts[string(srv.ID)] = 0
 			live = append(live, string(srv.ID))
 		}

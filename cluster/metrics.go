@@ -51,6 +51,34 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		gauge("hodei_queue_depth", "PENDING jobs (ready and delayed), all shards.", func(s fsm.Stats) int { return s.Ready + s.Delayed }),
 		gauge("hodei_jobs_running", "RUNNING (leased) jobs, all shards.", func(s fsm.Stats) int { return s.Running }),
 		gauge("hodei_jobs", "Jobs held in memory, all shards.", func(s fsm.Stats) int { return s.Jobs }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_log_store_failing",
+			Help: "1 while this node's Raft log store is failing writes (it hands its leaderships away and gets no votes), else 0."}, func() float64 {
+			if n.storeHealth.failing() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_log_store_write_errors_total",
+			Help: "Failed writes to this node's Raft log store (log appends, deletes, stable keys, health probes)."}, func() float64 {
+			if h := n.storeHealth; h != nil {
+				return float64(h.writeErrors.Load())
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_log_store_votes_refused_total",
+			Help: "Votes this node refused to candidates whose log store is failing."}, func() float64 {
+			if h := n.storeHealth; h != nil {
+				return float64(h.votesRefused.Load())
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_log_store_leadership_handoffs_total",
+			Help: "Leaderships this node handed away because its log store was failing."}, func() float64 {
+			if h := n.storeHealth; h != nil {
+				return float64(h.handoffs.Load())
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_shards_led", Help: "Shards this node leads."}, func() float64 {
 			c := 0
 			for _, s := range n.shards {

@@ -51,6 +51,7 @@ type Node struct {
 	metrics      *metrics
 	work         *scheduler.Signal // node-wide: fired when any shard may have work
 	waves        *waveGate         // nil: waves off (Config.ProposeWaves)
+	storeHealth  *storeHealth      // log-store write health (storehealth.go)
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
@@ -93,6 +94,7 @@ func New(cfg Config) (*Node, error) {
 	if reg == nil {
 		reg = n.registry
 	}
+	n.storeHealth = newStoreHealth(n)
 	n.metrics = newMetrics(reg, n)
 
 	n.pool = transport.NewPool()
@@ -105,6 +107,7 @@ func New(cfg Config) (*Node, error) {
 	reflection.Register(n.grpc)
 
 	fail := func(err error) (*Node, error) {
+		n.storeHealth.close()
 		n.stopGossip()
 		for _, s := range n.shards {
 			s.close()
@@ -148,6 +151,7 @@ func New(cfg Config) (*Node, error) {
 		n.shards = append(n.shards, s)
 	}
 	n.startGossipJoins()
+	n.storeHealth.start()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -280,6 +284,7 @@ func (n *Node) Close() error {
 			n.grpc.Stop()
 			<-stopped
 		}
+		n.storeHealth.close()
 		var errs []error
 		for _, s := range n.shards {
 			if err := s.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
@@ -310,6 +315,7 @@ func (n *Node) Kill() error {
 			n.gossipImpl.Shutdown()
 		}
 		n.grpc.Stop()
+		n.storeHealth.close()
 		n.raftNet.Close()
 		for _, s := range n.shards {
 			s.close()

@@ -1,6 +1,6 @@
 // Package gossip is a thin wrapper over hashicorp/memberlist that gossips
 // each Hodei node's identity: its unique, stable name, its gossip address
-// and its Meta (gRPC address and version).
+// and its Meta (gRPC address, version and whether its log store is failing).
 //
 // On top of memberlist it adds:
 //   - versioned, size-checked metadata whose decoding never panics; nodes
@@ -472,6 +472,13 @@ func (g *Gossip) Subscribe() (<-chan Member, func()) {
 		g.mu.Unlock()
 		s.stop()
 	}
+}
+
+// LocalMeta returns this node's current metadata.
+func (g *Gossip) LocalMeta() Meta {
+	g.metaMu.Lock()
+	defer g.metaMu.Unlock()
+	return g.meta.Meta
 }
 
 // UpdateMeta changes this node's metadata and gossips it, waiting up to

@@ -17,7 +17,8 @@ const MetaMaxSize = memberlist.MetaMaxSize
 // Wire format (all versions):
 //
 //	byte 0   format version (>= 1)
-//	byte 1   flags (bit 0: the node is leaving gracefully; other bits ignored)
+//	byte 1   flags (bit 0: the node is leaving gracefully; bit 1: the node's
+//	         Raft log store is failing writes; other bits ignored)
 //	uvarint len, bytes   GRPCAddr (UTF-8)
 //	uvarint len, bytes   Version  (UTF-8)
 //	...                  fields added by later versions
@@ -28,7 +29,10 @@ const MetaMaxSize = memberlist.MetaMaxSize
 // rejected by this decoder (and the node refused by the alive delegate).
 const metaFormat = 1
 
-const flagLeaving = 1 << 0
+const (
+	flagLeaving         = 1 << 0
+	flagLogStoreFailing = 1 << 1 // decoders before it ignore the bit
+)
 
 // ErrBadMeta is wrapped by every metadata decoding error.
 var ErrBadMeta = errors.New("gossip: bad node metadata")
@@ -41,6 +45,10 @@ var ErrMetaTooLarge = errors.New("gossip: node metadata too large")
 type Meta struct {
 	GRPCAddr string // address of the node's gRPC server (Raft is multiplexed over it)
 	Version  string // Hodei build version
+	// LogStoreFailing: the node's Raft log store is failing writes
+	// (cluster/storehealth.go); it hands its leaderships away and must not
+	// be given any.
+	LogStoreFailing bool
 }
 
 // wireMeta is Meta plus internal flags.
@@ -56,6 +64,9 @@ func encodeMeta(m wireMeta) ([]byte, error) {
 	var flags byte
 	if m.leaving {
 		flags |= flagLeaving
+	}
+	if m.LogStoreFailing {
+		flags |= flagLogStoreFailing
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(len(m.GRPCAddr)))
@@ -93,6 +104,7 @@ func decodeMeta(b []byte) (wireMeta, error) {
 		return w, fmt.Errorf("%w: truncated header", ErrBadMeta)
 	}
 	w.leaving = b[1]&flagLeaving != 0
+	w.LogStoreFailing = b[1]&flagLogStoreFailing != 0
 	rest := b[2:]
 	field := func(name string) (string, error) {
 		n, k := binary.Uvarint(rest)

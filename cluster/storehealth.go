@@ -1,0 +1,460 @@
+package cluster
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+
+	"github.com/hodei-io/hodei/cluster/gossip"
+	"github.com/hodei-io/hodei/cluster/logdb"
+)
+
+// Log-store health. Every group's raft.LogStore and raft.StableStore are
+// wrapped (healthStore) so that the node sees each write's outcome. A write
+// error marks the node's store failing (the groups share one log store, and
+// one failed commit fails every group's writes in it); it is healthy again
+// once a write has succeeded after the last error and no write has failed
+// for storeRecoverAfter. A full disk lets small commits through now and
+// then, so "the next write succeeded" alone would flap.
+//
+// While failing, the node
+//   - hands the leadership of every group it leads to a healthy live voter
+//     (LeadershipTransferToServer), retrying every storeTick;
+//   - gossips the condition (gossip.Meta.LogStoreFailing): the meta leader's
+//     balancer gives it no shard, and
+//   - every node refuses its vote to a candidate whose store is failing
+//     (refuseVote below), as long as the other voters that are alive and
+//     healthy form a quorum of the group without it. hashicorp/raft has no
+//     "do not campaign" switch and its vote granting cannot be hooked, but
+//     it persists a vote before granting it and does not grant it when
+//     that write fails: the stable-store wrapper fails exactly that write.
+//     Refusing a vote is always safe; without a healthy quorum the votes
+//     are given as before, so a group whose only possible leader is the
+//     failing node still gets one.
+//
+// A probe write (storeProbeSize bytes under storeProbeKey in the meta
+// group's stable store) runs every storeTick while failing, so recovery is
+// noticed on a node that leads nothing, and after storeProbeEvery without a
+// successful write while healthy, so an idle node notices a full disk
+// before it is given a leadership.
+
+const (
+	storeTick         = time.Second
+	storeProbeEvery   = 5 * time.Second
+	storeRecoverAfter = 5 * time.Second
+	// storeProbeSize: larger than most log commits, so that a disk with a
+	// few free pages left does not look healthy.
+	storeProbeSize = 16 << 10
+)
+
+var (
+	storeProbeKey = []byte("hodei.store-probe")
+	// hashicorp/raft's stable keys of a vote (raft.go: persistVote writes
+	// LastVoteTerm, then LastVoteCand; nothing else writes them).
+	keyLastVoteTerm = []byte("LastVoteTerm")
+	keyLastVoteCand = []byte("LastVoteCand")
+	errInjected     = errors.New("injected log store failure (test)")
+)
+
+// storeInjection is a test-only failure mode of the wrappers.
+type storeInjection int32
+
+const (
+	injectNone storeInjection = iota
+	// injectProbe fails probe writes only: the store counts as failing
+	// while the node's log stays current (a full disk that lets small
+	// commits through), the case where it could otherwise win elections.
+	injectProbe
+	// injectWrites also fails every StoreLogs and DeleteRange. Stable-store
+	// writes still go through: raft panics when it cannot persist a term.
+	injectWrites
+)
+
+// storeHealth tracks the write health of this node's log store and acts on
+// it (see above). One per node.
+type storeHealth struct {
+	n *Node
+
+	lastOK, lastErr atomic.Int64 // unix nanos of the last successful / failed write
+	lastErrText     atomic.Pointer[string]
+	failingNow      atomic.Bool // published state: set and cleared by the loop
+	writeErrors     atomic.Uint64
+	votesRefused    atomic.Uint64
+	handoffs        atomic.Uint64
+	inject          atomic.Int32
+
+	probeStable raft.StableStore // the meta group's unwrapped stable store
+	payload     []byte
+	probing     atomic.Bool
+	lastProbe   time.Time // loop only
+
+	votersMu sync.Mutex
+	voters   map[uint32][]raft.Server // each group's configuration, refreshed by the loop
+
+	kick      chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	startOnce sync.Once
+	stopOnce  sync.Once
+}
+
+func newStoreHealth(n *Node) *storeHealth {
+	return &storeHealth{n: n, voters: map[uint32][]raft.Server{}, kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		payload: make([]byte, storeProbeSize)}
+}
+
+// failing reports whether this node's log store is failing writes.
+func (h *storeHealth) failing() bool { return h != nil && h.failingNow.Load() }
+
+// setInjection sets the test-only failure mode.
+func (h *storeHealth) setInjection(m storeInjection) {
+	h.inject.Store(int32(m))
+	h.poke()
+}
+
+func (h *storeHealth) injected(m storeInjection) bool { return storeInjection(h.inject.Load()) >= m }
+
+func (h *storeHealth) poke() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// record notes the outcome of one write.
+func (h *storeHealth) record(err error) {
+	switch {
+	case err == nil:
+		h.lastOK.Store(time.Now().UnixNano())
+	case errors.Is(err, logdb.ErrClosed), errors.Is(err, bbolt.ErrDatabaseNotOpen):
+		// Shutting down, not a failing disk.
+	default:
+		h.writeErrors.Add(1)
+		s := err.Error()
+		h.lastErrText.Store(&s)
+		first := !h.failingNow.Load()
+		h.lastErr.Store(time.Now().UnixNano())
+		if first {
+			h.poke()
+		}
+	}
+}
+
+// wrap returns the stores raft is given for group id.
+func (h *storeHealth) wrap(id uint32, logs raft.LogStore, stable raft.StableStore) (raft.LogStore, raft.StableStore) {
+	if id == MetaGroup {
+		h.probeStable = stable
+	}
+	s := &healthStore{h: h, group: id, logs: logs, stable: stable}
+	return s, s
+}
+
+func (h *storeHealth) start() {
+	h.startOnce.Do(func() {
+		h.wg.Add(1)
+		go h.run()
+	})
+}
+
+// close stops the loop and waits for it and a probe in flight.
+func (h *storeHealth) close() {
+	h.stopOnce.Do(func() { close(h.stop) })
+	h.wg.Wait()
+}
+
+func (h *storeHealth) run() {
+	defer h.wg.Done()
+	t := time.NewTicker(storeTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-h.kick:
+		case <-t.C:
+		}
+		h.refreshVoters()
+		h.maybeProbe()
+		h.evaluate()
+		if h.failing() {
+			h.handOff()
+		}
+	}
+}
+
+func (h *storeHealth) maybeProbe() {
+	if h.probeStable == nil || h.probing.Load() {
+		return
+	}
+	now := time.Now()
+	if h.failing() || h.injected(injectProbe) {
+		if now.Sub(h.lastProbe) < storeTick {
+			return
+		}
+	} else if now.Sub(time.Unix(0, h.lastOK.Load())) < storeProbeEvery || now.Sub(h.lastProbe) < storeProbeEvery {
+		return
+	}
+	h.lastProbe = now
+	h.probing.Store(true)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer h.probing.Store(false)
+		if h.injected(injectProbe) {
+			h.record(errInjected)
+		} else {
+			h.record(h.probeStable.Set(storeProbeKey, h.payload))
+		}
+		h.poke()
+	}()
+}
+
+// evaluate decides the state and publishes a change.
+func (h *storeHealth) evaluate() {
+	lastErr, lastOK := h.lastErr.Load(), h.lastOK.Load()
+	failing := lastErr != 0 && (lastOK <= lastErr || time.Since(time.Unix(0, lastErr)) < storeRecoverAfter)
+	if failing == h.failingNow.Load() {
+		return
+	}
+	h.failingNow.Store(failing)
+	log := h.n.cfg.Logger
+	if failing {
+		text := ""
+		if p := h.lastErrText.Load(); p != nil {
+			text = *p
+		}
+		log.Warn("log store failing writes: handing leaderships away and asking for no votes until writes succeed again", "err", text)
+	} else {
+		log.Info("log store healthy again: writes succeed", "failed_writes_total", h.writeErrors.Load())
+	}
+	if g := h.n.gossipImpl; g != nil {
+		m := g.LocalMeta()
+		m.LogStoreFailing = failing
+		if err := g.UpdateMeta(m, time.Second); err != nil && !errors.Is(err, gossip.ErrClosed) {
+			log.Warn("gossip log store state", "failing", failing, "err", err)
+		}
+	}
+}
+
+// refreshVoters caches each group's configuration for refuseVote, which
+// runs on raft's main goroutine and so cannot ask raft for it.
+func (h *storeHealth) refreshVoters() {
+	for _, id := range h.n.groups() {
+		r, err := h.n.groupRaft(id)
+		if err != nil {
+			continue
+		}
+		f := r.GetConfiguration()
+		if f.Error() != nil {
+			continue
+		}
+		servers := f.Configuration().Servers
+		h.votersMu.Lock()
+		h.voters[id] = servers
+		h.votersMu.Unlock()
+	}
+}
+
+func (h *storeHealth) votersOf(id uint32) []raft.Server {
+	h.votersMu.Lock()
+	defer h.votersMu.Unlock()
+	return h.voters[id]
+}
+
+// storeFailing reports whether node id's log store is failing: this node's
+// own tracker, or what id gossips.
+func (n *Node) storeFailing(id string) bool {
+	if id == n.cfg.NodeID {
+		return n.storeHealth.failing()
+	}
+	return n.gossip != nil && n.gossip.LogStoreFailing(id)
+}
+
+// usable: a voter that may be given a leadership.
+func (n *Node) usable(id string) bool { return n.alive(id) && !n.storeFailing(id) }
+
+// handOff transfers the leadership of every group this node leads to a
+// healthy live voter, the one leading the fewest shards.
+func (h *storeHealth) handOff() {
+	n := h.n
+	led := map[string]int{}
+	for _, s := range n.shards {
+		if _, id := s.raft.LeaderWithID(); id != "" {
+			led[string(id)]++
+		}
+	}
+	var wg sync.WaitGroup
+	for _, id := range n.groups() {
+		r, err := n.groupRaft(id)
+		if err != nil || r.State() != raft.Leader {
+			continue
+		}
+		var to *raft.Server
+		for _, srv := range h.votersOf(id) {
+			if srv.Suffrage != raft.Voter || string(srv.ID) == n.cfg.NodeID || !n.usable(string(srv.ID)) {
+				continue
+			}
+			if to == nil || led[string(srv.ID)] < led[string(to.ID)] {
+				to = &srv
+			}
+		}
+		if to == nil {
+			n.cfg.Logger.Debug("log store failing: no healthy voter to hand leadership to", "group", GroupName(id))
+			continue
+		}
+		led[string(to.ID)]++
+		wg.Add(1)
+		go func(id uint32, r *raft.Raft, to raft.Server) {
+			defer wg.Done()
+			if err := r.LeadershipTransferToServer(to.ID, to.Address).Error(); err != nil {
+				n.cfg.Logger.Warn("log store failing: leadership transfer failed", "group", GroupName(id), "to", to.ID, "err", err)
+				return
+			}
+			h.handoffs.Add(1)
+			n.cfg.Logger.Info("log store failing: leadership handed away", "group", GroupName(id), "to", to.ID)
+		}(id, r, *to)
+	}
+	wg.Wait()
+}
+
+// refuseVote is called before this node persists a vote for the candidate
+// at address cand in group id (hashicorp/raft's persistVote): non-nil means
+// the vote is not given.
+func (h *storeHealth) refuseVote(id uint32, cand []byte) error {
+	n := h.n
+	if string(cand) == n.addr {
+		return nil // our own vote as a candidate
+	}
+	candID, refuse := voteRefused(h.votersOf(id), string(cand), n.storeFailing, n.alive)
+	if !refuse {
+		return nil
+	}
+	h.votesRefused.Add(1)
+	return fmt.Errorf("vote for %s refused: its log store is failing writes (and the healthy voters form a quorum)", candID)
+}
+
+// voteRefused decides refuseVote: refuse when the candidate (by Raft
+// address) is a known server whose store is failing and the voters other
+// than it that are alive and healthy are a quorum of voters.
+func voteRefused(servers []raft.Server, candAddr string, failing, alive func(id string) bool) (candID string, refuse bool) {
+	voters := 0
+	for _, srv := range servers {
+		if string(srv.Address) == candAddr {
+			candID = string(srv.ID)
+		}
+		if srv.Suffrage == raft.Voter {
+			voters++
+		}
+	}
+	if candID == "" || !failing(candID) {
+		return candID, false
+	}
+	healthy := 0
+	for _, srv := range servers {
+		id := string(srv.ID)
+		if srv.Suffrage == raft.Voter && id != candID && alive(id) && !failing(id) {
+			healthy++
+		}
+	}
+	return candID, healthy >= voters/2+1
+}
+
+// healthStore is one group's log and stable store as raft sees them.
+type healthStore struct {
+	h      *storeHealth
+	group  uint32
+	logs   raft.LogStore
+	stable raft.StableStore
+
+	// voteTerm holds persistVote's LastVoteTerm until its LastVoteCand
+	// comes: a refused vote then leaves both keys as they were (writing the
+	// term alone would let raft's "duplicate request in the same term"
+	// path grant a repeated request from the refused candidate without
+	// persisting anything).
+	voteMu      sync.Mutex
+	voteTerm    uint64
+	voteTermSet bool
+}
+
+func (s *healthStore) FirstIndex() (uint64, error)            { return s.logs.FirstIndex() }
+func (s *healthStore) LastIndex() (uint64, error)             { return s.logs.LastIndex() }
+func (s *healthStore) GetLog(index uint64, l *raft.Log) error { return s.logs.GetLog(index, l) }
+
+func (s *healthStore) StoreLog(l *raft.Log) error {
+	if s.h.injected(injectWrites) {
+		s.h.record(errInjected)
+		return errInjected
+	}
+	err := s.logs.StoreLog(l)
+	s.h.record(err)
+	return err
+}
+
+func (s *healthStore) StoreLogs(logs []*raft.Log) error {
+	if s.h.injected(injectWrites) {
+		s.h.record(errInjected)
+		return errInjected
+	}
+	err := s.logs.StoreLogs(logs)
+	s.h.record(err)
+	return err
+}
+
+func (s *healthStore) DeleteRange(min, max uint64) error {
+	if s.h.injected(injectWrites) {
+		s.h.record(errInjected)
+		return errInjected
+	}
+	err := s.logs.DeleteRange(min, max)
+	s.h.record(err)
+	return err
+}
+
+// IsMonotonic forwards raft.MonotonicLogStore (raft.LogCache asks its store).
+func (s *healthStore) IsMonotonic() bool {
+	m, ok := s.logs.(raft.MonotonicLogStore)
+	return ok && m.IsMonotonic()
+}
+
+func (s *healthStore) Set(key, val []byte) error {
+	if bytes.Equal(key, keyLastVoteCand) {
+		s.voteMu.Lock()
+		term, ok := s.voteTerm, s.voteTermSet
+		s.voteTermSet = false
+		s.voteMu.Unlock()
+		if err := s.h.refuseVote(s.group, val); err != nil {
+			return err
+		}
+		if ok {
+			err := s.stable.SetUint64(keyLastVoteTerm, term)
+			s.h.record(err)
+			if err != nil {
+				return err
+			}
+		}
+	}
+	err := s.stable.Set(key, val)
+	s.h.record(err)
+	return err
+}
+
+func (s *healthStore) SetUint64(key []byte, val uint64) error {
+	if bytes.Equal(key, keyLastVoteTerm) {
+		s.voteMu.Lock()
+		s.voteTerm, s.voteTermSet = val, true
+		s.voteMu.Unlock()
+		return nil // written with the candidate (Set)
+	}
+	err := s.stable.SetUint64(key, val)
+	s.h.record(err)
+	return err
+}
+
+func (s *healthStore) Get(key []byte) ([]byte, error)       { return s.stable.Get(key) }
+func (s *healthStore) GetUint64(key []byte) (uint64, error) { return s.stable.GetUint64(key) }
