@@ -88,13 +88,26 @@ func startGroup(n *Node, id uint32, name, dir string, f raft.FSM, notify chan bo
 	rc.BatchApplyCh = false
 	rc.NotifyCh = notify
 	rc.Logger = hl
-	trans := n.raftNet.Transport(id)
+	// Heartbeats that change raft's term or role go through raft's main
+	// goroutine, not its fast path: an old leader could otherwise append
+	// its waiting proposals in the new leader's term and apply them (chaos
+	// F5, hashicorp/raft#695; transport/heartbeat.go).
+	trans := transport.GuardHeartbeats(n.raftNet.Transport(id))
 	r, err := raft.NewRaft(rc, f, logs, stable, snaps, trans)
 	if err != nil {
+		_ = trans.Close()
 		closeStore()
 		return nil, fmt.Errorf("start raft of %s: %w", name, err)
 	}
-	return &openedGroup{raft: r, trans: trans, closeStore: closeStore}, nil
+	trans.Bind(r)
+	// raft closes its transport only from the first Shutdown's future, and
+	// not when it shut itself down on being removed from the group: close
+	// the guard (its forwarding goroutine) with the store in every case.
+	closeAll := func() error {
+		_ = trans.Close()
+		return closeStore()
+	}
+	return &openedGroup{raft: r, trans: trans, closeStore: closeAll}, nil
 }
 
 // bootstrapGroup forms the initial configuration if the group has no state yet.
