@@ -102,7 +102,7 @@ func startGroup(n *Node, id uint32, name, dir string, f raft.FSM, notify chan bo
 	trans.Bind(r)
 	// raft closes its transport only from the first Shutdown's future, and
 	// not when it shut itself down on being removed from the group: close
-	// the guard (its forwarding goroutine) with the store in every case.
+	// the transport (idempotent) with the store in every case.
 	closeAll := func() error {
 		_ = trans.Close()
 		return closeStore()

@@ -186,6 +186,9 @@ type groupTransport struct {
 
 	hbMu sync.Mutex
 	hbFn func(raft.RPC)
+	// hbGate, if set (HeartbeatGuard), decides which heartbeats may take
+	// raft's fast path; the others go through consumeCh.
+	hbGate atomic.Pointer[func(*raft.AppendEntriesRequest) bool]
 
 	// ctx is cancelled on Close: it bounds every outgoing RPC and tells
 	// incoming handlers to give up.

@@ -49,7 +49,7 @@ func (g *groupTransport) dispatch(ctx context.Context, cmd any, reader io.Reader
 	rpc := raft.RPC{Command: cmd, Reader: reader, RespChan: respCh}
 	fast := false
 	if heartbeat {
-		if fn := g.heartbeatFn(); fn != nil {
+		if fn := g.heartbeatFn(); fn != nil && g.fastPathAllowed(cmd) {
 			fn(rpc)
 			fast = true
 		}
@@ -74,6 +74,16 @@ func (g *groupTransport) dispatch(ctx context.Context, cmd any, reader io.Reader
 	case <-ctx.Done():
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// fastPathAllowed applies the HeartbeatGuard's gate, if any, to a heartbeat.
+func (g *groupTransport) fastPathAllowed(cmd any) bool {
+	gate := g.hbGate.Load()
+	if gate == nil {
+		return true
+	}
+	req, ok := cmd.(*raft.AppendEntriesRequest)
+	return ok && (*gate)(req)
 }
 
 // responseErr turns an error raft answered with into a status.
