@@ -189,6 +189,10 @@ type Gossip struct {
 	log  *slog.Logger
 	ml   *memberlist.Memberlist
 	name string
+	// localAddr is the advertised gossip address, read once at start:
+	// memberlist's LocalNode() is its live record, which it rewrites
+	// without a lock its readers could take (on Leave, UpdateNode).
+	localAddr string
 
 	metaMu sync.Mutex
 	meta   wireMeta
@@ -251,6 +255,7 @@ func Start(cfg Config) (*Gossip, error) {
 		return nil, err
 	}
 	g.ml = ml
+	g.localAddr = ml.LocalNode().Address()
 	return g, nil
 }
 
@@ -359,7 +364,7 @@ func newTransport(ip string, port int, l *log.Logger) (*memberlist.NetTransport,
 
 // LocalAddr is the gossip address other members use to reach this node.
 func (g *Gossip) LocalAddr() string {
-	return g.ml.LocalNode().Address()
+	return g.localAddr
 }
 
 // Join contacts the given gossip addresses ("ip:port", or "host:port" which
