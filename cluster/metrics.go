@@ -66,7 +66,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return 0
 		}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_log_store_votes_refused_total",
-			Help: "Votes this node refused to candidates whose log store is failing."}, func() float64 {
+			Help: "Votes this node refused to candidates whose log store is failing (its own included, when it is the failing one)."}, func() float64 {
 			if h := n.storeHealth; h != nil {
 				return float64(h.votesRefused.Load())
 			}

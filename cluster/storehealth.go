@@ -28,15 +28,16 @@ import (
 //     (LeadershipTransferToServer), retrying every storeTick;
 //   - gossips the condition (gossip.Meta.LogStoreFailing): the meta leader's
 //     balancer gives it no shard, and
-//   - every node refuses its vote to a candidate whose store is failing
-//     (refuseVote below), as long as the other voters that are alive and
-//     healthy form a quorum of the group without it. hashicorp/raft has no
-//     "do not campaign" switch and its vote granting cannot be hooked, but
-//     it persists a vote before granting it and does not grant it when
-//     that write fails: the stable-store wrapper fails exactly that write.
-//     Refusing a vote is always safe; without a healthy quorum the votes
-//     are given as before, so a group whose only possible leader is the
-//     failing node still gets one.
+//   - every node, itself included, refuses its vote to a candidate whose
+//     store is failing (refuseVote below), as long as the other voters that
+//     are alive and healthy form a quorum of the group without it.
+//     hashicorp/raft has no "do not campaign" switch and its vote granting
+//     cannot be hooked, but it persists a vote before granting (or, for its
+//     own, counting) it and gives none when that write fails: the
+//     stable-store wrapper fails exactly that write. Refusing a vote is
+//     always safe; without a healthy quorum the votes are given as before,
+//     so a group whose only possible leader is the failing node still gets
+//     one.
 //
 // A probe write (storeProbeSize bytes under storeProbeKey in the meta
 // group's stable store) runs every storeTick while failing, so recovery is
@@ -48,6 +49,7 @@ const (
 	storeTick         = time.Second
 	storeProbeEvery   = 5 * time.Second
 	storeRecoverAfter = 5 * time.Second
+	storeTermRetry    = 100 * time.Millisecond
 	// storeProbeSize: larger than most log commits, so that a disk with a
 	// few free pages left does not look healthy.
 	storeProbeSize = 16 << 10
@@ -59,7 +61,10 @@ var (
 	// LastVoteTerm, then LastVoteCand; nothing else writes them).
 	keyLastVoteTerm = []byte("LastVoteTerm")
 	keyLastVoteCand = []byte("LastVoteCand")
-	errInjected     = errors.New("injected log store failure (test)")
+	// keyCurrentTerm: raft panics when it cannot write it ("failed to save
+	// current term"), so a failed write of it is retried (retryTerm).
+	keyCurrentTerm = []byte("CurrentTerm")
+	errInjected    = errors.New("injected log store failure (test)")
 )
 
 // storeInjection is a test-only failure mode of the wrappers.
@@ -85,7 +90,7 @@ type storeHealth struct {
 	lastErrText     atomic.Pointer[string]
 	failingNow      atomic.Bool // published state: set and cleared by the loop
 	writeErrors     atomic.Uint64
-	votesRefused    atomic.Uint64
+	votesRefused    atomic.Uint64 // its own included
 	handoffs        atomic.Uint64
 	inject          atomic.Int32
 
@@ -96,6 +101,9 @@ type storeHealth struct {
 
 	votersMu sync.Mutex
 	voters   map[uint32][]raft.Server // each group's configuration, refreshed by the loop
+	// termBlocked: groups whose raft main goroutine waits in retryTerm;
+	// the loop must not ask their raft anything that goes through it.
+	termBlocked sync.Map // uint32 -> struct{}
 
 	kick      chan struct{}
 	stop      chan struct{}
@@ -179,9 +187,10 @@ func (h *storeHealth) run() {
 		case <-h.kick:
 		case <-t.C:
 		}
+		// Publish first: peers refuse votes only once gossip tells them.
+		h.evaluate()
 		h.refreshVoters()
 		h.maybeProbe()
-		h.evaluate()
 		if h.failing() {
 			h.handOff()
 		}
@@ -250,6 +259,9 @@ func (h *storeHealth) refreshVoters() {
 		if err != nil {
 			continue
 		}
+		if _, blocked := h.termBlocked.Load(id); blocked {
+			continue
+		}
 		f := r.GetConfiguration()
 		if f.Error() != nil {
 			continue
@@ -313,6 +325,9 @@ func (h *storeHealth) handOff() {
 		go func(id uint32, r *raft.Raft, to raft.Server) {
 			defer wg.Done()
 			if err := r.LeadershipTransferToServer(to.ID, to.Address).Error(); err != nil {
+				if errors.Is(err, raft.ErrLeadershipTransferInProgress) {
+					return // the previous round's is still going
+				}
 				n.cfg.Logger.Warn("log store failing: leadership transfer failed", "group", GroupName(id), "to", to.ID, "err", err)
 				return
 			}
@@ -326,16 +341,22 @@ func (h *storeHealth) handOff() {
 // refuseVote is called before this node persists a vote for the candidate
 // at address cand in group id (hashicorp/raft's persistVote): non-nil means
 // the vote is not given.
+//
+// A failing node also refuses its own vote when it campaigns (raft's
+// electSelf persists it before counting it; on the error it counts no vote
+// at all in that term), so it cannot win before gossip has told the others
+// — the chaos disk-full run saw a full node win twice in the second after
+// its first failed write. The same quorum condition applies.
 func (h *storeHealth) refuseVote(id uint32, cand []byte) error {
 	n := h.n
-	if string(cand) == n.addr {
-		return nil // our own vote as a candidate
-	}
 	candID, refuse := voteRefused(h.votersOf(id), string(cand), n.storeFailing, n.alive)
 	if !refuse {
 		return nil
 	}
 	h.votesRefused.Add(1)
+	if string(cand) == n.addr {
+		return fmt.Errorf("not voting for itself: this node's log store is failing writes (and the healthy voters form a quorum)")
+	}
 	return fmt.Errorf("vote for %s refused: its log store is failing writes (and the healthy voters form a quorum)", candID)
 }
 
@@ -453,7 +474,55 @@ func (s *healthStore) SetUint64(key []byte, val uint64) error {
 	}
 	err := s.stable.SetUint64(key, val)
 	s.h.record(err)
+	if err != nil && bytes.Equal(key, keyCurrentTerm) {
+		err = s.h.retryTerm(s.group, val, err, func() error { return s.stable.SetUint64(key, val) })
+	}
 	return err
+}
+
+// retryTerm retries a failed write of group's current term until it
+// succeeds or the node closes. raft panics when setCurrentTerm's write
+// fails, and a node whose disk is full meets new terms all the time (every
+// RequestVote or AppendEntries of a newer term, and the elections its own
+// handing off starts): the first chaos disk-full run with hand-offs lost
+// the node that way. Waiting blocks only this group's raft main goroutine,
+// which is never a leader's at that point (raft steps down before it
+// persists a newer term); the node's other groups go on, and the group
+// resumes when space comes back. On close the error is returned (and raft
+// panics, as it did before).
+func (h *storeHealth) retryTerm(group uint32, term uint64, err error, write func() error) error {
+	if errors.Is(err, logdb.ErrClosed) || errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		return err
+	}
+	h.termBlocked.Store(group, struct{}{})
+	defer h.termBlocked.Delete(group)
+	log := h.n.cfg.Logger
+	log.Error("cannot persist the Raft term: retrying until it can be written (raft stops the process otherwise)",
+		"group", GroupName(group), "term", term, "err", err)
+	start := time.Now()
+	lastLog := start
+	t := time.NewTicker(storeTermRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return err
+		case <-t.C:
+		}
+		if err = write(); err == nil {
+			h.record(nil)
+			log.Warn("Raft term persisted after retrying", "group", GroupName(group), "term", term, "waited", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		h.record(err)
+		if errors.Is(err, logdb.ErrClosed) || errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+			return err
+		}
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			log.Error("still cannot persist the Raft term", "group", GroupName(group), "term", term, "waited", time.Since(start).Round(time.Second), "err", err)
+		}
+	}
 }
 
 func (s *healthStore) Get(key []byte) ([]byte, error)       { return s.stable.Get(key) }
