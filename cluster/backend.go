@@ -191,8 +191,12 @@ func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1
 		resp.GossipAddress = n.gossipImpl.LocalAddr()
 		for _, m := range n.gossipImpl.Members() {
 			state := m.State.String()
-			if m.State == gossip.Alive && m.Meta.LogStoreFailing {
+			switch {
+			case m.State != gossip.Alive:
+			case m.Meta.LogStoreErrors:
 				state += " (log store failing)"
+			case m.Meta.LogStoreFailing:
+				state += " (log store recovering)"
 			}
 			resp.Members = append(resp.Members, &hodeiv1.Member{Id: m.Name, GrpcAddress: m.Meta.GRPCAddr, GossipAddress: m.GossipAddr, State: state})
 		}

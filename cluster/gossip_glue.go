@@ -17,6 +17,8 @@ type gossipView interface {
 	// LogStoreFailing: the member gossips that its log store is failing
 	// writes (storehealth.go).
 	LogStoreFailing(id string) bool
+	// LogStoreErrors: ... and a write of it failed in the last seconds.
+	LogStoreErrors(id string) bool
 }
 
 func (n *Node) gossipAlive(id string) bool { return n.gossip.Alive(id) }
@@ -37,6 +39,11 @@ func (m memberGossip) DeadSince(id string) (time.Time, bool) { return m.g.DeadSi
 func (m memberGossip) LogStoreFailing(id string) bool {
 	mem, ok := m.g.Member(id)
 	return ok && mem.State == gossip.Alive && mem.Meta.LogStoreFailing
+}
+
+func (m memberGossip) LogStoreErrors(id string) bool {
+	mem, ok := m.g.Member(id)
+	return ok && mem.State == gossip.Alive && mem.Meta.LogStoreErrors
 }
 
 // gossipBindAddr picks the gossip address: cfg.GossipAddr, or, when empty,

@@ -23,14 +23,16 @@ import (
 // for storeRecoverAfter. A full disk lets small commits through now and
 // then, so "the next write succeeded" alone would flap.
 //
-// While failing, the node
-//   - hands the leadership of every group it leads to a healthy live voter
-//     (LeadershipTransferToServer), retrying every storeTick;
-//   - gossips the condition (gossip.Meta.LogStoreFailing): the meta leader's
-//     balancer gives it no shard, and
-//   - every node, itself included, refuses its vote to a candidate whose
-//     store is failing (refuseVote below), as long as the other voters that
-//     are alive and healthy form a quorum of the group without it.
+// While failing, the node gossips the condition (gossip.Meta.LogStoreFailing):
+// the meta leader's balancer gives it no shard. While a write failed within
+// the last storeErrorsFor ("erroring", gossiped as gossip.Meta.LogStoreErrors;
+// a full disk fails the probe every second), moreover
+//   - it hands the leadership of every group it leads to a live voter that
+//     is not erroring, preferably not failing (LeadershipTransferToServer),
+//     retrying every storeTick, and
+//   - every node, itself included, refuses its vote to it as a candidate
+//     (refuseVote below), as long as the other voters that are alive and
+//     not erroring form a quorum of the group without it.
 //     hashicorp/raft has no "do not campaign" switch and its vote granting
 //     cannot be hooked, but it persists a vote before granting (or, for its
 //     own, counting) it and gives none when that write fails: the
@@ -49,7 +51,14 @@ const (
 	storeTick         = time.Second
 	storeProbeEvery   = 5 * time.Second
 	storeRecoverAfter = 5 * time.Second
-	storeTermRetry    = 100 * time.Millisecond
+	// storeErrorsFor: a write failed this recently, so the disk is still
+	// failing (a full disk fails the 1 s probe every time), not just in
+	// storeRecoverAfter. Only then does the node hand leaderships away and
+	// get no votes: a node still flagged after its disk recovered must not
+	// make the others count a second, really full, node electable (the
+	// quorum condition of refuseVote).
+	storeErrorsFor = 3 * time.Second
+	storeTermRetry = 100 * time.Millisecond
 	// storeProbeSize: larger than most log commits, so that a disk with a
 	// few free pages left does not look healthy.
 	storeProbeSize = 16 << 10
@@ -89,6 +98,7 @@ type storeHealth struct {
 	lastOK, lastErr atomic.Int64 // unix nanos of the last successful / failed write
 	lastErrText     atomic.Pointer[string]
 	failingNow      atomic.Bool // published state: set and cleared by the loop
+	erroringNow     atomic.Bool // published: a write failed within storeErrorsFor
 	writeErrors     atomic.Uint64
 	votesRefused    atomic.Uint64 // its own included
 	handoffs        atomic.Uint64
@@ -120,6 +130,16 @@ func newStoreHealth(n *Node) *storeHealth {
 // failing reports whether this node's log store is failing writes.
 func (h *storeHealth) failing() bool { return h != nil && h.failingNow.Load() }
 
+// erroring reports whether a write failed within storeErrorsFor (read
+// directly, not through the loop: the node's own votes depend on it).
+func (h *storeHealth) erroring() bool {
+	if h == nil {
+		return false
+	}
+	last := h.lastErr.Load()
+	return last != 0 && time.Since(time.Unix(0, last)) < storeErrorsFor
+}
+
 // setInjection sets the test-only failure mode.
 func (h *storeHealth) setInjection(m storeInjection) {
 	h.inject.Store(int32(m))
@@ -146,7 +166,7 @@ func (h *storeHealth) record(err error) {
 		h.writeErrors.Add(1)
 		s := err.Error()
 		h.lastErrText.Store(&s)
-		first := !h.failingNow.Load()
+		first := !h.erroringNow.Load()
 		h.lastErr.Store(time.Now().UnixNano())
 		if first {
 			h.poke()
@@ -191,7 +211,7 @@ func (h *storeHealth) run() {
 		h.evaluate()
 		h.refreshVoters()
 		h.maybeProbe()
-		if h.failing() {
+		if h.erroring() {
 			h.handOff()
 		}
 	}
@@ -228,23 +248,31 @@ func (h *storeHealth) maybeProbe() {
 func (h *storeHealth) evaluate() {
 	lastErr, lastOK := h.lastErr.Load(), h.lastOK.Load()
 	failing := lastErr != 0 && (lastOK <= lastErr || time.Since(time.Unix(0, lastErr)) < storeRecoverAfter)
-	if failing == h.failingNow.Load() {
+	erroring := h.erroring()
+	if failing == h.failingNow.Load() && erroring == h.erroringNow.Load() {
 		return
 	}
+	wasFailing, wasErroring := h.failingNow.Load(), h.erroringNow.Load()
 	h.failingNow.Store(failing)
+	h.erroringNow.Store(erroring)
 	log := h.n.cfg.Logger
-	if failing {
+	switch {
+	case failing == wasFailing && !erroring && wasErroring:
+		log.Info("log store writes succeed again: taking leaderships and votes again, given none by the balancer for a few seconds more")
+	case failing == wasFailing:
+		// erroring again while still flagged: published below
+	case failing:
 		text := ""
 		if p := h.lastErrText.Load(); p != nil {
 			text = *p
 		}
 		log.Warn("log store failing writes: handing leaderships away and asking for no votes until writes succeed again", "err", text)
-	} else {
+	default:
 		log.Info("log store healthy again: writes succeed", "failed_writes_total", h.writeErrors.Load())
 	}
 	if g := h.n.gossipImpl; g != nil {
 		m := g.LocalMeta()
-		m.LogStoreFailing = failing
+		m.LogStoreFailing, m.LogStoreErrors = failing, erroring
 		if err := g.UpdateMeta(m, time.Second); err != nil && !errors.Is(err, gossip.ErrClosed) {
 			log.Warn("gossip log store state", "failing", failing, "err", err)
 		}
@@ -288,6 +316,15 @@ func (n *Node) storeFailing(id string) bool {
 	return n.gossip != nil && n.gossip.LogStoreFailing(id)
 }
 
+// storeErroring reports whether a write of node id's log store failed in
+// the last storeErrorsFor (for itself: read directly).
+func (n *Node) storeErroring(id string) bool {
+	if id == n.cfg.NodeID {
+		return n.storeHealth.erroring()
+	}
+	return n.gossip != nil && n.gossip.LogStoreErrors(id)
+}
+
 // usable: a voter that may be given a leadership.
 func (n *Node) usable(id string) bool { return n.alive(id) && !n.storeFailing(id) }
 
@@ -307,13 +344,18 @@ func (h *storeHealth) handOff() {
 		if err != nil || r.State() != raft.Leader {
 			continue
 		}
+		// A healthy voter leading the fewest shards; else one that is
+		// only recovering (flagged, but its writes succeed again).
 		var to *raft.Server
+		toFlagged := false
 		for _, srv := range h.votersOf(id) {
-			if srv.Suffrage != raft.Voter || string(srv.ID) == n.cfg.NodeID || !n.usable(string(srv.ID)) {
+			sid := string(srv.ID)
+			if srv.Suffrage != raft.Voter || sid == n.cfg.NodeID || !n.alive(sid) || n.storeErroring(sid) {
 				continue
 			}
-			if to == nil || led[string(srv.ID)] < led[string(to.ID)] {
-				to = &srv
+			flagged := n.storeFailing(sid)
+			if to == nil || (toFlagged && !flagged) || (toFlagged == flagged && led[sid] < led[string(to.ID)]) {
+				to, toFlagged = &srv, flagged
 			}
 		}
 		if to == nil {
@@ -349,7 +391,7 @@ func (h *storeHealth) handOff() {
 // its first failed write. The same quorum condition applies.
 func (h *storeHealth) refuseVote(id uint32, cand []byte) error {
 	n := h.n
-	candID, refuse := voteRefused(h.votersOf(id), string(cand), n.storeFailing, n.alive)
+	candID, refuse := voteRefused(h.votersOf(id), string(cand), n.storeErroring, n.alive)
 	if !refuse {
 		return nil
 	}
@@ -361,8 +403,8 @@ func (h *storeHealth) refuseVote(id uint32, cand []byte) error {
 }
 
 // voteRefused decides refuseVote: refuse when the candidate (by Raft
-// address) is a known server whose store is failing and the voters other
-// than it that are alive and healthy are a quorum of voters.
+// address) is a known server whose store is failing (erroring) and the
+// voters other than it that are alive and not failing are a quorum.
 func voteRefused(servers []raft.Server, candAddr string, failing, alive func(id string) bool) (candID string, refuse bool) {
 	voters := 0
 	for _, srv := range servers {

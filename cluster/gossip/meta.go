@@ -18,7 +18,8 @@ const MetaMaxSize = memberlist.MetaMaxSize
 //
 //	byte 0   format version (>= 1)
 //	byte 1   flags (bit 0: the node is leaving gracefully; bit 1: the node's
-//	         Raft log store is failing writes; other bits ignored)
+//	         Raft log store is failing writes or just recovered; bit 2: a
+//	         write failed in the last seconds; other bits ignored)
 //	uvarint len, bytes   GRPCAddr (UTF-8)
 //	uvarint len, bytes   Version  (UTF-8)
 //	...                  fields added by later versions
@@ -32,6 +33,7 @@ const metaFormat = 1
 const (
 	flagLeaving         = 1 << 0
 	flagLogStoreFailing = 1 << 1 // decoders before it ignore the bit
+	flagLogStoreErrors  = 1 << 2
 )
 
 // ErrBadMeta is wrapped by every metadata decoding error.
@@ -49,6 +51,9 @@ type Meta struct {
 	// (cluster/storehealth.go); it hands its leaderships away and must not
 	// be given any.
 	LogStoreFailing bool
+	// LogStoreErrors: a write failed within the last seconds (its disk is
+	// full now, not just recovering): it gets no votes.
+	LogStoreErrors bool
 }
 
 // wireMeta is Meta plus internal flags.
@@ -67,6 +72,9 @@ func encodeMeta(m wireMeta) ([]byte, error) {
 	}
 	if m.LogStoreFailing {
 		flags |= flagLogStoreFailing
+	}
+	if m.LogStoreErrors {
+		flags |= flagLogStoreErrors
 	}
 	b = append(b, flags)
 	b = binary.AppendUvarint(b, uint64(len(m.GRPCAddr)))
@@ -105,6 +113,7 @@ func decodeMeta(b []byte) (wireMeta, error) {
 	}
 	w.leaving = b[1]&flagLeaving != 0
 	w.LogStoreFailing = b[1]&flagLogStoreFailing != 0
+	w.LogStoreErrors = b[1]&flagLogStoreErrors != 0
 	rest := b[2:]
 	field := func(name string) (string, error) {
 		n, k := binary.Uvarint(rest)

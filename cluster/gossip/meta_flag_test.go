@@ -9,6 +9,7 @@ func TestMetaLogStoreFailingFlag(t *testing.T) {
 	for _, w := range []wireMeta{
 		{Meta: Meta{GRPCAddr: "10.0.0.1:7000", Version: "v1", LogStoreFailing: true}},
 		{Meta: Meta{GRPCAddr: "10.0.0.1:7000", Version: "v1", LogStoreFailing: true}, leaving: true},
+		{Meta: Meta{GRPCAddr: "10.0.0.1:7000", Version: "v1", LogStoreFailing: true, LogStoreErrors: true}},
 		{Meta: Meta{GRPCAddr: "10.0.0.1:7000", Version: "v1"}, leaving: true},
 	} {
 		b, err := encodeMeta(w)
