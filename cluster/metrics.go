@@ -52,8 +52,15 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 		gauge("hodei_jobs_running", "RUNNING (leased) jobs, all shards.", func(s fsm.Stats) int { return s.Running }),
 		gauge("hodei_jobs", "Jobs held in memory, all shards.", func(s fsm.Stats) int { return s.Jobs }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_log_store_failing",
-			Help: "1 while this node's Raft log store is failing writes (it hands its leaderships away and gets no votes), else 0."}, func() float64 {
+			Help: "1 while this node's Raft log store is failing writes or recovering from it (the balancer gives it no shard to lead), else 0."}, func() float64 {
 			if n.storeHealth.failing() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_log_store_erroring",
+			Help: "1 while a write of this node's Raft log store has failed in the last few seconds (it hands its leaderships away and gets no votes), else 0."}, func() float64 {
+			if n.storeHealth.erroring() {
 				return 1
 			}
 			return 0

@@ -186,6 +186,10 @@ func TestLogStoreFailingHandsLeadershipAway(t *testing.T) {
 	if v := testutilGauge(t, fn, "hodei_log_store_failing"); v != 1 {
 		t.Fatalf("hodei_log_store_failing = %v on the failing node", v)
 	}
+	// Its writes keep failing (raft's and the probe's): erroring too.
+	waitFor(t, 10*time.Second, "hodei_log_store_erroring = 1 on the failing node", func() bool {
+		return testutilGauge(t, fn, "hodei_log_store_erroring") == 1
+	})
 	st, err := tc.nodes[(f+1)%3].Status(context.Background(), &hodeiv1.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
