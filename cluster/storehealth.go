@@ -449,34 +449,27 @@ func (s *healthStore) FirstIndex() (uint64, error)            { return s.logs.Fi
 func (s *healthStore) LastIndex() (uint64, error)             { return s.logs.LastIndex() }
 func (s *healthStore) GetLog(index uint64, l *raft.Log) error { return s.logs.GetLog(index, l) }
 
-func (s *healthStore) StoreLog(l *raft.Log) error {
-	if s.h.injected(injectWrites) {
-		s.h.record(errInjected)
-		return errInjected
+// logWrite runs one log-store write (or fails it, under the test-only
+// injection) and records its outcome.
+func (s *healthStore) logWrite(write func() error) error {
+	err := errInjected
+	if !s.h.injected(injectWrites) {
+		err = write()
 	}
-	err := s.logs.StoreLog(l)
 	s.h.record(err)
 	return err
+}
+
+func (s *healthStore) StoreLog(l *raft.Log) error {
+	return s.logWrite(func() error { return s.logs.StoreLog(l) })
 }
 
 func (s *healthStore) StoreLogs(logs []*raft.Log) error {
-	if s.h.injected(injectWrites) {
-		s.h.record(errInjected)
-		return errInjected
-	}
-	err := s.logs.StoreLogs(logs)
-	s.h.record(err)
-	return err
+	return s.logWrite(func() error { return s.logs.StoreLogs(logs) })
 }
 
 func (s *healthStore) DeleteRange(min, max uint64) error {
-	if s.h.injected(injectWrites) {
-		s.h.record(errInjected)
-		return errInjected
-	}
-	err := s.logs.DeleteRange(min, max)
-	s.h.record(err)
-	return err
+	return s.logWrite(func() error { return s.logs.DeleteRange(min, max) })
 }
 
 // IsMonotonic forwards raft.MonotonicLogStore (raft.LogCache asks its store).
