@@ -152,8 +152,14 @@ type JobSpec struct {
 	BackoffBaseMs  int64                  `protobuf:"varint,10,opt,name=backoff_base_ms,json=backoffBaseMs,proto3" json:"backoff_base_ms,omitempty"` // 0 = default (1000)
 	BackoffMaxMs   int64                  `protobuf:"varint,11,opt,name=backoff_max_ms,json=backoffMaxMs,proto3" json:"backoff_max_ms,omitempty"`    // 0 = default (60000)
 	DelayMs        int64                  `protobuf:"varint,12,opt,name=delay_ms,json=delayMs,proto3" json:"delay_ms,omitempty"`                     // run no earlier than submit time + delay
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// kind names the handler that runs the job ([A-Za-z0-9._:/-], at most 128
+	// bytes). Empty (or "shell") is a command job: command is required and the
+	// shell executor runs it. Any other kind is run by a worker that registered
+	// a handler for it; command must then be empty.
+	Kind          string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
+	Payload       []byte `protobuf:"bytes,14,opt,name=payload,proto3" json:"payload,omitempty"` // handler input; counts toward the spec's size limit
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -268,6 +274,20 @@ func (x *JobSpec) GetDelayMs() int64 {
 		return x.DelayMs
 	}
 	return 0
+}
+
+func (x *JobSpec) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobSpec) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
 }
 
 type JobResult struct {
@@ -1135,13 +1155,15 @@ func (x *Lease) GetTtlMs() int64 {
 }
 
 type LeaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`           // max jobs to grant (1..1000)
-	Labels        []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`                // worker labels
-	WaitMs        int64                  `protobuf:"varint,4,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"` // long-poll: wait up to this long for work (max 60000)
-	TtlMs         int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`    // requested lease TTL; 0 = server default
-	RequestId     string                 `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId  string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Capacity  int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`           // max jobs to grant (1..1000)
+	Labels    []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`                // worker labels
+	WaitMs    int64                  `protobuf:"varint,4,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"` // long-poll: wait up to this long for work (max 60000)
+	TtlMs     int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`    // requested lease TTL; 0 = server default
+	RequestId string                 `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// kinds this worker runs ("shell" for command jobs); empty = every kind.
+	Kinds         []string `protobuf:"bytes,7,rep,name=kinds,proto3" json:"kinds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1216,6 +1238,13 @@ func (x *LeaseRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *LeaseRequest) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
 }
 
 type LeaseResponse struct {
@@ -1614,6 +1643,1241 @@ func (x *CompleteJobResponse) GetJob() *Job {
 	return nil
 }
 
+// Completion is one finished attempt, fenced by its lease token.
+type Completion struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Token         uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
+	Success       bool                   `protobuf:"varint,3,opt,name=success,proto3" json:"success,omitempty"`
+	Result        *JobResult             `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	Retryable     bool                   `protobuf:"varint,5,opt,name=retryable,proto3" json:"retryable,omitempty"` // on failure: false forbids a retry (attempts are not used up: the job FAILs)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Completion) Reset() {
+	*x = Completion{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Completion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Completion) ProtoMessage() {}
+
+func (x *Completion) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Completion.ProtoReflect.Descriptor instead.
+func (*Completion) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *Completion) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Completion) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *Completion) GetSuccess() bool {
+	if x != nil {
+		return x.Success
+	}
+	return false
+}
+
+func (x *Completion) GetResult() *JobResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *Completion) GetRetryable() bool {
+	if x != nil {
+		return x.Retryable
+	}
+	return false
+}
+
+// CompletionResult is the outcome of one Completion: each completion of a
+// batch is accepted or refused on its own.
+type CompletionResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Token         uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"`
+	Ok            bool                   `protobuf:"varint,3,opt,name=ok,proto3" json:"ok,omitempty"`                              // accepted (or a repeat of an accepted completion)
+	State         JobState               `protobuf:"varint,4,opt,name=state,proto3,enum=hodei.v1.JobState" json:"state,omitempty"` // the job's state after it (when ok)
+	Code          string                 `protobuf:"bytes,5,opt,name=code,proto3" json:"code,omitempty"`                           // when refused: a gRPC code name (NOT_FOUND, FAILED_PRECONDITION, INVALID_ARGUMENT, UNAVAILABLE)
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                       // when refused: why (e.g. "stale lease token")
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompletionResult) Reset() {
+	*x = CompletionResult{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompletionResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompletionResult) ProtoMessage() {}
+
+func (x *CompletionResult) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompletionResult.ProtoReflect.Descriptor instead.
+func (*CompletionResult) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CompletionResult) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *CompletionResult) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *CompletionResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *CompletionResult) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *CompletionResult) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *CompletionResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CompleteJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Completions   []*Completion          `protobuf:"bytes,1,rep,name=completions,proto3" json:"completions,omitempty"` // at most 10000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteJobsRequest) Reset() {
+	*x = CompleteJobsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteJobsRequest) ProtoMessage() {}
+
+func (x *CompleteJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteJobsRequest.ProtoReflect.Descriptor instead.
+func (*CompleteJobsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *CompleteJobsRequest) GetCompletions() []*Completion {
+	if x != nil {
+		return x.Completions
+	}
+	return nil
+}
+
+type CompleteJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CompletionResult    `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"` // in request order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteJobsResponse) Reset() {
+	*x = CompleteJobsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteJobsResponse) ProtoMessage() {}
+
+func (x *CompleteJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteJobsResponse.ProtoReflect.Descriptor instead.
+func (*CompleteJobsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CompleteJobsResponse) GetResults() []*CompletionResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type WorkerHello struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"` // unique per worker process; required
+	Labels        []*KeyValue            `protobuf:"bytes,2,rep,name=labels,proto3" json:"labels,omitempty"`
+	Kinds         []string               `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`               // kinds it runs ("shell" for command jobs); empty = every kind
+	Slots         int32                  `protobuf:"varint,4,opt,name=slots,proto3" json:"slots,omitempty"`              // initial free slots (credit), 0..10000
+	TtlMs         int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // lease TTL wanted; 0 = server default
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerHello) Reset() {
+	*x = WorkerHello{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerHello) ProtoMessage() {}
+
+func (x *WorkerHello) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerHello.ProtoReflect.Descriptor instead.
+func (*WorkerHello) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WorkerHello) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerHello) GetLabels() []*KeyValue {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *WorkerHello) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+func (x *WorkerHello) GetSlots() int32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+func (x *WorkerHello) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type WorkerSlots struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Slots         int32                  `protobuf:"varint,1,opt,name=slots,proto3" json:"slots,omitempty"` // more free slots (added to the credit), 1..10000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerSlots) Reset() {
+	*x = WorkerSlots{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerSlots) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerSlots) ProtoMessage() {}
+
+func (x *WorkerSlots) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerSlots.ProtoReflect.Descriptor instead.
+func (*WorkerSlots) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WorkerSlots) GetSlots() int32 {
+	if x != nil {
+		return x.Slots
+	}
+	return 0
+}
+
+type WorkerCompletions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Completions   []*Completion          `protobuf:"bytes,1,rep,name=completions,proto3" json:"completions,omitempty"` // at most 10000 per message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerCompletions) Reset() {
+	*x = WorkerCompletions{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerCompletions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerCompletions) ProtoMessage() {}
+
+func (x *WorkerCompletions) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerCompletions.ProtoReflect.Descriptor instead.
+func (*WorkerCompletions) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *WorkerCompletions) GetCompletions() []*Completion {
+	if x != nil {
+		return x.Completions
+	}
+	return nil
+}
+
+type WorkerExtend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*LeaseRef            `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"` // at most 10000 per message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerExtend) Reset() {
+	*x = WorkerExtend{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerExtend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerExtend) ProtoMessage() {}
+
+func (x *WorkerExtend) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerExtend.ProtoReflect.Descriptor instead.
+func (*WorkerExtend) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *WorkerExtend) GetLeases() []*LeaseRef {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+type WorkerMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*WorkerMessage_Hello
+	//	*WorkerMessage_Slots
+	//	*WorkerMessage_Completions
+	//	*WorkerMessage_Extend
+	Msg           isWorkerMessage_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerMessage) Reset() {
+	*x = WorkerMessage{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerMessage) ProtoMessage() {}
+
+func (x *WorkerMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerMessage.ProtoReflect.Descriptor instead.
+func (*WorkerMessage) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WorkerMessage) GetMsg() isWorkerMessage_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *WorkerMessage) GetHello() *WorkerHello {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
+func (x *WorkerMessage) GetSlots() *WorkerSlots {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Slots); ok {
+			return x.Slots
+		}
+	}
+	return nil
+}
+
+func (x *WorkerMessage) GetCompletions() *WorkerCompletions {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Completions); ok {
+			return x.Completions
+		}
+	}
+	return nil
+}
+
+func (x *WorkerMessage) GetExtend() *WorkerExtend {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Extend); ok {
+			return x.Extend
+		}
+	}
+	return nil
+}
+
+type isWorkerMessage_Msg interface {
+	isWorkerMessage_Msg()
+}
+
+type WorkerMessage_Hello struct {
+	Hello *WorkerHello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
+}
+
+type WorkerMessage_Slots struct {
+	Slots *WorkerSlots `protobuf:"bytes,2,opt,name=slots,proto3,oneof"`
+}
+
+type WorkerMessage_Completions struct {
+	Completions *WorkerCompletions `protobuf:"bytes,3,opt,name=completions,proto3,oneof"`
+}
+
+type WorkerMessage_Extend struct {
+	Extend *WorkerExtend `protobuf:"bytes,4,opt,name=extend,proto3,oneof"`
+}
+
+func (*WorkerMessage_Hello) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Slots) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Completions) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Extend) isWorkerMessage_Msg() {}
+
+type ServerWelcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	TtlMs         int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`          // lease TTL the node grants
+	MaxSlots      int32                  `protobuf:"varint,3,opt,name=max_slots,json=maxSlots,proto3" json:"max_slots,omitempty"` // the most credit the node keeps for one stream
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerWelcome) Reset() {
+	*x = ServerWelcome{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerWelcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerWelcome) ProtoMessage() {}
+
+func (x *ServerWelcome) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerWelcome.ProtoReflect.Descriptor instead.
+func (*ServerWelcome) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ServerWelcome) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *ServerWelcome) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *ServerWelcome) GetMaxSlots() int32 {
+	if x != nil {
+		return x.MaxSlots
+	}
+	return 0
+}
+
+type ServerLeases struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*Lease               `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerLeases) Reset() {
+	*x = ServerLeases{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerLeases) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerLeases) ProtoMessage() {}
+
+func (x *ServerLeases) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerLeases.ProtoReflect.Descriptor instead.
+func (*ServerLeases) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ServerLeases) GetLeases() []*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+type ServerCompletions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CompletionResult    `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerCompletions) Reset() {
+	*x = ServerCompletions{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerCompletions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerCompletions) ProtoMessage() {}
+
+func (x *ServerCompletions) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerCompletions.ProtoReflect.Descriptor instead.
+func (*ServerCompletions) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ServerCompletions) GetResults() []*CompletionResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type ServerExtended struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ExtendResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerExtended) Reset() {
+	*x = ServerExtended{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerExtended) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerExtended) ProtoMessage() {}
+
+func (x *ServerExtended) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerExtended.ProtoReflect.Descriptor instead.
+func (*ServerExtended) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ServerExtended) GetResults() []*ExtendResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ServerCancel: stop running these jobs (cancelled, or the lease is lost);
+// a completion for them will be refused.
+type ServerCancel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Leases        []*LeaseRef            `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerCancel) Reset() {
+	*x = ServerCancel{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerCancel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerCancel) ProtoMessage() {}
+
+func (x *ServerCancel) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerCancel.ProtoReflect.Descriptor instead.
+func (*ServerCancel) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ServerCancel) GetLeases() []*LeaseRef {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+func (x *ServerCancel) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ServerDrain: take no new work (the node sends no more leases), finish
+// what is running and complete it, then close the stream.
+type ServerDrain struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerDrain) Reset() {
+	*x = ServerDrain{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerDrain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerDrain) ProtoMessage() {}
+
+func (x *ServerDrain) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerDrain.ProtoReflect.Descriptor instead.
+func (*ServerDrain) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ServerDrain) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ServerMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ServerMessage_Welcome
+	//	*ServerMessage_Leases
+	//	*ServerMessage_Completions
+	//	*ServerMessage_Extended
+	//	*ServerMessage_Cancel
+	//	*ServerMessage_Drain
+	Msg           isServerMessage_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerMessage) Reset() {
+	*x = ServerMessage{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerMessage) ProtoMessage() {}
+
+func (x *ServerMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerMessage.ProtoReflect.Descriptor instead.
+func (*ServerMessage) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ServerMessage) GetMsg() isServerMessage_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetWelcome() *ServerWelcome {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Welcome); ok {
+			return x.Welcome
+		}
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetLeases() *ServerLeases {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Leases); ok {
+			return x.Leases
+		}
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetCompletions() *ServerCompletions {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Completions); ok {
+			return x.Completions
+		}
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetExtended() *ServerExtended {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Extended); ok {
+			return x.Extended
+		}
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetCancel() *ServerCancel {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Cancel); ok {
+			return x.Cancel
+		}
+	}
+	return nil
+}
+
+func (x *ServerMessage) GetDrain() *ServerDrain {
+	if x != nil {
+		if x, ok := x.Msg.(*ServerMessage_Drain); ok {
+			return x.Drain
+		}
+	}
+	return nil
+}
+
+type isServerMessage_Msg interface {
+	isServerMessage_Msg()
+}
+
+type ServerMessage_Welcome struct {
+	Welcome *ServerWelcome `protobuf:"bytes,1,opt,name=welcome,proto3,oneof"`
+}
+
+type ServerMessage_Leases struct {
+	Leases *ServerLeases `protobuf:"bytes,2,opt,name=leases,proto3,oneof"`
+}
+
+type ServerMessage_Completions struct {
+	Completions *ServerCompletions `protobuf:"bytes,3,opt,name=completions,proto3,oneof"`
+}
+
+type ServerMessage_Extended struct {
+	Extended *ServerExtended `protobuf:"bytes,4,opt,name=extended,proto3,oneof"`
+}
+
+type ServerMessage_Cancel struct {
+	Cancel *ServerCancel `protobuf:"bytes,5,opt,name=cancel,proto3,oneof"`
+}
+
+type ServerMessage_Drain struct {
+	Drain *ServerDrain `protobuf:"bytes,6,opt,name=drain,proto3,oneof"`
+}
+
+func (*ServerMessage_Welcome) isServerMessage_Msg() {}
+
+func (*ServerMessage_Leases) isServerMessage_Msg() {}
+
+func (*ServerMessage_Completions) isServerMessage_Msg() {}
+
+func (*ServerMessage_Extended) isServerMessage_Msg() {}
+
+func (*ServerMessage_Cancel) isServerMessage_Msg() {}
+
+func (*ServerMessage_Drain) isServerMessage_Msg() {}
+
+type LeaseDemand struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
+	Labels        []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
+	Kinds         []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseDemand) Reset() {
+	*x = LeaseDemand{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseDemand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseDemand) ProtoMessage() {}
+
+func (x *LeaseDemand) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseDemand.ProtoReflect.Descriptor instead.
+func (*LeaseDemand) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *LeaseDemand) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *LeaseDemand) GetCapacity() int32 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *LeaseDemand) GetLabels() []*KeyValue {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *LeaseDemand) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+type LeaseForRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Demands       []*LeaseDemand         `protobuf:"bytes,1,rep,name=demands,proto3" json:"demands,omitempty"` // at most 1000
+	TtlMs         int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // required: a retry with it returns the first grant
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseForRequest) Reset() {
+	*x = LeaseForRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseForRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseForRequest) ProtoMessage() {}
+
+func (x *LeaseForRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseForRequest.ProtoReflect.Descriptor instead.
+func (*LeaseForRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *LeaseForRequest) GetDemands() []*LeaseDemand {
+	if x != nil {
+		return x.Demands
+	}
+	return nil
+}
+
+func (x *LeaseForRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+func (x *LeaseForRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type LeaseGrant struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Leases        []*Lease               `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseGrant) Reset() {
+	*x = LeaseGrant{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseGrant) ProtoMessage() {}
+
+func (x *LeaseGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseGrant.ProtoReflect.Descriptor instead.
+func (*LeaseGrant) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *LeaseGrant) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *LeaseGrant) GetLeases() []*Lease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+type LeaseForResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Grants        []*LeaseGrant          `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"` // one per demand, in request order
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseForResponse) Reset() {
+	*x = LeaseForResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseForResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseForResponse) ProtoMessage() {}
+
+func (x *LeaseForResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseForResponse.ProtoReflect.Descriptor instead.
+func (*LeaseForResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *LeaseForResponse) GetGrants() []*LeaseGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
 type RaftServer struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1626,7 +2890,7 @@ type RaftServer struct {
 
 func (x *RaftServer) Reset() {
 	*x = RaftServer{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[23]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +2902,7 @@ func (x *RaftServer) String() string {
 func (*RaftServer) ProtoMessage() {}
 
 func (x *RaftServer) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[23]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +2915,7 @@ func (x *RaftServer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RaftServer.ProtoReflect.Descriptor instead.
 func (*RaftServer) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{23}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RaftServer) GetId() string {
@@ -1704,7 +2968,7 @@ type ShardStatus struct {
 
 func (x *ShardStatus) Reset() {
 	*x = ShardStatus{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[24]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1716,7 +2980,7 @@ func (x *ShardStatus) String() string {
 func (*ShardStatus) ProtoMessage() {}
 
 func (x *ShardStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[24]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1729,7 +2993,7 @@ func (x *ShardStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardStatus.ProtoReflect.Descriptor instead.
 func (*ShardStatus) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{24}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ShardStatus) GetShard() uint32 {
@@ -1839,7 +3103,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[25]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +3115,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[25]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +3128,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{25}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *StatusRequest) GetIncludeDigest() bool {
@@ -1891,7 +3155,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[26]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1903,7 +3167,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[26]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1916,7 +3180,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{26}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1994,7 +3258,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2006,7 +3270,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[27]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2019,7 +3283,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{27}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Member) GetId() string {
@@ -2061,7 +3325,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +3337,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[28]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +3350,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{28}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *JoinRequest) GetNodeId() string {
@@ -2118,7 +3382,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2130,7 +3394,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[29]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2143,7 +3407,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{29}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{49}
 }
 
 type RemoveRequest struct {
@@ -2155,7 +3419,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2167,7 +3431,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[30]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2180,7 +3444,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{30}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RemoveRequest) GetNodeId() string {
@@ -2198,7 +3462,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +3474,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[31]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +3487,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{31}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{51}
 }
 
 type TransferLeaderRequest struct {
@@ -2236,7 +3500,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2248,7 +3512,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[32]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2261,7 +3525,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{32}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *TransferLeaderRequest) GetShard() uint32 {
@@ -2286,7 +3550,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +3562,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[33]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +3575,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{33}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{53}
 }
 
 type SnapshotSaveRequest struct {
@@ -2322,7 +3586,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2334,7 +3598,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[34]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2347,7 +3611,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{34}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{54}
 }
 
 // SnapshotChunk is the next piece of a backup archive.
@@ -2360,7 +3624,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +3636,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[35]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +3649,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{35}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -2405,7 +3669,7 @@ type SnapshotRestoreRequest struct {
 
 func (x *SnapshotRestoreRequest) Reset() {
 	*x = SnapshotRestoreRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +3681,7 @@ func (x *SnapshotRestoreRequest) String() string {
 func (*SnapshotRestoreRequest) ProtoMessage() {}
 
 func (x *SnapshotRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[36]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +3694,7 @@ func (x *SnapshotRestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{36}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SnapshotRestoreRequest) GetData() []byte {
@@ -2465,7 +3729,7 @@ type GroupSnapshotInfo struct {
 
 func (x *GroupSnapshotInfo) Reset() {
 	*x = GroupSnapshotInfo{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2477,7 +3741,7 @@ func (x *GroupSnapshotInfo) String() string {
 func (*GroupSnapshotInfo) ProtoMessage() {}
 
 func (x *GroupSnapshotInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[37]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2490,7 +3754,7 @@ func (x *GroupSnapshotInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSnapshotInfo.ProtoReflect.Descriptor instead.
 func (*GroupSnapshotInfo) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{37}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GroupSnapshotInfo) GetGroup() uint32 {
@@ -2562,7 +3826,7 @@ type SnapshotArchiveHeader struct {
 
 func (x *SnapshotArchiveHeader) Reset() {
 	*x = SnapshotArchiveHeader{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2574,7 +3838,7 @@ func (x *SnapshotArchiveHeader) String() string {
 func (*SnapshotArchiveHeader) ProtoMessage() {}
 
 func (x *SnapshotArchiveHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[38]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2587,7 +3851,7 @@ func (x *SnapshotArchiveHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotArchiveHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotArchiveHeader) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{38}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *SnapshotArchiveHeader) GetShardCount() uint32 {
@@ -2631,7 +3895,7 @@ type SnapshotRestoreResponse struct {
 
 func (x *SnapshotRestoreResponse) Reset() {
 	*x = SnapshotRestoreResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +3907,7 @@ func (x *SnapshotRestoreResponse) String() string {
 func (*SnapshotRestoreResponse) ProtoMessage() {}
 
 func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[39]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +3920,7 @@ func (x *SnapshotRestoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRestoreResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{39}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SnapshotRestoreResponse) GetHeader() *SnapshotArchiveHeader {
@@ -2705,7 +3969,7 @@ type GroupSnapshotRequest struct {
 
 func (x *GroupSnapshotRequest) Reset() {
 	*x = GroupSnapshotRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +3981,7 @@ func (x *GroupSnapshotRequest) String() string {
 func (*GroupSnapshotRequest) ProtoMessage() {}
 
 func (x *GroupSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[40]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +3994,7 @@ func (x *GroupSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GroupSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{40}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GroupSnapshotRequest) GetGroup() uint32 {
@@ -2750,7 +4014,7 @@ type GroupSnapshotChunk struct {
 
 func (x *GroupSnapshotChunk) Reset() {
 	*x = GroupSnapshotChunk{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2762,7 +4026,7 @@ func (x *GroupSnapshotChunk) String() string {
 func (*GroupSnapshotChunk) ProtoMessage() {}
 
 func (x *GroupSnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[41]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2775,7 +4039,7 @@ func (x *GroupSnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupSnapshotChunk.ProtoReflect.Descriptor instead.
 func (*GroupSnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{41}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *GroupSnapshotChunk) GetInfo() *GroupSnapshotInfo {
@@ -2805,7 +4069,7 @@ type RestoreGroupRequest struct {
 
 func (x *RestoreGroupRequest) Reset() {
 	*x = RestoreGroupRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +4081,7 @@ func (x *RestoreGroupRequest) String() string {
 func (*RestoreGroupRequest) ProtoMessage() {}
 
 func (x *RestoreGroupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[42]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +4094,7 @@ func (x *RestoreGroupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreGroupRequest.ProtoReflect.Descriptor instead.
 func (*RestoreGroupRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{42}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *RestoreGroupRequest) GetInfo() *GroupSnapshotInfo {
@@ -2870,7 +4134,7 @@ type RestoreGroupResponse struct {
 
 func (x *RestoreGroupResponse) Reset() {
 	*x = RestoreGroupResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +4146,7 @@ func (x *RestoreGroupResponse) String() string {
 func (*RestoreGroupResponse) ProtoMessage() {}
 
 func (x *RestoreGroupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[43]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +4159,7 @@ func (x *RestoreGroupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreGroupResponse.ProtoReflect.Descriptor instead.
 func (*RestoreGroupResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{43}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *RestoreGroupResponse) GetIndex() uint64 {
@@ -2918,7 +4182,7 @@ type TenantStatus struct {
 
 func (x *TenantStatus) Reset() {
 	*x = TenantStatus{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2930,7 +4194,7 @@ func (x *TenantStatus) String() string {
 func (*TenantStatus) ProtoMessage() {}
 
 func (x *TenantStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[44]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2943,7 +4207,7 @@ func (x *TenantStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantStatus.ProtoReflect.Descriptor instead.
 func (*TenantStatus) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{44}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *TenantStatus) GetTenant() string {
@@ -2984,7 +4248,7 @@ type SetTenantRequest struct {
 
 func (x *SetTenantRequest) Reset() {
 	*x = SetTenantRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +4260,7 @@ func (x *SetTenantRequest) String() string {
 func (*SetTenantRequest) ProtoMessage() {}
 
 func (x *SetTenantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[45]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +4273,7 @@ func (x *SetTenantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantRequest.ProtoReflect.Descriptor instead.
 func (*SetTenantRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{45}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SetTenantRequest) GetTenant() string {
@@ -3035,7 +4299,7 @@ type SetTenantResponse struct {
 
 func (x *SetTenantResponse) Reset() {
 	*x = SetTenantResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3047,7 +4311,7 @@ func (x *SetTenantResponse) String() string {
 func (*SetTenantResponse) ProtoMessage() {}
 
 func (x *SetTenantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[46]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3060,7 +4324,7 @@ func (x *SetTenantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantResponse.ProtoReflect.Descriptor instead.
 func (*SetTenantResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{46}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SetTenantResponse) GetTenant() *TenantStatus {
@@ -3078,7 +4342,7 @@ type ListTenantsRequest struct {
 
 func (x *ListTenantsRequest) Reset() {
 	*x = ListTenantsRequest{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +4354,7 @@ func (x *ListTenantsRequest) String() string {
 func (*ListTenantsRequest) ProtoMessage() {}
 
 func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[47]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +4367,7 @@ func (x *ListTenantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsRequest.ProtoReflect.Descriptor instead.
 func (*ListTenantsRequest) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{47}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{67}
 }
 
 type ListTenantsResponse struct {
@@ -3115,7 +4379,7 @@ type ListTenantsResponse struct {
 
 func (x *ListTenantsResponse) Reset() {
 	*x = ListTenantsResponse{}
-	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3127,7 +4391,7 @@ func (x *ListTenantsResponse) String() string {
 func (*ListTenantsResponse) ProtoMessage() {}
 
 func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_v1_hodei_proto_msgTypes[48]
+	mi := &file_hodei_v1_hodei_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3140,7 +4404,7 @@ func (x *ListTenantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTenantsResponse.ProtoReflect.Descriptor instead.
 func (*ListTenantsResponse) Descriptor() ([]byte, []int) {
-	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{48}
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
@@ -3157,7 +4421,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x14hodei/v1/hodei.proto\x12\bhodei.v1\"2\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x93\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xc1\x03\n" +
 	"\aJobSpec\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x18\n" +
@@ -3172,7 +4436,9 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0fbackoff_base_ms\x18\n" +
 	" \x01(\x03R\rbackoffBaseMs\x12$\n" +
 	"\x0ebackoff_max_ms\x18\v \x01(\x03R\fbackoffMaxMs\x12\x19\n" +
-	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\"\x9d\x02\n" +
+	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\x12\x12\n" +
+	"\x04kind\x18\r \x01(\tR\x04kind\x12\x18\n" +
+	"\apayload\x18\x0e \x01(\fR\apayload\"\x9d\x02\n" +
 	"\tJobResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\fR\x06output\x12\x14\n" +
@@ -3242,7 +4508,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\"\n" +
 	"\rexpires_at_ms\x18\x03 \x01(\x03R\vexpiresAtMs\x12\x15\n" +
-	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\"\xc2\x01\n" +
+	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\"\xd8\x01\n" +
 	"\fLeaseRequest\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
@@ -3250,7 +4516,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\await_ms\x18\x04 \x01(\x03R\x06waitMs\x12\x15\n" +
 	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x06 \x01(\tR\trequestId\"8\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05kinds\x18\a \x03(\tR\x05kinds\"8\n" +
 	"\rLeaseResponse\x12'\n" +
 	"\x06leases\x18\x01 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\"7\n" +
 	"\bLeaseRef\x12\x15\n" +
@@ -3276,7 +4543,82 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12\x1c\n" +
 	"\tretryable\x18\x06 \x01(\bR\tretryable\"6\n" +
 	"\x13CompleteJobResponse\x12\x1f\n" +
-	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\"j\n" +
+	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\"\x9e\x01\n" +
+	"\n" +
+	"Completion\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x18\n" +
+	"\asuccess\x18\x03 \x01(\bR\asuccess\x12+\n" +
+	"\x06result\x18\x04 \x01(\v2\x13.hodei.v1.JobResultR\x06result\x12\x1c\n" +
+	"\tretryable\x18\x05 \x01(\bR\tretryable\"\xa5\x01\n" +
+	"\x10CompletionResult\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x0e\n" +
+	"\x02ok\x18\x03 \x01(\bR\x02ok\x12(\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x12.hodei.v1.JobStateR\x05state\x12\x12\n" +
+	"\x04code\x18\x05 \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\"M\n" +
+	"\x13CompleteJobsRequest\x126\n" +
+	"\vcompletions\x18\x01 \x03(\v2\x14.hodei.v1.CompletionR\vcompletions\"L\n" +
+	"\x14CompleteJobsResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.hodei.v1.CompletionResultR\aresults\"\x99\x01\n" +
+	"\vWorkerHello\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12*\n" +
+	"\x06labels\x18\x02 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
+	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x14\n" +
+	"\x05slots\x18\x04 \x01(\x05R\x05slots\x12\x15\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"#\n" +
+	"\vWorkerSlots\x12\x14\n" +
+	"\x05slots\x18\x01 \x01(\x05R\x05slots\"K\n" +
+	"\x11WorkerCompletions\x126\n" +
+	"\vcompletions\x18\x01 \x03(\v2\x14.hodei.v1.CompletionR\vcompletions\":\n" +
+	"\fWorkerExtend\x12*\n" +
+	"\x06leases\x18\x01 \x03(\v2\x12.hodei.v1.LeaseRefR\x06leases\"\xe7\x01\n" +
+	"\rWorkerMessage\x12-\n" +
+	"\x05hello\x18\x01 \x01(\v2\x15.hodei.v1.WorkerHelloH\x00R\x05hello\x12-\n" +
+	"\x05slots\x18\x02 \x01(\v2\x15.hodei.v1.WorkerSlotsH\x00R\x05slots\x12?\n" +
+	"\vcompletions\x18\x03 \x01(\v2\x1b.hodei.v1.WorkerCompletionsH\x00R\vcompletions\x120\n" +
+	"\x06extend\x18\x04 \x01(\v2\x16.hodei.v1.WorkerExtendH\x00R\x06extendB\x05\n" +
+	"\x03msg\"\\\n" +
+	"\rServerWelcome\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1b\n" +
+	"\tmax_slots\x18\x03 \x01(\x05R\bmaxSlots\"7\n" +
+	"\fServerLeases\x12'\n" +
+	"\x06leases\x18\x01 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\"I\n" +
+	"\x11ServerCompletions\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.hodei.v1.CompletionResultR\aresults\"B\n" +
+	"\x0eServerExtended\x120\n" +
+	"\aresults\x18\x01 \x03(\v2\x16.hodei.v1.ExtendResultR\aresults\"R\n" +
+	"\fServerCancel\x12*\n" +
+	"\x06leases\x18\x01 \x03(\v2\x12.hodei.v1.LeaseRefR\x06leases\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"%\n" +
+	"\vServerDrain\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xd7\x02\n" +
+	"\rServerMessage\x123\n" +
+	"\awelcome\x18\x01 \x01(\v2\x17.hodei.v1.ServerWelcomeH\x00R\awelcome\x120\n" +
+	"\x06leases\x18\x02 \x01(\v2\x16.hodei.v1.ServerLeasesH\x00R\x06leases\x12?\n" +
+	"\vcompletions\x18\x03 \x01(\v2\x1b.hodei.v1.ServerCompletionsH\x00R\vcompletions\x126\n" +
+	"\bextended\x18\x04 \x01(\v2\x18.hodei.v1.ServerExtendedH\x00R\bextended\x120\n" +
+	"\x06cancel\x18\x05 \x01(\v2\x16.hodei.v1.ServerCancelH\x00R\x06cancel\x12-\n" +
+	"\x05drain\x18\x06 \x01(\v2\x15.hodei.v1.ServerDrainH\x00R\x05drainB\x05\n" +
+	"\x03msg\"\x88\x01\n" +
+	"\vLeaseDemand\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
+	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
+	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
+	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"x\n" +
+	"\x0fLeaseForRequest\x12/\n" +
+	"\ademands\x18\x01 \x03(\v2\x15.hodei.v1.LeaseDemandR\ademands\x12\x15\n" +
+	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"R\n" +
+	"\n" +
+	"LeaseGrant\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12'\n" +
+	"\x06leases\x18\x02 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\"@\n" +
+	"\x10LeaseForResponse\x12,\n" +
+	"\x06grants\x18\x01 \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\"j\n" +
 	"\n" +
 	"RaftServer\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
@@ -3399,11 +4741,14 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"SubmitJobs\x12\x1b.hodei.v1.SubmitJobsRequest\x1a\x1c.hodei.v1.SubmitJobsResponse\x12;\n" +
 	"\x06GetJob\x12\x17.hodei.v1.GetJobRequest\x1a\x18.hodei.v1.GetJobResponse\x12A\n" +
 	"\bListJobs\x12\x19.hodei.v1.ListJobsRequest\x1a\x1a.hodei.v1.ListJobsResponse\x12D\n" +
-	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse2\xe4\x01\n" +
-	"\rWorkerService\x128\n" +
+	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse2\xb7\x03\n" +
+	"\rWorkerService\x12?\n" +
+	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
 	"\fExtendLeases\x12\x1d.hodei.v1.ExtendLeasesRequest\x1a\x1e.hodei.v1.ExtendLeasesResponse\x12J\n" +
-	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse2\xec\x05\n" +
+	"\vCompleteJob\x12\x1c.hodei.v1.CompleteJobRequest\x1a\x1d.hodei.v1.CompleteJobResponse\x12M\n" +
+	"\fCompleteJobs\x12\x1d.hodei.v1.CompleteJobsRequest\x1a\x1e.hodei.v1.CompleteJobsResponse\x12A\n" +
+	"\bLeaseFor\x12\x19.hodei.v1.LeaseForRequest\x1a\x1a.hodei.v1.LeaseForResponse2\xec\x05\n" +
 	"\fAdminService\x12;\n" +
 	"\x06Status\x12\x17.hodei.v1.StatusRequest\x1a\x18.hodei.v1.StatusResponse\x125\n" +
 	"\x04Join\x12\x15.hodei.v1.JoinRequest\x1a\x16.hodei.v1.JoinResponse\x12;\n" +
@@ -3429,7 +4774,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                   // 0: hodei.v1.JobState
 	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
@@ -3455,32 +4800,52 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*ExtendLeasesResponse)(nil),    // 21: hodei.v1.ExtendLeasesResponse
 	(*CompleteJobRequest)(nil),      // 22: hodei.v1.CompleteJobRequest
 	(*CompleteJobResponse)(nil),     // 23: hodei.v1.CompleteJobResponse
-	(*RaftServer)(nil),              // 24: hodei.v1.RaftServer
-	(*ShardStatus)(nil),             // 25: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),           // 26: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),          // 27: hodei.v1.StatusResponse
-	(*Member)(nil),                  // 28: hodei.v1.Member
-	(*JoinRequest)(nil),             // 29: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),            // 30: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 31: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 32: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),   // 33: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),  // 34: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),     // 35: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 36: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),  // 37: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),       // 38: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),   // 39: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil), // 40: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),    // 41: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),      // 42: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),     // 43: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),    // 44: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),            // 45: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),        // 46: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),       // 47: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),      // 48: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),     // 49: hodei.v1.ListTenantsResponse
+	(*Completion)(nil),              // 24: hodei.v1.Completion
+	(*CompletionResult)(nil),        // 25: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),     // 26: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),    // 27: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),             // 28: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),             // 29: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),       // 30: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),            // 31: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),           // 32: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),           // 33: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),            // 34: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),       // 35: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),          // 36: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),            // 37: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),             // 38: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),           // 39: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),             // 40: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),         // 41: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),              // 42: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),        // 43: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),              // 44: hodei.v1.RaftServer
+	(*ShardStatus)(nil),             // 45: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),           // 46: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),          // 47: hodei.v1.StatusResponse
+	(*Member)(nil),                  // 48: hodei.v1.Member
+	(*JoinRequest)(nil),             // 49: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),            // 50: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 51: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 52: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),   // 53: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),  // 54: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),     // 55: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 56: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),  // 57: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),       // 58: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),   // 59: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil), // 60: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),    // 61: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),      // 62: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),     // 63: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),    // 64: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),            // 65: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),        // 66: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),       // 67: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),      // 68: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),     // 69: hodei.v1.ListTenantsResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -3503,57 +4868,88 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	20, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
 	3,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
 	4,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	24, // 20: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	25, // 21: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	24, // 22: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	28, // 23: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	39, // 24: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	38, // 25: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	38, // 26: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	38, // 27: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	45, // 28: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	45, // 29: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,  // 30: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 31: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 32: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 33: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 34: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	16, // 35: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 36: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 37: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 38: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	29, // 39: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	31, // 40: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	33, // 41: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	35, // 42: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	37, // 43: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	41, // 44: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	43, // 45: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	46, // 46: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	48, // 47: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	6,  // 48: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 49: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 50: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 51: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 52: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	17, // 53: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 54: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 55: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 56: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	30, // 57: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	32, // 58: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	34, // 59: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	36, // 60: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	40, // 61: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	42, // 62: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	44, // 63: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	47, // 64: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	49, // 65: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	48, // [48:66] is the sub-list for method output_type
-	30, // [30:48] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	3,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,  // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	24, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	25, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	1,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	24, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	18, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	28, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	29, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	30, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	31, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	15, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	25, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	20, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	18, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	33, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	34, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	35, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	36, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	37, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	38, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	1,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	40, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	15, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	42, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	44, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	45, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	44, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	48, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	59, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	58, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	58, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	58, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	65, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	65, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	5,  // 55: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 56: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 57: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 58: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 59: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	32, // 60: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	16, // 61: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 62: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 63: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 64: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	41, // 65: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	46, // 66: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	49, // 67: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	51, // 68: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	53, // 69: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	55, // 70: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	57, // 71: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	61, // 72: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	63, // 73: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	66, // 74: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	68, // 75: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	6,  // 76: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 77: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 78: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 79: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 80: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	39, // 81: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	17, // 82: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 83: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 84: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 85: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	43, // 86: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	47, // 87: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	50, // 88: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	52, // 89: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	54, // 90: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	56, // 91: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	60, // 92: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	62, // 93: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	64, // 94: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	67, // 95: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	69, // 96: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	76, // [76:97] is the sub-list for method output_type
+	55, // [55:76] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -3561,13 +4957,27 @@ func file_hodei_v1_hodei_proto_init() {
 	if File_hodei_v1_hodei_proto != nil {
 		return
 	}
+	file_hodei_v1_hodei_proto_msgTypes[31].OneofWrappers = []any{
+		(*WorkerMessage_Hello)(nil),
+		(*WorkerMessage_Slots)(nil),
+		(*WorkerMessage_Completions)(nil),
+		(*WorkerMessage_Extend)(nil),
+	}
+	file_hodei_v1_hodei_proto_msgTypes[38].OneofWrappers = []any{
+		(*ServerMessage_Welcome)(nil),
+		(*ServerMessage_Leases)(nil),
+		(*ServerMessage_Completions)(nil),
+		(*ServerMessage_Extended)(nil),
+		(*ServerMessage_Cancel)(nil),
+		(*ServerMessage_Drain)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   49,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -276,18 +276,28 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	WorkerService_Connect_FullMethodName      = "/hodei.v1.WorkerService/Connect"
 	WorkerService_Lease_FullMethodName        = "/hodei.v1.WorkerService/Lease"
 	WorkerService_ExtendLeases_FullMethodName = "/hodei.v1.WorkerService/ExtendLeases"
 	WorkerService_CompleteJob_FullMethodName  = "/hodei.v1.WorkerService/CompleteJob"
+	WorkerService_CompleteJobs_FullMethodName = "/hodei.v1.WorkerService/CompleteJobs"
+	WorkerService_LeaseFor_FullMethodName     = "/hodei.v1.WorkerService/LeaseFor"
 )
 
 // WorkerServiceClient is the client API for WorkerService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type WorkerServiceClient interface {
+	// Connect is the worker stream: the way workers should talk to Hodei.
+	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkerMessage, ServerMessage], error)
+	// Unary calls for simple clients (grpcurl, other languages), served by the
+	// same batched machinery as the stream.
 	Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error)
 	ExtendLeases(ctx context.Context, in *ExtendLeasesRequest, opts ...grpc.CallOption) (*ExtendLeasesResponse, error)
 	CompleteJob(ctx context.Context, in *CompleteJobRequest, opts ...grpc.CallOption) (*CompleteJobResponse, error)
+	CompleteJobs(ctx context.Context, in *CompleteJobsRequest, opts ...grpc.CallOption) (*CompleteJobsResponse, error)
+	// Node to node (pinned to a shard): lease for many workers in one call.
+	LeaseFor(ctx context.Context, in *LeaseForRequest, opts ...grpc.CallOption) (*LeaseForResponse, error)
 }
 
 type workerServiceClient struct {
@@ -297,6 +307,19 @@ type workerServiceClient struct {
 func NewWorkerServiceClient(cc grpc.ClientConnInterface) WorkerServiceClient {
 	return &workerServiceClient{cc}
 }
+
+func (c *workerServiceClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[WorkerMessage, ServerMessage], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &WorkerService_ServiceDesc.Streams[0], WorkerService_Connect_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WorkerMessage, ServerMessage]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkerService_ConnectClient = grpc.BidiStreamingClient[WorkerMessage, ServerMessage]
 
 func (c *workerServiceClient) Lease(ctx context.Context, in *LeaseRequest, opts ...grpc.CallOption) (*LeaseResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -328,13 +351,40 @@ func (c *workerServiceClient) CompleteJob(ctx context.Context, in *CompleteJobRe
 	return out, nil
 }
 
+func (c *workerServiceClient) CompleteJobs(ctx context.Context, in *CompleteJobsRequest, opts ...grpc.CallOption) (*CompleteJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CompleteJobsResponse)
+	err := c.cc.Invoke(ctx, WorkerService_CompleteJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workerServiceClient) LeaseFor(ctx context.Context, in *LeaseForRequest, opts ...grpc.CallOption) (*LeaseForResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseForResponse)
+	err := c.cc.Invoke(ctx, WorkerService_LeaseFor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServiceServer is the server API for WorkerService service.
 // All implementations must embed UnimplementedWorkerServiceServer
 // for forward compatibility.
 type WorkerServiceServer interface {
+	// Connect is the worker stream: the way workers should talk to Hodei.
+	Connect(grpc.BidiStreamingServer[WorkerMessage, ServerMessage]) error
+	// Unary calls for simple clients (grpcurl, other languages), served by the
+	// same batched machinery as the stream.
 	Lease(context.Context, *LeaseRequest) (*LeaseResponse, error)
 	ExtendLeases(context.Context, *ExtendLeasesRequest) (*ExtendLeasesResponse, error)
 	CompleteJob(context.Context, *CompleteJobRequest) (*CompleteJobResponse, error)
+	CompleteJobs(context.Context, *CompleteJobsRequest) (*CompleteJobsResponse, error)
+	// Node to node (pinned to a shard): lease for many workers in one call.
+	LeaseFor(context.Context, *LeaseForRequest) (*LeaseForResponse, error)
 	mustEmbedUnimplementedWorkerServiceServer()
 }
 
@@ -345,6 +395,9 @@ type WorkerServiceServer interface {
 // pointer dereference when methods are called.
 type UnimplementedWorkerServiceServer struct{}
 
+func (UnimplementedWorkerServiceServer) Connect(grpc.BidiStreamingServer[WorkerMessage, ServerMessage]) error {
+	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
 func (UnimplementedWorkerServiceServer) Lease(context.Context, *LeaseRequest) (*LeaseResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Lease not implemented")
 }
@@ -353,6 +406,12 @@ func (UnimplementedWorkerServiceServer) ExtendLeases(context.Context, *ExtendLea
 }
 func (UnimplementedWorkerServiceServer) CompleteJob(context.Context, *CompleteJobRequest) (*CompleteJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CompleteJob not implemented")
+}
+func (UnimplementedWorkerServiceServer) CompleteJobs(context.Context, *CompleteJobsRequest) (*CompleteJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CompleteJobs not implemented")
+}
+func (UnimplementedWorkerServiceServer) LeaseFor(context.Context, *LeaseForRequest) (*LeaseForResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method LeaseFor not implemented")
 }
 func (UnimplementedWorkerServiceServer) mustEmbedUnimplementedWorkerServiceServer() {}
 func (UnimplementedWorkerServiceServer) testEmbeddedByValue()                       {}
@@ -374,6 +433,13 @@ func RegisterWorkerServiceServer(s grpc.ServiceRegistrar, srv WorkerServiceServe
 	}
 	s.RegisterService(&WorkerService_ServiceDesc, srv)
 }
+
+func _WorkerService_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(WorkerServiceServer).Connect(&grpc.GenericServerStream[WorkerMessage, ServerMessage]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkerService_ConnectServer = grpc.BidiStreamingServer[WorkerMessage, ServerMessage]
 
 func _WorkerService_Lease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LeaseRequest)
@@ -429,6 +495,42 @@ func _WorkerService_CompleteJob_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkerService_CompleteJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CompleteJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).CompleteJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkerService_CompleteJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).CompleteJobs(ctx, req.(*CompleteJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkerService_LeaseFor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaseForRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).LeaseFor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkerService_LeaseFor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).LeaseFor(ctx, req.(*LeaseForRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WorkerService_ServiceDesc is the grpc.ServiceDesc for WorkerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -448,8 +550,23 @@ var WorkerService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CompleteJob",
 			Handler:    _WorkerService_CompleteJob_Handler,
 		},
+		{
+			MethodName: "CompleteJobs",
+			Handler:    _WorkerService_CompleteJobs_Handler,
+		},
+		{
+			MethodName: "LeaseFor",
+			Handler:    _WorkerService_LeaseFor_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Connect",
+			Handler:       _WorkerService_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "hodei/v1/hodei.proto",
 }
 

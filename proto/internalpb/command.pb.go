@@ -83,14 +83,83 @@ func (Code) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{0}
 }
 
+type RequestKind int32
+
+const (
+	RequestKind_REQUEST_KIND_UNSPECIFIED   RequestKind = 0
+	RequestKind_REQUEST_KIND_SUBMIT        RequestKind = 1
+	RequestKind_REQUEST_KIND_LEASE         RequestKind = 2
+	RequestKind_REQUEST_KIND_LEASE_BATCH   RequestKind = 3
+	RequestKind_REQUEST_KIND_JOB           RequestKind = 4 // cancel, complete: the job in seqs[0]
+	RequestKind_REQUEST_KIND_EXTEND        RequestKind = 5
+	RequestKind_REQUEST_KIND_COMPLETE_JOBS RequestKind = 6
+	RequestKind_REQUEST_KIND_COUNT         RequestKind = 7 // expire, promote, gc
+	RequestKind_REQUEST_KIND_EMPTY         RequestKind = 8 // checkpoint, tenant weight
+)
+
+// Enum value maps for RequestKind.
+var (
+	RequestKind_name = map[int32]string{
+		0: "REQUEST_KIND_UNSPECIFIED",
+		1: "REQUEST_KIND_SUBMIT",
+		2: "REQUEST_KIND_LEASE",
+		3: "REQUEST_KIND_LEASE_BATCH",
+		4: "REQUEST_KIND_JOB",
+		5: "REQUEST_KIND_EXTEND",
+		6: "REQUEST_KIND_COMPLETE_JOBS",
+		7: "REQUEST_KIND_COUNT",
+		8: "REQUEST_KIND_EMPTY",
+	}
+	RequestKind_value = map[string]int32{
+		"REQUEST_KIND_UNSPECIFIED":   0,
+		"REQUEST_KIND_SUBMIT":        1,
+		"REQUEST_KIND_LEASE":         2,
+		"REQUEST_KIND_LEASE_BATCH":   3,
+		"REQUEST_KIND_JOB":           4,
+		"REQUEST_KIND_EXTEND":        5,
+		"REQUEST_KIND_COMPLETE_JOBS": 6,
+		"REQUEST_KIND_COUNT":         7,
+		"REQUEST_KIND_EMPTY":         8,
+	}
+)
+
+func (x RequestKind) Enum() *RequestKind {
+	p := new(RequestKind)
+	*p = x
+	return p
+}
+
+func (x RequestKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RequestKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_internal_v1_command_proto_enumTypes[1].Descriptor()
+}
+
+func (RequestKind) Type() protoreflect.EnumType {
+	return &file_hodei_internal_v1_command_proto_enumTypes[1]
+}
+
+func (x RequestKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RequestKind.Descriptor instead.
+func (RequestKind) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{1}
+}
+
 // Entry is one Raft log entry: a batch of commands proposed together
 // (group commit). The leader stamps its clock into now_ms; the FSM never
 // reads a clock.
 type Entry struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// fsm.EntryVersion (1), or fsm.EntryVersionTenantWeights (2) for an entry
-	// that carries a SetTenantWeight; a version newer than a node understands
-	// stops that node loudly.
+	// fsm.EntryVersion (1), fsm.EntryVersionTenantWeights (2) for an entry
+	// that carries a SetTenantWeight, or fsm.EntryVersionDispatch (3) for one
+	// that carries LeaseBatch, CompleteJobs, a lease with kinds or a job with a
+	// kind or payload (fsm.EntryVersionFor chooses); a version newer than a node
+	// understands stops that node loudly.
 	Version       uint32     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NowMs         int64      `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	Commands      []*Command `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
@@ -164,6 +233,8 @@ type Command struct {
 	//	*Command_Gc
 	//	*Command_Checkpoint
 	//	*Command_SetTenantWeight
+	//	*Command_LeaseBatch
+	//	*Command_CompleteJobs
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -303,6 +374,24 @@ func (x *Command) GetSetTenantWeight() *SetTenantWeight {
 	return nil
 }
 
+func (x *Command) GetLeaseBatch() *LeaseBatch {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_LeaseBatch); ok {
+			return x.LeaseBatch
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCompleteJobs() *CompleteJobs {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_CompleteJobs); ok {
+			return x.CompleteJobs
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -347,6 +436,14 @@ type Command_SetTenantWeight struct {
 	SetTenantWeight *SetTenantWeight `protobuf:"bytes,19,opt,name=set_tenant_weight,json=setTenantWeight,proto3,oneof"` // only in entries of version >= 2
 }
 
+type Command_LeaseBatch struct {
+	LeaseBatch *LeaseBatch `protobuf:"bytes,20,opt,name=lease_batch,json=leaseBatch,proto3,oneof"` // only in entries of version >= 3
+}
+
+type Command_CompleteJobs struct {
+	CompleteJobs *CompleteJobs `protobuf:"bytes,21,opt,name=complete_jobs,json=completeJobs,proto3,oneof"` // only in entries of version >= 3
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -366,6 +463,10 @@ func (*Command_Gc) isCommand_Kind() {}
 func (*Command_Checkpoint) isCommand_Kind() {}
 
 func (*Command_SetTenantWeight) isCommand_Kind() {}
+
+func (*Command_LeaseBatch) isCommand_Kind() {}
+
+func (*Command_CompleteJobs) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -417,6 +518,7 @@ type LeaseJobs struct {
 	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	Labels        []*hodeiv1.KeyValue    `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
 	TtlMs         int64                  `protobuf:"varint,4,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Kinds         []string               `protobuf:"bytes,5,rep,name=kinds,proto3" json:"kinds,omitempty"` // kinds the worker runs ("shell" = command jobs); empty = all (version >= 3)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -479,6 +581,107 @@ func (x *LeaseJobs) GetTtlMs() int64 {
 	return 0
 }
 
+func (x *LeaseJobs) GetKinds() []string {
+	if x != nil {
+		return x.Kinds
+	}
+	return nil
+}
+
+// LeaseBatch leases for many workers in one command (the dispatcher's round
+// on one shard): each demand is served in order, by fair share, as a
+// LeaseJobs would be. Result: one grant per demand.
+type LeaseBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Demands       []*LeaseJobs           `protobuf:"bytes,1,rep,name=demands,proto3" json:"demands,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseBatch) Reset() {
+	*x = LeaseBatch{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseBatch) ProtoMessage() {}
+
+func (x *LeaseBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseBatch.ProtoReflect.Descriptor instead.
+func (*LeaseBatch) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LeaseBatch) GetDemands() []*LeaseJobs {
+	if x != nil {
+		return x.Demands
+	}
+	return nil
+}
+
+// CompleteJobs records many finished attempts; each is fenced by its own
+// token and accepted or refused on its own. Result: one CompletionResult per
+// item.
+type CompleteJobs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Items         []*hodeiv1.Completion  `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CompleteJobs) Reset() {
+	*x = CompleteJobs{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CompleteJobs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CompleteJobs) ProtoMessage() {}
+
+func (x *CompleteJobs) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CompleteJobs.ProtoReflect.Descriptor instead.
+func (*CompleteJobs) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CompleteJobs) GetItems() []*hodeiv1.Completion {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
 type ExtendLeases struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
@@ -490,7 +693,7 @@ type ExtendLeases struct {
 
 func (x *ExtendLeases) Reset() {
 	*x = ExtendLeases{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[4]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +705,7 @@ func (x *ExtendLeases) String() string {
 func (*ExtendLeases) ProtoMessage() {}
 
 func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[4]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +718,7 @@ func (x *ExtendLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeases.ProtoReflect.Descriptor instead.
 func (*ExtendLeases) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{4}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExtendLeases) GetWorkerId() string {
@@ -552,7 +755,7 @@ type CompleteJob struct {
 
 func (x *CompleteJob) Reset() {
 	*x = CompleteJob{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[5]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +767,7 @@ func (x *CompleteJob) String() string {
 func (*CompleteJob) ProtoMessage() {}
 
 func (x *CompleteJob) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[5]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +780,7 @@ func (x *CompleteJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteJob.ProtoReflect.Descriptor instead.
 func (*CompleteJob) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{5}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CompleteJob) GetJobId() string {
@@ -625,7 +828,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[6]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +840,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[6]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +853,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{6}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -678,7 +881,7 @@ type ExpireLeases struct {
 
 func (x *ExpireLeases) Reset() {
 	*x = ExpireLeases{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[7]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +893,7 @@ func (x *ExpireLeases) String() string {
 func (*ExpireLeases) ProtoMessage() {}
 
 func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[7]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +906,7 @@ func (x *ExpireLeases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireLeases.ProtoReflect.Descriptor instead.
 func (*ExpireLeases) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{7}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ExpireLeases) GetLeases() []*hodeiv1.LeaseRef {
@@ -723,7 +926,7 @@ type PromoteDelayed struct {
 
 func (x *PromoteDelayed) Reset() {
 	*x = PromoteDelayed{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[8]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +938,7 @@ func (x *PromoteDelayed) String() string {
 func (*PromoteDelayed) ProtoMessage() {}
 
 func (x *PromoteDelayed) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[8]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +951,7 @@ func (x *PromoteDelayed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteDelayed.ProtoReflect.Descriptor instead.
 func (*PromoteDelayed) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{8}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{10}
 }
 
 // GCJobs removes up to max terminal jobs that finished before finished_before_ms.
@@ -762,7 +965,7 @@ type GCJobs struct {
 
 func (x *GCJobs) Reset() {
 	*x = GCJobs{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[9]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +977,7 @@ func (x *GCJobs) String() string {
 func (*GCJobs) ProtoMessage() {}
 
 func (x *GCJobs) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[9]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +990,7 @@ func (x *GCJobs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCJobs.ProtoReflect.Descriptor instead.
 func (*GCJobs) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{9}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GCJobs) GetFinishedBeforeMs() int64 {
@@ -820,7 +1023,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -832,7 +1035,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[10]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -845,7 +1048,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{10}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Checkpoint) GetIndex() uint64 {
@@ -878,7 +1081,7 @@ type SetTenantWeight struct {
 
 func (x *SetTenantWeight) Reset() {
 	*x = SetTenantWeight{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1093,7 @@ func (x *SetTenantWeight) String() string {
 func (*SetTenantWeight) ProtoMessage() {}
 
 func (x *SetTenantWeight) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[11]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1106,7 @@ func (x *SetTenantWeight) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTenantWeight.ProtoReflect.Descriptor instead.
 func (*SetTenantWeight) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{11}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetTenantWeight) GetTenant() string {
@@ -930,13 +1133,15 @@ type CommandResult struct {
 	Leases        []*hodeiv1.Lease             `protobuf:"bytes,5,rep,name=leases,proto3" json:"leases,omitempty"`
 	Extended      []*hodeiv1.ExtendResult      `protobuf:"bytes,6,rep,name=extended,proto3" json:"extended,omitempty"`
 	Count         uint32                       `protobuf:"varint,7,opt,name=count,proto3" json:"count,omitempty"`
+	Grants        []*hodeiv1.LeaseGrant        `protobuf:"bytes,8,rep,name=grants,proto3" json:"grants,omitempty"`       // LeaseBatch: one per demand
+	Completed     []*hodeiv1.CompletionResult  `protobuf:"bytes,9,rep,name=completed,proto3" json:"completed,omitempty"` // CompleteJobs: one per item
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1153,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[12]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1166,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{12}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CommandResult) GetCode() Code {
@@ -1013,6 +1218,20 @@ func (x *CommandResult) GetCount() uint32 {
 	return 0
 }
 
+func (x *CommandResult) GetGrants() []*hodeiv1.LeaseGrant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *CommandResult) GetCompleted() []*hodeiv1.CompletionResult {
+	if x != nil {
+		return x.Completed
+	}
+	return nil
+}
+
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1037,7 +1256,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1268,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[13]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1281,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{13}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -1166,7 +1385,7 @@ type TenantDeficit struct {
 
 func (x *TenantDeficit) Reset() {
 	*x = TenantDeficit{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1397,7 @@ func (x *TenantDeficit) String() string {
 func (*TenantDeficit) ProtoMessage() {}
 
 func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[14]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1410,7 @@ func (x *TenantDeficit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantDeficit.ProtoReflect.Descriptor instead.
 func (*TenantDeficit) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{14}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TenantDeficit) GetTenant() string {
@@ -1208,18 +1427,31 @@ func (x *TenantDeficit) GetDeficit() int64 {
 	return 0
 }
 
+// RequestRecord is what the FSM keeps of a command with a request id, so
+// that a retry gets the first answer. Snapshot versions 1 and 2 kept the
+// whole result (field 3); version 3 keeps only what a retry needs (codes,
+// job sequence numbers, tokens), and the reply is rebuilt from the jobs'
+// current state.
 type RequestRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	AtMs          int64                  `protobuf:"varint,2,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
-	Result        *CommandResult         `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"`
+	Result        *CommandResult         `protobuf:"bytes,3,opt,name=result,proto3" json:"result,omitempty"` // snapshot versions 1-2 only
+	Kind          RequestKind            `protobuf:"varint,4,opt,name=kind,proto3,enum=hodei.internal.v1.RequestKind" json:"kind,omitempty"`
+	Code          Code                   `protobuf:"varint,5,opt,name=code,proto3,enum=hodei.internal.v1.Code" json:"code,omitempty"`
+	Message       string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`                                  // only when code is not OK
+	Seqs          []byte                 `protobuf:"bytes,7,opt,name=seqs,proto3" json:"seqs,omitempty"`                                        // job sequence numbers in result order, delta-encoded varints
+	Duplicates    []byte                 `protobuf:"bytes,8,opt,name=duplicates,proto3" json:"duplicates,omitempty"`                            // submit: bitmap, bit i set = item i matched an existing job
+	FirstToken    uint64                 `protobuf:"varint,9,opt,name=first_token,json=firstToken,proto3" json:"first_token,omitempty"`         // lease: token of the first granted job (the others follow it)
+	GrantSizes    []uint32               `protobuf:"varint,10,rep,packed,name=grant_sizes,json=grantSizes,proto3" json:"grant_sizes,omitempty"` // lease batch: jobs granted per demand
+	Count         uint32                 `protobuf:"varint,11,opt,name=count,proto3" json:"count,omitempty"`                                    // expire, promote, gc: the count
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1463,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[15]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1476,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{15}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1268,6 +1500,62 @@ func (x *RequestRecord) GetResult() *CommandResult {
 	return nil
 }
 
+func (x *RequestRecord) GetKind() RequestKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RequestKind_REQUEST_KIND_UNSPECIFIED
+}
+
+func (x *RequestRecord) GetCode() Code {
+	if x != nil {
+		return x.Code
+	}
+	return Code_CODE_OK
+}
+
+func (x *RequestRecord) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *RequestRecord) GetSeqs() []byte {
+	if x != nil {
+		return x.Seqs
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetDuplicates() []byte {
+	if x != nil {
+		return x.Duplicates
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetFirstToken() uint64 {
+	if x != nil {
+		return x.FirstToken
+	}
+	return 0
+}
+
+func (x *RequestRecord) GetGrantSizes() []uint32 {
+	if x != nil {
+		return x.GrantSizes
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 type Member struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1280,7 +1568,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1580,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[16]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1593,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{16}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Member) GetId() string {
@@ -1346,7 +1634,7 @@ type TenantSettings struct {
 
 func (x *TenantSettings) Reset() {
 	*x = TenantSettings{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1646,7 @@ func (x *TenantSettings) String() string {
 func (*TenantSettings) ProtoMessage() {}
 
 func (x *TenantSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[17]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1659,7 @@ func (x *TenantSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantSettings.ProtoReflect.Descriptor instead.
 func (*TenantSettings) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{17}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TenantSettings) GetTenant() string {
@@ -1402,7 +1690,7 @@ type MetaState struct {
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1702,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1715,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MetaState) GetVersion() uint32 {
@@ -1482,7 +1770,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1782,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1795,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MetaCommand) GetVersion() uint32 {
@@ -1603,7 +1891,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x8a\x05\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x94\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1619,16 +1907,25 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x12 \x01(\v2\x1d.hodei.internal.v1.CheckpointH\x00R\n" +
 	"checkpoint\x12P\n" +
-	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeightB\x06\n" +
+	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeight\x12@\n" +
+	"\vlease_batch\x18\x14 \x01(\v2\x1d.hodei.internal.v1.LeaseBatchH\x00R\n" +
+	"leaseBatch\x12F\n" +
+	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobsB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
-	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\"\x87\x01\n" +
+	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\"\x9d\x01\n" +
 	"\tLeaseJobs\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x15\n" +
-	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\"n\n" +
+	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\x12\x14\n" +
+	"\x05kinds\x18\x05 \x03(\tR\x05kinds\"D\n" +
+	"\n" +
+	"LeaseBatch\x126\n" +
+	"\ademands\x18\x01 \x03(\v2\x1c.hodei.internal.v1.LeaseJobsR\ademands\":\n" +
+	"\fCompleteJobs\x12*\n" +
+	"\x05items\x18\x01 \x03(\v2\x14.hodei.v1.CompletionR\x05items\"n\n" +
 	"\fExtendLeases\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12*\n" +
 	"\x06leases\x18\x02 \x03(\v2\x12.hodei.v1.LeaseRefR\x06leases\x12\x15\n" +
@@ -1654,7 +1951,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05chain\x18\x02 \x01(\x04R\x05chain\"A\n" +
 	"\x0fSetTenantWeight\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xa5\x02\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x8d\x03\n" +
 	"\rCommandResult\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x129\n" +
@@ -1662,7 +1959,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x03job\x18\x04 \x01(\v2\r.hodei.v1.JobR\x03job\x12'\n" +
 	"\x06leases\x18\x05 \x03(\v2\x0f.hodei.v1.LeaseR\x06leases\x122\n" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
-	"\x05count\x18\a \x01(\rR\x05count\"\xe2\x03\n" +
+	"\x05count\x18\a \x01(\rR\x05count\x12,\n" +
+	"\x06grants\x18\b \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\x128\n" +
+	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\"\xe2\x03\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1682,12 +1981,25 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
-	"\adeficit\x18\x02 \x01(\x03R\adeficit\"}\n" +
+	"\adeficit\x18\x02 \x01(\x03R\adeficit\"\x84\x03\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x13\n" +
 	"\x05at_ms\x18\x02 \x01(\x03R\x04atMs\x128\n" +
-	"\x06result\x18\x03 \x01(\v2 .hodei.internal.v1.CommandResultR\x06result\"v\n" +
+	"\x06result\x18\x03 \x01(\v2 .hodei.internal.v1.CommandResultR\x06result\x122\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x1e.hodei.internal.v1.RequestKindR\x04kind\x12+\n" +
+	"\x04code\x18\x05 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12\x12\n" +
+	"\x04seqs\x18\a \x01(\fR\x04seqs\x12\x1e\n" +
+	"\n" +
+	"duplicates\x18\b \x01(\fR\n" +
+	"duplicates\x12\x1f\n" +
+	"\vfirst_token\x18\t \x01(\x04R\n" +
+	"firstToken\x12\x1f\n" +
+	"\vgrant_sizes\x18\n" +
+	" \x03(\rR\n" +
+	"grantSizes\x12\x14\n" +
+	"\x05count\x18\v \x01(\rR\x05count\"v\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
@@ -1722,7 +2034,17 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0eCODE_NOT_FOUND\x10\x02\x12\x1c\n" +
 	"\x18CODE_FAILED_PRECONDITION\x10\x03\x12\x17\n" +
 	"\x13CODE_ALREADY_EXISTS\x10\x04\x12\x1b\n" +
-	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05B7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
+	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05*\xf9\x01\n" +
+	"\vRequestKind\x12\x1c\n" +
+	"\x18REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13REQUEST_KIND_SUBMIT\x10\x01\x12\x16\n" +
+	"\x12REQUEST_KIND_LEASE\x10\x02\x12\x1c\n" +
+	"\x18REQUEST_KIND_LEASE_BATCH\x10\x03\x12\x14\n" +
+	"\x10REQUEST_KIND_JOB\x10\x04\x12\x17\n" +
+	"\x13REQUEST_KIND_EXTEND\x10\x05\x12\x1e\n" +
+	"\x1aREQUEST_KIND_COMPLETE_JOBS\x10\x06\x12\x16\n" +
+	"\x12REQUEST_KIND_COUNT\x10\a\x12\x16\n" +
+	"\x12REQUEST_KIND_EMPTY\x10\bB7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
 
 var (
 	file_hodei_internal_v1_command_proto_rawDescOnce sync.Once
@@ -1736,73 +2058,87 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 	return file_hodei_internal_v1_command_proto_rawDescData
 }
 
-var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
-	(*Entry)(nil),                     // 1: hodei.internal.v1.Entry
-	(*Command)(nil),                   // 2: hodei.internal.v1.Command
-	(*SubmitJobs)(nil),                // 3: hodei.internal.v1.SubmitJobs
-	(*LeaseJobs)(nil),                 // 4: hodei.internal.v1.LeaseJobs
-	(*ExtendLeases)(nil),              // 5: hodei.internal.v1.ExtendLeases
-	(*CompleteJob)(nil),               // 6: hodei.internal.v1.CompleteJob
-	(*CancelJob)(nil),                 // 7: hodei.internal.v1.CancelJob
-	(*ExpireLeases)(nil),              // 8: hodei.internal.v1.ExpireLeases
-	(*PromoteDelayed)(nil),            // 9: hodei.internal.v1.PromoteDelayed
-	(*GCJobs)(nil),                    // 10: hodei.internal.v1.GCJobs
-	(*Checkpoint)(nil),                // 11: hodei.internal.v1.Checkpoint
-	(*SetTenantWeight)(nil),           // 12: hodei.internal.v1.SetTenantWeight
-	(*CommandResult)(nil),             // 13: hodei.internal.v1.CommandResult
-	(*SnapshotHeader)(nil),            // 14: hodei.internal.v1.SnapshotHeader
-	(*TenantDeficit)(nil),             // 15: hodei.internal.v1.TenantDeficit
-	(*RequestRecord)(nil),             // 16: hodei.internal.v1.RequestRecord
-	(*Member)(nil),                    // 17: hodei.internal.v1.Member
-	(*TenantSettings)(nil),            // 18: hodei.internal.v1.TenantSettings
-	(*MetaState)(nil),                 // 19: hodei.internal.v1.MetaState
-	(*MetaCommand)(nil),               // 20: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 21: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 22: hodei.v1.KeyValue
-	(*hodeiv1.LeaseRef)(nil),          // 23: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 24: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 25: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 26: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 27: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 28: hodei.v1.ExtendResult
+	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
+	(*Entry)(nil),                     // 2: hodei.internal.v1.Entry
+	(*Command)(nil),                   // 3: hodei.internal.v1.Command
+	(*SubmitJobs)(nil),                // 4: hodei.internal.v1.SubmitJobs
+	(*LeaseJobs)(nil),                 // 5: hodei.internal.v1.LeaseJobs
+	(*LeaseBatch)(nil),                // 6: hodei.internal.v1.LeaseBatch
+	(*CompleteJobs)(nil),              // 7: hodei.internal.v1.CompleteJobs
+	(*ExtendLeases)(nil),              // 8: hodei.internal.v1.ExtendLeases
+	(*CompleteJob)(nil),               // 9: hodei.internal.v1.CompleteJob
+	(*CancelJob)(nil),                 // 10: hodei.internal.v1.CancelJob
+	(*ExpireLeases)(nil),              // 11: hodei.internal.v1.ExpireLeases
+	(*PromoteDelayed)(nil),            // 12: hodei.internal.v1.PromoteDelayed
+	(*GCJobs)(nil),                    // 13: hodei.internal.v1.GCJobs
+	(*Checkpoint)(nil),                // 14: hodei.internal.v1.Checkpoint
+	(*SetTenantWeight)(nil),           // 15: hodei.internal.v1.SetTenantWeight
+	(*CommandResult)(nil),             // 16: hodei.internal.v1.CommandResult
+	(*SnapshotHeader)(nil),            // 17: hodei.internal.v1.SnapshotHeader
+	(*TenantDeficit)(nil),             // 18: hodei.internal.v1.TenantDeficit
+	(*RequestRecord)(nil),             // 19: hodei.internal.v1.RequestRecord
+	(*Member)(nil),                    // 20: hodei.internal.v1.Member
+	(*TenantSettings)(nil),            // 21: hodei.internal.v1.TenantSettings
+	(*MetaState)(nil),                 // 22: hodei.internal.v1.MetaState
+	(*MetaCommand)(nil),               // 23: hodei.internal.v1.MetaCommand
+	(*hodeiv1.JobSpec)(nil),           // 24: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 25: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 26: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 27: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 28: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 29: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 30: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 31: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 32: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 33: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 34: hodei.v1.CompletionResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
-	2,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
-	3,  // 1: hodei.internal.v1.Command.submit:type_name -> hodei.internal.v1.SubmitJobs
-	4,  // 2: hodei.internal.v1.Command.lease:type_name -> hodei.internal.v1.LeaseJobs
-	5,  // 3: hodei.internal.v1.Command.extend:type_name -> hodei.internal.v1.ExtendLeases
-	6,  // 4: hodei.internal.v1.Command.complete:type_name -> hodei.internal.v1.CompleteJob
-	7,  // 5: hodei.internal.v1.Command.cancel:type_name -> hodei.internal.v1.CancelJob
-	8,  // 6: hodei.internal.v1.Command.expire:type_name -> hodei.internal.v1.ExpireLeases
-	9,  // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
-	10, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
-	11, // 9: hodei.internal.v1.Command.checkpoint:type_name -> hodei.internal.v1.Checkpoint
-	12, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
-	21, // 11: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	22, // 12: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	23, // 13: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	24, // 14: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	23, // 15: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 16: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	25, // 17: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	26, // 18: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	27, // 19: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	28, // 20: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	15, // 21: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	18, // 22: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	13, // 23: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	17, // 24: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	18, // 25: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	17, // 26: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	18, // 27: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
+	4,  // 1: hodei.internal.v1.Command.submit:type_name -> hodei.internal.v1.SubmitJobs
+	5,  // 2: hodei.internal.v1.Command.lease:type_name -> hodei.internal.v1.LeaseJobs
+	8,  // 3: hodei.internal.v1.Command.extend:type_name -> hodei.internal.v1.ExtendLeases
+	9,  // 4: hodei.internal.v1.Command.complete:type_name -> hodei.internal.v1.CompleteJob
+	10, // 5: hodei.internal.v1.Command.cancel:type_name -> hodei.internal.v1.CancelJob
+	11, // 6: hodei.internal.v1.Command.expire:type_name -> hodei.internal.v1.ExpireLeases
+	12, // 7: hodei.internal.v1.Command.promote:type_name -> hodei.internal.v1.PromoteDelayed
+	13, // 8: hodei.internal.v1.Command.gc:type_name -> hodei.internal.v1.GCJobs
+	14, // 9: hodei.internal.v1.Command.checkpoint:type_name -> hodei.internal.v1.Checkpoint
+	15, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
+	6,  // 11: hodei.internal.v1.Command.lease_batch:type_name -> hodei.internal.v1.LeaseBatch
+	7,  // 12: hodei.internal.v1.Command.complete_jobs:type_name -> hodei.internal.v1.CompleteJobs
+	24, // 13: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	25, // 14: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 15: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	26, // 16: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	27, // 17: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	28, // 18: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	27, // 19: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 20: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	29, // 21: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	30, // 22: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	31, // 23: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	32, // 24: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	33, // 25: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	34, // 26: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	18, // 27: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	21, // 28: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	16, // 29: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 30: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 31: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	20, // 32: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	21, // 33: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	20, // 34: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	21, // 35: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -1821,8 +2157,10 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_Gc)(nil),
 		(*Command_Checkpoint)(nil),
 		(*Command_SetTenantWeight)(nil),
+		(*Command_LeaseBatch)(nil),
+		(*Command_CompleteJobs)(nil),
 	}
-	file_hodei_internal_v1_command_proto_msgTypes[19].OneofWrappers = []any{
+	file_hodei_internal_v1_command_proto_msgTypes[21].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
 		(*MetaCommand_PutMember)(nil),
 		(*MetaCommand_RemoveMember)(nil),
@@ -1833,8 +2171,8 @@ func file_hodei_internal_v1_command_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   20,
+			NumEnums:      2,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
