@@ -180,7 +180,7 @@ func (n *Node) HasReadyFor(id uint32, labels []*hodeiv1.KeyValue) bool {
 	if err != nil {
 		return false
 	}
-	return s.fsm.HasReadyFor(labels)
+	return s.fsm.HasReadyFor(labels, nil)
 }
 
 func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }

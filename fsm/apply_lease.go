@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"fmt"
+
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
@@ -19,9 +21,11 @@ func (s *state) leaseTTL(ttl int64) int64 {
 	return ttl
 }
 
-// applyLease pops up to capacity ready jobs the worker may run, by fair
-// share over tenants, and leases each with a fresh token.
-func (s *state) applyLease(now int64, c *internalpb.LeaseJobs) *internalpb.CommandResult {
+// MaxLeaseDemands bounds the demands of one LeaseBatch.
+const MaxLeaseDemands = 1000
+
+// checkLease validates one lease demand.
+func (s *state) checkLease(c *internalpb.LeaseJobs) *internalpb.CommandResult {
 	if c.GetWorkerId() == "" {
 		return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease: worker_id is empty")
 	}
@@ -31,9 +35,54 @@ func (s *state) applyLease(now int64, c *internalpb.LeaseJobs) *internalpb.Comma
 	if c.GetTtlMs() < 0 {
 		return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease: ttl_ms is negative (%d)", c.GetTtlMs())
 	}
+	if len(c.GetKinds()) > 0 && s.curVersion < EntryVersionDispatch {
+		return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease: kinds need an entry of version %d, this one has version %d", EntryVersionDispatch, s.curVersion)
+	}
+	for _, k := range c.GetKinds() {
+		if err := ValidateKind(k); err != nil {
+			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease: %v", err)
+		}
+	}
+	return nil
+}
+
+// applyLease pops up to capacity ready jobs the worker may run, by fair
+// share over tenants, and leases each with a fresh token.
+func (s *state) applyLease(now int64, c *internalpb.LeaseJobs) *internalpb.CommandResult {
+	if bad := s.checkLease(c); bad != nil {
+		return bad
+	}
+	return &internalpb.CommandResult{Leases: s.grant(now, c)}
+}
+
+// applyLeaseBatch serves every demand in order, each as a LeaseJobs would
+// be. Validation is all or nothing: one bad demand rejects the command.
+func (s *state) applyLeaseBatch(now int64, c *internalpb.LeaseBatch) *internalpb.CommandResult {
+	if s.curVersion < EntryVersionDispatch {
+		return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease_batch needs an entry of version %d, this one has version %d", EntryVersionDispatch, s.curVersion)
+	}
+	ds := c.GetDemands()
+	if len(ds) == 0 || len(ds) > MaxLeaseDemands {
+		return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease_batch: %d demands, want 1..%d", len(ds), MaxLeaseDemands)
+	}
+	for i, d := range ds {
+		if bad := s.checkLease(d); bad != nil {
+			bad.Message = fmt.Sprintf("demand %d: %s", i, bad.GetMessage())
+			return bad
+		}
+	}
+	out := &internalpb.CommandResult{Grants: make([]*hodeiv1.LeaseGrant, len(ds))}
+	for i, d := range ds {
+		out.Grants[i] = &hodeiv1.LeaseGrant{WorkerId: d.GetWorkerId(), Leases: s.grant(now, d)}
+	}
+	return out
+}
+
+// grant leases up to c.capacity ready jobs to c's worker.
+func (s *state) grant(now int64, c *internalpb.LeaseJobs) []*hodeiv1.Lease {
 	ttl := s.leaseTTL(c.GetTtlMs())
-	picked := s.pickReady(int(c.GetCapacity()), newLabelSet(c.GetLabels()))
-	out := &internalpb.CommandResult{Leases: make([]*hodeiv1.Lease, 0, len(picked))}
+	picked := s.pickReady(int(c.GetCapacity()), newMatcher(c.GetLabels(), c.GetKinds()))
+	out := make([]*hodeiv1.Lease, 0, len(picked))
 	for _, j := range picked {
 		s.nextToken++
 		j.Attempts++
@@ -46,7 +95,7 @@ func (s *state) applyLease(now int64, c *internalpb.LeaseJobs) *internalpb.Comma
 		j.LeaseExpiresAtMs = satAdd(now, ttl)
 		j.UpdatedAtMs = now
 		s.leases.ReplaceOrInsert(timeKey{j.GetLeaseExpiresAtMs(), j.GetSeq()})
-		out.Leases = append(out.Leases, &hodeiv1.Lease{
+		out = append(out, &hodeiv1.Lease{
 			Job:         cloneJob(j),
 			Token:       j.GetLeaseToken(),
 			ExpiresAtMs: j.GetLeaseExpiresAtMs(),

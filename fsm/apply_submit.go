@@ -16,6 +16,10 @@ func (s *state) applySubmit(now int64, c *internalpb.SubmitJobs) *internalpb.Com
 	}
 	norm := make([]*hodeiv1.JobSpec, len(specs))
 	for i, sp := range specs {
+		if s.curVersion < EntryVersionDispatch && (sp.GetKind() != "" || len(sp.GetPayload()) > 0) {
+			// What a binary that predates kinds would not store: refused.
+			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "spec %d: kind and payload need an entry of version %d, this one has version %d", i, EntryVersionDispatch, s.curVersion)
+		}
 		n, err := NormalizeSpec(sp, s.cfg)
 		if err != nil {
 			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "spec %d: %v", i, err)

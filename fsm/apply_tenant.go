@@ -36,12 +36,33 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 // oldest that understands all of them, so that ordinary entries stay
 // readable by the previous release during a rolling upgrade.
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
+	v := uint32(EntryVersion)
 	for _, c := range cmds {
+		if needsDispatchVersion(c) {
+			return EntryVersionDispatch
+		}
 		if c.GetSetTenantWeight() != nil {
-			return EntryVersionTenantWeights
+			v = EntryVersionTenantWeights
 		}
 	}
-	return EntryVersion
+	return v
+}
+
+// needsDispatchVersion reports whether c uses anything of entry version 3.
+func needsDispatchVersion(c *internalpb.Command) bool {
+	switch k := c.GetKind().(type) {
+	case *internalpb.Command_LeaseBatch, *internalpb.Command_CompleteJobs:
+		return true
+	case *internalpb.Command_Lease:
+		return len(k.Lease.GetKinds()) > 0
+	case *internalpb.Command_Submit:
+		for _, sp := range k.Submit.GetSpecs() {
+			if sp.GetKind() != "" || len(sp.GetPayload()) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // applySetTenantWeight sets a tenant's fair-share weight (its DRR quantum).

@@ -43,9 +43,14 @@ const (
 	// SetTenantWeight; in an older entry the command is rejected, changing
 	// nothing, as a binary that predates it would treat it.
 	EntryVersionTenantWeights = 2
+	// EntryVersionDispatch is the version of entries that carry LeaseBatch
+	// or CompleteJobs, a LeaseJobs with kinds, or a spec with a kind or
+	// payload: a binary that predates them would drop those fields and
+	// decide differently. In an older entry they are rejected.
+	EntryVersionDispatch = 3
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
-	MaxEntryVersion = EntryVersionTenantWeights
+	MaxEntryVersion = EntryVersionDispatch
 )
 
 // SnapshotVersion is the newest snapshot format version: Restore accepts

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"bytes"
 	"errors"
 	"strings"
@@ -107,7 +108,7 @@ func TestSubmitInvalidChangesNothing(t *testing.T) {
 		{"dup label", &hodeiv1.JobSpec{Command: []string{"a"}, Labels: []*hodeiv1.KeyValue{kv("gpu", "1"), kv("gpu", "1")}}, "duplicate label key"},
 		{"empty env key", &hodeiv1.JobSpec{Command: []string{"a"}, Env: []*hodeiv1.KeyValue{kv("", "1")}}, "empty key"},
 		{"env =", &hodeiv1.JobSpec{Command: []string{"a"}, Env: []*hodeiv1.KeyValue{kv("A=B", "1")}}, "contains '='"},
-		{"payload", &hodeiv1.JobSpec{Command: []string{"a", strings.Repeat("x", 1<<20)}}, "payload is 1048577 bytes, limit is 1048576"},
+		{"payload", &hodeiv1.JobSpec{Command: []string{"a", strings.Repeat("x", 1<<20)}}, "spec is 1048577 bytes (payload, command, env and labels), limit is 1048576"},
 		{"nil spec", nil, "spec is missing"},
 	}
 	for _, tc := range cases {
@@ -159,8 +160,8 @@ func TestLeasePriorityFIFOAndLabels(t *testing.T) {
 		&hodeiv1.JobSpec{Command: []string{"gpu"}, Priority: 50, Labels: []*hodeiv1.KeyValue{kv("gpu", "a100")}}, // 0-3
 		&hodeiv1.JobSpec{Command: []string{"high2"}, Priority: 9},                                                // 0-4
 	))
-	if h.f.HasReadyFor(nil) != true {
-		t.Fatal("HasReadyFor(nil)")
+	if h.f.HasReadyFor(nil, nil) != true {
+		t.Fatal("HasReadyFor(nil, nil)")
 	}
 	r := h.ok(leaseCmd("w1", 2))
 	if ids := leaseIDs(r); ids != "0-2,0-4" {
@@ -174,17 +175,17 @@ func TestLeasePriorityFIFOAndLabels(t *testing.T) {
 		t.Fatalf("job %v", l.GetJob())
 	}
 	// A worker with the wrong label value skips the gpu job.
-	if !h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("gpu", "t4")}) {
+	if !h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("gpu", "t4")}, nil) {
 		t.Fatal("low-priority unlabelled job is runnable")
 	}
 	r = h.ok(leaseCmd("w2", 5, kv("gpu", "t4")))
 	if ids := leaseIDs(r); ids != "0-1" {
 		t.Fatalf("leased %s", ids)
 	}
-	if h.f.HasReadyFor(nil) || h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("gpu", "t4")}) {
+	if h.f.HasReadyFor(nil, nil) || h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("gpu", "t4")}, nil) {
 		t.Fatal("only the gpu job is left")
 	}
-	if !h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("zone", "x"), kv("gpu", "a100")}) {
+	if !h.f.HasReadyFor([]*hodeiv1.KeyValue{kv("zone", "x"), kv("gpu", "a100")}, nil) {
 		t.Fatal("gpu worker can run it")
 	}
 	r = h.ok(leaseCmd("w3", 5, kv("zone", "x"), kv("gpu", "a100")))
@@ -441,7 +442,7 @@ func TestDelayedAndPromote(t *testing.T) {
 		&hodeiv1.JobSpec{Command: []string{"b"}, DelayMs: 100},
 		&hodeiv1.JobSpec{Command: []string{"c"}, DelayMs: 100},
 	))
-	if h.f.ReadyCount() != 0 || h.f.HasReadyFor(nil) {
+	if h.f.ReadyCount() != 0 || h.f.HasReadyFor(nil, nil) {
 		t.Fatal("delayed job is ready")
 	}
 	if r := h.ok(leaseCmd("w", 5)); len(r.GetLeases()) != 0 {
@@ -568,7 +569,7 @@ func TestApplyRaftLog(t *testing.T) {
 		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: []byte{0xff, 0xff, 0xff}})
 	})
 	newer := encodeEntry(t, &internalpb.Entry{Version: MaxEntryVersion + 1, NowMs: 10})
-	mustPanic(t, "has version 3; this binary understands versions up to 2", func() {
+	mustPanic(t, fmt.Sprintf("has version %d; this binary understands versions up to %d", MaxEntryVersion+1, MaxEntryVersion), func() {
 		f.Apply(&raft.Log{Index: 3, Type: raft.LogCommand, Data: newer})
 	})
 	mustPanic(t, "has version 0", func() {

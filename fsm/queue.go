@@ -101,25 +101,53 @@ func (sc *scheduler) nextActive() (string, bool) {
 	return name, found
 }
 
-// labelSet is a worker's labels, for matching.
-type labelSet map[string]string
+// ShellKind is the kind of command jobs (JobSpec.kind "" or "shell").
+const ShellKind = "shell"
 
-func newLabelSet(kvs []*hodeiv1.KeyValue) labelSet {
-	if len(kvs) == 0 {
-		return nil
-	}
-	ls := make(labelSet, len(kvs))
-	for _, kv := range kvs { // last value wins: deterministic in slice order
-		ls[kv.GetKey()] = kv.GetValue()
-	}
-	return ls
+// matcher is what a worker can run: its labels and, when it names any, the
+// kinds it has handlers for. The zero matcher runs every job.
+type matcher struct {
+	labels map[string]string
+	kinds  map[string]struct{} // nil = every kind
 }
 
-// runsOn reports whether a worker with labels ls may run j: every job label
-// k=v must be carried by the worker with the same value.
-func (ls labelSet) runsOn(j *hodeiv1.Job) bool {
+func newMatcher(kvs []*hodeiv1.KeyValue, kinds []string) matcher {
+	var m matcher
+	if len(kvs) > 0 {
+		m.labels = make(map[string]string, len(kvs))
+		for _, kv := range kvs { // last value wins: deterministic in slice order
+			m.labels[kv.GetKey()] = kv.GetValue()
+		}
+	}
+	if len(kinds) > 0 {
+		m.kinds = make(map[string]struct{}, len(kinds))
+		for _, k := range kinds {
+			m.kinds[k] = struct{}{}
+		}
+	}
+	return m
+}
+
+// JobKind is the kind a job is run as: its spec's kind, or ShellKind for a
+// command job.
+func JobKind(spec *hodeiv1.JobSpec) string {
+	if k := spec.GetKind(); k != "" {
+		return k
+	}
+	return ShellKind
+}
+
+// runsOn reports whether a worker matching m may run j: it has a handler
+// for the job's kind (or names no kinds), and carries every job label k=v
+// with the same value.
+func (m matcher) runsOn(j *hodeiv1.Job) bool {
+	if m.kinds != nil {
+		if _, ok := m.kinds[JobKind(j.GetSpec())]; !ok {
+			return false
+		}
+	}
 	for _, kv := range j.GetSpec().GetLabels() {
-		v, ok := ls[kv.GetKey()]
+		v, ok := m.labels[kv.GetKey()]
 		if !ok || v != kv.GetValue() {
 			return false
 		}
@@ -128,8 +156,8 @@ func (ls labelSet) runsOn(j *hodeiv1.Job) bool {
 }
 
 // firstMatching returns the first job of t's ready queue (in priority/FIFO
-// order, looking at most maxSkipScan entries) that a worker with ls may run.
-func (s *state) firstMatching(t *tenant, ls labelSet) (*hodeiv1.Job, bool) {
+// order, looking at most maxSkipScan entries) that a worker matching ls may run.
+func (s *state) firstMatching(t *tenant, ls matcher) (*hodeiv1.Job, bool) {
 	var out *hodeiv1.Job
 	n := 0
 	t.ready.Ascend(func(k readyKey) bool {
@@ -151,7 +179,7 @@ func (s *state) firstMatching(t *tenant, ls labelSet) (*hodeiv1.Job, bool) {
 // round robin over tenants, removing them from the ready queues. It
 // updates the cursor and deficits. The order of the returned jobs is the
 // order they were picked.
-func (s *state) pickReady(max int, ls labelSet) []*hodeiv1.Job {
+func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 	sc := &s.sched
 	var out []*hodeiv1.Job
 	idle := 0 // consecutive tenant visits that yielded nothing
@@ -198,7 +226,7 @@ func (s *state) pickReady(max int, ls labelSet) []*hodeiv1.Job {
 
 // hasReadyFor reports whether pickReady would find a job for ls (same
 // bounded scan per tenant).
-func (s *state) hasReadyFor(ls labelSet) bool {
+func (s *state) hasReadyFor(ls matcher) bool {
 	found := false
 	s.sched.active.Ascend(func(name string) bool {
 		if _, ok := s.firstMatching(s.tenants[name], ls); ok {

@@ -124,11 +124,11 @@ func (f *FSM) ReadyCount() int {
 	return f.st.sched.ready
 }
 
-// HasReadyFor reports whether a worker with these labels would be leased a
-// job now. Bounded: at most maxSkipScan queue entries per tenant with ready
-// jobs, the same bound LeaseJobs uses.
-func (f *FSM) HasReadyFor(labels []*hodeiv1.KeyValue) bool {
-	ls := newLabelSet(labels)
+// HasReadyFor reports whether a worker with these labels and kinds (empty =
+// every kind) would be leased a job now. Bounded: at most maxSkipScan queue
+// entries per tenant with ready jobs, the same bound LeaseJobs uses.
+func (f *FSM) HasReadyFor(labels []*hodeiv1.KeyValue, kinds []string) bool {
+	ls := newMatcher(labels, kinds)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.st.hasReadyFor(ls)

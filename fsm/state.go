@@ -187,6 +187,10 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applySubmit(now, k.Submit)
 	case *internalpb.Command_Lease:
 		r = s.applyLease(now, k.Lease)
+	case *internalpb.Command_LeaseBatch:
+		r = s.applyLeaseBatch(now, k.LeaseBatch)
+	case *internalpb.Command_CompleteJobs:
+		r = s.applyCompleteJobs(now, k.CompleteJobs)
 	case *internalpb.Command_Extend:
 		r = s.applyExtend(now, k.Extend)
 	case *internalpb.Command_Complete:

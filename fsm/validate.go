@@ -95,14 +95,22 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 	if spec == nil {
 		return nil, invalid("spec is missing")
 	}
-	if len(spec.GetCommand()) == 0 {
-		return nil, invalid("command is empty")
+	kind := spec.GetKind()
+	if err := ValidateKind(kind); kind != "" && err != nil {
+		return nil, err
 	}
-	if spec.GetShell() && (len(spec.GetCommand()) != 1 || spec.GetCommand()[0] == "") {
-		return nil, invalid("shell=true needs exactly one non-empty command line, got %d elements", len(spec.GetCommand()))
-	}
-	if spec.GetCommand()[0] == "" {
-		return nil, invalid("command[0] (the program) is empty")
+	if kind == "" || kind == ShellKind {
+		if len(spec.GetCommand()) == 0 {
+			return nil, invalid("command is empty")
+		}
+		if spec.GetShell() && (len(spec.GetCommand()) != 1 || spec.GetCommand()[0] == "") {
+			return nil, invalid("shell=true needs exactly one non-empty command line, got %d elements", len(spec.GetCommand()))
+		}
+		if spec.GetCommand()[0] == "" {
+			return nil, invalid("command[0] (the program) is empty")
+		}
+	} else if len(spec.GetCommand()) > 0 || spec.GetShell() {
+		return nil, invalid("kind %q runs a handler: command and shell are only for command jobs (kind \"\" or %q)", kind, ShellKind)
 	}
 	if p := spec.GetPriority(); p < 0 || p > 100 {
 		return nil, invalid("priority %d is outside 0..100", p)
@@ -140,7 +148,7 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 		return nil, invalid("idempotency_key is %d bytes, limit is %d", n, MaxNameBytes)
 	}
 
-	payload := 0
+	payload := len(spec.GetPayload())
 	for _, a := range spec.GetCommand() {
 		payload += len(a)
 	}
@@ -155,11 +163,14 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 	}
 	payload += n
 	if payload > cfg.MaxPayloadBytes {
-		return nil, invalid("payload is %d bytes, limit is %d", payload, cfg.MaxPayloadBytes)
+		return nil, invalid("spec is %d bytes (payload, command, env and labels), limit is %d", payload, cfg.MaxPayloadBytes)
 	}
 
 	out := proto.Clone(spec).(*hodeiv1.JobSpec)
 	out.Tenant = tenant
+	if out.Kind == ShellKind {
+		out.Kind = "" // one spelling of a command job
+	}
 	out.Env = env
 	out.Labels = labels
 	if out.MaxAttempts == 0 {
@@ -176,6 +187,23 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 		return nil, invalid("backoff_max_ms (%d) is below backoff_base_ms (%d)", out.BackoffMaxMs, out.BackoffBaseMs)
 	}
 	return out, nil
+}
+
+// ValidateKind checks a job or worker kind: 1..128 bytes of
+// [A-Za-z0-9._:/-].
+func ValidateKind(k string) error {
+	if k == "" || len(k) > MaxNameBytes {
+		return invalid("kind %q must be 1..%d bytes", k, MaxNameBytes)
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '_', c == '-', c == ':', c == '/':
+		default:
+			return invalid("kind %q must match [A-Za-z0-9._:/-]+", k)
+		}
+	}
+	return nil
 }
 
 // sortedKVs clones and sorts kvs by key, rejecting empty or duplicate keys
