@@ -1,9 +1,9 @@
 package fsm
 
 import (
-	"fmt"
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
