@@ -2723,10 +2723,14 @@ func (x *LeaseDemand) GetKinds() []string {
 }
 
 type LeaseForRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Demands       []*LeaseDemand         `protobuf:"bytes,1,rep,name=demands,proto3" json:"demands,omitempty"` // at most 1000
-	TtlMs         int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
-	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // required: a retry with it returns the first grant
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Demands   []*LeaseDemand         `protobuf:"bytes,1,rep,name=demands,proto3" json:"demands,omitempty"` // at most 1000
+	TtlMs     int64                  `protobuf:"varint,2,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	RequestId string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // required: a retry with it returns the first grant
+	// resolve: this call retries one whose outcome is unknown, so the leader
+	// proposes it even when it sees no ready work (the first attempt may have
+	// leased it); otherwise it answers empty grants without proposing.
+	Resolve       bool `protobuf:"varint,4,opt,name=resolve,proto3" json:"resolve,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2780,6 +2784,13 @@ func (x *LeaseForRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *LeaseForRequest) GetResolve() bool {
+	if x != nil {
+		return x.Resolve
+	}
+	return false
 }
 
 type LeaseGrant struct {
@@ -4607,12 +4618,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
-	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"x\n" +
+	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"\x92\x01\n" +
 	"\x0fLeaseForRequest\x12/\n" +
 	"\ademands\x18\x01 \x03(\v2\x15.hodei.v1.LeaseDemandR\ademands\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId\"R\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\x12\x18\n" +
+	"\aresolve\x18\x04 \x01(\bR\aresolve\"R\n" +
 	"\n" +
 	"LeaseGrant\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12'\n" +
