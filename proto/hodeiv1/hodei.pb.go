@@ -2660,6 +2660,7 @@ type LeaseDemand struct {
 	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
 	Labels        []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
 	Kinds         []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	TtlMs         int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the request's ttl_ms
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2720,6 +2721,13 @@ func (x *LeaseDemand) GetKinds() []string {
 		return x.Kinds
 	}
 	return nil
+}
+
+func (x *LeaseDemand) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
 }
 
 type LeaseForRequest struct {
@@ -4613,12 +4621,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\bextended\x18\x04 \x01(\v2\x18.hodei.v1.ServerExtendedH\x00R\bextended\x120\n" +
 	"\x06cancel\x18\x05 \x01(\v2\x16.hodei.v1.ServerCancelH\x00R\x06cancel\x12-\n" +
 	"\x05drain\x18\x06 \x01(\v2\x15.hodei.v1.ServerDrainH\x00R\x05drainB\x05\n" +
-	"\x03msg\"\x88\x01\n" +
+	"\x03msg\"\x9f\x01\n" +
 	"\vLeaseDemand\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
-	"\x05kinds\x18\x04 \x03(\tR\x05kinds\"\x92\x01\n" +
+	"\x05kinds\x18\x04 \x03(\tR\x05kinds\x12\x15\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"\x92\x01\n" +
 	"\x0fLeaseForRequest\x12/\n" +
 	"\ademands\x18\x01 \x03(\v2\x15.hodei.v1.LeaseDemandR\ademands\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
