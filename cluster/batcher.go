@@ -2,7 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -13,10 +12,12 @@ import (
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/internalpb"
+	"github.com/hodei-io/hodei/transport"
 )
 
 // ErrClosed is returned by a proposal made after the node started shutting down.
-var ErrClosed = errors.New("cluster: node is shutting down")
+// It is Unavailable to callers: they retry on another node.
+var ErrClosed = fmt.Errorf("cluster: node is shutting down (%w)", transport.ErrUnavailable)
 
 type propResult struct {
 	res *internalpb.CommandResult

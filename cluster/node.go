@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -50,6 +51,7 @@ type Node struct {
 	registry     *prometheus.Registry
 	metrics      *metrics
 	work         *scheduler.Signal // node-wide: fired when any shard may have work
+	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
 	waves        *waveGate         // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth      // log-store write health (storehealth.go)
 	httpSrv      *http.Server
@@ -101,12 +103,13 @@ func New(cfg Config) (*Node, error) {
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
 	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	n.raftNet.Register(n.grpc)
-	transport.NewAPI(n, n.pool, cfg.Logger).Register(n.grpc)
+	transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger).Register(n.grpc)
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpc, n.health)
 	reflection.Register(n.grpc)
 
 	fail := func(err error) (*Node, error) {
+		n.stopDispatcher()
 		n.storeHealth.close()
 		n.stopGossip()
 		for _, s := range n.shards {
@@ -150,6 +153,11 @@ func New(cfg Config) (*Node, error) {
 		}
 		n.shards = append(n.shards, s)
 	}
+	d, err := newDispatcher(n)
+	if err != nil {
+		return fail(err)
+	}
+	n.dispatch.Store(d)
 	n.startGossipJoins()
 	n.storeHealth.start()
 	n.wg.Add(1)
@@ -276,6 +284,9 @@ func (n *Node) Close() error {
 			n.httpSrv.Shutdown(ctx)
 			cancel()
 		}
+		// Workers are told to drain and their streams end: they reconnect
+		// to other nodes and complete there with their tokens.
+		n.stopDispatcher()
 		stopped := make(chan struct{})
 		go func() { n.grpc.GracefulStop(); close(stopped) }()
 		select {
@@ -315,6 +326,7 @@ func (n *Node) Kill() error {
 			n.gossipImpl.Shutdown()
 		}
 		n.grpc.Stop()
+		n.stopDispatcher()
 		n.storeHealth.close()
 		n.raftNet.Close()
 		for _, s := range n.shards {
@@ -331,6 +343,15 @@ func (n *Node) Kill() error {
 		n.wg.Wait()
 	})
 	return nil
+}
+
+// stopDispatcher drains the workers connected here and stops the
+// dispatcher's lanes.
+func (n *Node) stopDispatcher() {
+	if d := n.dispatch.Load(); d != nil {
+		d.Drain("node shutting down")
+		d.Stop()
+	}
 }
 
 // dialOnce opens a client connection for a one-off call (the caller closes it).

@@ -82,6 +82,9 @@ func (s *shard) onApply(index uint64, events []fsm.Event) {
 	if ready {
 		s.node.work.Fire()
 	}
+	if d := s.node.dispatch.Load(); d != nil {
+		d.OnEvents(s.id, events)
+	}
 	s.mu.Lock()
 	t := s.timers
 	s.mu.Unlock()
@@ -115,6 +118,9 @@ func (s *shard) watchLeadership() {
 				s.becomeLeader()
 			} else {
 				s.stopTimers()
+			}
+			if d := s.node.dispatch.Load(); d != nil {
+				d.Wake() // the shard's route changed
 			}
 		}
 	}

@@ -51,6 +51,10 @@ func (s *state) applyCompleteJobs(now int64, c *internalpb.CompleteJobs) *intern
 			r.Code, r.Reason = codeName(bad.GetCode()), bad.GetMessage()
 			continue
 		}
+		if w := it.GetResult().GetWorkerId(); w != "" && w != j.GetLeaseWorker() {
+			r.Code, r.Reason = "FAILED_PRECONDITION", "job "+j.GetId()+" is leased to another worker"
+			continue
+		}
 		s.accept(now, j, it.GetResult(), it.GetSuccess(), it.GetRetryable())
 		r.Ok, r.State = true, j.GetState()
 	}

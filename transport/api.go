@@ -84,17 +84,18 @@ const (
 
 // API serves the public JobService, WorkerService and AdminService.
 type API struct {
-	b    Backend
-	pool *Pool
-	log  *slog.Logger
+	b       Backend
+	workers WorkerBackend // the worker stream and batched worker calls
+	pool    *Pool
+	log     *slog.Logger
 }
 
-// NewAPI returns the public services over b; pool is used to forward.
-func NewAPI(b Backend, pool *Pool, log *slog.Logger) *API {
+// NewAPI returns the public services over b and w; pool is used to forward.
+func NewAPI(b Backend, w WorkerBackend, pool *Pool, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &API{b: b, pool: pool, log: log}
+	return &API{b: b, workers: w, pool: pool, log: log}
 }
 
 // Register adds the services to s.

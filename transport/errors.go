@@ -21,6 +21,10 @@ type CodedError interface {
 	Code() internalpb.Code
 }
 
+// ErrUnavailable marks an error of the backend that a caller should retry
+// elsewhere or later (the node is shutting down or starting).
+var ErrUnavailable = errors.New("unavailable")
+
 // ToStatus maps any error of the server to a gRPC status. It is the one
 // place where errors become gRPC codes.
 func ToStatus(err error) error {
@@ -44,7 +48,8 @@ func ToStatus(err error) error {
 		errors.Is(err, raft.ErrLeadershipTransferInProgress),
 		errors.Is(err, raft.ErrRaftShutdown),
 		errors.Is(err, raft.ErrEnqueueTimeout),
-		errors.Is(err, ErrNoLeader):
+		errors.Is(err, ErrNoLeader),
+		errors.Is(err, ErrUnavailable):
 		// The outcome may be unknown (leadership lost after proposing):
 		// clients retry with the same request id, which the FSM dedupes.
 		return status.Error(codes.Unavailable, err.Error())
