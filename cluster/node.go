@@ -50,10 +50,10 @@ type Node struct {
 	logdb        *logdb.DB
 	registry     *prometheus.Registry
 	metrics      *metrics
-	work         *scheduler.Signal // node-wide: fired when any shard may have work
+	work         *scheduler.Signal                    // node-wide: fired when any shard may have work
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
-	waves        *waveGate         // nil: waves off (Config.ProposeWaves)
-	storeHealth  *storeHealth      // log-store write health (storehealth.go)
+	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
+	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
