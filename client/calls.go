@@ -27,13 +27,15 @@ func (c *Client) workers(cc *grpc.ClientConn) hodeiv1.WorkerServiceClient {
 	return hodeiv1.NewWorkerServiceClient(cc)
 }
 
-// Submit submits one job. A spec without an idempotency key is covered by
-// the request id on retries; with one, resubmitting returns the first job
-// (SubmitJobResponse.Duplicate).
+// Submit submits one job, to its tenant's shard leader when routing knows
+// it. A spec without an idempotency key is covered by the request id on
+// retries; with one, resubmitting returns the first job
+// (SubmitJobResponse.Duplicate). For many concurrent submits, a Submitter
+// makes fewer, larger calls.
 func (c *Client) Submit(ctx context.Context, spec *hodeiv1.JobSpec) (*hodeiv1.SubmitJobResponse, error) {
 	req := &hodeiv1.SubmitJobRequest{Spec: spec, RequestId: NewRequestID()}
 	var resp *hodeiv1.SubmitJobResponse
-	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.invokeShard(ctx, c.cfg.CallTimeout, c.tenantShard(ctx, spec.GetTenant()), func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.jobs(cc).SubmitJob(ctx, req)
 		resp = r
 		return err
@@ -44,30 +46,21 @@ func (c *Client) Submit(ctx context.Context, spec *hodeiv1.JobSpec) (*hodeiv1.Su
 	return resp, nil
 }
 
-// SubmitBatch submits many jobs in one request; results are in the order of specs.
-func (c *Client) SubmitBatch(ctx context.Context, specs []*hodeiv1.JobSpec) ([]*hodeiv1.SubmitJobResponse, error) {
-	req := &hodeiv1.SubmitJobsRequest{Specs: specs, RequestId: NewRequestID()}
-	var resp *hodeiv1.SubmitJobsResponse
-	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
-		r, err := c.jobs(cc).SubmitJobs(ctx, req)
-		resp = r
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return resp.GetResults(), nil
-}
-
-// Get returns one job. Reads are linearizable unless Stale() is given.
+// Get returns one job. Reads are linearizable (and go to the job's shard
+// leader, which serves them) unless Stale() is given (then the current node
+// answers).
 func (c *Client) Get(ctx context.Context, id string, opts ...ReadOption) (*hodeiv1.Job, error) {
 	var o readOpts
 	for _, f := range opts {
 		f(&o)
 	}
 	req := &hodeiv1.GetJobRequest{Id: id, Stale: o.stale}
+	shard := noShard
+	if !o.stale {
+		shard = c.jobShard(ctx, id)
+	}
 	var resp *hodeiv1.GetJobResponse
-	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.invokeShard(ctx, c.cfg.CallTimeout, shard, func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.jobs(cc).GetJob(ctx, req)
 		resp = r
 		return err
@@ -92,11 +85,11 @@ func (c *Client) List(ctx context.Context, req *hodeiv1.ListJobsRequest) (*hodei
 	return resp, nil
 }
 
-// Cancel cancels a job and returns it.
+// Cancel cancels a job (on its shard leader) and returns it.
 func (c *Client) Cancel(ctx context.Context, id, reason string) (*hodeiv1.Job, error) {
 	req := &hodeiv1.CancelJobRequest{Id: id, Reason: reason, RequestId: NewRequestID()}
 	var resp *hodeiv1.CancelJobResponse
-	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.invokeShard(ctx, c.cfg.CallTimeout, c.jobShard(ctx, id), func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.jobs(cc).CancelJob(ctx, req)
 		resp = r
 		return err
@@ -149,13 +142,13 @@ func (c *Client) ExtendLeases(ctx context.Context, req *hodeiv1.ExtendLeasesRequ
 	return resp, nil
 }
 
-// Complete reports the outcome of a leased attempt. A request id is added if
-// req has none; callers that retry Complete themselves should set one and
-// keep it.
+// Complete reports the outcome of a leased attempt, to the job's shard
+// leader. A request id is added if req has none; callers that retry
+// Complete themselves should set one and keep it.
 func (c *Client) Complete(ctx context.Context, req *hodeiv1.CompleteJobRequest) (*hodeiv1.CompleteJobResponse, error) {
 	req = withRequestID(req, (*hodeiv1.CompleteJobRequest).GetRequestId, func(m *hodeiv1.CompleteJobRequest, id string) { m.RequestId = id })
 	var resp *hodeiv1.CompleteJobResponse
-	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.invokeShard(ctx, c.cfg.CallTimeout, c.jobShard(ctx, req.GetJobId()), func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.workers(cc).CompleteJob(ctx, req)
 		resp = r
 		return err

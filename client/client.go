@@ -1,17 +1,42 @@
 // Package client is the Go SDK of Hodei.
 //
-// A Client talks to any node(s) of a cluster over gRPC. Every node serves
-// every RPC and forwards writes to the right leader itself, so the client's
-// only job is to stay connected: it keeps a current node and, when a call
-// fails with a retryable error (see IsRetryable), moves to the next address
-// and retries with jittered exponential backoff until the retry budget
-// (Config.Retry) or the caller's context runs out.
+// A Client talks to the nodes of a cluster over gRPC. Every node serves
+// every RPC and forwards writes to the right shard leader itself (one extra
+// hop), so any node will do; the client keeps a current node among
+// Config.Addrs and, when a call fails with a retryable error (see
+// IsRetryable), moves to the next address and retries with jittered
+// exponential backoff until the retry budget (Config.Retry) or the caller's
+// context runs out.
+//
+// Leader routing (Config.Routing, on by default) saves the extra hop: the
+// client learns the shard map (shard count and each shard's leader address)
+// from AdminService.Status, and sends a call that belongs to one shard
+// straight to that shard's leader. A tenant's shard is FNV-1a (32 bit) of its
+// name modulo the shard count, as on the server; a job id "<shard>-<seq>"
+// names its shard. Submit goes to its tenant's leader, Get (unless Stale),
+// Cancel and Complete to their job's leader, and SubmitBatch sends each
+// shard's part of the batch to that shard's leader concurrently. The map is
+// loaded on first use (that call waits for it) and refreshed in the
+// background, at most once per Config.RefreshInterval, when a call shows it
+// is stale: a leader that answers Unavailable or cannot be reached, a
+// "not the leader" answer (whose leader hint is used at once), or a shard
+// without a known leader. Until then, and whenever a leader is unknown or
+// unreachable, calls go to the current node as without routing. Leader
+// addresses are the nodes' advertised gRPC addresses and need not be in
+// Config.Addrs. Other calls (List, Lease, ExtendLeases, admin calls) always
+// go to the current node.
 //
 // Every mutating call carries a request id generated once per logical call
 // and reused on every retry, so a retry after an unknown outcome (timeout,
 // leader change) returns the first answer instead of doing the write twice.
 // Non-retryable errors (InvalidArgument, NotFound, FailedPrecondition, ...)
 // are returned at once and unchanged: callers inspect them with status.Code.
+// SubmitBatch sends a batch in parts (one per shard, and per MaxSubmitBatch
+// specs); each part has its own request id derived from the call's
+// ("<id>/<shard>", the server's own scheme), reused on that part's retries.
+//
+// For many concurrent single submits, a Submitter (NewSubmitter) coalesces
+// them per shard into SubmitJobs calls and gives each caller its own answer.
 //
 // The client depends on the public protobuf API only, never on server
 // packages.
@@ -26,6 +51,7 @@ import (
 	mrand "math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,6 +87,12 @@ type Config struct {
 	Retry time.Duration
 	// DialOptions are added to the client's own (insecure transport credentials).
 	DialOptions []grpc.DialOption
+	// Routing chooses where calls of one shard go: RouteLeader (the
+	// default) sends them to the shard's leader, RouteAny to the current node.
+	Routing Routing
+	// RefreshInterval is the least time between two loads of the shard map
+	// (default 3s). Negative is invalid.
+	RefreshInterval time.Duration
 }
 
 // Validate checks the config after defaults are applied.
@@ -76,6 +108,12 @@ func (c *Config) Validate() error {
 	if c.CallTimeout < 0 {
 		return fmt.Errorf("client: negative CallTimeout %v", c.CallTimeout)
 	}
+	if c.Routing != RouteLeader && c.Routing != RouteAny {
+		return fmt.Errorf("client: unknown Routing %d", c.Routing)
+	}
+	if c.RefreshInterval < 0 {
+		return fmt.Errorf("client: negative RefreshInterval %v", c.RefreshInterval)
+	}
 	return nil
 }
 
@@ -89,6 +127,9 @@ func (c *Config) applyDefaults() {
 	if c.Retry < 0 {
 		c.Retry = 0
 	}
+	if c.RefreshInterval == 0 {
+		c.RefreshInterval = DefaultRefreshInterval
+	}
 }
 
 // Client is a Hodei API client. It is safe for concurrent use.
@@ -99,6 +140,22 @@ type Client struct {
 	conns  map[string]*grpc.ClientConn
 	cur    int // index into cfg.Addrs of the current node
 	closed bool
+
+	// Leader routing (route.go). smap is read lock-free on every call and
+	// replaced whole (copy on write).
+	smap       atomic.Pointer[shardMap] // nil: unknown
+	rmu        sync.Mutex
+	rclosed    bool
+	refreshing bool          // a refresh goroutine is running (at most one)
+	lastLoad   time.Time     // when the last load ended
+	loaded     bool          // the first load ended
+	firstLoad  chan struct{} // closed when the first load ends
+
+	// bgCtx ends on Close; background goroutines (map refreshes) use it
+	// and bg waits for them.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bg       sync.WaitGroup
 }
 
 // New validates cfg and returns a Client. Connections are dialled lazily.
@@ -108,7 +165,8 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn)}
+	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn), firstLoad: make(chan struct{})}
+	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	// Creating the channels checks the addresses; no connection is made
 	// until the first call.
 	for _, a := range cfg.Addrs {
@@ -120,8 +178,15 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close closes every connection. Calls in flight fail.
+// Close stops the background map refresh and closes every connection.
+// Calls in flight fail.
 func (c *Client) Close() error {
+	c.rmu.Lock()
+	c.rclosed = true
+	c.rmu.Unlock()
+	c.bgCancel()
+	c.bg.Wait()
+
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -220,14 +285,38 @@ func backoff(n int) time.Duration {
 // retryable errors until the retry budget or ctx ends. addr, if not empty,
 // pins the call to one node (no failover, still retried).
 func (c *Client) invoke(ctx context.Context, timeout time.Duration, addr string, attempt func(ctx context.Context, cc *grpc.ClientConn) error) error {
+	return c.invokeOn(ctx, timeout, addr, noShard, attempt)
+}
+
+// invokeShard is invoke for a call of one shard: each attempt goes to the
+// shard's leader when the shard map knows it, else to the current node.
+// shard is noShard for a call without one (then it is invoke).
+func (c *Client) invokeShard(ctx context.Context, timeout time.Duration, shard int, attempt func(ctx context.Context, cc *grpc.ClientConn) error) error {
+	return c.invokeOn(ctx, timeout, "", shard, attempt)
+}
+
+func (c *Client) invokeOn(ctx context.Context, timeout time.Duration, pin string, shard int, attempt func(ctx context.Context, cc *grpc.ClientConn) error) error {
 	budget := time.Now().Add(c.cfg.Retry)
 	for n := 0; ; n++ {
-		idx, target := -1, addr
+		idx, target, routed := -1, pin, false
+		if target == "" && shard != noShard {
+			if target = c.leaderFor(shard); target != "" {
+				routed = true
+			} else {
+				// The map has the shard but no leader for it.
+				c.requestRefresh()
+			}
+		}
 		if target == "" {
 			idx, target = c.current()
 		}
 		cc, err := c.conn(target)
 		if err != nil {
+			if routed && !errors.Is(err, ErrClosed) {
+				// An advertised leader address we cannot dial: use any node.
+				c.leaderFailed(shard, target)
+				continue
+			}
 			// Closed client or a malformed address: retrying cannot help.
 			return err
 		}
@@ -247,6 +336,9 @@ func (c *Client) invoke(ctx context.Context, timeout time.Duration, addr string,
 		}
 		if !IsRetryable(err) {
 			return err
+		}
+		if shard != noShard {
+			c.noteFailure(shard, target, routed, err)
 		}
 		if idx >= 0 {
 			c.failover(idx)
