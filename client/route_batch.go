@@ -36,7 +36,9 @@ const MaxSubmitBatch = 10000
 // an error is the server's, unchanged. Sent in several parts, each part is
 // validated and committed on its own: if some fail, the error is a
 // *BatchError that tells, per spec, its result (committed) or its part's
-// error; status.Code of it is the code of the first failed spec's error.
+// error (see BatchError.GRPCStatus for its status code). A caller that
+// resubmits after such an error should resubmit only the failed specs, or
+// use idempotency keys.
 func (c *Client) SubmitBatch(ctx context.Context, specs []*hodeiv1.JobSpec) ([]*hodeiv1.SubmitJobResponse, error) {
 	rid := NewRequestID()
 	shards := 0
@@ -236,10 +238,19 @@ func (e *BatchError) Error() string {
 // Unwrap returns the failed parts' errors, for errors.Is and errors.As.
 func (e *BatchError) Unwrap() []error { return e.parts }
 
-// GRPCStatus is the status of the first failed spec's error, so that
-// status.Code works on a BatchError.
+// GRPCStatus makes status.Code work on a BatchError: it is the status of
+// the first failed spec whose outcome is unknown (a retryable error, see
+// IsRetryable), else of the first failed spec. A code of a definite failure
+// (InvalidArgument, ...) is then true of the failed specs only: Results
+// tells which specs were committed.
 func (e *BatchError) GRPCStatus() *status.Status {
 	_, err := e.first()
+	for _, pe := range e.Errs {
+		if pe != nil && IsRetryable(pe) {
+			err = pe
+			break
+		}
+	}
 	if st, ok := status.FromError(err); ok {
 		return st
 	}

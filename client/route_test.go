@@ -676,3 +676,20 @@ func TestClosedClientStopsRefresh(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+func TestBatchErrorStatusPrefersUnknownOutcome(t *testing.T) {
+	inv := status.Error(codes.InvalidArgument, "spec 0: bad")
+	unav := status.Error(codes.Unavailable, "down")
+	be := &BatchError{Errs: []error{inv, nil, unav}, parts: []error{inv, unav}}
+	if status.Code(be) != codes.Unavailable || !errors.Is(be, unav) {
+		t.Fatalf("code %v", status.Code(be))
+	}
+	be = &BatchError{Errs: []error{nil, inv}, parts: []error{inv}}
+	if status.Code(be) != codes.InvalidArgument || !strings.Contains(be.Error(), "1 of 2 specs failed") {
+		t.Fatalf("code %v: %v", status.Code(be), be)
+	}
+	be = &BatchError{Errs: []error{ErrClosed}, parts: []error{ErrClosed}}
+	if status.Code(be) != codes.Unknown || !errors.Is(be, ErrClosed) {
+		t.Fatalf("code %v", status.Code(be))
+	}
+}
