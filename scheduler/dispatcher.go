@@ -757,12 +757,27 @@ func (l *lane) round() bool {
 	}
 	grants := l.lease(req)
 	d.settle(ds, grants)
+	asked, got := 0, 0
+	for _, dm := range ds {
+		asked += dm.n
+	}
 	for _, g := range grants {
-		if len(g.GetLeases()) > 0 {
-			return true
+		got += len(g.GetLeases())
+	}
+	if local && (got < asked || d.b.Ready(l.shard) == 0) {
+		// This shard could not fill its workers' demand, or has no more
+		// work: the lanes of shards led elsewhere may steal for them now.
+		// (Only local lanes wake the others, so lanes never keep each
+		// other busy.)
+		for _, o := range d.lease {
+			if o != l {
+				if lo, _ := d.b.Leader(o.shard); !lo {
+					o.poke()
+				}
+			}
 		}
 	}
-	return false
+	return got > 0
 }
 
 // lease makes the lease call of req and resolves an unknown outcome: the
