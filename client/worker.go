@@ -25,6 +25,8 @@ const (
 	MaxWorkerConcurrency = 10000
 	// MinLeaseTTL is the shortest lease TTL a worker may ask for.
 	MinLeaseTTL = 100 * time.Millisecond
+	// MaxWorkerIDBytes is the longest worker id (the server's limit on names).
+	MaxWorkerIDBytes = 128
 )
 
 // Internal timings of the worker runtime.
@@ -68,6 +70,9 @@ type WorkerConfig struct {
 // the defaults).
 func (c WorkerConfig) Validate() error {
 	var errs []error
+	if len(c.ID) > MaxWorkerIDBytes {
+		errs = append(errs, fmt.Errorf("client: worker id is %d bytes, limit %d", len(c.ID), MaxWorkerIDBytes))
+	}
 	if c.Concurrency < 0 || c.Concurrency > MaxWorkerConcurrency {
 		errs = append(errs, fmt.Errorf("client: worker concurrency %d outside 1..%d", c.Concurrency, MaxWorkerConcurrency))
 	}
@@ -94,6 +99,7 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 		if host == "" {
 			host = "worker"
 		}
+		host = host[:min(len(host), MaxWorkerIDBytes-32)] // room for -pid-random
 		c.ID = fmt.Sprintf("%s-%d-%06x", host, os.Getpid(), mrand.IntN(1<<24))
 	}
 	if c.Concurrency == 0 {
@@ -169,8 +175,9 @@ type Worker struct {
 	draining bool            // Run's context is done: no more credit
 	ttl      time.Duration   // lease TTL granted by the node (welcome), else cfg.LeaseTTL
 	// Per stream, reset by every hello.
-	credit     int  // credit the node holds for us
-	maxSlots   int  // the most credit the node keeps
+	credit     int  // credit the node holds for us (never below the node's own count)
+	maxSlots   int  // the most credit a node keeps (from the latest welcome)
+	helloSlots int  // the credit of the latest hello
 	srvDrain   bool // the node asked us to drain this stream
 	srvDrainAt time.Time
 
@@ -201,6 +208,7 @@ func NewWorker(c *Client, cfg WorkerConfig) (*Worker, error) {
 		stopCh:     make(chan struct{}),
 		held:       make(map[string]*Job),
 		ttl:        cfg.LeaseTTL,
+		maxSlots:   MaxWorkerConcurrency,
 	}
 	keys := make([]string, 0, len(cfg.Labels))
 	for k := range cfg.Labels {

@@ -49,6 +49,7 @@ type fakeWorkerNode struct {
 	extends        map[int][]*hodeiv1.LeaseRef // per stream index
 	slotsMsgs      []int32
 	closedSend     int
+	overCredit     int // WorkerSlots that took the credit above maxSlots
 	credit         int
 	outstanding    map[string]bool // leased, no completion received
 	maxOutstanding int             // max of credit + outstanding
@@ -142,12 +143,13 @@ func (f *fakeWorkerNode) Connect(srv hodeiv1.WorkerService_ConnectServer) error 
 		f.mu.Unlock()
 		return status.Error(code, "fake: hello rejectedCompletion")
 	}
+	if f.maxSlots > 0 && hello.GetSlots() > f.maxSlots {
+		f.mu.Unlock()
+		return status.Errorf(codes.InvalidArgument, "fake: slots %d is outside 0..%d", hello.GetSlots(), f.maxSlots)
+	}
 	fs := &fakeWorkerStream{idx: len(f.hellos) - 1, srv: srv, cut: make(chan struct{})}
 	f.cur = fs
 	f.credit = int(hello.GetSlots())
-	if f.maxSlots > 0 {
-		f.credit = min(f.credit, int(f.maxSlots))
-	}
 	ttl := f.ttlMs
 	if ttl == 0 {
 		ttl = hello.GetTtlMs()
@@ -217,8 +219,8 @@ func (f *fakeWorkerNode) handle(fs *fakeWorkerStream, m *hodeiv1.WorkerMessage) 
 		f.slotsMsgs = append(f.slotsMsgs, msg.Slots.GetSlots())
 		if f.cur == fs {
 			f.credit += int(msg.Slots.GetSlots())
-			if f.maxSlots > 0 {
-				f.credit = min(f.credit, int(f.maxSlots))
+			if f.maxSlots > 0 && f.credit > int(f.maxSlots) {
+				f.overCredit++ // the real node ends the stream
 			}
 		}
 		f.mu.Unlock()

@@ -54,6 +54,13 @@ func (w *Worker) connLoop(kinds []string) {
 			return
 		}
 		i = (i + 1) % len(addrs)
+		if !welcomed && status.Code(err) == codes.InvalidArgument {
+			// Maybe our credit is above the node's max_slots (a welcome
+			// would have said): ask for less until a welcome tells.
+			w.mu.Lock()
+			w.maxSlots = max(min(w.maxSlots, w.helloSlots)/2, 1)
+			w.mu.Unlock()
+		}
 		if welcomed && time.Since(start) > w.backoffMax {
 			fails = 0 // a stream that was up for a while: not a failure streak
 		}
@@ -152,9 +159,11 @@ func (w *Worker) hello(kinds []string) *hodeiv1.WorkerHello {
 	defer w.mu.Unlock()
 	slots := 0
 	if !w.draining {
-		slots = max(min(w.cfg.Concurrency-w.running, MaxWorkerConcurrency), 0)
+		// A hello above the node's max_slots is refused: keep to the
+		// latest one known.
+		slots = max(min(w.cfg.Concurrency-w.running, w.maxSlots), 0)
 	}
-	w.credit, w.maxSlots, w.srvDrain = slots, MaxWorkerConcurrency, false
+	w.credit, w.helloSlots, w.srvDrain = slots, slots, false
 	clear(w.pending)
 	w.pending = w.pending[:0]
 	clear(w.retry)
@@ -182,9 +191,10 @@ func (w *Worker) welcome(wel *hodeiv1.ServerWelcome) (time.Duration, int) {
 	if ms := wel.GetTtlMs(); ms > 0 {
 		w.ttl = time.Duration(ms) * time.Millisecond
 	}
+	w.maxSlots = MaxWorkerConcurrency
 	if ms := int(wel.GetMaxSlots()); ms > 0 {
-		// The node keeps no more credit than this (what the hello gave
-		// beyond it is taken as dropped).
+		// The node keeps no more credit than this; WorkerSlots beyond it
+		// would end the stream.
 		w.maxSlots = ms
 		w.credit = min(w.credit, ms)
 	}

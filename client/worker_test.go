@@ -706,3 +706,27 @@ func TestWorkerReconnectBacksOff(t *testing.T) {
 		})
 	}
 }
+
+func TestWorkerKeepsToMaxSlots(t *testing.T) {
+	f := newFakeWorkerNode("n1")
+	f.maxSlots = 3
+	addr := serveWorkerNode(t, f)
+	const n = 40
+	r := startTestWorker(t, []string{addr}, WorkerConfig{Concurrency: 10}, func(w *Worker) {
+		w.backoffMin = time.Millisecond
+		w.Handle("k", nopHandler)
+	})
+	for i := range n {
+		f.submit(kindJob(strconv.Itoa(i), "k", ""))
+	}
+	waitCond(t, "all jobs", func() bool { return r.w.Stats().Succeeded == n })
+	f.with(func() {
+		// 10 refused, then 5, then 2 (under max_slots 3): accepted.
+		if len(f.hellos) != 3 || f.hellos[2].GetSlots() != 2 {
+			t.Errorf("%d hellos, last with %d slots", len(f.hellos), f.hellos[len(f.hellos)-1].GetSlots())
+		}
+		if f.overCredit != 0 {
+			t.Errorf("credit went above max_slots %d times", f.overCredit)
+		}
+	})
+}
