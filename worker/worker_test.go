@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -20,100 +21,134 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeCluster is a test double of the cluster's WorkerService on loopback:
-// a queue of jobs handed out by long-poll leases, heartbeats answered from a
-// set of lost leases, and recorded completions.
-type fakeCluster struct {
+// fakeNode is a test double of a node's worker stream (one stream at a
+// time): jobs pushed within the worker's credit, extensions answered from a
+// set of lost leases, completions recorded and accepted. The stream protocol
+// itself is tested in the client package; this checks the shell handler on
+// top of it.
+type fakeNode struct {
 	hodeiv1.UnimplementedWorkerServiceServer
 
-	mu           sync.Mutex
-	queue        []*hodeiv1.Job
-	wake         chan struct{} // closed and replaced when the queue grows
-	token        uint64
-	lost         map[string]bool // job id -> lease lost
-	extends      map[string]int  // job id -> heartbeats seen
-	completions  []*hodeiv1.CompleteJobRequest
-	leasedAt     map[string]time.Time
-	maxCapacity  int32
-	pollStarted  time.Time  // when the latest Lease call arrived
-	failComplete int        // fail this many CompleteJob calls with failCode
-	failCode     codes.Code // code for failComplete
-	completeSeen int        // CompleteJob calls, failed or not
+	mu          sync.Mutex
+	queue       []*hodeiv1.Job
+	token       uint64
+	credit      int
+	send        func(*hodeiv1.ServerMessage) // current stream's sender
+	hello       *hodeiv1.WorkerHello
+	lost        map[string]bool
+	extends     map[string]int
+	completions []*hodeiv1.Completion
+	peak        int // most jobs leased and not completed at once
+	out         map[string]bool
 }
 
-func newFakeCluster() *fakeCluster {
-	return &fakeCluster{wake: make(chan struct{}), lost: map[string]bool{}, extends: map[string]int{}, leasedAt: map[string]time.Time{}}
+func newFakeNode() *fakeNode {
+	return &fakeNode{lost: map[string]bool{}, extends: map[string]int{}, out: map[string]bool{}}
 }
 
-func (f *fakeCluster) submit(jobs ...*hodeiv1.Job) {
+func (f *fakeNode) Connect(srv hodeiv1.WorkerService_ConnectServer) error {
+	m, err := srv.Recv()
+	if err != nil {
+		return err
+	}
+	if m.GetHello() == nil {
+		return status.Error(codes.InvalidArgument, "no hello")
+	}
+	var sendMu sync.Mutex
+	dead := false
+	send := func(m *hodeiv1.ServerMessage) {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		if !dead {
+			_ = srv.Send(m)
+		}
+	}
+	defer func() { sendMu.Lock(); dead = true; sendMu.Unlock() }()
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.queue = append(f.queue, jobs...)
-	close(f.wake)
-	f.wake = make(chan struct{})
-}
-
-func (f *fakeCluster) Lease(ctx context.Context, req *hodeiv1.LeaseRequest) (*hodeiv1.LeaseResponse, error) {
-	deadline := time.NewTimer(time.Duration(req.GetWaitMs()) * time.Millisecond)
-	defer deadline.Stop()
-	first := true
+	f.hello, f.credit, f.send = m.GetHello(), int(m.GetHello().GetSlots()), send
+	f.mu.Unlock()
+	send(&hodeiv1.ServerMessage{Msg: &hodeiv1.ServerMessage_Welcome{Welcome: &hodeiv1.ServerWelcome{NodeId: "n1", TtlMs: m.GetHello().GetTtlMs(), MaxSlots: 10000}}})
+	f.push()
 	for {
-		f.mu.Lock()
-		f.maxCapacity = max(f.maxCapacity, req.GetCapacity())
-		if first {
-			f.pollStarted, first = time.Now(), false
+		m, err := srv.Recv()
+		if err == io.EOF {
+			return nil
 		}
-		if len(f.queue) > 0 {
-			n := min(int(req.GetCapacity()), len(f.queue))
-			resp := &hodeiv1.LeaseResponse{}
-			for _, j := range f.queue[:n] {
-				f.token++
-				f.leasedAt[j.GetId()] = time.Now()
-				resp.Leases = append(resp.Leases, &hodeiv1.Lease{Job: j, Token: f.token, TtlMs: req.GetTtlMs()})
-			}
-			f.queue = f.queue[n:]
+		if err != nil {
+			return err
+		}
+		switch msg := m.GetMsg().(type) {
+		case *hodeiv1.WorkerMessage_Slots:
+			f.mu.Lock()
+			f.credit += int(msg.Slots.GetSlots())
 			f.mu.Unlock()
-			return resp, nil
+			f.push()
+		case *hodeiv1.WorkerMessage_Completions:
+			var rs []*hodeiv1.CompletionResult
+			f.mu.Lock()
+			for _, c := range msg.Completions.GetCompletions() {
+				f.completions = append(f.completions, c)
+				delete(f.out, c.GetJobId())
+				rs = append(rs, &hodeiv1.CompletionResult{JobId: c.GetJobId(), Token: c.GetToken(), Ok: true})
+			}
+			f.mu.Unlock()
+			send(&hodeiv1.ServerMessage{Msg: &hodeiv1.ServerMessage_Completions{Completions: &hodeiv1.ServerCompletions{Results: rs}}})
+		case *hodeiv1.WorkerMessage_Extend:
+			var rs []*hodeiv1.ExtendResult
+			f.mu.Lock()
+			for _, r := range msg.Extend.GetLeases() {
+				f.extends[r.GetJobId()]++
+				ok := !f.lost[r.GetJobId()]
+				rs = append(rs, &hodeiv1.ExtendResult{JobId: r.GetJobId(), Ok: ok, Reason: map[bool]string{false: "cancelled"}[ok]})
+			}
+			f.mu.Unlock()
+			send(&hodeiv1.ServerMessage{Msg: &hodeiv1.ServerMessage_Extended{Extended: &hodeiv1.ServerExtended{Results: rs}}})
 		}
-		wake := f.wake
-		f.mu.Unlock()
-		select {
-		case <-wake:
-		case <-deadline.C:
-			return &hodeiv1.LeaseResponse{}, nil
-		case <-ctx.Done():
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
 	}
 }
 
-func (f *fakeCluster) ExtendLeases(_ context.Context, req *hodeiv1.ExtendLeasesRequest) (*hodeiv1.ExtendLeasesResponse, error) {
+func (f *fakeNode) push() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	resp := &hodeiv1.ExtendLeasesResponse{}
-	for _, r := range req.GetLeases() {
-		f.extends[r.GetJobId()]++
-		ok := !f.lost[r.GetJobId()]
-		resp.Results = append(resp.Results, &hodeiv1.ExtendResult{JobId: r.GetJobId(), Ok: ok, Reason: map[bool]string{false: "cancelled"}[ok]})
+	var ls []*hodeiv1.Lease
+	for f.credit > 0 && len(f.queue) > 0 && f.send != nil {
+		j := f.queue[0]
+		f.queue = f.queue[1:]
+		f.credit--
+		f.token++
+		j.Attempts, j.LeaseToken, j.LeaseWorker = 1, f.token, f.hello.GetWorkerId()
+		ls = append(ls, &hodeiv1.Lease{Job: j, Token: f.token})
+		f.out[j.GetId()] = true
 	}
-	return resp, nil
+	f.peak = max(f.peak, len(f.out))
+	send := f.send
+	f.mu.Unlock()
+	if len(ls) > 0 {
+		send(&hodeiv1.ServerMessage{Msg: &hodeiv1.ServerMessage_Leases{Leases: &hodeiv1.ServerLeases{Leases: ls}}})
+	}
 }
 
-func (f *fakeCluster) CompleteJob(_ context.Context, req *hodeiv1.CompleteJobRequest) (*hodeiv1.CompleteJobResponse, error) {
+func (f *fakeNode) submit(jobs ...*hodeiv1.Job) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.completeSeen++
-	if f.completeSeen <= f.failComplete {
-		return nil, status.Error(f.failCode, "fake failure")
-	}
-	f.completions = append(f.completions, req)
-	return &hodeiv1.CompleteJobResponse{Job: &hodeiv1.Job{Id: req.GetJobId()}}, nil
+	f.queue = append(f.queue, jobs...)
+	f.mu.Unlock()
+	f.push()
 }
 
-func (f *fakeCluster) get(fn func()) {
+func (f *fakeNode) get(fn func()) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn()
+}
+
+func (f *fakeNode) completion(id string) *hodeiv1.Completion {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.completions {
+		if c.GetJobId() == id {
+			return c
+		}
+	}
+	return nil
 }
 
 // waitFor polls cond until it holds or the deadline passes.
@@ -129,14 +164,14 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 }
 
 type harness struct {
-	f      *fakeCluster
+	f      *fakeNode
 	w      *Worker
 	cancel context.CancelFunc
 	done   chan error
 }
 
 // startWorker serves f on loopback and runs a worker against it.
-func startWorker(t *testing.T, f *fakeCluster, mod func(*Config)) *harness {
+func startWorker(t *testing.T, f *fakeNode, mod func(*Config)) *harness {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -155,7 +190,6 @@ func startWorker(t *testing.T, f *fakeCluster, mod func(*Config)) *harness {
 		ID:          "w1",
 		Concurrency: 2,
 		LeaseTTL:    600 * time.Millisecond,
-		PollWait:    2 * time.Second,
 		Logger:      slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if mod != nil {
@@ -175,9 +209,9 @@ func startWorker(t *testing.T, f *fakeCluster, mod func(*Config)) *harness {
 		case <-time.After(40 * time.Second):
 			t.Error("worker did not stop")
 		}
+		_ = c.Close()
 		s.Stop()
 		<-served
-		_ = c.Close()
 	})
 	return h
 }
@@ -208,120 +242,67 @@ func shellJob(id, line string) *hodeiv1.Job {
 	return &hodeiv1.Job{Id: id, Spec: &hodeiv1.JobSpec{Command: []string{line}, Shell: true}}
 }
 
-func (f *fakeCluster) completion(id string) *hodeiv1.CompleteJobRequest {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.completions {
-		if c.GetJobId() == id {
-			return c
-		}
-	}
-	return nil
-}
-
-func TestWorkerLeasesRunsCompletes(t *testing.T) {
-	f := newFakeCluster()
+func TestWorkerRunsCommandsAndReports(t *testing.T) {
+	f := newFakeNode()
 	h := startWorker(t, f, nil)
-	// The worker is idle in a long-poll; a submitted job is picked up at once.
-	f.submit(shellJob("ok", "echo hello"), shellJob("bad", "echo oops >&2; exit 3"))
-	waitFor(t, "completions", 10*time.Second, func() bool { return f.completion("ok") != nil && f.completion("bad") != nil })
+	f.submit(shellJob("ok", "echo hello; echo $HODEI_JOB_ID $HODEI_ATTEMPT $HODEI_WORKER_ID"),
+		shellJob("bad", "echo oops >&2; exit 3"),
+		&hodeiv1.Job{Id: "empty", Spec: &hodeiv1.JobSpec{}},
+		&hodeiv1.Job{Id: "nosuch", Spec: &hodeiv1.JobSpec{Command: []string{"/nonexistent/binary"}}})
+	waitFor(t, "completions", 10*time.Second, func() bool { return h.w.Stats().Succeeded+h.w.Stats().Failed == 4 })
 
+	f.get(func() {
+		if hl := f.hello; hl.GetWorkerId() != "w1" || len(hl.GetKinds()) != 1 || hl.GetKinds()[0] != "shell" || hl.GetSlots() != 2 {
+			t.Errorf("hello %v", hl)
+		}
+	})
 	ok := f.completion("ok")
-	if !ok.GetSuccess() || ok.GetToken() == 0 || ok.GetRequestId() == "" ||
-		string(ok.GetResult().GetOutput()) != "hello\n" || ok.GetResult().GetWorkerId() != "w1" ||
-		ok.GetResult().GetStartedAtMs() == 0 || ok.GetResult().GetFinishedAtMs() < ok.GetResult().GetStartedAtMs() {
-		t.Fatalf("ok completion %v", ok)
+	if !ok.GetSuccess() || ok.GetToken() == 0 || string(ok.GetResult().GetOutput()) != "hello\nok 1 w1\n" ||
+		ok.GetResult().GetWorkerId() != "w1" || ok.GetResult().GetExitCode() != 0 || ok.GetResult().GetError() != "" {
+		t.Errorf("ok completion %v", ok)
 	}
 	bad := f.completion("bad")
-	if bad.GetSuccess() || !bad.GetRetryable() || bad.GetResult().GetExitCode() != 3 || string(bad.GetResult().GetOutput()) != "oops\n" {
-		t.Fatalf("bad completion %v", bad)
+	if bad.GetSuccess() || !bad.GetRetryable() || bad.GetResult().GetExitCode() != 3 ||
+		string(bad.GetResult().GetOutput()) != "oops\n" || bad.GetResult().GetError() != "exit status 3" {
+		t.Errorf("bad completion %v", bad)
+	}
+	// Invalid commands fail without a retry.
+	for _, id := range []string{"empty", "nosuch"} {
+		if c := f.completion(id); c.GetSuccess() || c.GetRetryable() || c.GetResult().GetExitCode() != -1 || c.GetResult().GetError() == "" {
+			t.Errorf("%s completion %v", id, c)
+		}
 	}
 	h.stop(t, 5*time.Second)
-	if st := h.w.Stats(); st.Leased != 2 || st.Succeeded != 1 || st.Failed != 1 || st.Lost != 0 || st.Running != 0 {
+	if st := h.w.Stats(); st.Leased != 4 || st.Succeeded != 1 || st.Failed != 3 || st.Lost != 0 || st.InFlight != 0 {
 		t.Fatalf("stats %+v", st)
 	}
-}
-
-func TestWorkerIdlePickupIsFast(t *testing.T) {
-	f := newFakeCluster()
-	h := startWorker(t, f, func(c *Config) { c.PollWait = 30 * time.Second })
-	// Let the worker enter its long-poll, then submit.
-	waitFor(t, "long-poll", 5*time.Second, func() bool {
-		var c int32
-		f.get(func() { c = f.maxCapacity })
-		return c > 0
-	})
-	submitted := time.Now()
-	f.submit(shellJob("fast", "true"))
-	waitFor(t, "lease", 5*time.Second, func() bool {
-		var ok bool
-		f.get(func() { _, ok = f.leasedAt["fast"] })
-		return ok
-	})
-	var at time.Time
-	f.get(func() { at = f.leasedAt["fast"] })
-	if d := at.Sub(submitted); d > 200*time.Millisecond {
-		t.Fatalf("idle worker took %v to lease", d)
-	}
-	waitFor(t, "completion", 5*time.Second, func() bool { return f.completion("fast") != nil })
-	h.stop(t, 5*time.Second)
 }
 
 func TestWorkerHeartbeatsAndRespectsConcurrency(t *testing.T) {
-	f := newFakeCluster()
+	f := newFakeNode()
 	h := startWorker(t, f, func(c *Config) { c.LeaseTTL = 300 * time.Millisecond; c.Concurrency = 2 })
 	for _, id := range []string{"a", "b", "c", "d"} {
-		f.submit(shellJob(id, "sleep 0.5"))
+		f.submit(shellJob(id, "sleep 0.3"))
 	}
-	waitFor(t, "4 completions", 15*time.Second, func() bool {
-		var n int
-		f.get(func() { n = len(f.completions) })
-		return n == 4
-	})
+	waitFor(t, "4 completions", 15*time.Second, func() bool { return h.w.Stats().Succeeded == 4 })
 	f.get(func() {
-		if f.maxCapacity > 2 {
-			t.Errorf("asked for %d jobs with concurrency 2", f.maxCapacity)
+		if f.peak > 2 {
+			t.Errorf("%d jobs out at once with concurrency 2", f.peak)
 		}
 		for _, id := range []string{"a", "b", "c", "d"} {
 			if f.extends[id] < 1 {
-				t.Errorf("job %s never heartbeated (%v)", id, f.extends)
-			}
-		}
-		for _, c := range f.completions {
-			if !c.GetSuccess() {
-				t.Errorf("failed: %v", c)
+				t.Errorf("job %s never extended (%v)", id, f.extends)
 			}
 		}
 	})
 	h.stop(t, 5*time.Second)
 }
 
-// A job leased at the end of a long-poll longer than the TTL must not be
-// taken for lost: its lease starts when granted, not when the poll was sent.
-func TestWorkerLongPollGrantNotTakenForLost(t *testing.T) {
-	f := newFakeCluster()
-	h := startWorker(t, f, func(c *Config) { c.LeaseTTL = 300 * time.Millisecond; c.PollWait = 10 * time.Second })
-	waitFor(t, "a long-poll older than the TTL", 5*time.Second, func() bool {
-		var at time.Time
-		f.get(func() { at = f.pollStarted })
-		return !at.IsZero() && time.Since(at) > 500*time.Millisecond
-	})
-	f.submit(shellJob("late", "sleep 0.3"))
-	waitFor(t, "completion", 10*time.Second, func() bool { return f.completion("late") != nil })
-	if c := f.completion("late"); !c.GetSuccess() {
-		t.Fatalf("completion %v", c)
-	}
-	if st := h.w.Stats(); st.Lost != 0 {
-		t.Fatalf("stats %+v", st)
-	}
-	h.stop(t, 5*time.Second)
-}
-
-func TestWorkerLeaseLostKillsJob(t *testing.T) {
-	f := newFakeCluster()
+func TestWorkerLeaseLostKillsProcess(t *testing.T) {
+	f := newFakeNode()
 	h := startWorker(t, f, func(c *Config) { c.LeaseTTL = 300 * time.Millisecond })
 	f.submit(shellJob("long", "sleep 30"))
-	waitFor(t, "a heartbeat", 5*time.Second, func() bool {
+	waitFor(t, "an extension", 5*time.Second, func() bool {
 		var n int
 		f.get(func() { n = f.extends["long"] })
 		return n > 0
@@ -329,7 +310,7 @@ func TestWorkerLeaseLostKillsJob(t *testing.T) {
 	f.get(func() { f.lost["long"] = true })
 	waitFor(t, "the job to be killed", 5*time.Second, func() bool {
 		st := h.w.Stats()
-		return st.Lost == 1 && st.Running == 0
+		return st.Lost == 1 && st.InFlight == 0
 	})
 	if c := f.completion("long"); c != nil {
 		t.Fatalf("completion reported for a lost lease: %v", c)
@@ -338,10 +319,10 @@ func TestWorkerLeaseLostKillsJob(t *testing.T) {
 }
 
 func TestWorkerDrainLetsJobsFinish(t *testing.T) {
-	f := newFakeCluster()
+	f := newFakeNode()
 	h := startWorker(t, f, nil)
 	f.submit(shellJob("drain", "sleep 0.4; echo done"))
-	waitFor(t, "job running", 5*time.Second, func() bool { return h.w.Stats().Running == 1 })
+	waitFor(t, "job running", 5*time.Second, func() bool { return h.w.Stats().InFlight == 1 })
 	h.stop(t, 10*time.Second)
 	c := f.completion("drain")
 	if c == nil || !c.GetSuccess() || string(c.GetResult().GetOutput()) != "done\n" {
@@ -350,51 +331,20 @@ func TestWorkerDrainLetsJobsFinish(t *testing.T) {
 }
 
 func TestWorkerDrainTimeoutKills(t *testing.T) {
-	f := newFakeCluster()
+	f := newFakeNode()
 	h := startWorker(t, f, func(c *Config) { c.DrainTimeout = 200 * time.Millisecond })
 	f.submit(shellJob("stuck", "sleep 30"))
-	waitFor(t, "job running", 5*time.Second, func() bool { return h.w.Stats().Running == 1 })
+	waitFor(t, "job running", 5*time.Second, func() bool { return h.w.Stats().InFlight == 1 })
 	start := time.Now()
 	h.stop(t, 10*time.Second)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("drain took %v", d)
 	}
-	// The killed attempt is reported as a retryable failure.
+	// The killed attempt is reported as a retryable failure, saying why.
 	c := f.completion("stuck")
-	if c == nil || c.GetSuccess() || !c.GetRetryable() || !strings.Contains(c.GetResult().GetError(), "drain") {
+	if c == nil || c.GetSuccess() || !c.GetRetryable() || c.GetResult().GetError() != "killed: client: drain timeout" {
 		t.Fatalf("completion %v", c)
 	}
-}
-
-func TestWorkerCompletionRetriedWithSameRequestID(t *testing.T) {
-	f := newFakeCluster()
-	f.failComplete, f.failCode = 2, codes.Unavailable
-	h := startWorker(t, f, nil)
-	f.submit(shellJob("r", "true"))
-	waitFor(t, "completion", 10*time.Second, func() bool { return f.completion("r") != nil })
-	f.get(func() {
-		if f.completeSeen != 3 {
-			t.Errorf("%d CompleteJob calls, want 3", f.completeSeen)
-		}
-	})
-	h.stop(t, 5*time.Second)
-	if st := h.w.Stats(); st.Succeeded != 1 {
-		t.Fatalf("stats %+v", st)
-	}
-}
-
-func TestWorkerStaleTokenDropped(t *testing.T) {
-	f := newFakeCluster()
-	f.failComplete, f.failCode = 1000, codes.FailedPrecondition
-	h := startWorker(t, f, nil)
-	f.submit(shellJob("stale", "true"))
-	waitFor(t, "drop", 10*time.Second, func() bool { return h.w.Stats().Lost == 1 })
-	f.get(func() {
-		if f.completeSeen != 1 {
-			t.Errorf("%d CompleteJob calls, want 1", f.completeSeen)
-		}
-	})
-	h.stop(t, 5*time.Second)
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -413,7 +363,7 @@ func TestConfigValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.cfg.Concurrency != DefaultConcurrency || w.cfg.LeaseTTL != DefaultLeaseTTL || w.ID() == "" {
-		t.Fatalf("defaults %+v", w.cfg)
+	if w.ID() == "" {
+		t.Fatal("no default id")
 	}
 }

@@ -21,15 +21,16 @@ func newWorkerCmd() *cobra.Command {
 		servers, id, logLevel          string
 		concurrency                    int
 		labels                         []string
-		leaseTTL, pollWait, drainAfter time.Duration
+		leaseTTL, pollWait, drainAfter time.Duration // pollWait: deprecated, ignored
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker agent: lease jobs and run them as shell commands",
-		Long: `Run a worker agent. It long-polls any node for jobs whose labels it carries,
-runs up to --concurrency of them at once, heartbeats their leases and reports
-results. On SIGINT/SIGTERM it stops leasing, lets running jobs finish for up to
---drain-timeout, then exits.`,
+		Long: `Run a worker agent. It keeps a worker stream to one node (moving to the next
+on failure), is pushed command jobs whose labels it carries, runs up to
+--concurrency of them at once, extends their leases and reports results. On
+SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
+--drain-timeout (then kills them), reports them and exits.`,
 		Example: `  hodei worker --server 10.0.0.1:7401,10.0.0.2:7401 --concurrency 8 --label gpu=true`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -67,7 +68,6 @@ results. On SIGINT/SIGTERM it stops leasing, lets running jobs finish for up to
 				Concurrency:  concurrency,
 				Labels:       lm,
 				LeaseTTL:     leaseTTL,
-				PollWait:     pollWait,
 				DrainTimeout: drainAfter,
 				Logger:       log,
 			})
@@ -88,7 +88,8 @@ results. On SIGINT/SIGTERM it stops leasing, lets running jobs finish for up to
 	f.IntVar(&concurrency, "concurrency", worker.DefaultConcurrency, "jobs run at once")
 	f.StringArrayVar(&labels, "label", nil, "worker label K=V (repeatable); jobs requiring labels go to workers that carry them")
 	f.DurationVar(&leaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "lease TTL; heartbeats every TTL/3")
-	f.DurationVar(&pollWait, "poll-wait", worker.DefaultPollWait, "long-poll wait for work (max 60s)")
+	f.DurationVar(&pollWait, "poll-wait", 0, "ignored: the worker stream pushes work")
+	_ = f.MarkDeprecated("poll-wait", "the worker stream pushes work as slots free up")
 	f.DurationVar(&drainAfter, "drain-timeout", worker.DefaultDrainTimeout, "on shutdown, how long running jobs may finish before being killed")
 	f.StringVar(&id, "id", "", "worker id (default hostname-pid-random)")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
