@@ -53,16 +53,27 @@ const (
 	MaxEntryVersion = EntryVersionDispatch
 )
 
-// SnapshotVersion is the newest snapshot format version: Restore accepts
-// versions 1 and 2. Snapshot writes version 2 only when some tenant has a
-// fair-share weight other than 1 (the header then lists the weights), and
-// otherwise version 1 — the same bytes a binary without weights writes, so
-// such a binary fails loudly only on a snapshot it could not represent.
-const SnapshotVersion = 2
-
-// snapshotVersionNoWeights is the snapshot version of a state without
-// tenant weights.
-const snapshotVersionNoWeights = 1
+// Snapshot format versions. Restore accepts versions 1 to SnapshotVersion.
+// Snapshot writes the lowest version that can represent the state, so that
+// a binary of an older release fails loudly only on a snapshot it could not
+// represent, and installs the others: a state with neither tenant weights
+// nor request records is written as version 1, the same bytes a binary
+// without weights writes; one with weights but no request records as
+// version 2, the same bytes the release before compact records writes.
+const (
+	// snapshotVersionNoWeights is the version of a state with neither
+	// tenant weights nor request records.
+	snapshotVersionNoWeights = 1
+	// snapshotVersionWeights added the tenants' fair-share weights (other
+	// than 1) to the header. Versions 1 and 2 keep each request record's
+	// whole CommandResult.
+	snapshotVersionWeights = 2
+	// SnapshotVersion (3) keeps compact request records (RequestRecord
+	// fields 4-11, see requests.go) instead of whole results; it is written
+	// when there is a request record. Records of versions 1 and 2 are
+	// converted to compact records on restore.
+	SnapshotVersion = 3
+)
 
 // Config holds the replicated-state knobs. All replicas of a shard must use
 // the same Config, since it affects the outcome of Apply.
@@ -73,8 +84,8 @@ type Config struct {
 	DefaultBackoffMaxMs  int64 // used when JobSpec.backoff_max_ms == 0
 	DefaultLeaseTTLMs    int64 // used when LeaseJobs/ExtendLeases ttl_ms == 0
 	MaxLeaseTTLMs        int64 // larger requested TTLs are clamped to this
-	RequestRetentionMs   int64 // request-id replies are kept this long (by entry now_ms)
-	MaxRequests          int   // at most this many request-id replies (oldest evicted first)
+	RequestRetentionMs   int64 // request-id records are kept this long (by entry now_ms): the dedup window
+	MaxRequests          int   // memory backstop: at most this many request-id records (oldest evicted first)
 	MaxPayloadBytes      int   // limit of args+env+labels bytes of one spec
 	MaxOutputBytes       int   // JobResult.output is truncated to its last MaxOutputBytes bytes
 }
@@ -89,9 +100,15 @@ func DefaultConfig() Config {
 		DefaultLeaseTTLMs:    30000,
 		MaxLeaseTTLMs:        10 * 60000,
 		RequestRetentionMs:   10 * 60000,
-		MaxRequests:          100000,
-		MaxPayloadBytes:      1 << 20,
-		MaxOutputBytes:       64 << 10,
+		// 15,000 single-job submits/s over 8 shards, each with a request
+		// id, are ~1,900 records/s per shard: 1.1M in the 10-minute window.
+		// 2M leaves room for the lease rounds, cancels and unary
+		// completions that carry ids too, so that the window stays the 10
+		// minutes; at ~135 B per record (BenchmarkRequestRecordBytes) it
+		// bounds the table at ~270 MB per shard replica.
+		MaxRequests:     2_000_000,
+		MaxPayloadBytes: 1 << 20,
+		MaxOutputBytes:  64 << 10,
 	}
 }
 

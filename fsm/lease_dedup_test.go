@@ -10,8 +10,9 @@ import (
 
 // A lease applied again under its request id (the API's retry of a lease
 // whose outcome it did not learn) answers with the original grant, tokens
-// included, and grants nothing more, even with ready jobs left and after
-// the granted jobs moved on; a lease under a new id grants afresh.
+// included, and grants nothing more, even with ready jobs left; once a
+// granted job has moved on, its lease is no longer valid and is left out
+// of the answer. A lease under a new id grants afresh.
 func TestLeaseDedupReturnsOriginalGrant(t *testing.T) {
 	h := newHarness(t)
 	h.ok(submitCmd(spec("a"), spec("b"), spec("c"), spec("d"), spec("e")))
@@ -33,11 +34,11 @@ func TestLeaseDedupReturnsOriginalGrant(t *testing.T) {
 			t.Fatalf("job %s: attempts %d token %d state %v, want 1, %d, RUNNING", j.GetId(), j.GetAttempts(), j.GetLeaseToken(), j.GetState(), l.GetToken())
 		}
 	}
-	// Still the original answer after one of its jobs completed.
+	// After one of its jobs completed: the other lease, as granted.
 	l0 := first.GetLeases()[0]
 	h.ok(completeCmd(l0.GetJob().GetId(), l0.GetToken(), true, false))
-	if again := h.ok(withRID("r1/0", leaseCmd("w", 2))); !proto.Equal(first, again) {
-		t.Fatalf("repeated lease after a completion answered %v", again)
+	if again := h.ok(withRID("r1/0", leaseCmd("w", 2))); len(again.GetLeases()) != 1 || !proto.Equal(again.GetLeases()[0], first.GetLeases()[1]) {
+		t.Fatalf("repeated lease after a completion answered %v, want only %v", again, first.GetLeases()[1])
 	}
 	// A new id leases the remaining ready jobs.
 	if next := h.ok(withRID("r1/0/1", leaseCmd("w", 5))); len(next.GetLeases()) != 3 {

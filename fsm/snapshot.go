@@ -27,9 +27,12 @@ import (
 // hodeiv1.Job records in seq order, then header.request_count
 // internalpb.RequestRecord records in insertion (= at_ms) order.
 //
-// Version 2 adds the tenants' fair-share weights to the header; it is
-// written only when some tenant has a weight other than 1, so a shard that
-// uses no weights writes exactly the version 1 bytes.
+// Version 2 adds the tenants' fair-share weights to the header. In
+// versions 1 and 2 a RequestRecord holds the command's whole result
+// (field 3); in version 3 it holds the compact record instead (fields
+// 4-11, encoded as encodeCompact says). The version written is the lowest
+// that represents the state (see SnapshotVersion): with request records 3,
+// else with weights other than 1 version 2, else version 1.
 const snapshotMagic = "HODEISNP"
 
 // ErrCorruptSnapshot is wrapped by Restore errors about snapshot content.
@@ -46,7 +49,7 @@ func (s *state) encodeSnapshot() []byte {
 		seqs = append(seqs, seq)
 	}
 	sort.Slice(seqs, func(a, b int) bool { return seqs[a] < seqs[b] })
-	reqs := s.reqs.records()
+	nreqs := s.reqs.len()
 
 	names := make([]string, 0, len(s.tenants))
 	for n, t := range s.tenants { // order fixed by the sort below
@@ -57,8 +60,11 @@ func (s *state) encodeSnapshot() []byte {
 	sort.Strings(names)
 	weights := s.sortedWeights()
 	version := uint32(snapshotVersionNoWeights)
-	if len(weights) > 0 {
+	switch {
+	case nreqs > 0:
 		version = SnapshotVersion
+	case len(weights) > 0:
+		version = snapshotVersionWeights
 	}
 	hdr := &internalpb.SnapshotHeader{
 		Version:       version,
@@ -66,7 +72,7 @@ func (s *state) encodeSnapshot() []byte {
 		NextSeq:       s.nextSeq,
 		NextToken:     s.nextToken,
 		JobCount:      uint64(len(seqs)),
-		RequestCount:  uint64(len(reqs)),
+		RequestCount:  uint64(nreqs),
 		LastNowMs:     s.lastNowMs,
 		AppliedIndex:  s.appliedIndex,
 		LastPromoteMs: s.lastPromoteMs,
@@ -85,23 +91,27 @@ func (s *state) encodeSnapshot() []byte {
 	binary.BigEndian.PutUint32(b4[:], version)
 	buf.Write(b4[:])
 	var scratch []byte
+	writeBytes := func(b []byte) {
+		var lb [binary.MaxVarintLen64]byte
+		buf.Write(lb[:binary.PutUvarint(lb[:], uint64(len(b)))])
+		buf.Write(b)
+	}
 	writeRec := func(m proto.Message) {
 		var err error
 		scratch, err = marshalOpts.MarshalAppend(scratch[:0], m)
 		if err != nil {
 			panic(fmt.Sprintf("fsm: snapshot marshal: %v", err))
 		}
-		var lb [binary.MaxVarintLen64]byte
-		buf.Write(lb[:binary.PutUvarint(lb[:], uint64(len(scratch)))])
-		buf.Write(scratch)
+		writeBytes(scratch)
 	}
 	writeRec(hdr)
 	for _, seq := range seqs {
 		writeRec(s.jobs[seq])
 	}
-	for _, r := range reqs {
-		writeRec(r)
-	}
+	s.reqs.each(func(r *reqRecord) {
+		scratch = appendRecord(scratch[:0], r)
+		writeBytes(scratch)
+	})
 	binary.BigEndian.PutUint32(b4[:], crc32.Checksum(buf.Bytes(), castagnoli))
 	buf.Write(b4[:])
 	return buf.Bytes()
@@ -203,7 +213,7 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if hdr.GetVersion() != version {
 		return nil, corrupt("header version %d in a version %d snapshot", hdr.GetVersion(), version)
 	}
-	if version < SnapshotVersion && len(hdr.GetWeights()) > 0 {
+	if version < snapshotVersionWeights && len(hdr.GetWeights()) > 0 {
 		return nil, corrupt("tenant weights in a version %d snapshot", version)
 	}
 	if hdr.GetShard() != cfg.Shard {
@@ -229,11 +239,11 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if len(rest) != 0 {
 		return nil, corrupt("%d trailing bytes", len(rest))
 	}
-	return rebuildState(cfg, hdr, jobs, reqs)
+	return rebuildState(cfg, version, hdr, jobs, reqs)
 }
 
 // rebuildState builds a state and every index from snapshot records.
-func rebuildState(cfg Config, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Job, reqs []*internalpb.RequestRecord) (*state, error) {
+func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Job, reqs []*internalpb.RequestRecord) (*state, error) {
 	s := newState(cfg)
 	s.nextSeq = hdr.GetNextSeq()
 	s.nextToken = hdr.GetNextToken()
@@ -310,17 +320,61 @@ func rebuildState(cfg Config, hdr *internalpb.SnapshotHeader, jobs []*hodeiv1.Jo
 		}
 		t.deficit = d.GetDeficit()
 	}
+	prevAt := int64(-1 << 63)
 	for _, r := range reqs {
-		if r.GetRequestId() == "" || r.GetResult() == nil {
-			return nil, corrupt("empty request record")
+		id := r.GetRequestId()
+		if id == "" {
+			return nil, corrupt("request record without an id")
 		}
-		if _, dup := s.reqs.byID[r.GetRequestId()]; dup {
-			return nil, corrupt("duplicate request id %q", r.GetRequestId())
+		if _, dup := s.reqs.get(id); dup {
+			return nil, corrupt("duplicate request id %q", id)
 		}
-		s.reqs.byID[r.GetRequestId()] = r
-		s.reqs.order = append(s.reqs.order, r)
+		if r.GetAtMs() < prevAt || r.GetAtMs() > s.lastNowMs {
+			return nil, corrupt("request %q at %d ms, after one at %d or after last_now_ms %d", id, r.GetAtMs(), prevAt, s.lastNowMs)
+		}
+		prevAt = r.GetAtMs()
+		c, err := s.compactOfSnapshot(version, r)
+		if err != nil {
+			return nil, corrupt("request %q: %v", id, err)
+		}
+		s.reqs.put(newReqRecord(id, r.GetAtMs(), &c), len(reqs))
 	}
 	return s, nil
+}
+
+// compactOfSnapshot is the compact record of a snapshot's request record,
+// checked against the restored counters: converted from the whole result
+// in versions 1 and 2, decoded in version 3.
+func (s *state) compactOfSnapshot(version uint32, r *internalpb.RequestRecord) (compactRecord, error) {
+	hasCompact := r.GetKind() != 0 || r.GetCode() != 0 || r.GetMessage() != "" || len(r.GetSeqs()) > 0 ||
+		len(r.GetDuplicates()) > 0 || r.GetFirstToken() != 0 || len(r.GetGrantSizes()) > 0 || r.GetCount() != 0
+	var c compactRecord
+	var err error
+	if version < SnapshotVersion {
+		if r.GetResult() == nil || hasCompact {
+			return c, fmt.Errorf("a version %d record needs a whole result and nothing else", version)
+		}
+		c, err = compactOf(r.GetResult(), s.cfg.Shard)
+	} else {
+		if r.GetResult() != nil {
+			return c, fmt.Errorf("a whole result in a version %d snapshot", version)
+		}
+		c, err = compactFromProto(r)
+	}
+	if err != nil {
+		return c, err
+	}
+	for _, seq := range c.seqs {
+		if seq >= s.nextSeq {
+			return c, fmt.Errorf("job seq %d >= next_seq %d", seq, s.nextSeq)
+		}
+	}
+	if c.firstToken != 0 {
+		if last := c.firstToken + uint64(len(c.seqs)) - 1; last < c.firstToken || last > s.nextToken {
+			return c, fmt.Errorf("lease tokens %d.. (%d) beyond next_token %d", c.firstToken, len(c.seqs), s.nextToken)
+		}
+	}
+	return c, nil
 }
 
 // isDelayed tells, from replicated fields alone, whether a PENDING job is

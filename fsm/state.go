@@ -177,8 +177,8 @@ func (s *state) applyEntry(index uint64, e *internalpb.Entry) ([]*internalpb.Com
 func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.CommandResult {
 	rid := c.GetRequestId()
 	if rid != "" {
-		if r, ok := s.reqs.get(rid); ok {
-			return proto.Clone(r).(*internalpb.CommandResult)
+		if rec, ok := s.reqs.get(rid); ok {
+			return s.replay(rec, c, now)
 		}
 	}
 	var r *internalpb.CommandResult
@@ -217,7 +217,7 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		panic(fmt.Sprintf("fsm: unknown command kind %T", k))
 	}
 	if rid != "" && s.cfg.MaxRequests > 0 {
-		s.reqs.put(rid, now, proto.Clone(r).(*internalpb.CommandResult), s.cfg)
+		s.reqs.put(s.requestRecord(rid, now, r), s.cfg.MaxRequests)
 	}
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -147,12 +148,14 @@ func snapshotVersionOf(data []byte) uint32 {
 
 // TestWeightsSnapshotRoundTrip: weights survive snapshot and restore (and
 // are in the digest); the restored replica leases in the same order; a
-// state without weights is written as version 1.
+// state without weights is written as version 1 (TestSnapshotVersionChoice
+// has the versions of states with and without request records: the busy
+// harness has some, so its snapshots are of the newest version).
 func TestWeightsSnapshotRoundTrip(t *testing.T) {
 	h := busyHarness(t)
 	plain := snapshotBytes(t, h.f)
-	if v := snapshotVersionOf(plain); v != 1 {
-		t.Fatalf("a state without weights is written as version %d", v)
+	if v := snapshotVersionOf(plain); v != SnapshotVersion {
+		t.Fatalf("a state with request records is written as version %d", v)
 	}
 	_, d0 := h.f.Digest()
 	h.setWeights(setWeightCmd("a", 3), setWeightCmd("zzz", 7))
@@ -181,14 +184,17 @@ func TestWeightsSnapshotRoundTrip(t *testing.T) {
 			t.Fatal("replicas diverged after restore")
 		}
 	}
-	// Back to weight 1 everywhere: version 1 again, readable as before.
+	// Back to weight 1 everywhere: version 1 again once the request
+	// records are gone, readable as before.
 	h.setWeights(setWeightCmd("a", 1), setWeightCmd("zzz", 1))
+	h.now += DefaultConfig().RequestRetentionMs + 1
+	h.ok(promoteCmd())
 	if v := snapshotVersionOf(snapshotBytes(t, h.f)); v != 1 {
 		t.Fatalf("without weights again: version %d", v)
 	}
-	// The plain version 1 snapshot from before still restores.
+	// The plain snapshot from before still restores.
 	if len(restoreInto(t, plain).TenantWeights()) != 0 {
-		t.Fatal("a version 1 snapshot has weights")
+		t.Fatal("a snapshot without weights has weights")
 	}
 }
 
@@ -222,9 +228,9 @@ func TestSnapshotWeightsValidated(t *testing.T) {
 		}
 	}
 	// A version this binary does not know fails clearly.
-	err := other.f.Restore(io.NopCloser(bytes.NewReader(frameVersion(t, 3, hdr(3)))))
-	if err == nil || !strings.Contains(err.Error(), "snapshot version 3 is not supported") {
-		t.Fatalf("version 3: %v", err)
+	err := other.f.Restore(io.NopCloser(bytes.NewReader(frameVersion(t, SnapshotVersion+1, hdr(SnapshotVersion+1)))))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("snapshot version %d is not supported", SnapshotVersion+1)) {
+		t.Fatalf("version %d: %v", SnapshotVersion+1, err)
 	}
 	if _, after := other.f.Digest(); after != before {
 		t.Fatal("failed restore changed the state")
