@@ -160,9 +160,10 @@ type Worker struct {
 	settle chan struct{} // (1) a held lease went away (Run's drain watches)
 	stopCh chan struct{} // closed when Run ends the streams
 
-	// Parent of the jobs' contexts; cancelled with ErrDrainTimeout.
-	jobCtx     context.Context
-	cancelJobs context.CancelCauseFunc
+	// Parent of the jobs' contexts: Run's values, never cancelled (a
+	// cancellable parent would serialise every job's start and end on its
+	// lock); jobs are cancelled one by one.
+	jobCtx context.Context
 	// Parent of the streams; cancelled when Run gives up on a clean close.
 	streamCtx    context.Context
 	cancelStream context.CancelFunc
@@ -173,6 +174,7 @@ type Worker struct {
 	pending  []*Job          // completions to send on the current stream
 	retry    []*Job          // completions to send again after workerRetryPause
 	draining bool            // Run's context is done: no more credit
+	expired  bool            // the drain deadline passed: jobs start cancelled
 	ttl      time.Duration   // lease TTL granted by the node (welcome), else cfg.LeaseTTL
 	// Per stream, reset by every hello.
 	credit     int  // credit the node holds for us (never below the node's own count)
@@ -277,8 +279,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if !w.started.CompareAndSwap(false, true) {
 		return errors.New("client: Worker.Run called twice")
 	}
-	w.jobCtx, w.cancelJobs = context.WithCancelCause(context.WithoutCancel(ctx))
-	defer w.cancelJobs(nil)
+	w.jobCtx = context.WithoutCancel(ctx)
 	w.streamCtx, w.cancelStream = context.WithCancel(context.WithoutCancel(ctx))
 	defer w.cancelStream()
 
@@ -316,7 +317,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker draining", "running", n, "timeout", w.cfg.DrainTimeout)
 	if !w.waitSettled(w.cfg.DrainTimeout) {
 		w.log.Warn("drain timeout: cancelling running jobs", "running", w.Stats().InFlight)
-		w.cancelJobs(ErrDrainTimeout)
+		w.expireJobs()
 		w.waitSettled(w.grace)
 	}
 
@@ -348,6 +349,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	st := w.Stats()
 	w.log.Info("worker stopped", "leased", st.Leased, "succeeded", st.Succeeded, "failed", st.Failed, "lost", st.Lost, "cancelled", st.Cancelled)
 	return nil
+}
+
+// expireJobs cancels every running job with ErrDrainTimeout, and the jobs
+// leased from now on as they start.
+func (w *Worker) expireJobs() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.expired = true
+	for _, j := range w.held {
+		if j.state == stRunning && j.gone == notGone {
+			j.cancel(ErrDrainTimeout)
+		}
+	}
 }
 
 // kinds returns the registered kinds, sorted.

@@ -444,6 +444,9 @@ func (w *Worker) onLeases(leases []*hodeiv1.Lease, buf []*Job, closed bool) []*J
 		}
 		j.h = h
 		j.ctx, j.cancel = context.WithCancelCause(w.jobCtx)
+		if w.expired {
+			j.cancel(ErrDrainTimeout)
+		}
 		w.held[id] = j
 		w.running++
 		buf = append(buf, j)

@@ -130,7 +130,9 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 			d.Close()
 			return nil, err
 		}
-		w, err := worker.New(worker.Config{Client: cl, ID: "dev-worker", Concurrency: o.workers, Logger: log.With("component", "worker")})
+		// The worker asks for its lease TTL (0: the default): ask for the
+		// cluster's, so that --lease-ttl applies to the embedded workers.
+		w, err := worker.New(worker.Config{Client: cl, ID: "dev-worker", Concurrency: o.workers, LeaseTTL: o.leaseTTL, Logger: log.With("component", "worker")})
 		if err != nil {
 			cl.Close()
 			d.Close()
