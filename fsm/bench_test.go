@@ -146,3 +146,62 @@ func BenchmarkBytesPerPendingJobWithRequestIDs(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRequestRecordBytes reports the heap one request record costs in
+// the table (ring slot, map entry, id and compact record): the record of a
+// single-job submit, with a request id as clients make them (32 hex
+// characters + "/<shard>").
+//
+//	go test ./fsm/ -run '^$' -bench RequestRecordBytes -benchtime 1x
+func BenchmarkRequestRecordBytes(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000, DefaultConfig().MaxRequests} {
+		b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				t := newRequestTable()
+				var rid [16]byte
+				for k := 0; k < n; k++ {
+					binary.BigEndian.PutUint64(rid[:8], uint64(k)*0x9e3779b97f4a7c15)
+					binary.BigEndian.PutUint64(rid[8:], uint64(k))
+					c := compactRecord{kind: internalpb.RequestKind_REQUEST_KIND_SUBMIT, seqs: []uint64{uint64(k + 1)}}
+					t.put(newReqRecord(hex.EncodeToString(rid[:])+"/0", int64(k), &c), DefaultConfig().MaxRequests)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if t.len() != n {
+					b.Fatalf("%d records, want %d", t.len(), n)
+				}
+				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "B/record")
+				runtime.KeepAlive(&t)
+			}
+		})
+	}
+}
+
+// BenchmarkApplySubmitWithRequestID: one op = one entry with one
+// single-job submit under its own request id (the request record's cost on
+// the apply path), and every 8th op a retry of an earlier one (a replay).
+func BenchmarkApplySubmitWithRequestID(b *testing.B) {
+	f, _ := New(DefaultConfig(), Options{})
+	payload := bytes.Repeat([]byte("p"), 100)
+	var rid [16]byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n := i
+		if i%8 == 7 {
+			n = i - 4
+		}
+		binary.BigEndian.PutUint64(rid[8:], uint64(n))
+		cmds := []*internalpb.Command{{
+			RequestId: hex.EncodeToString(rid[:]) + "/0",
+			Kind:      &internalpb.Command_Submit{Submit: &internalpb.SubmitJobs{Specs: []*hodeiv1.JobSpec{{Kind: "k", Payload: payload}}}},
+		}}
+		e := &internalpb.Entry{Version: EntryVersionFor(cmds), NowMs: 1_000_000 + int64(i/2), Commands: cmds}
+		if r := f.ApplyEntry(uint64(i+1), e); r[0].GetCode() != internalpb.Code_CODE_OK {
+			b.Fatal(r[0].GetMessage())
+		}
+	}
+}
