@@ -140,7 +140,11 @@ type WorkerStats struct {
 // held leases every TTL/3. A cut stream ends no lease: the runtime
 // reconnects to the next address with jittered backoff, says hello with
 // credit for its free slots, re-sends the completions that had no answer
-// and goes on extending the leases it holds.
+// and goes on extending the leases it holds. When the node asks for a drain
+// (ServerDrain), the runtime gives it no more credit, finishes and reports
+// the jobs it holds, closes its side and connects to the next node; if that
+// takes longer than DrainTimeout it moves on at once, carrying the running
+// jobs (their leases do not depend on the stream).
 type Worker struct {
 	c        *Client
 	cfg      WorkerConfig
