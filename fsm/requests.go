@@ -16,11 +16,11 @@ import (
 // CommandResult (job copies with their specs, up to 64 KiB of output per
 // completion), but a compact record of it — codes, job sequence numbers,
 // lease tokens — from which replay rebuilds the answer out of the jobs'
-// current state. A record is about 130 bytes in memory however many jobs
-// its command touched (a single-job submit with a 35-byte request id:
-// BenchmarkRequestRecordBytes), so the window is the retention time
-// (Config.RequestRetentionMs) at any realistic rate and Config.MaxRequests
-// is only a memory backstop.
+// current state. A record is about 135 bytes in memory for a single-job
+// submit with a 35-byte request id (BenchmarkRequestRecordBytes), and a
+// few bytes more per further job of its command, so the window is the
+// retention time (Config.RequestRetentionMs) at any realistic rate and
+// Config.MaxRequests is only a memory backstop.
 //
 // What a rebuilt answer holds, by record kind (RequestKind):
 //
