@@ -3,6 +3,8 @@ package fsm
 import (
 	"fmt"
 	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -25,7 +27,8 @@ import (
 // What a rebuilt answer holds, by record kind (RequestKind):
 //
 //   - an error (any command whose code is not OK): the code and the
-//     message, byte for byte the first answer.
+//     message, byte for byte the first answer (for any command decoded
+//     from the log: see validUTF8).
 //   - SUBMIT: one SubmitJobResponse per spec, in order, with the duplicate
 //     flag of the first answer and a copy of the job as it is now, or
 //     Job{id} if it has been garbage-collected since.
@@ -218,7 +221,7 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		if set > 0 {
 			return c, fmt.Errorf("a %v result carries more than a code and a message", r.GetCode())
 		}
-		c.code, c.msg = r.GetCode(), r.GetMessage()
+		c.code, c.msg = r.GetCode(), validUTF8(r.GetMessage())
 		return c, nil
 	}
 	if set > 1 || r.GetMessage() != "" {
@@ -299,7 +302,7 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		c.kind = internalpb.RequestKind_REQUEST_KIND_EXTEND
 		for i, e := range r.GetExtended() {
 			if !e.GetOk() {
-				c.refused = append(c.refused, refusal{item: uint32(i), reason: e.GetReason()})
+				c.refused = append(c.refused, refusal{item: uint32(i), reason: validUTF8(e.GetReason())})
 				continue
 			}
 			seq, err := itemSeq(e.GetJobId())
@@ -312,7 +315,7 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		c.kind = internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS
 		for i, e := range r.GetCompleted() {
 			if !e.GetOk() {
-				c.refused = append(c.refused, refusal{item: uint32(i), code: e.GetCode(), reason: e.GetReason()})
+				c.refused = append(c.refused, refusal{item: uint32(i), code: validUTF8(e.GetCode()), reason: validUTF8(e.GetReason())})
 				continue
 			}
 			seq, err := itemSeq(e.GetJobId())
@@ -327,6 +330,18 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		c.kind = internalpb.RequestKind_REQUEST_KIND_EMPTY
 	}
 	return c, nil
+}
+
+// validUTF8 is s, with any invalid UTF-8 replaced. Messages and reasons
+// quote the command's strings, which are valid UTF-8 in any entry that was
+// decoded from the log (proto3 strings are checked there); a command built
+// in memory could carry invalid bytes, and a record that proto.Unmarshal
+// rejects would fail the replay and the snapshot's restore.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }
 
 // Wire field numbers of RequestRecord.

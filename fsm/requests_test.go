@@ -457,6 +457,25 @@ func frameRecords(t testing.TB, hdr *internalpb.SnapshotHeader, recs []*internal
 	return appendCRC(out)
 }
 
+// TestRequestRecordInvalidUTF8: a command built in memory may quote
+// invalid UTF-8 in an error message; its record still replays and
+// survives a snapshot.
+func TestRequestRecordInvalidUTF8(t *testing.T) {
+	h := newHarness(t)
+	first := h.apply(withRID("r", cancelCmd("bad\xff", "")))
+	if first.GetCode() != internalpb.Code_CODE_NOT_FOUND {
+		t.Fatalf("%v", first)
+	}
+	again := h.apply(withRID("r", cancelCmd("bad\xff", "")))
+	if again.GetCode() != first.GetCode() || again.GetMessage() != "job bad\uFFFD not found" {
+		t.Fatalf("retry: %v", again)
+	}
+	g := restoreInto(t, snapshotBytes(t, h.f))
+	if r := (&harness{t: t, f: g, index: h.index, now: h.now}).apply(withRID("r", cancelCmd("x", ""))); !proto.Equal(r, again) {
+		t.Fatalf("after restore: %v", r)
+	}
+}
+
 // TestSnapshotVersionChoice: the lowest version that represents the state.
 func TestSnapshotVersionChoice(t *testing.T) {
 	h := newHarness(t)
