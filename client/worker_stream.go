@@ -39,8 +39,9 @@ var (
 // each failure with jittered backoff, until Run closes stopCh.
 func (w *Worker) connLoop(kinds []string) {
 	addrs := w.c.Addrs()
-	// Start at a random address: workers sharing a list spread over the nodes.
-	i := mrand.IntN(len(addrs))
+	// Start at the client's first address, the caller's preference (give
+	// workers lists that start at different nodes to spread them).
+	i := 0
 	fails := 0
 	for {
 		select {

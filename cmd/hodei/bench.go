@@ -38,6 +38,7 @@ type benchOptions struct {
 	waves    int
 	route    string
 	prof     benchProfile
+	goJobs   bool // jobs are no-op Go-handler jobs (e2e-go, latency)
 }
 
 type benchReport struct {
@@ -61,6 +62,11 @@ type benchReport struct {
 	CPUUserSec  float64 `json:"cpu_user_sec"`
 	CPUSysSec   float64 `json:"cpu_sys_sec"`
 	CPUMsPerJob float64 `json:"cpu_ms_per_job"`
+	// e2e-go and latency: submit -> handler start.
+	StartP50Ms float64 `json:"start_p50_ms,omitempty"`
+	StartP99Ms float64 `json:"start_p99_ms,omitempty"`
+	// e2e-go: handler calls (>= completed: a job can run twice).
+	HandlerCalls int64 `json:"handler_calls,omitempty"`
 }
 
 func newBenchCmd() *cobra.Command {
@@ -74,6 +80,14 @@ func newBenchCmd() *cobra.Command {
                   acknowledged submits/s and p50/p99 submit latency.
   --mode e2e      submit --jobs no-op jobs ("true") and wait until all have SUCCEEDED;
                   reports jobs/s end to end (needs workers: hodei dev has them, or use --dev).
+  --mode e2e-go   submit --jobs no-op Go-handler jobs (kind bench.noop) in batches of --batch
+                  from --clients goroutines while in-process Go workers (one per node, --workers
+                  slots in all, through the worker stream) run them; reports jobs/s end to end,
+                  CPU per job and submit -> handler start p50/p99.
+  --mode latency  idle cluster: submit --jobs jobs one at a time, each after the previous one
+                  reached its Go handler; reports submit -> handler start p50/p99.
+  --mode forkexec no cluster: --clients goroutines run "true" for --duration; the machine's
+                  raw fork/exec rate, the physical limit of shell jobs.
   --mode idle     submit nothing for --duration: with --dev, the CPU an idle cluster uses.
 
 With --dev the command starts its own in-process cluster (--nodes, --workers) on
@@ -83,9 +97,23 @@ free loopback ports; otherwise it targets --addr.`,
 			if o.clients < 1 || o.batch < 1 || o.tenants < 1 {
 				return fmt.Errorf("--clients, --batch and --tenants must be >= 1")
 			}
-			if o.mode != "submit" && o.mode != "e2e" && o.mode != "idle" {
-				return fmt.Errorf("--mode must be submit, e2e or idle")
+			switch o.mode {
+			case "submit", "e2e", "e2e-go", "latency", "forkexec", "idle":
+			default:
+				return fmt.Errorf("--mode must be submit, e2e, e2e-go, latency, forkexec or idle")
 			}
+			if o.mode == "forkexec" {
+				rep, err := benchForkExec(context.Background(), o)
+				if err != nil {
+					return err
+				}
+				if global.output == "json" {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "fork/exec of true from %d goroutines: %d in %.2fs = %.0f/s\n", rep.Clients, rep.Completed, rep.Seconds, rep.JobsPerSec)
+				return nil
+			}
+			o.goJobs = o.mode == "e2e-go" || o.mode == "latency"
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			targets := addrs()
@@ -148,6 +176,10 @@ free loopback ports; otherwise it targets --addr.`,
 				rep, err = benchSubmit(ctx, c, o, o.duration, 0)
 			case "e2e":
 				rep, err = benchE2E(ctx, c, o)
+			case "e2e-go":
+				rep, err = benchE2EGo(ctx, c, o, targets)
+			case "latency":
+				rep, err = benchLatency(ctx, c, o, targets)
 			case "idle":
 				rep = benchReport{Mode: "idle"}
 				select {
@@ -167,7 +199,7 @@ free loopback ports; otherwise it targets --addr.`,
 			}
 			rep.CPUUserSec, rep.CPUSysSec = (u1 - u0).Seconds(), (s1 - s0).Seconds()
 			jobs := rep.Submitted
-			if rep.Mode == "e2e" {
+			if rep.Mode == "e2e" || rep.Mode == "e2e-go" {
 				jobs = rep.Completed
 			}
 			if jobs > 0 {
@@ -186,11 +218,17 @@ free loopback ports; otherwise it targets --addr.`,
 			fmt.Fprintf(out, "mode=%s clients=%d batch=%d tenants=%d\n", rep.Mode, rep.Clients, rep.Batch, rep.Tenants)
 			fmt.Fprintf(out, "submitted %d jobs in %.2fs: %.0f acknowledged submits/s, latency p50 %.2f ms p99 %.2f ms, %d errors\n",
 				rep.Submitted, rep.Seconds, rep.SubmitsPerSec, rep.P50Ms, rep.P99Ms, rep.Errors)
-			if rep.Mode == "e2e" {
+			if rep.Mode == "e2e" || rep.Mode == "e2e-go" {
 				fmt.Fprintf(out, "completed %d jobs in %.2fs end to end: %.0f jobs/s\n", rep.Completed, rep.E2ESeconds, rep.JobsPerSec)
 			}
+			if rep.Mode == "e2e-go" || rep.Mode == "latency" {
+				fmt.Fprintf(out, "submit -> handler start: p50 %.2f ms p99 %.2f ms\n", rep.StartP50Ms, rep.StartP99Ms)
+			}
+			if rep.Mode == "e2e-go" {
+				fmt.Fprintf(out, "handler calls %d for %d jobs, none failed or cancelled\n", rep.HandlerCalls, rep.Completed)
+			}
 			what := "submit"
-			if rep.Mode == "e2e" {
+			if rep.Mode == "e2e" || rep.Mode == "e2e-go" {
 				what = "completed job"
 			}
 			fmt.Fprintf(out, "cpu (process and its children, measured phase): user %.2fs sys %.2fs = %.2f cores, %.3f ms per %s\n",
@@ -199,7 +237,7 @@ free loopback ports; otherwise it targets --addr.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.mode, "mode", "submit", "submit, e2e or idle")
+	f.StringVar(&o.mode, "mode", "submit", "submit, e2e, e2e-go, latency, forkexec or idle")
 	f.IntVar(&o.clients, "clients", 64, "concurrent submitters")
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "submit and idle modes: how long to run")
 	f.IntVar(&o.batch, "batch", 1, "jobs per SubmitJobs call (1 = SubmitJob)")
@@ -212,7 +250,7 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")
 	f.IntVar(&o.waves, "waves", -1, "with --dev: proposal waves each node keeps in Raft (0 = off, each shard pipelines alone; default: the server default)")
 	f.BoolVar(&o.perGroup, "per-group-log-store", false, "with --dev: one raft-boltdb file per Raft group instead of the shared log store")
-	f.StringVar(&o.route, "route", "spread", "which node each submit goes to: first (all to the first node, which forwards), spread (submitters spread evenly over the nodes) or leader (--dev: the tenant's shard leader)")
+	f.StringVar(&o.route, "route", "client", "which node each submit goes to: client (the Go client's default: the shard's leader, learned from Status), first (all to the first node, which forwards), spread (submitters spread evenly over the nodes) or leader (--dev: the tenant's shard leader, from the in-process nodes)")
 	f.StringVar(&o.prof.cpu, "cpuprofile", "", "write a CPU profile of the measured phase to this file")
 	f.StringVar(&o.prof.block, "blockprofile", "", "write a block profile of the measured phase to this file")
 	f.StringVar(&o.prof.mutex, "mutexprofile", "", "write a mutex profile of the measured phase to this file")
@@ -222,6 +260,9 @@ free loopback ports; otherwise it targets --addr.`,
 }
 
 func benchSpec(o benchOptions, i int64) *hodeiv1.JobSpec {
+	if o.goJobs {
+		return goSpec(fmt.Sprintf("bench-%d", i%int64(o.tenants)), time.Now())
+	}
 	cmd := []string{"true"}
 	if o.cmdBytes > 0 {
 		pad := make([]byte, o.cmdBytes)

@@ -20,6 +20,8 @@ import (
 //	        forwarded, whatever the shard count)
 //	leader  --dev only: each request goes to the node that leads its tenant's
 //	        shard (a shard-aware client: no forwarding)
+//	client  the Go client's own leader routing (its default): like leader,
+//	        from the shard map it learns from Status
 type benchClients struct {
 	route   string
 	clients []*client.Client
@@ -28,19 +30,22 @@ type benchClients struct {
 }
 
 func newBenchClients(targets []string, route string, nodes []*cluster.Node) (*benchClients, error) {
+	routing := client.RouteAny
 	switch route {
+	case "client":
+		routing = client.RouteLeader
 	case "first", "spread":
 	case "leader":
 		if len(nodes) == 0 {
 			return nil, fmt.Errorf("--route leader needs --dev")
 		}
 	default:
-		return nil, fmt.Errorf("--route must be first, spread or leader")
+		return nil, fmt.Errorf("--route must be client, first, spread or leader")
 	}
 	b := &benchClients{route: route, index: map[string]int{}, nodes: nodes}
 	for i := range targets {
 		addrs := append(append([]string(nil), targets[i:]...), targets[:i]...)
-		c, err := client.New(client.Config{Addrs: addrs})
+		c, err := client.New(client.Config{Addrs: addrs, Routing: routing})
 		if err != nil {
 			b.Close()
 			return nil, err
