@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
@@ -195,5 +198,20 @@ func TestCompleteJobsFencesEachItem(t *testing.T) {
 	}
 	if h.digest() != before {
 		t.Error("a repeated completion changed the state")
+	}
+}
+
+func TestCloneJobCopiesEveryField(t *testing.T) {
+	j := &hodeiv1.Job{Id: "0-1", Spec: spec("true"), State: hodeiv1.JobState_JOB_STATE_RUNNING, Attempts: 2, Shard: 3, Seq: 4,
+		CreatedAtMs: 5, UpdatedAtMs: 6, ReadyAtMs: 7, LeaseToken: 8, LeaseWorker: "w", LeaseExpiresAtMs: 9,
+		LastResult: &hodeiv1.JobResult{ExitCode: 1}, FinishedAtMs: 10, CancelReason: "r"}
+	fields := j.ProtoReflect().Descriptor().Fields()
+	set := 0
+	j.ProtoReflect().Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool { set++; return true })
+	if set != fields.Len() {
+		t.Fatalf("the test sets %d of Job's %d fields: set the new one", set, fields.Len())
+	}
+	if c := cloneJob(j); !proto.Equal(c, j) || c == j {
+		t.Fatalf("clone %v differs from %v", c, j)
 	}
 }

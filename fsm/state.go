@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/google/btree"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
@@ -226,7 +225,32 @@ func errResult(code internalpb.Code, format string, args ...any) *internalpb.Com
 	return &internalpb.CommandResult{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-func cloneJob(j *hodeiv1.Job) *hodeiv1.Job { return proto.Clone(j).(*hodeiv1.Job) }
+// cloneJob copies j for a reply or a reader. The spec and the last result
+// are shared, not copied: the FSM never changes either in place (a new
+// result replaces the old one), and replies are only read and marshalled
+// (protobuf marshalling of a shared message is safe concurrently). This
+// keeps a copy at one small allocation instead of a reflective deep clone
+// of the spec and payload, on every replica, for every job in every reply.
+// TestCloneJobCopiesEveryField fails when Job gains a field this misses.
+func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
+	return &hodeiv1.Job{
+		Id:               j.GetId(),
+		Spec:             j.GetSpec(),
+		State:            j.GetState(),
+		Attempts:         j.GetAttempts(),
+		Shard:            j.GetShard(),
+		Seq:              j.GetSeq(),
+		CreatedAtMs:      j.GetCreatedAtMs(),
+		UpdatedAtMs:      j.GetUpdatedAtMs(),
+		ReadyAtMs:        j.GetReadyAtMs(),
+		LeaseToken:       j.GetLeaseToken(),
+		LeaseWorker:      j.GetLeaseWorker(),
+		LeaseExpiresAtMs: j.GetLeaseExpiresAtMs(),
+		LastResult:       j.GetLastResult(),
+		FinishedAtMs:     j.GetFinishedAtMs(),
+		CancelReason:     j.GetCancelReason(),
+	}
+}
 
 // clearLease drops the lease fields and the lease-timeline entry of j.
 func (s *state) clearLease(j *hodeiv1.Job) {

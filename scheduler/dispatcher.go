@@ -618,10 +618,11 @@ func (d *Dispatcher) localWorkFor(s *Session) bool {
 }
 
 // settle gives back the reservations of ds and delivers grants (one per
-// demand, in order; nil when nothing was granted).
+// demand, in order; nil when nothing was granted). The leases are in the
+// outbox before a Close waiting for the reservation returns.
 func (d *Dispatcher) settle(ds []demand, grants []*hodeiv1.LeaseGrant) {
 	d.mu.Lock()
-	deliver := make([][]*hodeiv1.Lease, len(ds))
+	defer d.mu.Unlock()
 	for i, dm := range ds {
 		s := dm.s
 		var leases []*hodeiv1.Lease
@@ -638,15 +639,11 @@ func (d *Dispatcher) settle(ds []demand, grants []*hodeiv1.LeaseGrant) {
 				d.held[l.GetJob().GetId()] = heldLease{s: s, token: l.GetToken()}
 			}
 		}
-		deliver[i] = leases
+		if len(leases) > 0 {
+			s.push(func(o *Outbox) { o.Leases = append(o.Leases, leases...) })
+		}
 		if s.reserved == 0 {
 			close(s.settled)
-		}
-	}
-	d.mu.Unlock()
-	for i, leases := range deliver {
-		if len(leases) > 0 {
-			ds[i].s.push(func(o *Outbox) { o.Leases = append(o.Leases, leases...) })
 		}
 	}
 }
