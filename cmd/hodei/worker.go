@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/hodei-io/hodei/chaos"
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/worker"
 )
@@ -19,6 +20,7 @@ func init() { register(newWorkerCmd) }
 func newWorkerCmd() *cobra.Command {
 	var (
 		servers, id, logLevel          string
+		testExecLog                    string // hidden, test-only: the chaos harness's handler jobs
 		concurrency                    int
 		labels                         []string
 		leaseTTL, pollWait, drainAfter time.Duration // pollWait: deprecated, ignored
@@ -74,6 +76,14 @@ SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
 			if err != nil {
 				return err
 			}
+			if testExecLog != "" {
+				h, closeLog, err := chaos.ExecHandler(testExecLog)
+				if err != nil {
+					return err
+				}
+				defer closeLog()
+				w.Handle(chaos.ExecKind, h)
+			}
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
 			log.Info("worker connecting", "id", w.ID(), "servers", strings.Join(addrList, ","), "labels", lm)
@@ -93,5 +103,7 @@ SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
 	f.DurationVar(&drainAfter, "drain-timeout", worker.DefaultDrainTimeout, "on shutdown, how long running jobs may finish before being killed")
 	f.StringVar(&id, "id", "", "worker id (default hostname-pid-random)")
 	f.StringVar(&logLevel, "log-level", "info", "debug|info|warn|error")
+	f.StringVar(&testExecLog, "test-exec-log", "", "test only: also run the chaos harness's handler jobs (kind "+chaos.ExecKind+"), appending their execution lines to this file")
+	_ = f.MarkHidden("test-exec-log")
 	return cmd
 }
