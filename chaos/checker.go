@@ -12,8 +12,9 @@ import (
 
 // Exec is one execution of a job attempt, as written by the job itself into
 // the run's exec log ("<job id> <lease token> <attempt> <worker id> <tenant>
-// <idempotency key>"). Job id "?" and token 0 mean the worker did not export
-// them; the job is then identified by tenant and key.
+// <idempotency key> <start ms> <planned ms>"; the last three may be
+// missing). Job id "?" and token 0 mean the worker did not export them; the
+// job is then identified by tenant and key.
 type Exec struct {
 	JobID   string `json:"job_id"`
 	Key     string `json:"key,omitempty"`
@@ -23,6 +24,9 @@ type Exec struct {
 	Tenant  string `json:"tenant"`
 	Line    int    `json:"line"`
 	AtMs    int64  `json:"at_ms,omitempty"` // wall clock when it started (0: not written)
+	// PlannedMs is how long the job planned to run after writing the line
+	// (its sleep), -1 when the line does not say.
+	PlannedMs int64 `json:"planned_ms,omitempty"`
 }
 
 // ParseExecLog reads an exec log. Lines that do not parse are counted, not
@@ -44,7 +48,7 @@ func ParseExecLog(r io.Reader) (execs []Exec, bad int, err error) {
 			bad++
 			continue
 		}
-		e := Exec{JobID: f[0], Token: tok, Attempt: int32(att), Worker: f[3], Line: n}
+		e := Exec{JobID: f[0], Token: tok, Attempt: int32(att), Worker: f[3], Line: n, PlannedMs: -1}
 		if len(f) > 4 {
 			e.Tenant = f[4]
 		}
@@ -54,6 +58,11 @@ func ParseExecLog(r io.Reader) (execs []Exec, bad int, err error) {
 		if len(f) > 6 {
 			e.AtMs, _ = strconv.ParseInt(f[6], 10, 64)
 		}
+		if len(f) > 7 {
+			if p, err := strconv.ParseInt(f[7], 10, 64); err == nil {
+				e.PlannedMs = p
+			}
+		}
 		execs = append(execs, e)
 	}
 	return execs, bad, sc.Err()
@@ -62,10 +71,11 @@ func ParseExecLog(r io.Reader) (execs []Exec, bad int, err error) {
 // ExecLine is the shell command a job runs to record its execution in the
 // exec log: job id, lease token, attempt and worker from the HODEI_*
 // environment, then tenant and key literally (so an execution is attributed
-// even without the environment), then the start time in ms.
-func ExecLine(tenant, key, execLog string) string {
-	return fmt.Sprintf(`printf '%%s %%s %%s %%s %%s %%s %%s\n' "${HODEI_JOB_ID:-?}" "${HODEI_LEASE_TOKEN:-0}" "${HODEI_ATTEMPT:-0}" "${HODEI_WORKER_ID:-?}" %s %s "$(date +%%s%%3N)" >> %s`,
-		tenant, key, shellQuote(execLog))
+// even without the environment), then the start time in ms and the time the
+// job plans to run after it (its sleep), in ms.
+func ExecLine(tenant, key, execLog string, planned time.Duration) string {
+	return fmt.Sprintf(`printf '%%s %%s %%s %%s %%s %%s %%s %%s\n' "${HODEI_JOB_ID:-?}" "${HODEI_LEASE_TOKEN:-0}" "${HODEI_ATTEMPT:-0}" "${HODEI_WORKER_ID:-?}" %s %s "$(date +%%s%%3N)" %d >> %s`,
+		tenant, key, planned.Milliseconds(), shellQuote(execLog))
 }
 
 // FinalJob is a job as read from the cluster after heal and drain.
@@ -151,6 +161,10 @@ type Evidence struct {
 	LinTimeout time.Duration
 	// LinTotal bounds porcupine over all jobs; 0 means 2 minutes.
 	LinTotal time.Duration
+	// WorkerFaults are the faults that killed or stopped workers or cut
+	// their streams (invariant 9); LeaseTTL is the runs' lease TTL.
+	WorkerFaults []WorkerFault
+	LeaseTTL     time.Duration
 	// RequireTokens makes an execution without HODEI_LEASE_TOKEN (or
 	// HODEI_JOB_ID) a violation of invariant 3 instead of a note: the real
 	// worker exports them, so their absence means fencing went unchecked.
@@ -321,7 +335,7 @@ func Check(ev *Evidence) CheckResult {
 	if lin.Unknown > 0 {
 		inv8.Note = fmt.Sprintf("%d job histories timed out (Unknown), reported separately", lin.Unknown)
 	}
-	res.Invariants = append(res.Invariants, inv8)
+	res.Invariants = append(res.Invariants, inv8, checkWorkerFaults(ev, ix))
 	res.Counts = countExecutions(ev, ix)
 	for k := range ix.acked {
 		if _, ok := ix.final[k]; !ok && ev.FinalErr == "" {
@@ -398,6 +412,8 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 	name := "one lease holder at a time (fencing tokens increase; no stale completion accepted)"
 	byJob := map[string][]Exec{}
 	unknownTok, withTok := 0, 0
+	lateStarts := 0
+	var lateEx []string
 	for _, e := range ev.Execs {
 		if e.Token == 0 {
 			unknownTok++ // the worker did not export its lease token
@@ -432,6 +448,21 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 				maxTok = e.Token
 			}
 		}
+		// An execution that starts after one of a newer lease of its job
+		// has started ran a lease that had already ended (a newer token is
+		// granted only once the older lease is over): fencing refuses its
+		// completion, but the job ran twice at once. Counted, not judged.
+		for _, e := range es {
+			for _, e2 := range es {
+				if e2.Token > e.Token && e.AtMs > 0 && e2.AtMs > 0 && e.AtMs > e2.AtMs {
+					lateStarts++
+					if len(lateEx) < 5 {
+						lateEx = append(lateEx, fmt.Sprintf("%s token %d on %s started %d ms after token %d on %s", id, e.Token, e.Worker, e.AtMs-e2.AtMs, e2.Token, e2.Worker))
+					}
+					break
+				}
+			}
+		}
 		atts := make([]int32, 0, len(tokOfAttempt))
 		for a := range tokOfAttempt {
 			atts = append(atts, a)
@@ -462,6 +493,10 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 	}
 	r := v.result(3, name, len(ids))
 	r.Note = fmt.Sprintf("%d executions of %d jobs carried a lease token; heartbeats are not observable from outside, checked through executions and accepted completions", withTok, len(ids))
+	if lateStarts > 0 {
+		r.Note += fmt.Sprintf("; %d executions started after an execution of a newer lease of their job had started (a lease run after it had ended; e.g. %s)",
+			lateStarts, strings.Join(lateEx, "; "))
+	}
 	switch {
 	case unknownTok > 0:
 		r.Note += fmt.Sprintf("; %d executions without HODEI_LEASE_TOKEN could not be checked", unknownTok)

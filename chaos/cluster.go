@@ -124,12 +124,17 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	addrs := strings.Join(c.Addrs(), ",")
+	all := c.Addrs()
 	for i := 1; i <= cfg.Workers; i++ {
 		dir := filepath.Join(cfg.RunDir, "workers")
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
+		// The worker runtime connects to its first address first and moves
+		// to the next on failure: worker i starts on member i, so that the
+		// streams are spread like a deployment's (then faults move them).
+		first := (i - 1) % cfg.Nodes
+		addrs := strings.Join(append(append([]string(nil), all[first:]...), all[:first]...), ",")
 		args := []string{"worker", "--server", addrs, "--id", fmt.Sprintf("w%d", i),
 			"--concurrency", strconv.Itoa(cfg.Concurrency), "--drain-timeout", "2s"}
 		args = append(args, cfg.WorkerArgs...)
@@ -410,4 +415,64 @@ func scanLog(node, path, marker string, limit int) []string {
 		}
 	}
 	return out
+}
+
+// WorkerStreams returns, per node id, the workers whose stream is up on it
+// now, from the workers' own logs: the node named by a worker's last
+// "worker stream up" line, unless a "worker stream ended" or "drained"
+// line came after it. A worker that is not running has no stream.
+func (c *Cluster) WorkerStreams() map[string][]string {
+	out := map[string][]string{}
+	for _, w := range c.Workers {
+		if !w.Running() {
+			continue
+		}
+		if node := streamNode(w.LogPath); node != "" {
+			out[node] = append(out[node], w.Name)
+		}
+	}
+	return out
+}
+
+// streamNode returns the node a worker log says its stream is up on ("" if
+// none).
+func streamNode(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	node := ""
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.Contains(line, `msg="worker stream up"`):
+			node = logField(line, "node")
+		case strings.Contains(line, `msg="worker stream ended"`), strings.Contains(line, "worker stream drained"),
+			strings.HasPrefix(line, "==== chaos: start"):
+			node = ""
+		}
+	}
+	return node
+}
+
+// logField returns the value of key=value in a log/slog text line.
+func logField(line, key string) string {
+	i := strings.Index(line, " "+key+"=")
+	if i < 0 {
+		return ""
+	}
+	v := line[i+len(key)+2:]
+	if strings.HasPrefix(v, `"`) {
+		if j := strings.Index(v[1:], `"`); j >= 0 {
+			return v[1 : j+1]
+		}
+		return v[1:]
+	}
+	if j := strings.IndexByte(v, ' '); j >= 0 {
+		return v[:j]
+	}
+	return v
 }

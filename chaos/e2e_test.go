@@ -28,7 +28,7 @@ func TestChaosSmoke(t *testing.T) {
 	}
 	cfg := DefaultConfig()
 	cfg.Binary, cfg.Out = bin, filepath.Join(dir, "report")
-	cfg.Duration, cfg.Rate, cfg.Clients = 45*time.Second, 25, 4
+	cfg.Duration, cfg.Clients = 45*time.Second, 4
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -3,15 +3,16 @@ package chaos
 import (
 	"context"
 	"fmt"
-
-	"github.com/hodei-io/hodei/client"
-	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
 // Fault kinds.
@@ -46,8 +47,32 @@ const (
 	// stay fast, so it keeps its leaderships (a gray failure). Selectable
 	// alone.
 	FaultSlowDisk = "slow-disk"
-	FaultMixed    = "mixed"
-	FaultNone     = "none"
+	// FaultWorkerCrash is a worker stream cut mid-batch by the worker's
+	// death: SIGKILL of the worker process group running the most jobs
+	// (from the exec log: it holds their leases, and at this load it has
+	// completions in flight), restarted after 1.5-2 lease TTLs. Its jobs
+	// must come back only after their leases expire, and none of the
+	// completions it could not send is accepted. Selectable alone.
+	FaultWorkerCrash = "worker-crash"
+	// FaultStreamNode kills (SIGKILL) the node holding the most worker
+	// streams (from the workers' own "worker stream up" log lines) and
+	// restarts it after 2-6 s: its workers reconnect to the next node and
+	// complete with their still-valid tokens. Selectable alone.
+	FaultStreamNode = "stream-node"
+	// FaultWorkerPause stops (SIGSTOP) the worker running the most jobs for
+	// 2.5-3 lease TTLs, past the expiry of every lease it holds even after
+	// a leader change's grace, then continues it (SIGCONT): every late
+	// completion it then sends must be refused. Selectable alone.
+	FaultWorkerPause = "worker-pause"
+	// FaultStreamCut resets every TCP connection of the worker running the
+	// most jobs (the kernel's socket destroy, `ss -K`: both ends get a
+	// reset), mid-batch, while the process lives: it reconnects to the next
+	// node at once and re-sends the completions that had no answer, under
+	// their still-valid tokens. Repeated 3-5 times per fault, 1-2 s apart.
+	// Selectable alone.
+	FaultStreamCut = "stream-cut"
+	FaultMixed     = "mixed"
+	FaultNone      = "none"
 )
 
 // AllFaults lists the selectable kinds (mixed picks among them).
@@ -55,7 +80,12 @@ var AllFaults = []string{FaultKillLeader, FaultKillRandom, FaultPauseLeader, Fau
 	FaultPartitionMajority, FaultPartitionRing, FaultWorkers}
 
 // soloFaults are selectable alone but not part of mixed.
-var soloFaults = []string{FaultMembership, FaultClockSkew, FaultDiskFull, FaultSlowDisk}
+var soloFaults = []string{FaultMembership, FaultClockSkew, FaultDiskFull, FaultSlowDisk, FaultWorkerCrash, FaultStreamNode, FaultWorkerPause, FaultStreamCut}
+
+// IsWorkerFault reports whether kind needs worker processes.
+func IsWorkerFault(kind string) bool {
+	return kind == FaultWorkers || kind == FaultWorkerCrash || kind == FaultWorkerPause || kind == FaultStreamNode || kind == FaultStreamCut
+}
 
 // NeedsDisks reports whether kind needs a file system per node.
 func NeedsDisks(kind string) bool { return kind == FaultDiskFull || kind == FaultSlowDisk }
@@ -74,6 +104,11 @@ type FaultEvent struct {
 	Heal   time.Duration `json:"heal_ns"`
 	Detail string        `json:"detail,omitempty"`
 	Err    string        `json:"err,omitempty"`
+	// Workers: the worker processes the fault hit (killed or stopped), or,
+	// for stream-node, the workers whose streams the killed node held.
+	Workers []string `json:"workers,omitempty"`
+	// Signal: what the workers got, "kill" or "stop" (worker faults only).
+	Signal string `json:"signal,omitempty"`
 }
 
 // FaultConfig drives the scheduler.
@@ -82,7 +117,18 @@ type FaultConfig struct {
 	Seed            int64
 	LeaseTTL        time.Duration
 	ElectionTimeout time.Duration
-	Log             *slog.Logger
+	ExecLog         string // the run's exec log: which worker runs what
+	// Probe, if set, is given the jobs that were running in the workers a
+	// worker fault hit, after its heal: the workload reads them while late
+	// and re-sent completions arrive (Workload.Probe).
+	Probe func(jobs []JobRef)
+	Log   *slog.Logger
+}
+
+// JobRef names a job by key and id.
+type JobRef struct {
+	Key JobKey
+	ID  string
 }
 
 // Faults injects faults into a cluster on a seeded schedule.
@@ -124,6 +170,9 @@ func NewFaults(cfg FaultConfig, c *Cluster, h *History) (*Faults, error) {
 		if !ok {
 			return nil, fmt.Errorf("unknown fault kind %q (one of %s, %s, mixed, none)", cfg.Mode, strings.Join(AllFaults, ", "), strings.Join(soloFaults, ", "))
 		}
+		if IsWorkerFault(cfg.Mode) && len(c.Workers) == 0 {
+			return nil, fmt.Errorf("%s needs workers", cfg.Mode)
+		}
 		if cfg.Mode == FaultMembership && c.Spare() == nil {
 			return nil, fmt.Errorf("%s needs a spare node slot", cfg.Mode)
 		}
@@ -163,8 +212,10 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 		switch kind {
 		case FaultPauseLeader:
 			hold = f.dur(3*et, 5*et)
-		case FaultWorkers:
+		case FaultWorkers, FaultWorkerCrash:
 			hold = f.dur(f.cfg.LeaseTTL*3/2, f.cfg.LeaseTTL*2)
+		case FaultWorkerPause:
+			hold = f.dur(f.cfg.LeaseTTL*5/2, f.cfg.LeaseTTL*3)
 		case FaultPartitionLeader, FaultPartitionMajority, FaultPartitionRing:
 			hold = f.dur(max(5*time.Second, 3*et), max(10*time.Second, 6*et))
 		case FaultClockSkew:
@@ -174,7 +225,7 @@ func (f *Faults) Run(ctx context.Context, firstAt, until time.Duration) {
 		case FaultSlowDisk:
 			hold = f.dur(10*time.Second, 20*time.Second)
 		}
-		if rem := until - f.h.Now(); hold > rem {
+		if rem := until - f.h.Now(); hold > rem && kind != FaultWorkerPause {
 			hold = max(rem, time.Second)
 		}
 		ev := f.inject(ctx, kind, hold)
@@ -223,20 +274,76 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 		heal = n.Proc.Resume
 	case FaultWorkers:
 		w := f.c.Workers[f.rng.IntN(len(f.c.Workers))]
-		ev.Target, ev.Start = w.Name, f.h.Now()
+		ev.Target, ev.Start, ev.Workers = w.Name, f.h.Now(), []string{w.Name}
 		if f.rng.IntN(2) == 0 {
 			ev.Detail = fmt.Sprintf("worker SIGKILL, restart after %v", hold.Round(time.Millisecond))
+			ev.Signal = "kill"
 			if err := w.Kill(); err != nil {
 				ev.Err = err.Error()
 			}
 			heal = w.Start
 		} else {
 			ev.Detail = fmt.Sprintf("worker SIGSTOP for %v", hold.Round(time.Millisecond))
+			ev.Signal = "stop"
 			if err := w.Pause(); err != nil {
 				ev.Err = err.Error()
 			}
 			heal = w.Resume
 		}
+	case FaultWorkerCrash, FaultWorkerPause:
+		w, running := f.busiestWorker()
+		ev.Target, ev.Workers = w.Name, []string{w.Name}
+		ev.Start = f.h.Now()
+		if kind == FaultWorkerCrash {
+			ev.Signal = "kill"
+			if err := w.Kill(); err != nil {
+				ev.Err = err.Error()
+			}
+			ev.Detail = fmt.Sprintf("worker SIGKILL while running %d jobs (exec log), restart after %v", running, hold.Round(time.Millisecond))
+			heal = w.Start
+		} else {
+			ev.Signal = "stop"
+			if err := w.Pause(); err != nil {
+				ev.Err = err.Error()
+			}
+			ev.Detail = fmt.Sprintf("worker SIGSTOP while running %d jobs (exec log) for %v (%.1f lease TTLs), then SIGCONT", running, hold.Round(time.Millisecond), float64(hold)/float64(f.cfg.LeaseTTL))
+			heal = w.Resume
+		}
+	case FaultStreamCut:
+		w, running := f.busiestWorker()
+		ev.Target, ev.Workers, ev.Signal = w.Name, []string{w.Name}, "reset"
+		ev.Start = f.h.Now()
+		cuts := 3 + f.rng.IntN(3)
+		var done []string
+		for i := 0; i < cuts && ctx.Err() == nil; i++ {
+			if i > 0 {
+				_ = sleepCtx(ctx, f.dur(time.Second, 2*time.Second))
+			}
+			n, err := ResetConnections(ctx, w.Pid())
+			if err != nil && ev.Err == "" {
+				ev.Err = err.Error()
+			}
+			done = append(done, strconv.Itoa(n))
+		}
+		ev.Detail = fmt.Sprintf("TCP connections of the worker reset (ss -K) %d times while it ran %d jobs (exec log); connections reset each time: %s",
+			len(done), running, strings.Join(done, ","))
+		hold = 0
+		heal = func() error { return nil }
+	case FaultStreamNode:
+		streams := f.c.WorkerStreams()
+		var n *Node
+		for _, m := range members {
+			if n == nil || len(streams[m.ID]) > len(streams[n.ID]) {
+				n = m
+			}
+		}
+		ev.Target, ev.Workers = n.ID, streams[n.ID]
+		ev.Start = f.h.Now()
+		if err := n.Proc.Kill(); err != nil {
+			ev.Err = err.Error()
+		}
+		ev.Detail = fmt.Sprintf("SIGKILL of the node holding %d of %d worker streams %v, restart after %v", len(streams[n.ID]), len(f.c.Workers), streams[n.ID], hold.Round(time.Millisecond))
+		heal = n.Proc.Start
 	case FaultMembership:
 		return f.replaceMember(ctx, hold)
 	case FaultDiskFull:
@@ -309,6 +416,9 @@ func (f *Faults) inject(ctx context.Context, kind string, hold time.Duration) Fa
 		ev.Err = "heal: " + err.Error()
 	}
 	ev.Heal = f.h.Now()
+	if f.cfg.Probe != nil && len(ev.Workers) > 0 {
+		f.cfg.Probe(f.runningJobs(ev.Workers, f.h.Start().UnixMilli()+ev.Start.Milliseconds(), 300))
+	}
 	return ev
 }
 

@@ -76,7 +76,10 @@ type Op struct {
 	Attempts      int32  `json:"attempts,omitempty"`
 	ResultToken   uint64 `json:"result_token,omitempty"`   // lease token of the accepted completion
 	ResultAttempt int32  `json:"result_attempt,omitempty"` // attempt of the accepted completion
-	Duplicate     bool   `json:"duplicate,omitempty"`
+	// ResultExpired: that result is the server's record of a lease expiry,
+	// not a completion.
+	ResultExpired bool `json:"result_expired,omitempty"`
+	Duplicate     bool `json:"duplicate,omitempty"`
 }
 
 // History records operations from many goroutines. The zero value is not

@@ -8,12 +8,13 @@ import (
 	"time"
 )
 
-// RateWindow is acknowledged throughput over a window.
+// RateWindow is acknowledged throughput over a window: jobs whose submit
+// was acknowledged (one Op per job, batches included), by return time.
 type RateWindow struct {
 	From     time.Duration `json:"from_ns"`
 	To       time.Duration `json:"to_ns"`
-	OKOps    int           `json:"ok_ops"`
-	OKPerSec float64       `json:"ok_ops_per_sec"`
+	OKOps    int           `json:"ok_jobs"`
+	OKPerSec float64       `json:"ok_jobs_per_sec"`
 }
 
 // FaultRecovery is the recovery figures of one fault.
@@ -32,16 +33,19 @@ type FaultRecovery struct {
 
 // Report is the result of a run.
 type Report struct {
-	Seed        int64           `json:"seed"`
-	Faults      string          `json:"faults"`
-	Nodes       int             `json:"nodes"`
-	Workers     int             `json:"workers"`
-	Clients     int             `json:"clients"`
-	Network     string          `json:"network"` // netns or loopback
-	Duration    time.Duration   `json:"duration_ns"`
-	TargetRate  float64         `json:"target_rate"`
-	Warmup      RateWindow      `json:"warmup"`
-	RateReached bool            `json:"rate_reached"` // warmup ok ops/s >= 90% of target before the first fault
+	Seed       int64         `json:"seed"`
+	Faults     string        `json:"faults"`
+	Nodes      int           `json:"nodes"`
+	Workers    int           `json:"workers"`
+	Clients    int           `json:"clients"`
+	Network    string        `json:"network"` // netns or loopback
+	Duration   time.Duration `json:"duration_ns"`
+	TargetRate float64       `json:"target_rate"` // offered jobs/s (--rate)
+	// Offered: jobs whose first submit was invoked, per second, over the
+	// warm-up window (what the clients really offered).
+	Offered     RateWindow      `json:"offered"`
+	Warmup      RateWindow      `json:"warmup"`       // acknowledged jobs/s before the first fault
+	RateReached bool            `json:"rate_reached"` // warmup acknowledged jobs/s >= 90% of target
 	Ops         map[string]int  `json:"ops"`          // kind/outcome -> count
 	Events      []FaultRecovery `json:"faults_injected"`
 	Overall     struct {
@@ -64,7 +68,26 @@ func (r *Report) Passed() bool { return r.Error == "" && r.Check.OK }
 func okRate(ops []Op, from, to time.Duration) RateWindow {
 	w := RateWindow{From: from, To: to}
 	for _, op := range ops {
-		if op.Outcome == OK && op.Return >= from && op.Return < to && op.Kind != OpFinalRead {
+		if op.Outcome == OK && op.Return >= from && op.Return < to && op.Kind == OpSubmit && op.Client >= 0 {
+			w.OKOps++
+		}
+	}
+	if d := (to - from).Seconds(); d > 0 {
+		w.OKPerSec = float64(w.OKOps) / d
+	}
+	return w
+}
+
+// offeredRate counts the jobs whose first submit was invoked in [from, to).
+func offeredRate(ops []Op, from, to time.Duration) RateWindow {
+	w := RateWindow{From: from, To: to}
+	seen := map[JobKey]bool{}
+	for _, op := range ops { // ordered by invocation
+		if op.Kind != OpSubmit || op.Client < 0 || seen[op.Job] {
+			continue
+		}
+		seen[op.Job] = true
+		if op.Invoke >= from && op.Invoke < to {
 			w.OKOps++
 		}
 	}
@@ -147,8 +170,8 @@ func (r *Report) WriteSummary(w io.Writer) {
 	if !r.RateReached {
 		reached = "NO (the run does not count as a full-load run)"
 	}
-	fmt.Fprintf(w, "workload: target %.0f ops/s, %.1f ok ops/s before the first fault: reached: %s\n",
-		r.TargetRate, r.Warmup.OKPerSec, reached)
+	fmt.Fprintf(w, "workload: target %.0f jobs/s, offered %.1f jobs/s, %.1f acknowledged jobs/s before the first fault: reached: %s\n",
+		r.TargetRate, r.Offered.OKPerSec, r.Warmup.OKPerSec, reached)
 	keys := make([]string, 0, len(r.Ops))
 	for k := range r.Ops {
 		keys = append(keys, k)
@@ -159,7 +182,7 @@ func (r *Report) WriteSummary(w io.Writer) {
 		parts = append(parts, fmt.Sprintf("%s=%d", k, r.Ops[k]))
 	}
 	fmt.Fprintf(w, "ops: %s\n", strings.Join(parts, " "))
-	fmt.Fprintf(w, "ok ops/s: before faults %.1f, during %.1f, after heal %.1f\n",
+	fmt.Fprintf(w, "acknowledged jobs/s: before faults %.1f, during %.1f, after heal %.1f\n",
 		r.Overall.Before.OKPerSec, r.Overall.During.OKPerSec, r.Overall.After.OKPerSec)
 	fmt.Fprintf(w, "faults (%d):\n", len(r.Events))
 	for _, e := range r.Events {
@@ -167,9 +190,12 @@ func (r *Report) WriteSummary(w io.Writer) {
 		if e.WritesResumedAfter >= 0 {
 			res = e.WritesResumedAfter.Round(time.Millisecond).String()
 		}
-		fmt.Fprintf(w, "  %7.1fs %-18s %-22s held %6.1fs  writes resumed after %-8s longest write gap %-8s ok/s %.0f/%.0f/%.0f %s\n",
+		fmt.Fprintf(w, "  %7.1fs %-18s %-22s held %6.1fs  writes resumed after %-8s longest write gap %-8s acked jobs/s %.0f/%.0f/%.0f %s\n",
 			e.Start.Seconds(), e.Kind, e.Target, (e.Heal - e.Start).Seconds(), res,
 			e.LongestWriteGap.Round(time.Millisecond), e.Before.OKPerSec, e.During.OKPerSec, e.After.OKPerSec, e.Err)
+		if e.Detail != "" && len(e.Workers) > 0 {
+			fmt.Fprintf(w, "           %s\n", e.Detail)
+		}
 	}
 	c := r.Check.Counts
 	fmt.Fprintf(w, "jobs: acknowledged %d, lost %d, executed %d (%d executions, %d with a lease token), executed more than once %d (+%d extra executions, same lease twice %d), unknown submits that exist %d\n",

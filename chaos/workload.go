@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
@@ -26,15 +27,44 @@ type API interface {
 
 // WorkloadConfig shapes the load.
 type WorkloadConfig struct {
-	Seed      int64
-	Clients   int
-	Rate      float64 // target operations per second over all clients
-	Tenants   int
-	OpTimeout time.Duration // one attempt
-	ExecLog   string        // path every job appends its execution line to
-	Addrs     []string
-	// NewAPI makes a client; nil means client.New with Addrs.
+	Seed    int64
+	Clients int
+	// JobRate is the offered load: jobs submitted per second over all
+	// clients (first attempts; retries of unknown outcomes come on top).
+	JobRate float64
+	// ReadRate is linearizable gets, stale gets and cancels per second over
+	// all clients (62.5%, 25%, 12.5%), of jobs already acknowledged.
+	ReadRate float64
+	// ShellRate is how many of the JobRate jobs per second are shell jobs
+	// (a /bin/sh, a date and a sleep process each); the others are handler
+	// jobs of kind ExecKind, run inside the worker process.
+	ShellRate float64
+	// BatchShare is the share of jobs submitted in explicit SubmitBatch
+	// calls of 2-20 jobs; the others are single submits through a
+	// client.Submitter, which coalesces concurrent submits per shard.
+	BatchShare float64
+	Tenants    int
+	OpTimeout  time.Duration // one attempt
+	ExecLog    string        // path every job appends its execution line to
+	Addrs      []string
+	// NewAPI makes a client; nil means client.New with Addrs, and single
+	// submits through a client.Submitter.
 	NewAPI func(addrs []string, opTimeout time.Duration) (API, error)
+}
+
+// submitterAPI is a Client whose single submits go through a Submitter.
+type submitterAPI struct {
+	*client.Client
+	s *client.Submitter
+}
+
+func (a submitterAPI) Submit(ctx context.Context, spec *hodeiv1.JobSpec) (*hodeiv1.SubmitJobResponse, error) {
+	return a.s.Submit(ctx, spec)
+}
+
+func (a submitterAPI) Close() error {
+	a.s.Close()
+	return a.Client.Close()
 }
 
 // Workload runs clients that submit, read and cancel jobs and record every
@@ -48,6 +78,7 @@ type Workload struct {
 	known []known // acknowledged jobs, shared by every client
 
 	wg     sync.WaitGroup
+	ctx    context.Context // Start's, for probes
 	cancel context.CancelFunc
 	// stopNew is closed to stop issuing new operations; retries of
 	// unknown submits go on until the context ends.
@@ -73,7 +104,16 @@ func NewWorkload(cfg WorkloadConfig, h *History) (*Workload, error) {
 	}
 	if cfg.NewAPI == nil {
 		cfg.NewAPI = func(addrs []string, t time.Duration) (API, error) {
-			return client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t})
+			c, err := client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t})
+			if err != nil {
+				return nil, err
+			}
+			s, err := c.NewSubmitter(client.SubmitterConfig{MaxBatch: 500})
+			if err != nil {
+				c.Close()
+				return nil, err
+			}
+			return submitterAPI{c, s}, nil
 		}
 	}
 	w := &Workload{cfg: cfg, h: h, stopNew: make(chan struct{})}
@@ -97,17 +137,66 @@ func (w *Workload) closeAPIs() {
 	}
 }
 
+// batchMin and batchMax bound an explicit batch submit.
+const batchMin, batchMax = 2, 20
+
 // Start launches the clients. Stop (or ctx) ends them.
 func (w *Workload) Start(ctx context.Context) {
 	ctx, w.cancel = context.WithCancel(ctx)
-	per := time.Duration(float64(time.Second) * float64(w.cfg.Clients) / w.cfg.Rate)
+	w.ctx = ctx
+	// One submit "unit" is a single job (share 1-b of the jobs) or a batch
+	// of 2..20 (11 on average, share b): units/s = jobs/s / E[jobs per unit].
+	b := min(max(w.cfg.BatchShare, 0), 1)
+	avgBatch := float64(batchMin+batchMax) / 2
+	pBatch := 0.0 // probability that a unit is a batch
+	if b > 0 {
+		pBatch = (b / avgBatch) / ((1 - b) + b/avgBatch)
+	}
+	jobsPerUnit := (1-pBatch)*1 + pBatch*avgBatch
+	units := w.cfg.JobRate / jobsPerUnit
 	for i := range w.apis {
 		w.wg.Add(1)
 		go func(i int) {
 			defer w.wg.Done()
-			w.runClient(ctx, i, per)
+			w.runSubmits(ctx, i, units/float64(len(w.apis)), pBatch)
 		}(i)
+		if w.cfg.ReadRate > 0 {
+			w.wg.Add(1)
+			go func(i int) {
+				defer w.wg.Done()
+				w.runReads(ctx, i, w.cfg.ReadRate/float64(len(w.apis)))
+			}(i)
+		}
 	}
+}
+
+// Probe reads every job of jobs (linearizable gets, recorded like the
+// others) now and again after TTL/2, TTL and 2 TTL: a worker fault's late or
+// re-sent completions arrive in that window, and a job whose terminal state
+// changed, or that was seen active after terminal, shows in the history.
+func (w *Workload) Probe(jobs []JobRef, ttl time.Duration) {
+	if w.ctx == nil || len(jobs) == 0 {
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		start := time.Now()
+		for _, d := range []time.Duration{0, ttl / 2, ttl, 2 * ttl} {
+			if sleepCtx(w.ctx, time.Until(start.Add(d))) != nil {
+				return
+			}
+			var wg sync.WaitGroup
+			for i, j := range jobs {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					w.get(w.ctx, i%len(w.apis), known{j.Key, j.ID}, false)
+				}()
+			}
+			wg.Wait()
+		}
+	}()
 }
 
 // StopNew stops issuing new operations; in-flight submits keep retrying.
@@ -128,60 +217,87 @@ func (w *Workload) Wait(grace time.Duration) {
 	w.closeAPIs()
 }
 
-func (w *Workload) runClient(ctx context.Context, id int, per time.Duration) {
-	rng := rand.New(rand.NewPCG(uint64(w.cfg.Seed), uint64(id)+1))
+// pace calls fn rate times a second (concurrently: a slow operation does not
+// stop the pace) until stopped; after a stall it does not burst to catch up.
+func (w *Workload) pace(ctx context.Context, rate float64, fn func() func()) {
+	if rate <= 0 {
+		return
+	}
+	per := time.Duration(float64(time.Second) / rate)
 	var inflight sync.WaitGroup
 	defer inflight.Wait()
 	next := time.Now()
-	seq := 0
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
 		next = next.Add(per)
-		t := time.NewTimer(time.Until(next))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-w.stopNew:
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		if time.Until(next) < -5*per {
-			next = time.Now() // do not burst to catch up after a stall
-		}
-		p := rng.Float64()
-		seq++
-		// operations run concurrently so that a slow one does not stop the pace
-		var op func()
-		switch {
-		case p < 0.50:
-			spec := w.spec(rng, id, seq)
-			op = func() { w.submit(ctx, id, []*hodeiv1.JobSpec{spec}) }
-		case p < 0.60:
-			n := 2 + rng.IntN(4)
-			specs := make([]*hodeiv1.JobSpec, n)
-			for i := range specs {
-				specs[i] = w.spec(rng, id, seq*10+i)
+		if d := time.Until(next); d > 0 {
+			t.Reset(d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.stopNew:
+				return
+			case <-t.C:
 			}
-			op = func() { w.submit(ctx, id, specs) }
-		case p < 0.85:
-			if k, ok := w.pick(rng); ok {
-				op = func() { w.get(ctx, id, k, false) }
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.stopNew:
+				return
+			default:
 			}
-		case p < 0.95:
-			if k, ok := w.pick(rng); ok {
-				op = func() { w.get(ctx, id, k, true) }
-			}
-		default:
-			if k, ok := w.pick(rng); ok {
-				op = func() { w.cancelJob(ctx, id, k) }
+			if d < -5*per && d < -50*time.Millisecond {
+				next = time.Now() // do not burst to catch up after a stall
 			}
 		}
-		if op != nil {
+		if op := fn(); op != nil {
 			inflight.Add(1)
 			go func() { defer inflight.Done(); op() }()
 		}
 	}
+}
+
+func (w *Workload) runSubmits(ctx context.Context, id int, rate, pBatch float64) {
+	rng := rand.New(rand.NewPCG(uint64(w.cfg.Seed), uint64(id)+1))
+	pShell := 0.0
+	if w.cfg.JobRate > 0 {
+		pShell = min(w.cfg.ShellRate/w.cfg.JobRate, 1)
+	}
+	seq := 0
+	w.pace(ctx, rate, func() func() {
+		seq++
+		if rng.Float64() < pBatch {
+			n := batchMin + rng.IntN(batchMax-batchMin+1)
+			specs := make([]*hodeiv1.JobSpec, n)
+			for i := range specs {
+				specs[i] = w.spec(rng, id, seq*100+i, rng.Float64() < pShell)
+			}
+			return func() { w.submit(ctx, id, specs) }
+		}
+		spec := w.spec(rng, id, seq*100, rng.Float64() < pShell)
+		return func() { w.submit(ctx, id, []*hodeiv1.JobSpec{spec}) }
+	})
+}
+
+func (w *Workload) runReads(ctx context.Context, id int, rate float64) {
+	rng := rand.New(rand.NewPCG(uint64(w.cfg.Seed), uint64(id)+1001))
+	w.pace(ctx, rate, func() func() {
+		p := rng.Float64()
+		k, ok := w.pick(rng)
+		if !ok {
+			return nil
+		}
+		switch {
+		case p < 0.625:
+			return func() { w.get(ctx, id, k, false) }
+		case p < 0.875:
+			return func() { w.get(ctx, id, k, true) }
+		default:
+			return func() { w.cancelJob(ctx, id, k) }
+		}
+	})
 }
 
 // pick chooses a known job, favouring recent ones (they are still moving).
@@ -199,42 +315,68 @@ func (w *Workload) pick(rng *rand.Rand) (known, bool) {
 	return w.known[rng.IntN(n)], true
 }
 
-var durations = []struct {
-	sleep string
-	p     float64
-}{{"0.005", 0.40}, {"0.05", 0.30}, {"0.3", 0.15}, {"1", 0.10}, {"3", 0.05}}
+// Durations of shell jobs (sleep arguments) and of handler jobs: a handler
+// job costs no process, so most are instant; the long tail keeps leases
+// held across faults and extensions going.
+var (
+	shellDurations = []struct {
+		sleep string
+		d     time.Duration
+		p     float64
+	}{{"0.005", 5 * time.Millisecond, 0.40}, {"0.05", 50 * time.Millisecond, 0.30}, {"0.3", 300 * time.Millisecond, 0.15},
+		{"1", time.Second, 0.10}, {"3", 3 * time.Second, 0.05}}
+	handlerDurations = []struct {
+		d time.Duration
+		p float64
+	}{{0, 0.50}, {5 * time.Millisecond, 0.25}, {50 * time.Millisecond, 0.15}, {300 * time.Millisecond, 0.07}, {2 * time.Second, 0.03}}
+)
 
-// spec builds a job that records its execution and sleeps a few ms to a few
-// seconds; a few fail their first attempt to exercise retries.
-func (w *Workload) spec(rng *rand.Rand, client, seq int) *hodeiv1.JobSpec {
-	p, sleep := rng.Float64(), "0.005"
-	for _, d := range durations {
-		if p < d.p {
-			sleep = d.sleep
-			break
-		}
-		p -= d.p
-	}
+// spec builds a job that records its execution and then waits a few ms to a
+// few seconds; a few fail their first attempt to exercise retries. A shell
+// job runs ExecLine and sleep under /bin/sh; a handler job (kind ExecKind)
+// asks the worker's chaos handler to do the same in-process.
+func (w *Workload) spec(rng *rand.Rand, client, seq int, shell bool) *hodeiv1.JobSpec {
+	p := rng.Float64()
 	tenant := fmt.Sprintf("t%02d", rng.IntN(w.cfg.Tenants))
 	key := fmt.Sprintf("s%d-c%d-%d", w.cfg.Seed, client, seq)
 	failFirst := rng.IntN(30) == 0
 	if failFirst {
 		key += "-f" // PlannedFailure: its retry is not counted as a duplicate
 	}
-	line := ExecLine(tenant, key, w.cfg.ExecLog) + "; sleep " + sleep
-	if failFirst {
-		line += `; [ "${HODEI_ATTEMPT:-1}" -ge 2 ] || exit 3`
-	}
-	return &hodeiv1.JobSpec{
+	spec := &hodeiv1.JobSpec{
 		Tenant:         tenant,
-		Command:        []string{line},
-		Shell:          true,
 		MaxAttempts:    3,
 		TimeoutMs:      30000,
 		BackoffBaseMs:  100,
 		BackoffMaxMs:   1000,
 		IdempotencyKey: key,
 	}
+	if !shell {
+		d := handlerDurations[len(handlerDurations)-1].d
+		for _, hd := range handlerDurations {
+			if p < hd.p {
+				d = hd.d
+				break
+			}
+			p -= hd.p
+		}
+		spec.Kind, spec.Payload = ExecKind, ExecPayload{Sleep: d, FailFirst: failFirst}.Encode()
+		return spec
+	}
+	sleep, d := "0.005", 5*time.Millisecond
+	for _, sd := range shellDurations {
+		if p < sd.p {
+			sleep, d = sd.sleep, sd.d
+			break
+		}
+		p -= sd.p
+	}
+	line := ExecLine(tenant, key, w.cfg.ExecLog, d) + "; sleep " + sleep
+	if failFirst {
+		line += `; [ "${HODEI_ATTEMPT:-1}" -ge 2 ] || exit 3`
+	}
+	spec.Command, spec.Shell = []string{line}, true
+	return spec
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
@@ -266,7 +408,7 @@ func observe(op *Op, j *hodeiv1.Job) {
 	op.State = strings.TrimPrefix(j.GetState().String(), "JOB_STATE_")
 	op.Attempts = j.GetAttempts()
 	if r := j.GetLastResult(); r != nil && IsTerminal(op.State) {
-		op.ResultToken, op.ResultAttempt = r.GetLeaseToken(), r.GetAttempt()
+		op.ResultToken, op.ResultAttempt, op.ResultExpired = r.GetLeaseToken(), r.GetAttempt(), r.GetLeaseExpired()
 	}
 }
 
@@ -298,6 +440,12 @@ func (w *Workload) submit(ctx context.Context, cid int, specs []*hodeiv1.JobSpec
 		if err == nil && len(resps) != len(pending) {
 			outcome, code, err = Unknown, "short-reply", fmt.Errorf("got %d results for %d specs", len(resps), len(pending))
 		}
+		// A batch sent in parts (one per shard) that partly failed says per
+		// spec whether it was committed or what its part's error was.
+		var be *client.BatchError
+		if errors.As(err, &be) && len(be.Results) != len(pending) {
+			be = nil
+		}
 		var retry []*hodeiv1.JobSpec
 		for i, s := range pending {
 			op := Op{Client: cid, Kind: OpSubmit, Job: JobKey{s.GetTenant(), s.GetIdempotencyKey()},
@@ -305,17 +453,28 @@ func (w *Workload) submit(ctx context.Context, cid int, specs []*hodeiv1.JobSpec
 			if len(pending) > 1 {
 				op.Batch = len(pending)
 			}
-			if err != nil {
+			var resp *hodeiv1.SubmitJobResponse
+			switch {
+			case be != nil && be.Results[i] != nil:
+				op.Outcome, op.Code = OK, ""
+				resp = be.Results[i]
+			case be != nil:
+				op.Outcome, op.Code = classify(be.Errs[i])
+				op.Err = be.Errs[i].Error()
+			case err != nil:
 				op.Err = err.Error()
-			} else {
-				observe(&op, resps[i].GetJob())
-				op.Duplicate = resps[i].GetDuplicate()
+			default:
+				resp = resps[i]
+			}
+			if resp != nil {
+				observe(&op, resp.GetJob())
+				op.Duplicate = resp.GetDuplicate()
 			}
 			w.h.Add(op)
 			switch {
-			case outcome == Unknown:
+			case op.Outcome == Unknown:
 				retry = append(retry, s)
-			case outcome == OK && op.JobID != "":
+			case op.Outcome == OK && op.JobID != "":
 				w.mu.Lock()
 				w.known = append(w.known, known{op.Job, op.JobID})
 				w.mu.Unlock()

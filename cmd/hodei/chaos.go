@@ -26,7 +26,8 @@ func newChaosCmd() *cobra.Command {
 		Short: "Start a real cluster, run load, inject faults, check invariants, write a report",
 		Long: `Starts --nodes hodei server processes and --workers hodei worker processes, drives a
 recorded workload, injects faults (--faults: mixed, kill-leader, kill-random, pause-leader,
-partition-leader, partition-majority, partition-ring, workers, membership, clock-skew, disk-full, slow-disk, none) on a schedule fixed by
+partition-leader, partition-majority, partition-ring, workers, membership, clock-skew, disk-full, slow-disk,
+worker-crash, stream-node, worker-pause, none) on a schedule fixed by
 --seed, heals, waits for the queue to drain and checks the history. Writes report.json,
 summary.txt, history.jsonl and every process's log under --out. Exits non-zero on any
 invariant violation. Partitions need root and network namespaces (ip netns).`,
@@ -70,11 +71,14 @@ invariant violation. Partitions need root and network namespaces (ip netns).`,
 	f := run.Flags()
 	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "server processes")
 	f.DurationVar(&cfg.Duration, "duration", cfg.Duration, "time under load and faults (then heal, drain, check)")
-	f.StringVar(&cfg.Faults, "faults", cfg.Faults, "mixed|kill-leader|kill-random|pause-leader|partition-leader|partition-majority|partition-ring|workers|membership|clock-skew|disk-full|slow-disk|none (membership, clock-skew, disk-full and slow-disk are not part of mixed)")
+	f.StringVar(&cfg.Faults, "faults", cfg.Faults, "mixed|kill-leader|kill-random|pause-leader|partition-leader|partition-majority|partition-ring|workers|membership|clock-skew|disk-full|slow-disk|worker-crash|stream-node|worker-pause|none (membership, clock-skew, disk-full, slow-disk, worker-crash, stream-node and worker-pause are not part of mixed)")
 	f.Int64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the fault schedule and the workload")
 	f.StringVar(&cfg.Binary, "binary", "", "hodei binary to run (default: this executable)")
 	f.StringVar(&cfg.Out, "out", cfg.Out, "directory for the report, history and logs")
-	f.Float64Var(&cfg.Rate, "rate", cfg.Rate, "target client operations per second (all clients)")
+	f.Float64Var(&cfg.Rate, "rate", cfg.Rate, "offered load: jobs submitted per second (all clients)")
+	f.Float64Var(&cfg.ReadRate, "read-rate", cfg.ReadRate, "linearizable gets, stale gets and cancels per second (all clients)")
+	f.Float64Var(&cfg.ShellRate, "shell-rate", cfg.ShellRate, "of --rate, shell jobs per second (a process each); the rest are in-process handler jobs")
+	f.Float64Var(&cfg.BatchShare, "batch-share", cfg.BatchShare, "share of jobs submitted in explicit batches of 2-20 (the rest: single submits coalesced by a client.Submitter)")
 	f.IntVar(&cfg.Clients, "clients", cfg.Clients, "concurrent clients")
 	f.IntVar(&cfg.Workers, "workers", cfg.Workers, "worker processes")
 	f.IntVar(&cfg.Concurrency, "concurrency", cfg.Concurrency, "jobs per worker")
