@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
@@ -203,5 +204,59 @@ func BenchmarkApplySubmitWithRequestID(b *testing.B) {
 		if r := f.ApplyEntry(uint64(i+1), e); r[0].GetCode() != internalpb.Code_CODE_OK {
 			b.Fatal(r[0].GetMessage())
 		}
+	}
+}
+
+// BenchmarkLeaseDecision: the cost of one LeaseBatch (10 workers × 10 jobs,
+// kinds and fair share over 16 tenants) with 10k and 1M jobs queued in the
+// shard. Only the lease entry is timed; after each, its jobs are completed
+// and as many new ones submitted, so the queue stays at its size. The
+// metric ns/leased-job should not grow with the queue.
+func BenchmarkLeaseDecision(b *testing.B) {
+	for _, queued := range []int{10_000, 1_000_000} {
+		b.Run(fmt.Sprintf("queued=%d", queued), func(b *testing.B) {
+			f, _ := New(DefaultConfig(), Options{})
+			idx := uint64(0)
+			tenantSpecs := func(n int) []*hodeiv1.JobSpec {
+				specs := make([]*hodeiv1.JobSpec, n)
+				for i := range specs {
+					specs[i] = &hodeiv1.JobSpec{Tenant: fmt.Sprintf("t%d", i%16), Kind: "k", Payload: []byte(cmd100)}
+				}
+				return specs
+			}
+			apply := func(cmds ...*internalpb.Command) []*internalpb.CommandResult {
+				idx++
+				return f.ApplyEntry(idx, &internalpb.Entry{Version: EntryVersionFor(cmds), NowMs: 1000, Commands: cmds})
+			}
+			for n := 0; n < queued; n += 1000 {
+				apply(submitCmd(tenantSpecs(1000)...))
+			}
+			demands := make([]*internalpb.LeaseJobs, 10)
+			for i := range demands {
+				demands[i] = &internalpb.LeaseJobs{WorkerId: fmt.Sprintf("w%d", i), Capacity: 10, Kinds: []string{"k"}}
+			}
+			lease := &internalpb.Command{Kind: &internalpb.Command_LeaseBatch{LeaseBatch: &internalpb.LeaseBatch{Demands: demands}}}
+			var timed time.Duration
+			leased := 0
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				t0 := time.Now()
+				r := apply(lease)[0]
+				timed += time.Since(t0)
+				var items []*hodeiv1.Completion
+				for _, g := range r.GetGrants() {
+					for _, l := range g.GetLeases() {
+						items = append(items, &hodeiv1.Completion{JobId: l.GetJob().GetId(), Token: l.GetToken(), Success: true})
+					}
+				}
+				if len(items) != 100 {
+					b.Fatalf("leased %d jobs, want 100", len(items))
+				}
+				leased += len(items)
+				apply(&internalpb.Command{Kind: &internalpb.Command_CompleteJobs{CompleteJobs: &internalpb.CompleteJobs{Items: items}}}, submitCmd(tenantSpecs(100)...))
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(timed.Nanoseconds())/float64(leased), "ns/leased-job")
+		})
 	}
 }
