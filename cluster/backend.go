@@ -116,19 +116,6 @@ func (n *Node) Cancel(ctx context.Context, id uint32, jobID, reason, requestID s
 	return res.GetJob(), nil
 }
 
-func (n *Node) Lease(ctx context.Context, id uint32, req *hodeiv1.LeaseRequest) ([]*hodeiv1.Lease, error) {
-	ttl := req.GetTtlMs()
-	if ttl == 0 {
-		ttl = n.cfg.LeaseTTL.Milliseconds()
-	}
-	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: req.GetRequestId(), Kind: &internalpb.Command_Lease{Lease: &internalpb.LeaseJobs{
-		WorkerId: req.GetWorkerId(), Capacity: req.GetCapacity(), Labels: req.GetLabels(), TtlMs: ttl}}})
-	if err != nil {
-		return nil, err
-	}
-	return res.GetLeases(), nil
-}
-
 func (n *Node) Extend(ctx context.Context, id uint32, req *hodeiv1.ExtendLeasesRequest) ([]*hodeiv1.ExtendResult, error) {
 	ttl := req.GetTtlMs()
 	if ttl == 0 {
@@ -174,16 +161,6 @@ func (n *Node) ListJobs(id uint32, tenant string, state hodeiv1.JobState, after 
 	}
 	return s.fsm.ListJobs(tenant, state, after, limit)
 }
-
-func (n *Node) HasReadyFor(id uint32, labels []*hodeiv1.KeyValue) bool {
-	s, err := n.shard(id)
-	if err != nil {
-		return false
-	}
-	return s.fsm.HasReadyFor(labels, nil)
-}
-
-func (n *Node) WorkSignal() <-chan struct{} { return n.work.Wait() }
 
 func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
 	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev"}

@@ -102,6 +102,12 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, sh
 
 func startCluster(t testing.TB, size, shards int) *testCluster {
 	t.Helper()
+	return startClusterWith(t, size, shards, nil)
+}
+
+// startClusterWith is startCluster with mod applied to every node's config.
+func startClusterWith(t testing.TB, size, shards int, mod func(*Config)) *testCluster {
+	t.Helper()
 	tc := &testCluster{t: t, shards: shards}
 	var lis []net.Listener
 	for i := 0; i < size; i++ {
@@ -114,7 +120,11 @@ func startCluster(t testing.TB, size, shards int) *testCluster {
 		tc.dirs = append(tc.dirs, filepath.Join(t.TempDir(), fmt.Sprintf("n%d", i+1)))
 	}
 	for i := 0; i < size; i++ {
-		n, err := New(testConfig(t, tc.peers[i].ID, tc.dirs[i], lis[i], tc.peers, shards))
+		cfg := testConfig(t, tc.peers[i].ID, tc.dirs[i], lis[i], tc.peers, shards)
+		if mod != nil {
+			mod(&cfg)
+		}
+		n, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

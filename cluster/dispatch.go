@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -65,17 +66,31 @@ func (b *dispatchBackend) ReadyFor(sh uint32, labels []*hodeiv1.KeyValue, kinds 
 	return s.fsm.HasReadyFor(labels, kinds)
 }
 
+// leaseResultHook, test-only and nil outside tests, sees (and may change)
+// the result of every lease call of a node's dispatcher: local or
+// forwarded. Tests use it to lose a reply after the leader committed the
+// grant.
+var leaseResultHook atomic.Pointer[func(node string, sh uint32, req *hodeiv1.LeaseForRequest, forwarded bool, g []*hodeiv1.LeaseGrant, err error) ([]*hodeiv1.LeaseGrant, error)]
+
 func (b *dispatchBackend) Lease(ctx context.Context, sh uint32, req *hodeiv1.LeaseForRequest) ([]*hodeiv1.LeaseGrant, error) {
 	local, addr := b.n.LeaderOf(sh)
-	if local {
-		g, err := b.n.leaseFor(ctx, sh, req)
-		return g, classifyLocal(err)
-	}
-	if addr == "" {
+	if !local && addr == "" {
 		return nil, fmt.Errorf("%w: shard %d has no known leader", scheduler.ErrNotProposed, sh)
 	}
-	g, np, err := b.fwd.LeaseFor(ctx, addr, sh, req)
-	return g, classifyForwarded(np, err)
+	var g []*hodeiv1.LeaseGrant
+	var err error
+	if local {
+		g, err = b.n.leaseFor(ctx, sh, req)
+		err = classifyLocal(err)
+	} else {
+		var np bool
+		g, np, err = b.fwd.LeaseFor(ctx, addr, sh, req)
+		err = classifyForwarded(np, err)
+	}
+	if h := leaseResultHook.Load(); h != nil {
+		g, err = (*h)(b.n.cfg.NodeID, sh, req, !local, g, err)
+	}
+	return g, err
 }
 
 func (b *dispatchBackend) Complete(ctx context.Context, sh uint32, items []*hodeiv1.Completion) ([]*hodeiv1.CompletionResult, error) {
@@ -216,6 +231,15 @@ func (w *workerBackend) Connect(h *hodeiv1.WorkerHello) (transport.WorkerSession
 		return nil, workerErr(err)
 	}
 	return session{s}, nil
+}
+
+func (w *workerBackend) Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration) ([]*hodeiv1.Lease, error) {
+	d, err := w.dispatcher()
+	if err != nil {
+		return nil, err
+	}
+	leases, err := d.LeaseOnce(ctx, scheduler.WorkerInfo{ID: req.GetWorkerId(), Labels: req.GetLabels(), Kinds: req.GetKinds(), TTL: msDuration(req.GetTtlMs())}, int(req.GetCapacity()), wait)
+	return leases, workerErr(err)
 }
 
 func (w *workerBackend) CompleteJobs(ctx context.Context, items []*hodeiv1.Completion) ([]*hodeiv1.CompletionResult, error) {

@@ -50,7 +50,6 @@ type Node struct {
 	logdb        *logdb.DB
 	registry     *prometheus.Registry
 	metrics      *metrics
-	work         *scheduler.Signal                    // node-wide: fired when any shard may have work
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
@@ -78,7 +77,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n := &Node{cfg: cfg, work: scheduler.NewSignal(), waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall)}
+	n := &Node{cfg: cfg, waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall)}
 	lis := cfg.Listener
 	if lis == nil {
 		var err error

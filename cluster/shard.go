@@ -79,9 +79,6 @@ func (s *shard) onApply(index uint64, events []fsm.Event) {
 		}
 		s.node.metrics.event(e)
 	}
-	if ready {
-		s.node.work.Fire()
-	}
 	if d := s.node.dispatch.Load(); d != nil {
 		d.OnEvents(s.id, events)
 	}
@@ -168,7 +165,6 @@ func (s *shard) becomeLeader() {
 		CheckpointEvery: max(s.node.cfg.CheckpointEvery, 0),
 		Now:             s.node.now,
 	}, s.batch, s.fsm)
-	s.node.work.Fire()
 	// The shard's tenant weights may lag the meta group's (a change the
 	// previous leader did not propose before it lost leadership).
 	s.wakeTenantSync()

@@ -276,8 +276,50 @@ type WorkerInfo struct {
 	TTL    time.Duration // 0 = the default
 }
 
-// Connect opens a session for a worker with slots free slots.
+// Connect opens a session for a worker with slots free slots. A worker id
+// has at most one session per node.
 func (d *Dispatcher) Connect(info WorkerInfo, slots int) (*Session, error) {
+	return d.open(info, slots, true)
+}
+
+// LeaseOnce serves a unary Lease with the same lanes: a session of
+// capacity slots that is not registered under the worker's id (a worker may
+// hold a stream and long-poll too), open until it got leases or wait
+// passes, then closed. Leases granted by a call still in flight when it
+// closes are returned too.
+func (d *Dispatcher) LeaseOnce(ctx context.Context, info WorkerInfo, capacity int, wait time.Duration) ([]*hodeiv1.Lease, error) {
+	if capacity < 1 || capacity > fsm.MaxLeaseCapacity {
+		return nil, fmt.Errorf("%w: capacity %d is outside 1..%d", ErrInvalid, capacity, fsm.MaxLeaseCapacity)
+	}
+	s, err := d.open(info, capacity, false)
+	if err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+wait:
+	for !s.hasLeases() {
+		select {
+		case <-s.ready:
+		case <-t.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-d.stop:
+			break wait
+		}
+	}
+	s.Close()
+	return s.Take().Leases, nil
+}
+
+func (s *Session) hasLeases() bool {
+	s.omu.Lock()
+	defer s.omu.Unlock()
+	return len(s.out.Leases) > 0
+}
+
+func (d *Dispatcher) open(info WorkerInfo, slots int, register bool) (*Session, error) {
 	if info.ID == "" || len(info.ID) > fsm.MaxNameBytes {
 		return nil, fmt.Errorf("%w: worker_id must be 1..%d bytes", ErrInvalid, fsm.MaxNameBytes)
 	}
@@ -308,10 +350,12 @@ func (d *Dispatcher) Connect(info WorkerInfo, slots int) (*Session, error) {
 	if d.draining {
 		return nil, ErrDraining
 	}
-	if _, dup := d.sessions[info.ID]; dup {
-		return nil, fmt.Errorf("%w: %s", ErrWorkerConnected, info.ID)
+	if register {
+		if _, dup := d.sessions[info.ID]; dup {
+			return nil, fmt.Errorf("%w: %s", ErrWorkerConnected, info.ID)
+		}
+		d.sessions[info.ID] = s
 	}
-	d.sessions[info.ID] = s
 	d.order = append(d.order, s)
 	if slots > 0 {
 		d.wakeAllLocked()

@@ -33,7 +33,6 @@ type Backend interface {
 	// Writes, called only on the shard leader.
 	Submit(ctx context.Context, shard uint32, specs []*hodeiv1.JobSpec, requestID string) ([]*hodeiv1.SubmitJobResponse, error)
 	Cancel(ctx context.Context, shard uint32, id, reason, requestID string) (*hodeiv1.Job, error)
-	Lease(ctx context.Context, shard uint32, req *hodeiv1.LeaseRequest) ([]*hodeiv1.Lease, error)
 	Extend(ctx context.Context, shard uint32, req *hodeiv1.ExtendLeasesRequest) ([]*hodeiv1.ExtendResult, error)
 	Complete(ctx context.Context, shard uint32, req *hodeiv1.CompleteJobRequest) (*hodeiv1.Job, error)
 
@@ -41,10 +40,6 @@ type Backend interface {
 	ReadIndex(ctx context.Context, shard uint32) error
 	GetJob(shard uint32, id string) (*hodeiv1.Job, bool)
 	ListJobs(shard uint32, tenant string, state hodeiv1.JobState, afterSeq uint64, limit int) ([]*hodeiv1.Job, uint64)
-	// HasReadyFor is a hint from the local replica (maybe stale on followers).
-	HasReadyFor(shard uint32, labels []*hodeiv1.KeyValue) bool
-	// WorkSignal returns a channel closed when any shard may have new work.
-	WorkSignal() <-chan struct{}
 
 	// Administration.
 	Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error)

@@ -32,6 +32,8 @@ type WorkerBackend interface {
 	Connect(hello *hodeiv1.WorkerHello) (WorkerSession, error)
 	// MaxSlots is the most credit the node keeps for one stream.
 	MaxSlots() int
+	// Lease serves a unary long-poll through the node's dispatcher.
+	Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration) ([]*hodeiv1.Lease, error)
 	// CompleteJobs records completions of any shards through the node's
 	// dispatcher; results are in request order.
 	CompleteJobs(ctx context.Context, items []*hodeiv1.Completion) ([]*hodeiv1.CompletionResult, error)
@@ -282,7 +284,7 @@ func (s *workerService) LeaseFor(ctx context.Context, req *hodeiv1.LeaseForReque
 // notProposedTrailer maps err and, when nothing was proposed, says so in a
 // trailer: the calling node may move on instead of retrying.
 func (s *workerService) notProposedTrailer(ctx context.Context, err error) error {
-	if leaseOutcomeOf(err) == leaseNotProposed {
+	if proposedNothing(err) {
 		_ = grpc.SetTrailer(ctx, metadata.Pairs(mdLeaseNotProposed, "1"))
 	}
 	return ToStatus(err)
