@@ -1,11 +1,14 @@
-// Package scheduler is the live, leader-side work of one shard: the timers
-// that turn time into replicated commands (lease expiry after a grace
-// period, promotion of delayed and backed-off jobs, retention of finished
-// jobs) and the wake-up signal that long-polling workers wait on.
+// Package scheduler is where Hodei decides who runs what, and when: the
+// live, leader-side work of each shard — the timers that turn time into
+// replicated commands (lease expiry after a grace period, promotion of
+// delayed and backed-off jobs, retention of finished jobs, checkpoints) —
+// and the node's dispatcher (dispatcher.go), which turns the demand of every
+// worker connected to the node into batched lease proposals, steals work
+// from other shards' leaders in bulk, and carries completions back.
 //
-// It never touches Raft or gRPC: it sees the shard through the small
-// Proposer and State interfaces declared here, which the cluster package
-// satisfies.
+// It never touches Raft or gRPC: it sees the node through the small
+// Proposer, State and DispatchBackend interfaces declared here, which the
+// cluster package satisfies.
 package scheduler
 
 import (
