@@ -1,0 +1,97 @@
+package transport
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/hodei-io/hodei/proto/hodeiv1"
+)
+
+// recordingSession is a WorkerSession that records what reached it.
+type recordingSession struct {
+	slots       []int
+	completions [][]*hodeiv1.Completion
+}
+
+func (r *recordingSession) TTL() time.Duration   { return time.Second }
+func (r *recordingSession) AddSlots(n int) error { r.slots = append(r.slots, n); return nil }
+func (r *recordingSession) Complete(items []*hodeiv1.Completion) {
+	r.completions = append(r.completions, items)
+}
+func (r *recordingSession) Extend(context.Context, []*hodeiv1.LeaseRef) {}
+func (r *recordingSession) Ready() <-chan struct{}                      { return nil }
+func (r *recordingSession) Done() <-chan struct{}                       { return nil }
+func (r *recordingSession) Messages() []*hodeiv1.ServerMessage          { return nil }
+func (r *recordingSession) Pending() int                                { return 0 }
+func (r *recordingSession) Close()                                      {}
+
+// FuzzWorkerMessage feeds arbitrary stream messages to the handler: it never
+// panics, a refusal is InvalidArgument and hands nothing on, and what it
+// hands on is valid (slots in range, non-empty completions with job ids,
+// extends with ids and tokens).
+func FuzzWorkerMessage(f *testing.F) {
+	for _, m := range []*hodeiv1.WorkerMessage{
+		{Msg: &hodeiv1.WorkerMessage_Slots{Slots: &hodeiv1.WorkerSlots{Slots: 3}}},
+		{Msg: &hodeiv1.WorkerMessage_Slots{Slots: &hodeiv1.WorkerSlots{Slots: -1}}},
+		{Msg: &hodeiv1.WorkerMessage_Completions{Completions: &hodeiv1.WorkerCompletions{Completions: []*hodeiv1.Completion{{JobId: "0-1", Token: 2, Success: true}}}}},
+		{Msg: &hodeiv1.WorkerMessage_Completions{Completions: &hodeiv1.WorkerCompletions{}}},
+		{Msg: &hodeiv1.WorkerMessage_Extend{Extend: &hodeiv1.WorkerExtend{Leases: []*hodeiv1.LeaseRef{{JobId: "0-1", Token: 2}}}}},
+		{Msg: &hodeiv1.WorkerMessage_Hello{Hello: &hodeiv1.WorkerHello{WorkerId: "w"}}},
+		{},
+	} {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	s := &workerService{a: &API{}}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m := &hodeiv1.WorkerMessage{}
+		if proto.Unmarshal(data, m) != nil {
+			return // gRPC refuses undecodable messages before the handler
+		}
+		sess := &recordingSession{}
+		extends := make(chan []*hodeiv1.LeaseRef, 1)
+		err := s.handleWorkerMessage(sess, m, extends)
+		var ext []*hodeiv1.LeaseRef
+		select {
+		case ext = <-extends:
+		default:
+		}
+		if err != nil {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("refusal %v is not InvalidArgument", err)
+			}
+			if len(sess.slots)+len(sess.completions)+len(ext) > 0 {
+				t.Fatalf("a refused message was handed on: %v", m)
+			}
+			return
+		}
+		for _, n := range sess.slots {
+			if n < 1 || n > maxStreamItems {
+				t.Fatalf("slots %d handed on", n)
+			}
+		}
+		for _, cs := range sess.completions {
+			if len(cs) == 0 || len(cs) > maxStreamItems {
+				t.Fatalf("%d completions handed on", len(cs))
+			}
+			for _, c := range cs {
+				if c.GetJobId() == "" {
+					t.Fatal("a completion without a job id handed on")
+				}
+			}
+		}
+		for _, r := range ext {
+			if r.GetJobId() == "" || r.GetToken() == 0 {
+				t.Fatal("an extend without id or token handed on")
+			}
+		}
+	})
+}
