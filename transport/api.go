@@ -17,10 +17,19 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
-// Backend is what the public gRPC services need from a server node. The
-// cluster package implements it; this package owns routing between nodes
-// (at most one forwarding hop to a shard leader) and error mapping.
+// Backend is what the public gRPC services need from a server node, by
+// service; the cluster package implements it. This package owns routing
+// between nodes (at most one forwarding hop to a shard leader) and error
+// mapping. The worker stream's needs are WorkerBackend (api_stream.go).
 type Backend interface {
+	Router
+	JobBackend
+	LeaseBackend
+	AdminBackend
+}
+
+// Router tells where a shard's requests run.
+type Router interface {
 	NodeID() string
 	ShardCount() int
 	ShardOfTenant(tenant string) uint32
@@ -28,20 +37,29 @@ type Backend interface {
 	// LeaderOf reports whether this node leads the shard, and otherwise the
 	// leader's gRPC address ("" while unknown).
 	LeaderOf(shard uint32) (local bool, addr string)
-	ValidateSpec(spec *hodeiv1.JobSpec) error
+}
 
-	// Writes, called only on the shard leader.
+// JobBackend serves JobService. Writes are called only on the shard
+// leader; reads use the local replica, ReadIndex first making them
+// linearizable.
+type JobBackend interface {
+	ValidateSpec(spec *hodeiv1.JobSpec) error
 	Submit(ctx context.Context, shard uint32, specs []*hodeiv1.JobSpec, requestID string) ([]*hodeiv1.SubmitJobResponse, error)
 	Cancel(ctx context.Context, shard uint32, id, reason, requestID string) (*hodeiv1.Job, error)
-	Extend(ctx context.Context, shard uint32, req *hodeiv1.ExtendLeasesRequest) ([]*hodeiv1.ExtendResult, error)
-	Complete(ctx context.Context, shard uint32, req *hodeiv1.CompleteJobRequest) (*hodeiv1.Job, error)
-
-	// Reads of the local replica; ReadIndex first makes them linearizable.
 	ReadIndex(ctx context.Context, shard uint32) error
 	GetJob(shard uint32, id string) (*hodeiv1.Job, bool)
 	ListJobs(shard uint32, tenant string, state hodeiv1.JobState, afterSeq uint64, limit int) ([]*hodeiv1.Job, uint64)
+}
 
-	// Administration.
+// LeaseBackend serves the unary ExtendLeases and CompleteJob calls on the
+// shard leader.
+type LeaseBackend interface {
+	Extend(ctx context.Context, shard uint32, req *hodeiv1.ExtendLeasesRequest) ([]*hodeiv1.ExtendResult, error)
+	Complete(ctx context.Context, shard uint32, req *hodeiv1.CompleteJobRequest) (*hodeiv1.Job, error)
+}
+
+// AdminBackend serves AdminService: membership, backups, tenant settings.
+type AdminBackend interface {
 	Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error)
 	Join(ctx context.Context, req *hodeiv1.JoinRequest) error
 	Remove(ctx context.Context, req *hodeiv1.RemoveRequest) error
