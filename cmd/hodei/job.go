@@ -61,23 +61,37 @@ func newJobSubmitCmd() *cobra.Command {
 		shell         bool
 		backoffBase   time.Duration
 		backoffMaxDur time.Duration
+		kind, payload string
 	)
 	cmd := &cobra.Command{
-		Use:   "submit [flags] -- CMD [ARGS...]",
+		Use:   "submit [flags] [-- CMD [ARGS...]]",
 		Short: "Submit a job",
 		Long: `Submit a job and print it (id and state).
 
 The command is run as argv by a worker; with --shell the arguments are joined
-into one line run by /bin/sh -c. With --wait the command polls the job until it
+into one line run by /bin/sh -c. With --kind the job is run by a worker's Go
+handler for that kind, with --payload as its input, and takes no command. With --wait the command polls the job until it
 finishes, prints it, and exits non-zero unless it SUCCEEDED.`,
 		Example: `  hodei job submit -- echo hello
   hodei job submit --tenant acme --priority 10 --timeout 5m --env A=1 -- ./build.sh --fast
-  hodei job submit --shell --wait -- 'make test | tail -20'`,
-		Args: cobra.MinimumNArgs(1),
+  hodei job submit --shell --wait -- 'make test | tail -20'
+  hodei job submit --tenant shop --kind email.send --payload ada@example.com`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			spec.Tenant, spec.Priority, spec.MaxAttempts, spec.IdempotencyKey, spec.Shell = tenant, priority, maxAttempts, ikey, shell
-			spec.Command = args
+			spec.Kind, spec.Payload = kind, []byte(payload)
+			handler := kind != "" && kind != "shell"
+			switch {
+			case handler && len(args) > 0:
+				return fmt.Errorf("--kind %s runs a Go handler: give --payload, not a command", kind)
+			case !handler && len(args) == 0:
+				return fmt.Errorf("give a command after --, or --kind for a handler job")
+			case !handler && payload != "":
+				return fmt.Errorf("--payload is for handler jobs (--kind)")
+			}
+			if len(args) > 0 {
+				spec.Command = args
+			}
 			if shell {
 				spec.Command = []string{strings.Join(args, " ")}
 			}
@@ -135,6 +149,8 @@ finishes, prints it, and exits non-zero unless it SUCCEEDED.`,
 	f.StringArrayVar(&labels, "label", nil, "required worker label K=V (repeatable)")
 	f.StringVar(&ikey, "idempotency-key", "", "unique per tenant: resubmitting returns the first job")
 	f.BoolVar(&shell, "shell", false, "run the arguments as one /bin/sh -c line")
+	f.StringVar(&kind, "kind", "", "run by a worker's Go handler for this kind (no command)")
+	f.StringVar(&payload, "payload", "", "the handler job's input (with --kind)")
 	f.BoolVar(&wait, "wait", false, "wait until the job finishes; exit non-zero unless it succeeded")
 	f.DurationVar(&pollEvery, "poll", 250*time.Millisecond, "with --wait: first poll interval (grows to 2s)")
 	return cmd
