@@ -346,6 +346,12 @@ func benchSubmit(ctx context.Context, c *benchClients, o benchOptions, d time.Du
 }
 
 func benchE2E(ctx context.Context, c *benchClients, o benchOptions) (benchReport, error) {
+	return runE2E(ctx, c, o, "e2e", 20*time.Millisecond)
+}
+
+// runE2E submits o.jobs jobs and waits, polling Status every poll, until
+// as many more jobs have finished: the end-to-end rate.
+func runE2E(ctx context.Context, c *benchClients, o benchOptions, mode string, poll time.Duration) (benchReport, error) {
 	base, err := finished(ctx, c.main())
 	if err != nil {
 		return benchReport{}, err
@@ -355,7 +361,7 @@ func benchE2E(ctx context.Context, c *benchClients, o benchOptions) (benchReport
 	if err != nil {
 		return rep, err
 	}
-	rep.Mode = "e2e"
+	rep.Mode = mode
 	for {
 		done, err := finished(ctx, c.main())
 		if err == nil && done-base >= rep.Submitted {
@@ -365,7 +371,7 @@ func benchE2E(ctx context.Context, c *benchClients, o benchOptions) (benchReport
 		select {
 		case <-ctx.Done():
 			return rep, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(poll):
 		}
 	}
 	el := time.Since(start)

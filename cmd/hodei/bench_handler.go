@@ -113,36 +113,15 @@ func (g *goWorkers) stop() {
 // o.clients goroutines while in-process workers run them (the shape of
 // ../shared/peers: River's InsertMany of 1,000 with 2 inserters).
 func benchE2EGo(ctx context.Context, c *benchClients, o benchOptions, targets []string) (benchReport, error) {
-	base, err := finished(ctx, c.main())
-	if err != nil {
-		return benchReport{}, err
-	}
 	g, err := startGoWorkers(targets, max(1, o.workers/len(targets)), nil)
 	if err != nil {
 		return benchReport{}, err
 	}
 	defer g.stop()
-	start := time.Now()
-	rep, err := benchSubmit(ctx, c, o, 0, int64(o.jobs))
+	rep, err := runE2E(ctx, c, o, "e2e-go", 5*time.Millisecond)
 	if err != nil {
 		return rep, err
 	}
-	rep.Mode = "e2e-go"
-	for {
-		done, err := finished(ctx, c.main())
-		if err == nil && done-base >= rep.Submitted {
-			rep.Completed = done - base
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return rep, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	el := time.Since(start)
-	rep.E2ESeconds = el.Seconds()
-	rep.JobsPerSec = float64(rep.Completed) / el.Seconds()
 	rep.StartP50Ms, rep.StartP99Ms = g.lat.pct(0.50), g.lat.pct(0.99)
 	rep.HandlerCalls = g.started.Load()
 	// Every job must have succeeded: a finished job that failed would make
