@@ -57,6 +57,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 )
 
@@ -64,6 +65,9 @@ import (
 const (
 	DefaultCallTimeout = 10 * time.Second
 	DefaultRetry       = 30 * time.Second
+
+	DefaultKeepalive        = 10 * time.Second
+	DefaultKeepaliveTimeout = 5 * time.Second
 
 	// leaseSlack is added to a Lease long-poll's wait to get its attempt timeout.
 	leaseSlack = 5 * time.Second
@@ -93,6 +97,15 @@ type Config struct {
 	// RefreshInterval is the least time between two loads of the shard map
 	// (default 3s). Negative is invalid.
 	RefreshInterval time.Duration
+	// Keepalive: while a stream is open (a worker's, a watch), the client
+	// pings a connection that has been quiet this long and drops it when
+	// the ping is not answered within KeepaliveTimeout, so a node that
+	// vanished without closing the connection is left in seconds rather
+	// than after TCP's many-minute timeout (a worker then reconnects to the
+	// next address). Defaults 10s and 5s; grpc-go does not ping more often
+	// than every 10s. Negative Keepalive disables the pings.
+	Keepalive        time.Duration
+	KeepaliveTimeout time.Duration
 }
 
 // Validate checks the config after defaults are applied.
@@ -114,6 +127,9 @@ func (c *Config) Validate() error {
 	if c.RefreshInterval < 0 {
 		return fmt.Errorf("client: negative RefreshInterval %v", c.RefreshInterval)
 	}
+	if c.KeepaliveTimeout < 0 {
+		return fmt.Errorf("client: negative KeepaliveTimeout %v", c.KeepaliveTimeout)
+	}
 	return nil
 }
 
@@ -126,6 +142,12 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Retry < 0 {
 		c.Retry = 0
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	if c.KeepaliveTimeout == 0 {
+		c.KeepaliveTimeout = DefaultKeepaliveTimeout
 	}
 	if c.RefreshInterval == 0 {
 		c.RefreshInterval = DefaultRefreshInterval
@@ -214,7 +236,12 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if c.cfg.Keepalive > 0 {
+		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time: c.cfg.Keepalive, Timeout: c.cfg.KeepaliveTimeout}))
+	}
+	opts = append(opts, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", addr, err)

@@ -99,6 +99,16 @@ type Config struct {
 	// disables them.
 	CheckpointEvery time.Duration
 
+	// Keepalive: a node pings a client connection (workers' streams
+	// included) that has been quiet this long, and closes it when the ping
+	// is not answered within KeepaliveTimeout; connections to other nodes
+	// are pinged the same way. Without it a connection that dies silently
+	// (a host gone, a middlebox dropping state) is noticed only by TCP,
+	// after many minutes, and a worker session's credit stays reserved for
+	// a stream nobody reads. 0 disables; otherwise >= 1s.
+	Keepalive        time.Duration
+	KeepaliveTimeout time.Duration
+
 	// BalanceInterval is how often the meta leader reconciles members and
 	// moves shard leadership towards an even spread.
 	BalanceInterval time.Duration
@@ -160,6 +170,8 @@ func DefaultConfig() Config {
 		CheckpointEvery:    5 * time.Second,
 		Shards:             8,
 		BalanceInterval:    time.Second,
+		Keepalive:          10 * time.Second,
+		KeepaliveTimeout:   5 * time.Second,
 		FSM:                fsm.DefaultConfig(),
 	}
 }
@@ -229,11 +241,27 @@ func (c *Config) Validate() error {
 	if err := c.FSM.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.LeaderGrace < 0 {
+		errs = append(errs, errors.New("leader grace must be >= 0"))
+	}
+	if c.Keepalive < 0 || (c.Keepalive > 0 && c.Keepalive < time.Second) {
+		errs = append(errs, fmt.Errorf("keepalive must be 0 (off) or >= 1s, got %v", c.Keepalive))
+	}
+	if c.Keepalive > 0 && c.KeepaliveTimeout <= 0 {
+		errs = append(errs, errors.New("keepalive timeout must be > 0 when keepalive is on"))
+	}
+	return errors.Join(errs...)
+}
+
+// resolved returns c with the values that are derived from other fields
+// filled in: LeaderGrace 0 means one LeaseTTL, a nil Logger discards. It is
+// the one place those derivations live (Validate changes nothing).
+func (c Config) resolved() Config {
 	if c.LeaderGrace == 0 {
 		c.LeaderGrace = c.LeaseTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	return errors.Join(errs...)
+	return c
 }

@@ -95,6 +95,13 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			}
 			return float64(c)
 		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_worker_streams",
+			Help: "Worker streams connected to this node (unary lease polls not counted)."}, func() float64 {
+			if d := n.dispatch.Load(); d != nil {
+				return float64(d.Sessions())
+			}
+			return 0
+		}),
 	)
 	for _, o := range []struct {
 		outcome string

@@ -77,6 +77,7 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
+	cfg = cfg.resolved()
 	n := &Node{cfg: cfg, waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall)}
 	lis := cfg.Listener
 	if lis == nil {
@@ -98,9 +99,9 @@ func New(cfg Config) (*Node, error) {
 	n.storeHealth = newStoreHealth(n)
 	n.metrics = newMetrics(reg, n)
 
-	n.pool = transport.NewPool()
+	n.pool = transport.NewPool(cfg.peerDialOptions()...)
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
-	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
+	n.grpc = grpc.NewServer(cfg.serverOptions()...)
 	n.raftNet.Register(n.grpc)
 	transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger).Register(n.grpc)
 	n.health = health.NewServer()

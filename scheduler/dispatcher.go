@@ -254,6 +254,14 @@ func (d *Dispatcher) cancelled(jobID string) {
 	}
 }
 
+// Sessions is the number of worker streams open on this node (a unary
+// Lease poll is not counted).
+func (d *Dispatcher) Sessions() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.sessions)
+}
+
 // Drain asks every connected worker to drain and takes no new sessions.
 func (d *Dispatcher) Drain(reason string) {
 	d.mu.Lock()
