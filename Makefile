@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 PKGS := ./...
 TEST_TIMEOUT ?= 20m
 
-.PHONY: image all build test race bench fuzz proto proto-tools check run chaos-smoke clean
+.PHONY: image all build test race bench fuzz proto proto-tools check run chaos-smoke compose-test clean
 
 all: build
 
@@ -40,6 +40,9 @@ proto: proto-tools
 
 check:
 	./scripts/check.sh
+
+compose-test:
+	./scripts/compose-test.sh 60
 
 chaos-smoke: build
 	./bin/hodei chaos run --nodes 3 --duration 2m --faults mixed --seed 1 --binary ./bin/hodei --out chaos-report

@@ -55,8 +55,13 @@ type Config struct {
 	Listener net.Listener
 	HTTPAddr string // metrics/health; empty disables
 	// GossipAddr is the memberlist bind address (ip:port); empty: the gRPC
-	// IP with a free port (gossip is off when that is not an IP literal).
+	// listener's IP with a free port.
 	GossipAddr string
+	// GossipAdvertise is the gossip address other nodes use ("host:port";
+	// a host name is resolved at start; port 0 means the bound port).
+	// Empty: see gossipAddrs (the advertised gRPC host when GossipAddr's IP
+	// is unspecified).
+	GossipAdvertise string
 
 	// Shards is the number of shards of a new cluster (bootstrap). A node
 	// that joins learns it from the cluster; a restarted node reads it from

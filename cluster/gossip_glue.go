@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -46,21 +47,104 @@ func (m memberGossip) LogStoreErrors(id string) bool {
 	return ok && mem.State == gossip.Alive && mem.Meta.LogStoreErrors
 }
 
-// gossipBindAddr picks the gossip address: cfg.GossipAddr, or, when empty,
-// the gRPC listener's IP with a free port. Empty result disables gossip.
-func gossipBindAddr(cfg Config, grpcAddr string) string {
-	if cfg.GossipAddr != "" {
-		return cfg.GossipAddr
+// gossipAddrs picks the gossip bind and advertise addresses (both
+// "ip:port"; advertise "" means the bound address, or an interface address
+// memberlist picks when the bind IP is unspecified).
+//
+//   - bind: cfg.GossipAddr, else the gRPC listener's IP with a free port
+//     (peers learn the port from the node's Status, so any port works).
+//   - advertise: cfg.GossipAdvertise, else, when the bind IP is unspecified
+//     (0.0.0.0, as in containers), the host of the advertised gRPC address
+//     (the name other nodes already use to reach this one, "n1" in compose,
+//     the pod's DNS name on Kubernetes) resolved to an IP, with the bound
+//     port. A host name that does not resolve is an error at start: gossip
+//     silently advertising the wrong address would leave dead-node
+//     detection off without anyone noticing.
+func gossipAddrs(ctx context.Context, cfg Config, listenAddr, advertisedGRPC string, resolve resolveFunc) (bind, advertise string, err error) {
+	bind = cfg.GossipAddr
+	if bind == "" {
+		host, _, err := net.SplitHostPort(listenAddr)
+		if err != nil {
+			return "", "", fmt.Errorf("gossip: listener address %q: %v", listenAddr, err)
+		}
+		bind = net.JoinHostPort(host, "0")
 	}
-	host, _, err := net.SplitHostPort(grpcAddr)
+	bh, _, err := net.SplitHostPort(bind)
 	if err != nil {
-		return ""
+		return "", "", fmt.Errorf("--gossip %q: want ip:port: %v", bind, err)
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.IsUnspecified() {
-		return ""
+	if cfg.GossipAdvertise != "" {
+		adv, err := resolveHostPort(ctx, cfg.GossipAdvertise, resolve)
+		if err != nil {
+			return "", "", fmt.Errorf("--gossip-advertise %q: %w", cfg.GossipAdvertise, err)
+		}
+		return bind, adv, nil
 	}
-	return net.JoinHostPort(host, "0")
+	if bh != "" {
+		if ip, err := netip.ParseAddr(bh); err != nil || !ip.IsUnspecified() {
+			return bind, "", nil // a specific bind address is its own advertise address
+		}
+	}
+	host, _, err := net.SplitHostPort(advertisedGRPC)
+	if err != nil {
+		return bind, "", nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		return bind, "", nil // nothing better known: memberlist picks an interface address
+	}
+	adv, err := resolveHostPort(ctx, net.JoinHostPort(host, "0"), resolve)
+	if err != nil {
+		return "", "", fmt.Errorf("gossip advertise address from the gRPC address %q: %w (give --gossip-advertise ip:port)", advertisedGRPC, err)
+	}
+	return bind, adv, nil
+}
+
+// resolveFunc resolves a host name to its IP addresses.
+type resolveFunc func(ctx context.Context, host string) ([]netip.Addr, error)
+
+func defaultResolve(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+}
+
+// resolveHostPort turns "host:port" into "ip:port": an IP literal is kept;
+// a name is resolved (its first IPv4 address, else its first address),
+// retrying until ctx ends, since a container's or a pod's own DNS record
+// may appear a moment after it starts.
+func resolveHostPort(ctx context.Context, hostport string, resolve resolveFunc) (string, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return "", err
+	}
+	if host == "" {
+		return "", errors.New("host is required")
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.IsUnspecified() {
+			return "", errors.New("an unspecified IP cannot be advertised")
+		}
+		return hostport, nil
+	}
+	for {
+		ips, err := resolve(ctx, host)
+		if err == nil && len(ips) > 0 {
+			pick := ips[0]
+			for _, ip := range ips {
+				if ip.Unmap().Is4() {
+					pick = ip.Unmap()
+					break
+				}
+			}
+			return net.JoinHostPort(pick.String(), port), nil
+		}
+		if err == nil {
+			err = errors.New("no addresses")
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("resolve %s: %w", host, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // deadNodeReclaim: a dead member's name may be taken by a new address
@@ -70,20 +154,26 @@ func gossipBindAddr(cfg Config, grpcAddr string) string {
 // balancer counts the restarted node dead and moves no leadership to it.
 const deadNodeReclaim = time.Second
 
+// gossipResolveTimeout bounds the wait for the advertised host name to
+// resolve at start.
+const gossipResolveTimeout = 30 * time.Second
+
 // startGossip starts memberlist for this node. It runs before the Raft
 // groups open, so that the meta leader's loops (which read n.gossip) never
 // see it change; startGossipJoins starts joining once the groups exist.
 func (n *Node) startGossip() error {
-	bind := gossipBindAddr(n.cfg, n.addr)
-	if bind == "" {
-		n.cfg.Logger.Warn("gossip disabled: give --gossip ip:port (the gRPC address is not an IP literal)")
-		return nil
+	ctx, cancel := context.WithTimeout(context.Background(), gossipResolveTimeout)
+	defer cancel()
+	bind, adv, err := gossipAddrs(ctx, n.cfg, n.lis.Addr().String(), n.addr, defaultResolve)
+	if err != nil {
+		return err
 	}
-	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"},
+	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, AdvertiseAddr: adv, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"},
 		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger.With("component", "gossip")})
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", bind, err)
 	}
+	n.cfg.Logger.Info("gossip up", "bind", bind, "advertise", g.LocalAddr())
 	n.gossipImpl = g
 	n.gossip = memberGossip{g}
 	return nil

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/status"
 
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -36,15 +37,29 @@ func newShardsCmd() *cobra.Command {
 					return err
 				}
 				// Queue depth and indexes come from each shard's leader.
+				// Each leader is asked once, briefly: an address the leader
+				// advertises may not be reachable from here (a container
+				// network's host names seen from the host), and then the row
+				// is this node's replica's view, said so on stderr.
 				out := &hodeiv1.StatusResponse{NodeId: st.GetNodeId(), Address: st.GetAddress(), Version: st.GetVersion()}
+				leaders := map[string]*hodeiv1.StatusResponse{}
 				for _, sh := range st.GetShards() {
 					view := sh
 					if addr := sh.GetLeaderAddress(); addr != "" && addr != st.GetAddress() {
-						if lst, err := c.Status(ctx, addr); err == nil {
-							for _, x := range lst.GetShards() {
-								if x.GetShard() == sh.GetShard() {
-									view = x
-								}
+						lst, asked := leaders[addr]
+						if !asked {
+							pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+							var err error
+							if lst, err = probe(pctx, addr); err != nil {
+								fmt.Fprintf(cmd.ErrOrStderr(), "note: leader %s (%s) not reachable from here (%v); its shards' rows are node %s's replica's view\n",
+									sh.GetLeaderId(), addr, status.Code(err), st.GetNodeId())
+							}
+							cancel()
+							leaders[addr] = lst
+						}
+						for _, x := range lst.GetShards() {
+							if x.GetShard() == sh.GetShard() {
+								view = x
 							}
 						}
 					}
