@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
@@ -54,7 +53,7 @@ func openGroup(n *Node, id uint32, name, dir string, f raft.FSM, notify chan boo
 func startGroup(n *Node, id uint32, name, dir string, f raft.FSM, notify chan bool, store raft.LogStore, stable raft.StableStore, closeStore func() error) (*openedGroup, error) {
 	cfg := n.cfg
 	store, stable = n.storeHealth.wrap(id, store, stable)
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft[" + name + "]", Level: hclog.Warn, Output: slogWriter{cfg.Logger}})
+	hl := n.raftLog.hclog("raft[" + name + "]")
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(dir, 2, hl)
 	if err != nil {
 		closeStore()

@@ -36,6 +36,7 @@ import (
 // Node is one server of a Hodei cluster.
 type Node struct {
 	cfg          Config
+	raftLog      *raftLog // every group's raft logger (folds repeats across groups)
 	addr         string // advertised gRPC (and Raft) address
 	lis          net.Listener
 	grpc         *grpc.Server
@@ -78,7 +79,7 @@ func New(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
 	cfg = cfg.resolved()
-	n := &Node{cfg: cfg, waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall)}
+	n := &Node{cfg: cfg, waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall), raftLog: newRaftLog(cfg.Logger)}
 	lis := cfg.Listener
 	if lis == nil {
 		var err error
@@ -275,8 +276,14 @@ func (n *Node) JoinCluster(ctx context.Context) error {
 
 // Close shuts the node down: gRPC first (no new requests), then each
 // shard's batcher and Raft, then the transport and storage.
+// ShuttingDown tells the node that it and its peers are about to stop
+// (Close calls it too): raft's complaints about unreachable peers are
+// logged at debug from then on.
+func (n *Node) ShuttingDown() { n.raftLog.quiet() }
+
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.ShuttingDown()
 		n.stopGossip()
 		n.health.Shutdown()
 		if n.httpSrv != nil {

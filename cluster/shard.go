@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -234,16 +233,4 @@ func (s *shard) close() error {
 	return err
 }
 
-// slogWriter adapts hclog's text output to slog.
-type slogWriter struct{ l *slog.Logger }
 
-func (w slogWriter) Write(p []byte) (int, error) {
-	msg := string(p)
-	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
-		msg = msg[:len(msg)-1]
-	}
-	w.l.Warn(msg, "component", "raft")
-	return len(p), nil
-}
-
-var _ io.Writer = slogWriter{}

@@ -159,6 +159,9 @@ func (d *devCluster) Close() error {
 	}
 	var first error
 	for _, n := range d.nodes {
+		n.ShuttingDown() // the others going away is expected: no warnings about it
+	}
+	for _, n := range d.nodes {
 		if err := n.Close(); err != nil && first == nil {
 			first = err
 		}
