@@ -37,7 +37,7 @@ import (
 type Node struct {
 	cfg          Config
 	raftLog      *raftLog // every group's raft logger (folds repeats across groups)
-	addr         string // advertised gRPC (and Raft) address
+	addr         string   // advertised gRPC (and Raft) address
 	lis          net.Listener
 	grpc         *grpc.Server
 	health       *health.Server

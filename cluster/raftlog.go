@@ -23,7 +23,7 @@ type raftLog struct {
 	l   *slog.Logger
 	now func() time.Time
 
-	mu   sync.Mutex
+	mu      sync.Mutex
 	seen    map[string]*raftLogSeen // message + peer -> last time logged
 	quieted bool
 }

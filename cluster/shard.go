@@ -232,5 +232,3 @@ func (s *shard) close() error {
 	}
 	return err
 }
-
-
