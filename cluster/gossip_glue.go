@@ -169,11 +169,10 @@ func (n *Node) startGossip() error {
 		return err
 	}
 	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, AdvertiseAddr: adv, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"},
-		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger.With("component", "gossip")})
+		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger})
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", bind, err)
 	}
-	n.cfg.Logger.Info("gossip up", "bind", bind, "advertise", g.LocalAddr())
 	n.gossipImpl = g
 	n.gossip = memberGossip{g}
 	return nil

@@ -231,7 +231,7 @@ func Start(cfg Config) (*Gossip, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	logger = logger.With("component", "gossip", "node", cfg.Name)
+	logger = logger.With("component", "gossip") // the caller's logger names the node
 	g := &Gossip{
 		cfg:     cfg,
 		log:     logger,

@@ -17,6 +17,7 @@ var version = "dev"
 type globalOpts struct {
 	addr   string // comma-separated node addresses
 	output string // text|json
+	logFmt string // text|json: the format of log lines (server, dev, worker)
 }
 
 var global globalOpts
@@ -43,6 +44,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&global.addr, "addr", defAddr, "comma-separated node gRPC addresses (env HODEI_ADDR)")
 	root.PersistentFlags().StringVarP(&global.output, "output", "o", "text", "output format: text or json")
+	root.PersistentFlags().StringVar(&global.logFmt, "log-format", "text", "log line format of server, dev and worker: text or json (one object per line)")
 
 	for _, c := range subcommands {
 		root.AddCommand(c())

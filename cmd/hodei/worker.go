@@ -2,9 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
-	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -36,11 +33,10 @@ SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
 		Example: `  hodei worker --server 10.0.0.1:7401,10.0.0.2:7401 --concurrency 8 --label gpu=true`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+			log, err := newLogger(logLevel)
+			if err != nil {
+				return err
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
 			addrList := addrs()
 			if servers != "" {
