@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/hodei-io/hodei/cluster/logdb"
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
@@ -13,8 +14,10 @@ import (
 // metrics of one node, registered on the node's own registerer. Job counters
 // count state changes as applied by this node's replicas.
 type metrics struct {
-	submitted     prometheus.Counter
+	submitted     *prometheus.CounterVec
 	completed     *prometheus.CounterVec
+	leaseGrants   prometheus.Counter
+	grpc          *grpcMetrics
 	leaseExpiries prometheus.Counter
 	leaderChanges prometheus.Counter
 	applySeconds  prometheus.Histogram
@@ -23,10 +26,13 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	m := &metrics{
-		submitted: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "hodei_jobs_submitted_total", Help: "Jobs created, as applied by this node."}),
+		submitted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "hodei_jobs_submitted_total", Help: "Jobs created, as applied by this node's replicas, by tenant."}, []string{"tenant"}),
 		completed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "hodei_jobs_finished_total", Help: "Jobs that reached a terminal state, by state."}, []string{"state"}),
+			Name: "hodei_jobs_finished_total", Help: "Jobs that reached a terminal state, as applied by this node's replicas, by tenant and state."}, []string{"tenant", "state"}),
+		leaseGrants: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "hodei_lease_grants_total", Help: "Leases granted (PENDING -> RUNNING), as applied by this node's replicas."}),
+		grpc: newGRPCMetrics(reg),
 		leaseExpiries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hodei_lease_expiries_total", Help: "Leases expired by timers of shards this node led."}),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
@@ -47,6 +53,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(total)
 		})
 	}
+	reg.MustRegister(newGroupCollector(n), m.leaseGrants)
 	reg.MustRegister(m.submitted, m.completed, m.leaseExpiries, m.leaderChanges, m.applySeconds, m.entryCommands,
 		gauge("hodei_queue_depth", "PENDING jobs (ready and delayed), all shards.", func(s fsm.Stats) int { return s.Ready + s.Delayed }),
 		gauge("hodei_jobs_running", "RUNNING (leased) jobs, all shards.", func(s fsm.Stats) int { return s.Running }),
@@ -86,6 +93,12 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			}
 			return 0
 		}),
+		logStoreCounter(n, "hodei_log_store_commits_total", "Write transactions of the node's shared Raft log store (each one fsync).",
+			func(st logdb.Stats) float64 { return float64(st.Commits) }),
+		logStoreCounter(n, "hodei_log_store_commit_seconds_total", "Time in the log store's write transactions, fsyncs included; divided by commits: the mean commit time.",
+			func(st logdb.Stats) float64 { return st.CommitTime.Seconds() }),
+		logStoreCounter(n, "hodei_log_store_write_seconds_total", "Time the log store spent writing pages and fsyncing (bbolt's write time).",
+			func(st logdb.Stats) float64 { return st.WriteTime.Seconds() }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_shards_led", Help: "Shards this node leads."}, func() float64 {
 			c := 0
 			for _, s := range n.shards {
@@ -129,18 +142,31 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	return m
 }
 
+// logStoreCounter reads a counter of the node's shared log store (0 with
+// per-group log stores).
+func logStoreCounter(n *Node, name, help string, f func(logdb.Stats) float64) prometheus.Collector {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+		if n.logdb == nil {
+			return 0
+		}
+		return f(n.logdb.Stats())
+	})
+}
+
 func (m *metrics) event(e fsm.Event) {
 	switch e.To {
 	case hodeiv1.JobState_JOB_STATE_PENDING:
 		if e.From == hodeiv1.JobState_JOB_STATE_UNSPECIFIED {
-			m.submitted.Inc()
+			m.submitted.WithLabelValues(e.Tenant).Inc()
 		}
+	case hodeiv1.JobState_JOB_STATE_RUNNING:
+		m.leaseGrants.Inc()
 	case hodeiv1.JobState_JOB_STATE_SUCCEEDED:
-		m.completed.WithLabelValues("succeeded").Inc()
+		m.completed.WithLabelValues(e.Tenant, "succeeded").Inc()
 	case hodeiv1.JobState_JOB_STATE_FAILED:
-		m.completed.WithLabelValues("failed").Inc()
+		m.completed.WithLabelValues(e.Tenant, "failed").Inc()
 	case hodeiv1.JobState_JOB_STATE_CANCELLED:
-		m.completed.WithLabelValues("cancelled").Inc()
+		m.completed.WithLabelValues(e.Tenant, "cancelled").Inc()
 	}
 }
 

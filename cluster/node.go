@@ -102,7 +102,8 @@ func New(cfg Config) (*Node, error) {
 
 	n.pool = transport.NewPool(cfg.peerDialOptions()...)
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
-	n.grpc = grpc.NewServer(cfg.serverOptions()...)
+	n.grpc = grpc.NewServer(append(cfg.serverOptions(),
+		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream))...)
 	n.raftNet.Register(n.grpc)
 	transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger).Register(n.grpc)
 	n.health = health.NewServer()

@@ -184,3 +184,32 @@ func (f *FSM) AppliedIndex() uint64 {
 	defer f.mu.RUnlock()
 	return f.st.appliedIndex
 }
+
+// oldestReadyScan bounds OldestReadySince's walk over PENDING jobs in seq
+// order.
+const oldestReadyScan = 64
+
+// OldestReadySince is the earliest time a job that is leasable now became
+// leasable (the later of its creation and its ready time, entry-time ms),
+// among the oldestReadyScan PENDING jobs submitted first; ok is false when
+// none of those is leasable. A queue age for alerting, in bounded work: a
+// job submitted later that waited longer (behind many delayed or retried
+// older ones) is not seen, so the age can only be under-estimated.
+func (f *FSM) OldestReadySince() (ms int64, ok bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	s := f.st
+	steps := 0
+	s.byState[hodeiv1.JobState_JOB_STATE_PENDING].Ascend(func(seq uint64) bool {
+		steps++
+		j := s.jobs[seq]
+		if r := j.GetReadyAtMs(); r <= s.lastNowMs {
+			since := max(j.GetCreatedAtMs(), r)
+			if !ok || since < ms {
+				ms, ok = since, true
+			}
+		}
+		return steps < oldestReadyScan
+	})
+	return ms, ok
+}
