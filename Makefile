@@ -6,7 +6,7 @@ GOBIN := $(shell $(GO) env GOPATH)/bin
 PKGS := ./...
 TEST_TIMEOUT ?= 20m
 
-.PHONY: image all build test race bench fuzz proto proto-tools check run chaos-smoke compose-test clean
+.PHONY: image all build test race bench fuzz proto proto-tools check run chaos-smoke compose-test prometheus-check clean
 
 all: build
 
@@ -40,6 +40,9 @@ proto: proto-tools
 
 check:
 	./scripts/check.sh
+
+prometheus-check:
+	./scripts/prometheus-check.sh
 
 compose-test:
 	./scripts/compose-test.sh 60
