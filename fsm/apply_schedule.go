@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/btree"
@@ -121,12 +122,13 @@ func ValidateSchedule(in *hodeiv1.Schedule, cfg Config) (*hodeiv1.Schedule, *cro
 	if !validTenant(sc.Tenant) {
 		return nil, nil, schedInvalid("tenant %q must match [A-Za-z0-9._-]+ and be at most %d bytes", sc.Tenant, MaxNameBytes)
 	}
+	cronMsg := func(err error) string { return strings.TrimPrefix(err.Error(), cron.ErrInvalid.Error()+": ") }
 	if _, err := cron.LoadZone(sc.GetTimeZone()); err != nil {
-		return nil, nil, schedInvalid("time_zone: %v", err)
+		return nil, nil, schedInvalid("time_zone: %s", cronMsg(err))
 	}
 	cs, err := cron.Parse(sc.GetSpec(), sc.GetTimeZone())
 	if err != nil {
-		return nil, nil, schedInvalid("spec: %v", err)
+		return nil, nil, schedInvalid("spec: %s", cronMsg(err))
 	}
 	switch {
 	case sc.StartMs < 0:

@@ -44,7 +44,7 @@ import (
 )
 
 // ErrInvalid is wrapped by every Parse error.
-var ErrInvalid = errors.New("invalid schedule")
+var ErrInvalid = errors.New("invalid cron spec")
 
 // MinEvery is the shortest @every interval.
 const MinEvery = time.Second
