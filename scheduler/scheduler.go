@@ -53,6 +53,12 @@ type Config struct {
 	Logger          *slog.Logger
 	// OnExpire is called with the number of leases expired by this leader.
 	OnExpire func(n int)
+	// Schedules, if set, is the shard's cron schedule state: the timers
+	// propose FireSchedules for its due slots (cron.go).
+	Schedules ScheduleState
+	// OnFire, if set, is called with the number of jobs schedule fires
+	// created.
+	OnFire func(n int)
 	// OnRound, if set, is called after every timer round (tests use it to
 	// know that the timers have looked at the state).
 	OnRound func()
@@ -152,6 +158,7 @@ func (t *Timers) run(ctx context.Context) {
 				}
 			}
 		}
+		t.fireSchedules(ctx, nowMs)
 		if t.cfg.OnRound != nil {
 			t.cfg.OnRound()
 		}

@@ -285,6 +285,10 @@ func (s *Schedule) Next(after time.Time) (time.Time, bool) {
 	// map to an instant after it (offsets change by far less).
 	const slack = 6 * 3600
 	afterWall := wallSeconds(after)
+	// Near after, in the usual case of no transition within two days, a
+	// wall time maps to an instant by after's offset: no zone lookups.
+	_, offNow := after.Zone()
+	stable := s.offsetAt(after.Unix()-2*86400) == int64(offNow) && s.offsetAt(after.Unix()+2*86400) == int64(offNow)
 	day := time.Date(after.Year(), after.Month(), after.Day(), 0, 0, 0, 0, time.UTC).AddDate(0, 0, -1)
 	end := day.AddDate(searchYears, 0, 0)
 	for ; day.Before(end); day = day.AddDate(0, 0, 1) {
@@ -313,6 +317,12 @@ func (s *Schedule) Next(after time.Time) (time.Time, bool) {
 				if w < afterWall-slack {
 					continue
 				}
+				if stable && w <= afterWall+86400 {
+					if w <= afterWall {
+						continue
+					}
+					return time.Unix(w-int64(offNow), 0).In(s.loc), true
+				}
 				if t := s.instant(w); t.After(after) {
 					return t, true
 				}
@@ -331,6 +341,12 @@ func (s *Schedule) dayMatches(day time.Time) bool {
 	return domOK || dowOK
 }
 
+// offsetAt is the zone offset (seconds east of UTC) at instant u.
+func (s *Schedule) offsetAt(u int64) int64 {
+	_, off := time.Unix(u, 0).In(s.loc).Zone()
+	return int64(off)
+}
+
 // wallSeconds is t's wall clock in its zone, as seconds of a UTC clock.
 func wallSeconds(t time.Time) int64 {
 	_, off := t.Zone()
@@ -341,10 +357,7 @@ func wallSeconds(t time.Time) int64 {
 // it fires at: the unique instant with that wall time; the first of two
 // (repeat); or, in a gap, the transition that ends the gap.
 func (s *Schedule) instant(wall int64) time.Time {
-	offAt := func(u int64) int64 {
-		_, off := time.Unix(u, 0).In(s.loc).Zone()
-		return int64(off)
-	}
+	offAt := s.offsetAt
 	// Offsets in effect a day before and after cover any one transition.
 	oa, ob := offAt(wall-86400), offAt(wall+86400)
 	u1, u2 := wall-oa, wall-ob
