@@ -110,3 +110,111 @@ func TestScheduleEverySecondThroughFailoversAndRestore(t *testing.T) {
 	}
 	t.Logf("%d slots fired exactly once in %v", n, time.Since(start).Round(time.Millisecond))
 }
+
+// TestScheduleCatchUpAfterClusterDown stops the whole cluster for ~12
+// slots of an "@every 1s" schedule with a 4 s catch-up window and checks
+// that, once it is back, exactly the slots inside the window (relative to
+// the time of the first fire after the restart) are made up, the older
+// ones are counted as missed, and nothing fires twice.
+func TestScheduleCatchUpAfterClusterDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for 20+ s")
+	}
+	tc := startCluster(t, 3, 1)
+	c := newClient(t, tc.addrs()...)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const tenant, id = "cron", "catchup"
+	const window = 4000
+	sc, err := c.CreateSchedule(ctx, &hodeiv1.Schedule{Id: id, Tenant: tenant, Spec: "@every 1s", CatchUpWindowMs: window,
+		Overlap: hodeiv1.OverlapPolicy_OVERLAP_POLICY_ALLOW_ALL, Template: &hodeiv1.JobSpec{Command: []string{"true"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := sc.GetNextFireMs()
+	waitFor(t, 30*time.Second, "a few fires", func() bool {
+		got, err := c.GetSchedule(ctx, tenant, id)
+		return err == nil && got.GetLastFireMs() >= first+3000
+	})
+	for i := range tc.nodes {
+		tc.nodes[i].Kill()
+		tc.nodes[i] = nil
+	}
+	downAt := time.Now()
+	// The outage itself (not a synchronisation): the cluster is down for
+	// about 12 slots.
+	time.Sleep(12 * time.Second)
+	for i := range tc.nodes {
+		tc.restart(i)
+	}
+	t.Logf("cluster down for %v", time.Since(downAt).Round(time.Millisecond))
+	backAt := time.Now().UnixMilli()
+	waitFor(t, 60*time.Second, "fires after the restart", func() bool {
+		got, err := c.GetSchedule(ctx, tenant, id)
+		return err == nil && got.GetLastFireMs() >= backAt+2000
+	})
+	if _, err := c.PauseSchedule(ctx, tenant, id, "test over"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetSchedule(ctx, tenant, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jobs := map[int64]*hodeiv1.Job{}
+	tok := ""
+	for {
+		resp, err := c.List(ctx, &hodeiv1.ListJobsRequest{Tenant: tenant, Limit: 1000, PageToken: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range resp.GetJobs() {
+			if j.GetScheduleId() != id {
+				continue
+			}
+			if jobs[j.GetScheduleSlotMs()] != nil {
+				t.Fatalf("slot %d fired twice", j.GetScheduleSlotMs())
+			}
+			jobs[j.GetScheduleSlotMs()] = j
+		}
+		if tok = resp.GetNextPageToken(); tok == "" {
+			break
+		}
+	}
+	// The slots without a job form one run (the outage's old slots); the
+	// first slot after it was made up at a time when it was inside the
+	// window, and the last missed one was not.
+	var gapFrom, gapTo int64
+	missed := uint64(0)
+	for slot := first; slot <= got.GetLastFireMs(); slot += 1000 {
+		if jobs[slot] != nil {
+			continue
+		}
+		if gapFrom == 0 {
+			gapFrom = slot
+		} else if slot != gapTo+1000 {
+			t.Fatalf("two runs of missing slots: ..%d and %d", gapTo, slot)
+		}
+		gapTo = slot
+		missed++
+	}
+	if missed == 0 || got.GetMissed() != missed {
+		t.Fatalf("%d slots without a job, schedule says %d missed (%v)", missed, got.GetMissed(), got)
+	}
+	madeUp := jobs[gapTo+1000]
+	at := madeUp.GetCreatedAtMs()
+	if madeUp.GetScheduleSlotMs() < at-window || gapTo >= at-window {
+		t.Fatalf("first made-up slot %d created at %d, last missed slot %d, window %d ms", madeUp.GetScheduleSlotMs(), at, gapTo, window)
+	}
+	// No flood: at most the window's slots (and the one due now) made up
+	// at once.
+	burst := 0
+	for _, j := range jobs {
+		if j.GetCreatedAtMs() == at {
+			burst++
+		}
+	}
+	if burst > window/1000+1 {
+		t.Fatalf("%d jobs made up in one go, window holds %d slots", burst, window/1000+1)
+	}
+	t.Logf("missed %d slots (%d..%d), made up %d at once; schedule %v", missed, gapFrom, gapTo, burst, got)
+}
