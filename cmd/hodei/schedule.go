@@ -115,6 +115,9 @@ func newScheduleCreateCmd() *cobra.Command {
 				return fmt.Errorf("durations must not be negative")
 			}
 			sc.CatchUpWindowMs, sc.JitterMs = catchUp.Milliseconds(), jitter.Milliseconds()
+			if n := cmd.ArgsLenAtDash(); n > 1 {
+				return fmt.Errorf("give one ID before --, then the job's command")
+			}
 			argv := args[1:]
 			handler := kind != "" && kind != "shell"
 			switch {
@@ -149,7 +152,6 @@ func newScheduleCreateCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.SetInterspersed(false)
 	f.StringVar(&sc.Tenant, "tenant", "", "tenant (default \"default\")")
 	f.StringVar(&cronSpec, "cron", "", "5-field cron spec, @every DURATION (>= 1s), or @hourly/@daily/@weekly/@monthly/@yearly")
 	f.StringVar(&tz, "tz", "", "IANA time zone of the cron fields (default UTC)")
