@@ -2,8 +2,14 @@ package cluster
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
@@ -217,4 +223,68 @@ func TestScheduleCatchUpAfterClusterDown(t *testing.T) {
 		t.Fatalf("%d jobs made up in one go, window holds %d slots", burst, window/1000+1)
 	}
 	t.Logf("missed %d slots (%d..%d), made up %d at once; schedule %v", missed, gapFrom, gapTo, burst, got)
+}
+
+// TestScheduleServiceOnAFollower calls ScheduleService on a node that does
+// not lead the shard (raw gRPC, no client routing): writes are forwarded,
+// reads answered, bad input refused with InvalidArgument naming the field
+// and nothing stored.
+func TestScheduleServiceOnAFollower(t *testing.T) {
+	tc := startCluster(t, 3, 1)
+	f := followerOf(tc, tc.leader())
+	cc, err := grpc.NewClient(tc.peers[f].Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	s := hodeiv1.NewScheduleServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tmpl := &hodeiv1.JobSpec{Command: []string{"true"}}
+	for _, bad := range []struct {
+		sc   *hodeiv1.Schedule
+		want string
+	}{
+		{&hodeiv1.Schedule{Id: "x", Spec: "* * * *", Template: tmpl}, "spec:"},
+		{&hodeiv1.Schedule{Id: "x", Spec: "@daily", TimeZone: "Nowhere/City", Template: tmpl}, "time_zone:"},
+		{&hodeiv1.Schedule{Id: "x", Spec: "@daily", StartMs: 2000, EndMs: 1000, Template: tmpl}, "end_ms"},
+		{&hodeiv1.Schedule{Id: "x", Spec: "@daily", Overlap: 42, Template: tmpl}, "overlap:"},
+		{&hodeiv1.Schedule{Id: "x", Spec: "@daily"}, "template"},
+	} {
+		_, err := s.CreateSchedule(ctx, &hodeiv1.CreateScheduleRequest{Schedule: bad.sc})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("create %v: %v, want InvalidArgument naming %q", bad.sc, err, bad.want)
+		}
+	}
+	if resp, err := s.ListSchedules(ctx, &hodeiv1.ListSchedulesRequest{}); err != nil || len(resp.GetSchedules()) != 0 {
+		t.Fatalf("after bad input: %v %v", resp, err)
+	}
+	created, err := s.CreateSchedule(ctx, &hodeiv1.CreateScheduleRequest{Schedule: &hodeiv1.Schedule{Id: "ok", Spec: "@hourly", Template: tmpl}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateSchedule(ctx, &hodeiv1.CreateScheduleRequest{Schedule: &hodeiv1.Schedule{Id: "ok", Spec: "@hourly", Template: tmpl}}); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("second create: %v", err)
+	}
+	got, err := s.GetSchedule(ctx, &hodeiv1.GetScheduleRequest{Id: "ok"})
+	if err != nil || got.GetSchedule().GetNextFireMs() != created.GetSchedule().GetNextFireMs() {
+		t.Fatalf("get: %v %v", got, err)
+	}
+	now := time.Now().UnixMilli()
+	if _, err := s.BackfillSchedule(ctx, &hodeiv1.BackfillScheduleRequest{Id: "ok", FromMs: now - 2000*3600_000, ToMs: now}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("backfill over the limit: %v", err)
+	}
+	tr, err := s.TriggerSchedule(ctx, &hodeiv1.TriggerScheduleRequest{Id: "ok"})
+	if err != nil || tr.GetJob().GetScheduleId() != "ok" {
+		t.Fatalf("trigger: %v %v", tr, err)
+	}
+	if p, err := s.PauseSchedule(ctx, &hodeiv1.PauseScheduleRequest{Id: "ok", Note: "n"}); err != nil || !p.GetSchedule().GetPaused() {
+		t.Fatalf("pause: %v %v", p, err)
+	}
+	if _, err := s.DeleteSchedule(ctx, &hodeiv1.DeleteScheduleRequest{Id: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetSchedule(ctx, &hodeiv1.GetScheduleRequest{Id: "ok"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("get after delete: %v", err)
+	}
 }
