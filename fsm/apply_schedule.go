@@ -166,6 +166,9 @@ func ValidateSchedule(in *hodeiv1.Schedule, cfg Config) (*hodeiv1.Schedule, *cro
 	if t.GetIdempotencyKey() != "" {
 		return nil, nil, schedInvalid("template.idempotency_key must be empty: the schedule sets one per slot")
 	}
+	// The stored template is normalized (defaults filled), so a slot's job
+	// is a copy with its key and jitter: checked here with the longest key
+	// and the largest delay a slot can give it.
 	probe := proto.Clone(t).(*hodeiv1.JobSpec)
 	probe.Tenant = sc.Tenant
 	probe.IdempotencyKey = triggerIdempotencyKey(sc.Id, -1<<63)
@@ -173,8 +176,11 @@ func ValidateSchedule(in *hodeiv1.Schedule, cfg Config) (*hodeiv1.Schedule, *cro
 	if _, err := NormalizeSpec(probe, cfg); err != nil {
 		return nil, nil, schedInvalid("template: %v", err)
 	}
-	tmpl := proto.Clone(t).(*hodeiv1.JobSpec)
-	tmpl.Tenant = sc.Tenant
+	probe.IdempotencyKey, probe.DelayMs = "", t.GetDelayMs()
+	tmpl, err := NormalizeSpec(probe, cfg)
+	if err != nil {
+		return nil, nil, schedInvalid("template: %v", err)
+	}
 	sc.Template = tmpl
 	return sc, cs, nil
 }
@@ -309,18 +315,14 @@ func (s *state) applyDeleteSchedule(c *internalpb.DeleteSchedule) *internalpb.Co
 // runSlot creates the job of a slot (or finds the one its key already
 // made). dup is true when the job existed.
 func (s *state) runSlot(now int64, e *schedEntry, slot int64, key string) (*hodeiv1.Job, bool) {
-	sp := proto.Clone(e.sc.Template).(*hodeiv1.JobSpec)
-	sp.IdempotencyKey = key
-	sp.DelayMs = satAdd(sp.GetDelayMs(), cron.Jitter(e.sc.Id, slot, time.Duration(e.sc.JitterMs)*time.Millisecond).Milliseconds())
-	n, err := NormalizeSpec(sp, s.cfg)
-	if err != nil {
-		// The template was validated with the longest key and the largest
-		// jitter when the schedule was created or restored.
-		panic(fmt.Sprintf("fsm: template of schedule %q no longer validates: %v", e.sc.Id, err))
-	}
-	if seq, ok := s.idem[idemKey(n.GetTenant(), key)]; ok {
+	if seq, ok := s.idem[idemKey(e.sc.Tenant, key)]; ok {
 		return s.jobs[seq], true
 	}
+	// The template is normalized and was validated with the longest key
+	// and the largest jitter (ValidateSchedule).
+	n := proto.Clone(e.sc.Template).(*hodeiv1.JobSpec)
+	n.IdempotencyKey = key
+	n.DelayMs = satAdd(n.GetDelayMs(), cron.Jitter(e.sc.Id, slot, time.Duration(e.sc.JitterMs)*time.Millisecond).Milliseconds())
 	j := s.createJob(now, n)
 	j.ScheduleId = e.sc.Id
 	j.ScheduleSlotMs = slot

@@ -289,6 +289,10 @@ func (s *Schedule) Next(after time.Time) (time.Time, bool) {
 	// wall time maps to an instant by after's offset: no zone lookups.
 	_, offNow := after.Zone()
 	stable := s.offsetAt(after.Unix()-2*86400) == int64(offNow) && s.offsetAt(after.Unix()+2*86400) == int64(offNow)
+	lo := afterWall - slack // wall times before lo cannot fire after after
+	if stable {
+		lo = afterWall
+	}
 	day := time.Date(after.Year(), after.Month(), after.Day(), 0, 0, 0, 0, time.UTC).AddDate(0, 0, -1)
 	end := day.AddDate(searchYears, 0, 0)
 	for ; day.Before(end); day = day.AddDate(0, 0, 1) {
@@ -301,20 +305,20 @@ func (s *Schedule) Next(after time.Time) (time.Time, bool) {
 			continue
 		}
 		base := day.Unix()
-		if base+86400 <= afterWall-slack {
+		if base+86400 <= lo {
 			continue
 		}
 		for h := 0; h < 24; h++ {
 			if s.hour&(1<<h) == 0 {
 				continue
 			}
-			if base+int64(h+1)*3600 <= afterWall-slack {
+			if base+int64(h+1)*3600 <= lo {
 				continue
 			}
 			for m := s.minute; m != 0; m &= m - 1 {
 				min := bits.TrailingZeros64(m)
 				w := base + int64(h)*3600 + int64(min)*60
-				if w < afterWall-slack {
+				if w < lo {
 					continue
 				}
 				if stable && w <= afterWall+86400 {
