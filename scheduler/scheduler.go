@@ -1,7 +1,8 @@
 // Package scheduler is where Hodei decides who runs what, and when: the
 // live, leader-side work of each shard — the timers that turn time into
 // replicated commands (lease expiry after a grace period, promotion of
-// delayed and backed-off jobs, retention of finished jobs, checkpoints) —
+// delayed and backed-off jobs, retention of finished jobs, checkpoints,
+// cron schedule fires in cron.go) —
 // and the node's dispatcher (dispatcher.go), which turns the demand of every
 // worker connected to the node into batched lease proposals, steals work
 // from other shards' leaders in bulk, and carries completions back.
