@@ -136,6 +136,8 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(total)
 		}))
 	}
+	// cron (issue 11): per-tenant schedule totals (cluster/schedules.go).
+	reg.MustRegister(newScheduleCollector(n))
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

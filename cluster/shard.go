@@ -163,6 +163,7 @@ func (s *shard) becomeLeader() {
 		OnExpire:        func(n int) { s.node.metrics.leaseExpiries.Add(float64(n)) },
 		CheckpointEvery: max(s.node.cfg.CheckpointEvery, 0),
 		Now:             s.node.now,
+		Schedules:       s.fsm, // cron (issue 11)
 	}, s.batch, s.fsm)
 	// The shard's tenant weights may lag the meta group's (a change the
 	// previous leader did not propose before it lost leadership).

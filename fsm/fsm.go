@@ -48,9 +48,13 @@ const (
 	// payload: a binary that predates them would drop those fields and
 	// decide differently. In an older entry they are rejected.
 	EntryVersionDispatch = 3
+	// EntryVersionSemantics is the version of entries that carry the
+	// issue 11 commands (cron: the schedule commands); in an older entry
+	// they are rejected.
+	EntryVersionSemantics = 4
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
-	MaxEntryVersion = EntryVersionDispatch
+	MaxEntryVersion = EntryVersionSemantics
 )
 
 // Snapshot format versions. Restore accepts versions 1 to SnapshotVersion.
@@ -73,6 +77,12 @@ const (
 	// when there is a request record. Records of versions 1 and 2 are
 	// converted to compact records on restore.
 	SnapshotVersion = 3
+	// snapshotVersionSemantics (4) adds the issue 11 sections after the
+	// request records; it is written only when one of them is present.
+	// cron: header.schedule_count hodeiv1.Schedule records.
+	snapshotVersionSemantics = 4
+	// maxSnapshotVersion is the newest version Restore reads.
+	maxSnapshotVersion = snapshotVersionSemantics
 )
 
 // Config holds the replicated-state knobs. All replicas of a shard must use

@@ -98,6 +98,13 @@ func fuzzSeedEntries() []*internalpb.Entry {
 		e(cancelCmd("0-2", "why"), gcCmd(10000, 5), withRID("r", cancelCmd("0-3", ""))),
 		{Version: EntryVersionTenantWeights, NowMs: 5000, Commands: []*internalpb.Command{
 			setWeightCmd("t", 3), setWeightCmd("a", 1), setWeightCmd("", 2), leaseCmd("w", 4)}},
+		// cron (issue 11)
+		{Version: EntryVersionSemantics, NowMs: 5000, Commands: []*internalpb.Command{
+			schedCmd(&hodeiv1.Schedule{Id: "s", Spec: "@every 1s", Template: spec("x"), Overlap: hodeiv1.OverlapPolicy_OVERLAP_POLICY_BUFFER_ONE, CatchUpWindowMs: 2000}),
+			schedCmd(&hodeiv1.Schedule{Id: "b", Tenant: "t", Spec: "*/2 1-3 * * mon", TimeZone: "Europe/Berlin", Template: spec("y"), JitterMs: 500}),
+			fireCmd("s", 5000), backfillCmd("s", 1000, 4000), pauseCmd("b", true, "n"),
+			{Kind: &internalpb.Command_TriggerSchedule{TriggerSchedule: &internalpb.TriggerSchedule{Id: "s"}}},
+			{Kind: &internalpb.Command_DeleteSchedule{DeleteSchedule: &internalpb.DeleteSchedule{Tenant: "t", Id: "b"}}}}},
 		{Version: MaxEntryVersion + 1},
 	}
 }

@@ -24,6 +24,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 		t.Helper()
 		t.Fatalf("invariant: "+format, args...)
 	}
+	checkScheduleInvariants(t, s) // cron (issue 11)
 	var perState [numStates]int
 	perTenant := map[string]int{}
 	ready := 0

@@ -60,7 +60,10 @@ func (s *state) encodeSnapshot() []byte {
 	sort.Strings(names)
 	weights := s.sortedWeights()
 	version := uint32(snapshotVersionNoWeights)
+	schedKeys := s.sortedScheduleKeys()
 	switch {
+	case len(schedKeys) > 0:
+		version = snapshotVersionSemantics
 	case nreqs > 0:
 		version = SnapshotVersion
 	case len(weights) > 0:
@@ -79,6 +82,7 @@ func (s *state) encodeSnapshot() []byte {
 		ApplyChain:    s.chain,
 		RrCursor:      s.sched.cursor,
 		Weights:       weights,
+		ScheduleCount: uint64(len(schedKeys)),
 	}
 	for _, n := range names {
 		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
@@ -112,6 +116,10 @@ func (s *state) encodeSnapshot() []byte {
 		scratch = appendRecord(scratch[:0], r)
 		writeBytes(scratch)
 	})
+	// cron (issue 11): the schedules, by (tenant, id).
+	for _, k := range schedKeys {
+		writeRec(s.schedules[k].sc)
+	}
 	binary.BigEndian.PutUint32(b4[:], crc32.Checksum(buf.Bytes(), castagnoli))
 	buf.Write(b4[:])
 	return buf.Bytes()
@@ -191,8 +199,8 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 		return nil, corrupt("checksum mismatch: computed %08x, trailer says %08x", got, want)
 	}
 	version := binary.BigEndian.Uint32(body[len(snapshotMagic):])
-	if version < snapshotVersionNoWeights || version > SnapshotVersion {
-		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, SnapshotVersion)
+	if version < snapshotVersionNoWeights || version > maxSnapshotVersion {
+		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, maxSnapshotVersion)
 	}
 	rest := body[len(snapshotMagic)+4:]
 	next := func(m proto.Message) error {
@@ -219,7 +227,10 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if hdr.GetShard() != cfg.Shard {
 		return nil, fmt.Errorf("fsm: snapshot is of shard %d, this FSM is shard %d", hdr.GetShard(), cfg.Shard)
 	}
-	if hdr.GetJobCount() > uint64(len(rest)) || hdr.GetRequestCount() > uint64(len(rest)) {
+	if version < snapshotVersionSemantics && hdr.GetScheduleCount() > 0 {
+		return nil, corrupt("schedules in a version %d snapshot", version)
+	}
+	if hdr.GetJobCount() > uint64(len(rest)) || hdr.GetRequestCount() > uint64(len(rest)) || hdr.GetScheduleCount() > uint64(len(rest)) {
 		return nil, corrupt("record counts exceed the data")
 	}
 	jobs := make([]*hodeiv1.Job, hdr.GetJobCount())
@@ -236,10 +247,24 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 			return nil, err
 		}
 	}
+	scheds := make([]*hodeiv1.Schedule, hdr.GetScheduleCount())
+	for i := range scheds {
+		scheds[i] = &hodeiv1.Schedule{}
+		if err := next(scheds[i]); err != nil {
+			return nil, err
+		}
+	}
 	if len(rest) != 0 {
 		return nil, corrupt("%d trailing bytes", len(rest))
 	}
-	return rebuildState(cfg, version, hdr, jobs, reqs)
+	st, err := rebuildState(cfg, version, hdr, jobs, reqs)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.restoreSchedules(scheds); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // rebuildState builds a state and every index from snapshot records.

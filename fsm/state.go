@@ -56,6 +56,11 @@ type state struct {
 	sched scheduler // per-tenant ready queues and fair sharing
 	reqs  requestTable
 
+	// cron (issue 11): schedules by tenant+"\x00"+id, and the active ones
+	// by next fire time (apply_schedule.go).
+	schedules map[string]*schedEntry
+	schedDue  *btree.BTreeG[dueKey]
+
 	// per-entry scratch
 	curIndex   uint64
 	curVersion uint32 // the entry's version
@@ -74,6 +79,9 @@ func newState(cfg Config) *state {
 		finished: newTimeTree(),
 		sched:    newScheduler(),
 		reqs:     newRequestTable(),
+
+		schedules: make(map[string]*schedEntry),
+		schedDue:  newDueTree(),
 	}
 	for i := range s.byState {
 		s.byState[i] = newSeqTree()
@@ -204,6 +212,9 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applyGC(k.Gc)
 	case *internalpb.Command_SetTenantWeight:
 		r = s.applySetTenantWeight(k.SetTenantWeight)
+	case *internalpb.Command_CreateSchedule, *internalpb.Command_PauseSchedule, *internalpb.Command_TriggerSchedule,
+		*internalpb.Command_BackfillSchedule, *internalpb.Command_DeleteSchedule, *internalpb.Command_FireSchedules:
+		r = s.applySchedule(now, c)
 	case *internalpb.Command_Checkpoint:
 		// Verified by the FSM wrapper against its local chain record; it
 		// changes no replicated state.
@@ -249,6 +260,8 @@ func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
 		LastResult:       j.GetLastResult(),
 		FinishedAtMs:     j.GetFinishedAtMs(),
 		CancelReason:     j.GetCancelReason(),
+		ScheduleId:       j.GetScheduleId(),
+		ScheduleSlotMs:   j.GetScheduleSlotMs(),
 	}
 }
 
@@ -274,6 +287,9 @@ func (s *state) finish(j *hodeiv1.Job, to hodeiv1.JobState, now int64) {
 	j.FinishedAtMs = now
 	j.UpdatedAtMs = now
 	s.finished.ReplaceOrInsert(timeKey{now, j.GetSeq()})
+	if j.GetScheduleId() != "" {
+		s.scheduledJobFinished(j, now)
+	}
 }
 
 // retryOrFail handles a failed attempt of a RUNNING job.

@@ -1,7 +1,8 @@
 // Package scheduler is where Hodei decides who runs what, and when: the
 // live, leader-side work of each shard — the timers that turn time into
 // replicated commands (lease expiry after a grace period, promotion of
-// delayed and backed-off jobs, retention of finished jobs, checkpoints) —
+// delayed and backed-off jobs, retention of finished jobs, checkpoints,
+// cron schedule fires in cron.go) —
 // and the node's dispatcher (dispatcher.go), which turns the demand of every
 // worker connected to the node into batched lease proposals, steals work
 // from other shards' leaders in bulk, and carries completions back.
@@ -53,6 +54,12 @@ type Config struct {
 	Logger          *slog.Logger
 	// OnExpire is called with the number of leases expired by this leader.
 	OnExpire func(n int)
+	// Schedules, if set, is the shard's cron schedule state: the timers
+	// propose FireSchedules for its due slots (cron.go).
+	Schedules ScheduleState
+	// OnFire, if set, is called with the number of jobs schedule fires
+	// created.
+	OnFire func(n int)
 	// OnRound, if set, is called after every timer round (tests use it to
 	// know that the timers have looked at the state).
 	OnRound func()
@@ -152,6 +159,7 @@ func (t *Timers) run(ctx context.Context) {
 				}
 			}
 		}
+		t.fireSchedules(ctx, nowMs)
 		if t.cfg.OnRound != nil {
 			t.cfg.OnRound()
 		}

@@ -46,7 +46,8 @@ func (p *fsmProposer) Propose(_ context.Context, cmd *internalpb.Command) (*inte
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.index++
-	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersion, NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
+	cmds := []*internalpb.Command{cmd}
+	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersionFor(cmds), NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
 	if err != nil {
 		return nil, err
 	}

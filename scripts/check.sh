@@ -45,6 +45,11 @@ for pkg in "${!allowed[@]}"; do
   done
 done
 
+# fsm/cron is pure (the FSM calls it from Apply): it imports none of ours.
+if go list -f '{{join .Imports "\n"}}' ./fsm/cron | grep -q "^$MOD/"; then
+  echo "forbidden import: fsm/cron must not import other Hodei packages"; fail=1
+fi
+
 echo "== generated protobuf code up to date"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

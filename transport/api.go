@@ -116,6 +116,9 @@ func (a *API) Register(s *grpc.Server) {
 	hodeiv1.RegisterJobServiceServer(s, &jobService{a: a})
 	hodeiv1.RegisterWorkerServiceServer(s, &workerService{a: a})
 	hodeiv1.RegisterAdminServiceServer(s, &adminService{a: a})
+	if sb, ok := a.b.(ScheduleBackend); ok { // issue 11 cron
+		hodeiv1.RegisterScheduleServiceServer(s, &scheduleService{a: a, b: sb})
+	}
 }
 
 func isForwarded(ctx context.Context) bool {

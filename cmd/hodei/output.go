@@ -162,6 +162,9 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 	})
 	rowIf(job.GetFinishedAtMs() > 0, "Finished", func() string { return fmtMillis(job.GetFinishedAtMs()) })
 	rowIf(job.GetCancelReason() != "", "Cancel reason", job.GetCancelReason)
+	rowIf(job.GetScheduleId() != "", "Schedule", func() string { // issue 11 cron
+		return fmt.Sprintf("%s, slot %s", job.GetScheduleId(), fmtMillis(job.GetScheduleSlotMs()))
+	})
 	if r := job.GetLastResult(); r != nil {
 		row("Last result", "")
 		row("  Exit code", strconv.Itoa(int(r.GetExitCode())))

@@ -85,6 +85,63 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{0}
 }
 
+// OverlapPolicy says what a slot does while the previous run of the
+// schedule is not finished.
+type OverlapPolicy int32
+
+const (
+	OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED     OverlapPolicy = 0 // = SKIP
+	OverlapPolicy_OVERLAP_POLICY_SKIP            OverlapPolicy = 1 // no new run; counted as skipped
+	OverlapPolicy_OVERLAP_POLICY_BUFFER_ONE      OverlapPolicy = 2 // keep one slot, run it when the previous run ends
+	OverlapPolicy_OVERLAP_POLICY_ALLOW_ALL       OverlapPolicy = 3 // run anyway
+	OverlapPolicy_OVERLAP_POLICY_CANCEL_PREVIOUS OverlapPolicy = 4 // cancel the previous run, then run
+)
+
+// Enum value maps for OverlapPolicy.
+var (
+	OverlapPolicy_name = map[int32]string{
+		0: "OVERLAP_POLICY_UNSPECIFIED",
+		1: "OVERLAP_POLICY_SKIP",
+		2: "OVERLAP_POLICY_BUFFER_ONE",
+		3: "OVERLAP_POLICY_ALLOW_ALL",
+		4: "OVERLAP_POLICY_CANCEL_PREVIOUS",
+	}
+	OverlapPolicy_value = map[string]int32{
+		"OVERLAP_POLICY_UNSPECIFIED":     0,
+		"OVERLAP_POLICY_SKIP":            1,
+		"OVERLAP_POLICY_BUFFER_ONE":      2,
+		"OVERLAP_POLICY_ALLOW_ALL":       3,
+		"OVERLAP_POLICY_CANCEL_PREVIOUS": 4,
+	}
+)
+
+func (x OverlapPolicy) Enum() *OverlapPolicy {
+	p := new(OverlapPolicy)
+	*p = x
+	return p
+}
+
+func (x OverlapPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OverlapPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[1].Descriptor()
+}
+
+func (OverlapPolicy) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[1]
+}
+
+func (x OverlapPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OverlapPolicy.Descriptor instead.
+func (OverlapPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{1}
+}
+
 type KeyValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -417,8 +474,12 @@ type Job struct {
 	LastResult       *JobResult             `protobuf:"bytes,13,opt,name=last_result,json=lastResult,proto3" json:"last_result,omitempty"` // result of the latest finished attempt
 	FinishedAtMs     int64                  `protobuf:"varint,14,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
 	CancelReason     string                 `protobuf:"bytes,15,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Set on a job a schedule created (issue 11, cron): the schedule's id and
+	// the slot (the schedule's fire time) the job is for.
+	ScheduleId     string `protobuf:"bytes,40,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	ScheduleSlotMs int64  `protobuf:"varint,41,opt,name=schedule_slot_ms,json=scheduleSlotMs,proto3" json:"schedule_slot_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -554,6 +615,20 @@ func (x *Job) GetCancelReason() string {
 		return x.CancelReason
 	}
 	return ""
+}
+
+func (x *Job) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+func (x *Job) GetScheduleSlotMs() int64 {
+	if x != nil {
+		return x.ScheduleSlotMs
+	}
+	return 0
 }
 
 type SubmitJobRequest struct {
@@ -4433,6 +4508,863 @@ func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
 	return nil
 }
 
+type Schedule struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                             // [A-Za-z0-9._-]+, unique per tenant
+	Tenant          string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`                     // default "default"
+	Spec            string                 `protobuf:"bytes,3,opt,name=spec,proto3" json:"spec,omitempty"`                         // 5-field cron, @every DURATION, @hourly ... @yearly
+	TimeZone        string                 `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"` // IANA zone; "" = UTC
+	StartMs         int64                  `protobuf:"varint,5,opt,name=start_ms,json=startMs,proto3" json:"start_ms,omitempty"`   // no slot before this (0 = none)
+	EndMs           int64                  `protobuf:"varint,6,opt,name=end_ms,json=endMs,proto3" json:"end_ms,omitempty"`         // no slot after this (0 = none)
+	Template        *JobSpec               `protobuf:"bytes,7,opt,name=template,proto3" json:"template,omitempty"`                 // the job each slot creates (tenant = the schedule's)
+	Overlap         OverlapPolicy          `protobuf:"varint,8,opt,name=overlap,proto3,enum=hodei.v1.OverlapPolicy" json:"overlap,omitempty"`
+	CatchUpWindowMs int64                  `protobuf:"varint,9,opt,name=catch_up_window_ms,json=catchUpWindowMs,proto3" json:"catch_up_window_ms,omitempty"` // missed slots younger than this are made up (0 = default, 1 h)
+	JitterMs        int64                  `protobuf:"varint,10,opt,name=jitter_ms,json=jitterMs,proto3" json:"jitter_ms,omitempty"`                         // each slot's job waits a deterministic 0..jitter_ms
+	Paused          bool                   `protobuf:"varint,11,opt,name=paused,proto3" json:"paused,omitempty"`
+	PauseNote       string                 `protobuf:"bytes,12,opt,name=pause_note,json=pauseNote,proto3" json:"pause_note,omitempty"`
+	// Replicated bookkeeping (set by the server).
+	NextFireMs     int64  `protobuf:"varint,13,opt,name=next_fire_ms,json=nextFireMs,proto3" json:"next_fire_ms,omitempty"` // next slot; 0 = none (ended)
+	LastFireMs     int64  `protobuf:"varint,14,opt,name=last_fire_ms,json=lastFireMs,proto3" json:"last_fire_ms,omitempty"` // last slot handled (fired, skipped or missed)
+	Fired          uint64 `protobuf:"varint,15,opt,name=fired,proto3" json:"fired,omitempty"`                               // jobs created for slots (incl. trigger and backfill)
+	Skipped        uint64 `protobuf:"varint,16,opt,name=skipped,proto3" json:"skipped,omitempty"`                           // slots not run because of the overlap policy
+	Missed         uint64 `protobuf:"varint,17,opt,name=missed,proto3" json:"missed,omitempty"`                             // slots older than the catch-up window when handled
+	CreatedAtMs    int64  `protobuf:"varint,18,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	UpdatedAtMs    int64  `protobuf:"varint,19,opt,name=updated_at_ms,json=updatedAtMs,proto3" json:"updated_at_ms,omitempty"`
+	LastJobId      string `protobuf:"bytes,20,opt,name=last_job_id,json=lastJobId,proto3" json:"last_job_id,omitempty"`                 // the most recent run
+	BufferedSlotMs int64  `protobuf:"varint,21,opt,name=buffered_slot_ms,json=bufferedSlotMs,proto3" json:"buffered_slot_ms,omitempty"` // buffer-one: the slot waiting for the previous run (0 = none)
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Schedule) Reset() {
+	*x = Schedule{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Schedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Schedule) ProtoMessage() {}
+
+func (x *Schedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
+func (*Schedule) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Schedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Schedule) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Schedule) GetSpec() string {
+	if x != nil {
+		return x.Spec
+	}
+	return ""
+}
+
+func (x *Schedule) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *Schedule) GetStartMs() int64 {
+	if x != nil {
+		return x.StartMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetEndMs() int64 {
+	if x != nil {
+		return x.EndMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetTemplate() *JobSpec {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+func (x *Schedule) GetOverlap() OverlapPolicy {
+	if x != nil {
+		return x.Overlap
+	}
+	return OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED
+}
+
+func (x *Schedule) GetCatchUpWindowMs() int64 {
+	if x != nil {
+		return x.CatchUpWindowMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetJitterMs() int64 {
+	if x != nil {
+		return x.JitterMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Schedule) GetPauseNote() string {
+	if x != nil {
+		return x.PauseNote
+	}
+	return ""
+}
+
+func (x *Schedule) GetNextFireMs() int64 {
+	if x != nil {
+		return x.NextFireMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetLastFireMs() int64 {
+	if x != nil {
+		return x.LastFireMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetFired() uint64 {
+	if x != nil {
+		return x.Fired
+	}
+	return 0
+}
+
+func (x *Schedule) GetSkipped() uint64 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *Schedule) GetMissed() uint64 {
+	if x != nil {
+		return x.Missed
+	}
+	return 0
+}
+
+func (x *Schedule) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetUpdatedAtMs() int64 {
+	if x != nil {
+		return x.UpdatedAtMs
+	}
+	return 0
+}
+
+func (x *Schedule) GetLastJobId() string {
+	if x != nil {
+		return x.LastJobId
+	}
+	return ""
+}
+
+func (x *Schedule) GetBufferedSlotMs() int64 {
+	if x != nil {
+		return x.BufferedSlotMs
+	}
+	return 0
+}
+
+type CreateScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleRequest) Reset() {
+	*x = CreateScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleRequest) ProtoMessage() {}
+
+func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *CreateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+type ScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleResponse) Reset() {
+	*x = ScheduleResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleResponse) ProtoMessage() {}
+
+func (x *ScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleResponse.ProtoReflect.Descriptor instead.
+func (*ScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *ScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+type GetScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleRequest) Reset() {
+	*x = GetScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleRequest) ProtoMessage() {}
+
+func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
+func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *GetScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *GetScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ListSchedulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *ListSchedulesRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+type ListSchedulesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedules     []*Schedule            `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+type PauseScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Note          string                 `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleRequest) Reset() {
+	*x = PauseScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleRequest) ProtoMessage() {}
+
+func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *PauseScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PauseScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PauseScheduleRequest) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+type ResumeScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleRequest) Reset() {
+	*x = ResumeScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleRequest) ProtoMessage() {}
+
+func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *ResumeScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ResumeScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TriggerScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleRequest) Reset() {
+	*x = TriggerScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleRequest) ProtoMessage() {}
+
+func (x *TriggerScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleRequest.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *TriggerScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TriggerScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TriggerScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Job           *Job                   `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleResponse) Reset() {
+	*x = TriggerScheduleResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleResponse) ProtoMessage() {}
+
+func (x *TriggerScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleResponse.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *TriggerScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *TriggerScheduleResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type BackfillScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	FromMs        int64                  `protobuf:"varint,3,opt,name=from_ms,json=fromMs,proto3" json:"from_ms,omitempty"`
+	ToMs          int64                  `protobuf:"varint,4,opt,name=to_ms,json=toMs,proto3" json:"to_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackfillScheduleRequest) Reset() {
+	*x = BackfillScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackfillScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackfillScheduleRequest) ProtoMessage() {}
+
+func (x *BackfillScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackfillScheduleRequest.ProtoReflect.Descriptor instead.
+func (*BackfillScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *BackfillScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *BackfillScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BackfillScheduleRequest) GetFromMs() int64 {
+	if x != nil {
+		return x.FromMs
+	}
+	return 0
+}
+
+func (x *BackfillScheduleRequest) GetToMs() int64 {
+	if x != nil {
+		return x.ToMs
+	}
+	return 0
+}
+
+type BackfillScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	Jobs          []*SubmitJobResponse   `protobuf:"bytes,2,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackfillScheduleResponse) Reset() {
+	*x = BackfillScheduleResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackfillScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackfillScheduleResponse) ProtoMessage() {}
+
+func (x *BackfillScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackfillScheduleResponse.ProtoReflect.Descriptor instead.
+func (*BackfillScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *BackfillScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *BackfillScheduleResponse) GetJobs() []*SubmitJobResponse {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type DeleteScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *DeleteScheduleRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeleteScheduleRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{82}
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -4468,7 +5400,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\x86\x04\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xd1\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -4487,7 +5419,10 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlast_result\x18\r \x01(\v2\x13.hodei.v1.JobResultR\n" +
 	"lastResult\x12$\n" +
 	"\x0efinished_at_ms\x18\x0e \x01(\x03R\ffinishedAtMs\x12#\n" +
-	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\"X\n" +
+	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\x12\x1f\n" +
+	"\vschedule_id\x18( \x01(\tR\n" +
+	"scheduleId\x12(\n" +
+	"\x10schedule_slot_ms\x18) \x01(\x03R\x0escheduleSlotMs\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -4747,14 +5682,82 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants*\x9b\x01\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\x96\x05\n" +
+	"\bSchedule\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04spec\x18\x03 \x01(\tR\x04spec\x12\x1b\n" +
+	"\ttime_zone\x18\x04 \x01(\tR\btimeZone\x12\x19\n" +
+	"\bstart_ms\x18\x05 \x01(\x03R\astartMs\x12\x15\n" +
+	"\x06end_ms\x18\x06 \x01(\x03R\x05endMs\x12-\n" +
+	"\btemplate\x18\a \x01(\v2\x11.hodei.v1.JobSpecR\btemplate\x121\n" +
+	"\aoverlap\x18\b \x01(\x0e2\x17.hodei.v1.OverlapPolicyR\aoverlap\x12+\n" +
+	"\x12catch_up_window_ms\x18\t \x01(\x03R\x0fcatchUpWindowMs\x12\x1b\n" +
+	"\tjitter_ms\x18\n" +
+	" \x01(\x03R\bjitterMs\x12\x16\n" +
+	"\x06paused\x18\v \x01(\bR\x06paused\x12\x1d\n" +
+	"\n" +
+	"pause_note\x18\f \x01(\tR\tpauseNote\x12 \n" +
+	"\fnext_fire_ms\x18\r \x01(\x03R\n" +
+	"nextFireMs\x12 \n" +
+	"\flast_fire_ms\x18\x0e \x01(\x03R\n" +
+	"lastFireMs\x12\x14\n" +
+	"\x05fired\x18\x0f \x01(\x04R\x05fired\x12\x18\n" +
+	"\askipped\x18\x10 \x01(\x04R\askipped\x12\x16\n" +
+	"\x06missed\x18\x11 \x01(\x04R\x06missed\x12\"\n" +
+	"\rcreated_at_ms\x18\x12 \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rupdated_at_ms\x18\x13 \x01(\x03R\vupdatedAtMs\x12\x1e\n" +
+	"\vlast_job_id\x18\x14 \x01(\tR\tlastJobId\x12(\n" +
+	"\x10buffered_slot_ms\x18\x15 \x01(\x03R\x0ebufferedSlotMs\"G\n" +
+	"\x15CreateScheduleRequest\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\"B\n" +
+	"\x10ScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\"<\n" +
+	"\x12GetScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\".\n" +
+	"\x14ListSchedulesRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"I\n" +
+	"\x15ListSchedulesResponse\x120\n" +
+	"\tschedules\x18\x01 \x03(\v2\x12.hodei.v1.ScheduleR\tschedules\"R\n" +
+	"\x14PauseScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\"?\n" +
+	"\x15ResumeScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"@\n" +
+	"\x16TriggerScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"j\n" +
+	"\x17TriggerScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12\x1f\n" +
+	"\x03job\x18\x02 \x01(\v2\r.hodei.v1.JobR\x03job\"o\n" +
+	"\x17BackfillScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
+	"\afrom_ms\x18\x03 \x01(\x03R\x06fromMs\x12\x13\n" +
+	"\x05to_ms\x18\x04 \x01(\x03R\x04toMs\"{\n" +
+	"\x18BackfillScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12/\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\x04jobs\"?\n" +
+	"\x15DeleteScheduleRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"\x18\n" +
+	"\x16DeleteScheduleResponse*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x05*\xa9\x01\n" +
+	"\rOverlapPolicy\x12\x1e\n" +
+	"\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1d\n" +
+	"\x19OVERLAP_POLICY_BUFFER_ONE\x10\x02\x12\x1c\n" +
+	"\x18OVERLAP_POLICY_ALLOW_ALL\x10\x03\x12\"\n" +
+	"\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x042\xe1\x02\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -4780,7 +5783,16 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rSnapshotGroup\x12\x1e.hodei.v1.GroupSnapshotRequest\x1a\x1c.hodei.v1.GroupSnapshotChunk0\x01\x12O\n" +
 	"\fRestoreGroup\x12\x1d.hodei.v1.RestoreGroupRequest\x1a\x1e.hodei.v1.RestoreGroupResponse(\x01\x12D\n" +
 	"\tSetTenant\x12\x1a.hodei.v1.SetTenantRequest\x1a\x1b.hodei.v1.SetTenantResponse\x12J\n" +
-	"\vListTenants\x12\x1c.hodei.v1.ListTenantsRequest\x1a\x1d.hodei.v1.ListTenantsResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\vListTenants\x12\x1c.hodei.v1.ListTenantsRequest\x1a\x1d.hodei.v1.ListTenantsResponse2\x9f\x05\n" +
+	"\x0fScheduleService\x12M\n" +
+	"\x0eCreateSchedule\x12\x1f.hodei.v1.CreateScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12G\n" +
+	"\vGetSchedule\x12\x1c.hodei.v1.GetScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12P\n" +
+	"\rListSchedules\x12\x1e.hodei.v1.ListSchedulesRequest\x1a\x1f.hodei.v1.ListSchedulesResponse\x12K\n" +
+	"\rPauseSchedule\x12\x1e.hodei.v1.PauseScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12M\n" +
+	"\x0eResumeSchedule\x12\x1f.hodei.v1.ResumeScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12V\n" +
+	"\x0fTriggerSchedule\x12 .hodei.v1.TriggerScheduleRequest\x1a!.hodei.v1.TriggerScheduleResponse\x12Y\n" +
+	"\x10BackfillSchedule\x12!.hodei.v1.BackfillScheduleRequest\x1a\".hodei.v1.BackfillScheduleResponse\x12S\n" +
+	"\x0eDeleteSchedule\x12\x1f.hodei.v1.DeleteScheduleRequest\x1a .hodei.v1.DeleteScheduleResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -4794,183 +5806,223 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 	return file_hodei_v1_hodei_proto_rawDescData
 }
 
-var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
 var file_hodei_v1_hodei_proto_goTypes = []any{
-	(JobState)(0),                   // 0: hodei.v1.JobState
-	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
-	(*JobSpec)(nil),                 // 2: hodei.v1.JobSpec
-	(*JobResult)(nil),               // 3: hodei.v1.JobResult
-	(*Job)(nil),                     // 4: hodei.v1.Job
-	(*SubmitJobRequest)(nil),        // 5: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 6: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),       // 7: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 8: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),           // 9: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 10: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),         // 11: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 12: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 13: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 14: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                   // 15: hodei.v1.Lease
-	(*LeaseRequest)(nil),            // 16: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),           // 17: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),                // 18: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),     // 19: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),            // 20: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),    // 21: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),      // 22: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),     // 23: hodei.v1.CompleteJobResponse
-	(*Completion)(nil),              // 24: hodei.v1.Completion
-	(*CompletionResult)(nil),        // 25: hodei.v1.CompletionResult
-	(*CompleteJobsRequest)(nil),     // 26: hodei.v1.CompleteJobsRequest
-	(*CompleteJobsResponse)(nil),    // 27: hodei.v1.CompleteJobsResponse
-	(*WorkerHello)(nil),             // 28: hodei.v1.WorkerHello
-	(*WorkerSlots)(nil),             // 29: hodei.v1.WorkerSlots
-	(*WorkerCompletions)(nil),       // 30: hodei.v1.WorkerCompletions
-	(*WorkerExtend)(nil),            // 31: hodei.v1.WorkerExtend
-	(*WorkerMessage)(nil),           // 32: hodei.v1.WorkerMessage
-	(*ServerWelcome)(nil),           // 33: hodei.v1.ServerWelcome
-	(*ServerLeases)(nil),            // 34: hodei.v1.ServerLeases
-	(*ServerCompletions)(nil),       // 35: hodei.v1.ServerCompletions
-	(*ServerExtended)(nil),          // 36: hodei.v1.ServerExtended
-	(*ServerCancel)(nil),            // 37: hodei.v1.ServerCancel
-	(*ServerDrain)(nil),             // 38: hodei.v1.ServerDrain
-	(*ServerMessage)(nil),           // 39: hodei.v1.ServerMessage
-	(*LeaseDemand)(nil),             // 40: hodei.v1.LeaseDemand
-	(*LeaseForRequest)(nil),         // 41: hodei.v1.LeaseForRequest
-	(*LeaseGrant)(nil),              // 42: hodei.v1.LeaseGrant
-	(*LeaseForResponse)(nil),        // 43: hodei.v1.LeaseForResponse
-	(*RaftServer)(nil),              // 44: hodei.v1.RaftServer
-	(*ShardStatus)(nil),             // 45: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),           // 46: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),          // 47: hodei.v1.StatusResponse
-	(*Member)(nil),                  // 48: hodei.v1.Member
-	(*JoinRequest)(nil),             // 49: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),            // 50: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 51: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 52: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),   // 53: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),  // 54: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),     // 55: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 56: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),  // 57: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),       // 58: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),   // 59: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil), // 60: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),    // 61: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),      // 62: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),     // 63: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),    // 64: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),            // 65: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),        // 66: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),       // 67: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),      // 68: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),     // 69: hodei.v1.ListTenantsResponse
+	(JobState)(0),                    // 0: hodei.v1.JobState
+	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
+	(*KeyValue)(nil),                 // 2: hodei.v1.KeyValue
+	(*JobSpec)(nil),                  // 3: hodei.v1.JobSpec
+	(*JobResult)(nil),                // 4: hodei.v1.JobResult
+	(*Job)(nil),                      // 5: hodei.v1.Job
+	(*SubmitJobRequest)(nil),         // 6: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),        // 7: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),        // 8: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),       // 9: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),            // 10: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),           // 11: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),          // 12: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 13: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),         // 14: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),        // 15: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                    // 16: hodei.v1.Lease
+	(*LeaseRequest)(nil),             // 17: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),            // 18: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                 // 19: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),      // 20: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),             // 21: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),     // 22: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),       // 23: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),      // 24: hodei.v1.CompleteJobResponse
+	(*Completion)(nil),               // 25: hodei.v1.Completion
+	(*CompletionResult)(nil),         // 26: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),      // 27: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),     // 28: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),              // 29: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),              // 30: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),        // 31: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),             // 32: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),            // 33: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),            // 34: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),             // 35: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),        // 36: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),           // 37: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),             // 38: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),              // 39: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),            // 40: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),              // 41: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),          // 42: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),               // 43: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),         // 44: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),               // 45: hodei.v1.RaftServer
+	(*ShardStatus)(nil),              // 46: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),            // 47: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),           // 48: hodei.v1.StatusResponse
+	(*Member)(nil),                   // 49: hodei.v1.Member
+	(*JoinRequest)(nil),              // 50: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),             // 51: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),            // 52: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),           // 53: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),    // 54: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),   // 55: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),      // 56: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 57: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),   // 58: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),        // 59: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),    // 60: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil),  // 61: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),     // 62: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),       // 63: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),      // 64: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),     // 65: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),             // 66: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),         // 67: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),        // 68: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),       // 69: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),      // 70: hodei.v1.ListTenantsResponse
+	(*Schedule)(nil),                 // 71: hodei.v1.Schedule
+	(*CreateScheduleRequest)(nil),    // 72: hodei.v1.CreateScheduleRequest
+	(*ScheduleResponse)(nil),         // 73: hodei.v1.ScheduleResponse
+	(*GetScheduleRequest)(nil),       // 74: hodei.v1.GetScheduleRequest
+	(*ListSchedulesRequest)(nil),     // 75: hodei.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),    // 76: hodei.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),     // 77: hodei.v1.PauseScheduleRequest
+	(*ResumeScheduleRequest)(nil),    // 78: hodei.v1.ResumeScheduleRequest
+	(*TriggerScheduleRequest)(nil),   // 79: hodei.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),  // 80: hodei.v1.TriggerScheduleResponse
+	(*BackfillScheduleRequest)(nil),  // 81: hodei.v1.BackfillScheduleRequest
+	(*BackfillScheduleResponse)(nil), // 82: hodei.v1.BackfillScheduleResponse
+	(*DeleteScheduleRequest)(nil),    // 83: hodei.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),   // 84: hodei.v1.DeleteScheduleResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
-	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
-	1,  // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
-	2,  // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
+	2,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
+	2,  // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
+	3,  // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
 	0,  // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
-	3,  // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	2,  // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	4,  // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	2,  // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	6,  // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	4,  // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	4,  // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
+	3,  // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	5,  // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	3,  // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	7,  // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	5,  // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
 	0,  // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	4,  // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	4,  // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	4,  // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	1,  // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	15, // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	18, // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	20, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	3,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	4,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	3,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	5,  // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	5,  // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	5,  // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	2,  // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	16, // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	19, // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	21, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	4,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	5,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	4,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
 	0,  // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	24, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	25, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	1,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	24, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	18, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	28, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	29, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	30, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	31, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	15, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	25, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	20, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	18, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	33, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	34, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	35, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	36, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	37, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	38, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	1,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	40, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	15, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	42, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	44, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	45, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	44, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	48, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	59, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	58, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	65, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	65, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,  // 55: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 56: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 57: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 58: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 59: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	32, // 60: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	16, // 61: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 62: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 63: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 64: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	41, // 65: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	46, // 66: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	49, // 67: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	51, // 68: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	53, // 69: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	55, // 70: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	57, // 71: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	61, // 72: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	63, // 73: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	66, // 74: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	68, // 75: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	6,  // 76: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 77: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 78: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 79: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 80: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	39, // 81: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	17, // 82: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 83: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 84: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 85: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	43, // 86: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	47, // 87: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	50, // 88: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	52, // 89: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	54, // 90: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	56, // 91: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	60, // 92: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	62, // 93: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	64, // 94: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	67, // 95: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	69, // 96: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	25, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	26, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	2,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	25, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	19, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	29, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	30, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	31, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	32, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	16, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	26, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	21, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	19, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	34, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	35, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	36, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	37, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	38, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	39, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	2,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	41, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	16, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	43, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	45, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	46, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	45, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	49, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	60, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	59, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	59, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	59, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	66, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	66, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	3,  // 55: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
+	1,  // 56: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
+	71, // 57: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
+	71, // 58: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	71, // 59: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
+	71, // 60: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	5,  // 61: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
+	71, // 62: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	7,  // 63: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
+	6,  // 64: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	8,  // 65: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	10, // 66: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	12, // 67: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	14, // 68: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	33, // 69: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	17, // 70: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	20, // 71: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	23, // 72: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	27, // 73: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	42, // 74: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	47, // 75: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	50, // 76: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	52, // 77: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	54, // 78: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	56, // 79: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	58, // 80: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	62, // 81: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	64, // 82: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	67, // 83: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	69, // 84: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	72, // 85: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	74, // 86: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	75, // 87: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	77, // 88: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	78, // 89: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	79, // 90: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	81, // 91: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	83, // 92: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	7,  // 93: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	9,  // 94: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	11, // 95: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	13, // 96: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	15, // 97: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	40, // 98: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	18, // 99: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	22, // 100: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	24, // 101: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	28, // 102: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	44, // 103: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	48, // 104: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	51, // 105: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	53, // 106: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	55, // 107: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	57, // 108: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	61, // 109: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	63, // 110: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	65, // 111: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	68, // 112: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	70, // 113: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	73, // 114: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	73, // 115: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	76, // 116: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	73, // 117: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	73, // 118: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	80, // 119: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	82, // 120: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	84, // 121: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	93, // [93:122] is the sub-list for method output_type
+	64, // [64:93] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -4997,10 +6049,10 @@ func file_hodei_v1_hodei_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   69,
+			NumEnums:      2,
+			NumMessages:   83,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_hodei_v1_hodei_proto_goTypes,
 		DependencyIndexes: file_hodei_v1_hodei_proto_depIdxs,

@@ -235,6 +235,12 @@ type Command struct {
 	//	*Command_SetTenantWeight
 	//	*Command_LeaseBatch
 	//	*Command_CompleteJobs
+	//	*Command_CreateSchedule
+	//	*Command_PauseSchedule
+	//	*Command_TriggerSchedule
+	//	*Command_BackfillSchedule
+	//	*Command_DeleteSchedule
+	//	*Command_FireSchedules
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -392,6 +398,60 @@ func (x *Command) GetCompleteJobs() *CompleteJobs {
 	return nil
 }
 
+func (x *Command) GetCreateSchedule() *CreateSchedule {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_CreateSchedule); ok {
+			return x.CreateSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetPauseSchedule() *PauseSchedule {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_PauseSchedule); ok {
+			return x.PauseSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetTriggerSchedule() *TriggerSchedule {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_TriggerSchedule); ok {
+			return x.TriggerSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetBackfillSchedule() *BackfillSchedule {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_BackfillSchedule); ok {
+			return x.BackfillSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteSchedule() *DeleteSchedule {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_DeleteSchedule); ok {
+			return x.DeleteSchedule
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetFireSchedules() *FireSchedules {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_FireSchedules); ok {
+			return x.FireSchedules
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -444,6 +504,31 @@ type Command_CompleteJobs struct {
 	CompleteJobs *CompleteJobs `protobuf:"bytes,21,opt,name=complete_jobs,json=completeJobs,proto3,oneof"` // only in entries of version >= 3
 }
 
+type Command_CreateSchedule struct {
+	// cron (issue 11): only in entries of version >= 4
+	CreateSchedule *CreateSchedule `protobuf:"bytes,30,opt,name=create_schedule,json=createSchedule,proto3,oneof"`
+}
+
+type Command_PauseSchedule struct {
+	PauseSchedule *PauseSchedule `protobuf:"bytes,31,opt,name=pause_schedule,json=pauseSchedule,proto3,oneof"`
+}
+
+type Command_TriggerSchedule struct {
+	TriggerSchedule *TriggerSchedule `protobuf:"bytes,32,opt,name=trigger_schedule,json=triggerSchedule,proto3,oneof"`
+}
+
+type Command_BackfillSchedule struct {
+	BackfillSchedule *BackfillSchedule `protobuf:"bytes,33,opt,name=backfill_schedule,json=backfillSchedule,proto3,oneof"`
+}
+
+type Command_DeleteSchedule struct {
+	DeleteSchedule *DeleteSchedule `protobuf:"bytes,34,opt,name=delete_schedule,json=deleteSchedule,proto3,oneof"`
+}
+
+type Command_FireSchedules struct {
+	FireSchedules *FireSchedules `protobuf:"bytes,35,opt,name=fire_schedules,json=fireSchedules,proto3,oneof"`
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -467,6 +552,18 @@ func (*Command_SetTenantWeight) isCommand_Kind() {}
 func (*Command_LeaseBatch) isCommand_Kind() {}
 
 func (*Command_CompleteJobs) isCommand_Kind() {}
+
+func (*Command_CreateSchedule) isCommand_Kind() {}
+
+func (*Command_PauseSchedule) isCommand_Kind() {}
+
+func (*Command_TriggerSchedule) isCommand_Kind() {}
+
+func (*Command_BackfillSchedule) isCommand_Kind() {}
+
+func (*Command_DeleteSchedule) isCommand_Kind() {}
+
+func (*Command_FireSchedules) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1133,8 +1230,10 @@ type CommandResult struct {
 	Leases        []*hodeiv1.Lease             `protobuf:"bytes,5,rep,name=leases,proto3" json:"leases,omitempty"`
 	Extended      []*hodeiv1.ExtendResult      `protobuf:"bytes,6,rep,name=extended,proto3" json:"extended,omitempty"`
 	Count         uint32                       `protobuf:"varint,7,opt,name=count,proto3" json:"count,omitempty"`
-	Grants        []*hodeiv1.LeaseGrant        `protobuf:"bytes,8,rep,name=grants,proto3" json:"grants,omitempty"`       // LeaseBatch: one per demand
-	Completed     []*hodeiv1.CompletionResult  `protobuf:"bytes,9,rep,name=completed,proto3" json:"completed,omitempty"` // CompleteJobs: one per item
+	Grants        []*hodeiv1.LeaseGrant        `protobuf:"bytes,8,rep,name=grants,proto3" json:"grants,omitempty"`                                  // LeaseBatch: one per demand
+	Completed     []*hodeiv1.CompletionResult  `protobuf:"bytes,9,rep,name=completed,proto3" json:"completed,omitempty"`                            // CompleteJobs: one per item
+	Schedule      *hodeiv1.Schedule            `protobuf:"bytes,20,opt,name=schedule,proto3" json:"schedule,omitempty"`                             // cron: the schedule after the command
+	ScheduleJobs  []*hodeiv1.SubmitJobResponse `protobuf:"bytes,21,rep,name=schedule_jobs,json=scheduleJobs,proto3" json:"schedule_jobs,omitempty"` // cron: jobs a trigger/backfill/fire created
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1232,6 +1331,20 @@ func (x *CommandResult) GetCompleted() []*hodeiv1.CompletionResult {
 	return nil
 }
 
+func (x *CommandResult) GetSchedule() *hodeiv1.Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *CommandResult) GetScheduleJobs() []*hodeiv1.SubmitJobResponse {
+	if x != nil {
+		return x.ScheduleJobs
+	}
+	return nil
+}
+
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1249,7 +1362,11 @@ type SnapshotHeader struct {
 	// Fair-share weights of the tenants whose weight is not 1, sorted by
 	// tenant. Only in snapshot version 2, which is written only when there is
 	// one (a shard without weights writes the version 1 bytes).
-	Weights       []*TenantSettings `protobuf:"bytes,13,rep,name=weights,proto3" json:"weights,omitempty"`
+	Weights []*TenantSettings `protobuf:"bytes,13,rep,name=weights,proto3" json:"weights,omitempty"`
+	// cron (issue 11): the number of hodei.v1.Schedule records that follow
+	// the request records, sorted by (tenant, id). Only in snapshot version
+	// 4, written only when there is a schedule.
+	ScheduleCount uint64 `protobuf:"varint,20,opt,name=schedule_count,json=scheduleCount,proto3" json:"schedule_count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1373,6 +1490,13 @@ func (x *SnapshotHeader) GetWeights() []*TenantSettings {
 		return x.Weights
 	}
 	return nil
+}
+
+func (x *SnapshotHeader) GetScheduleCount() uint64 {
+	if x != nil {
+		return x.ScheduleCount
+	}
+	return 0
 }
 
 type TenantDeficit struct {
@@ -1556,6 +1680,405 @@ func (x *RequestRecord) GetCount() uint32 {
 	return 0
 }
 
+// CreateSchedule stores a new schedule (validated; next_fire computed from
+// the entry's now_ms). An existing (tenant, id) is ALREADY_EXISTS.
+type CreateSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *hodeiv1.Schedule      `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSchedule) Reset() {
+	*x = CreateSchedule{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSchedule) ProtoMessage() {}
+
+func (x *CreateSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSchedule.ProtoReflect.Descriptor instead.
+func (*CreateSchedule) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CreateSchedule) GetSchedule() *hodeiv1.Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// PauseSchedule pauses (paused = true, with a note) or resumes a schedule.
+// Resuming moves next_fire to the first slot after now: slots that passed
+// while paused are not made up.
+type PauseSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Paused        bool                   `protobuf:"varint,3,opt,name=paused,proto3" json:"paused,omitempty"`
+	Note          string                 `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSchedule) Reset() {
+	*x = PauseSchedule{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSchedule) ProtoMessage() {}
+
+func (x *PauseSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSchedule.ProtoReflect.Descriptor instead.
+func (*PauseSchedule) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *PauseSchedule) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PauseSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PauseSchedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *PauseSchedule) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+// TriggerSchedule creates the schedule's job now (slot = now_ms), whatever
+// the overlap policy.
+type TriggerSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerSchedule) Reset() {
+	*x = TriggerSchedule{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerSchedule) ProtoMessage() {}
+
+func (x *TriggerSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerSchedule.ProtoReflect.Descriptor instead.
+func (*TriggerSchedule) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *TriggerSchedule) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TriggerSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// BackfillSchedule creates the jobs of every slot in [from_ms, to_ms].
+type BackfillSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	FromMs        int64                  `protobuf:"varint,3,opt,name=from_ms,json=fromMs,proto3" json:"from_ms,omitempty"`
+	ToMs          int64                  `protobuf:"varint,4,opt,name=to_ms,json=toMs,proto3" json:"to_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackfillSchedule) Reset() {
+	*x = BackfillSchedule{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackfillSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackfillSchedule) ProtoMessage() {}
+
+func (x *BackfillSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackfillSchedule.ProtoReflect.Descriptor instead.
+func (*BackfillSchedule) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *BackfillSchedule) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *BackfillSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BackfillSchedule) GetFromMs() int64 {
+	if x != nil {
+		return x.FromMs
+	}
+	return 0
+}
+
+func (x *BackfillSchedule) GetToMs() int64 {
+	if x != nil {
+		return x.ToMs
+	}
+	return 0
+}
+
+type DeleteSchedule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSchedule) Reset() {
+	*x = DeleteSchedule{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSchedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSchedule) ProtoMessage() {}
+
+func (x *DeleteSchedule) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSchedule.ProtoReflect.Descriptor instead.
+func (*DeleteSchedule) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeleteSchedule) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *DeleteSchedule) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// FireSchedules handles due slots, proposed by the shard leader. Each fire
+// is keyed by (schedule, slot): a slot at or before the schedule's last
+// handled slot is a no-op, a slot other than its next_fire_ms is refused.
+type FireSchedules struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fires         []*ScheduleFire        `protobuf:"bytes,1,rep,name=fires,proto3" json:"fires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FireSchedules) Reset() {
+	*x = FireSchedules{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FireSchedules) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FireSchedules) ProtoMessage() {}
+
+func (x *FireSchedules) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FireSchedules.ProtoReflect.Descriptor instead.
+func (*FireSchedules) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FireSchedules) GetFires() []*ScheduleFire {
+	if x != nil {
+		return x.Fires
+	}
+	return nil
+}
+
+type ScheduleFire struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	SlotMs        int64                  `protobuf:"varint,3,opt,name=slot_ms,json=slotMs,proto3" json:"slot_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleFire) Reset() {
+	*x = ScheduleFire{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleFire) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleFire) ProtoMessage() {}
+
+func (x *ScheduleFire) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleFire.ProtoReflect.Descriptor instead.
+func (*ScheduleFire) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ScheduleFire) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetSlotMs() int64 {
+	if x != nil {
+		return x.SlotMs
+	}
+	return 0
+}
+
 type Member struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1568,7 +2091,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +2103,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[18]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +2116,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{18}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Member) GetId() string {
@@ -1634,7 +2157,7 @@ type TenantSettings struct {
 
 func (x *TenantSettings) Reset() {
 	*x = TenantSettings{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +2169,7 @@ func (x *TenantSettings) String() string {
 func (*TenantSettings) ProtoMessage() {}
 
 func (x *TenantSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[19]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +2182,7 @@ func (x *TenantSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TenantSettings.ProtoReflect.Descriptor instead.
 func (*TenantSettings) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{19}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TenantSettings) GetTenant() string {
@@ -1690,7 +2213,7 @@ type MetaState struct {
 
 func (x *MetaState) Reset() {
 	*x = MetaState{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +2225,7 @@ func (x *MetaState) String() string {
 func (*MetaState) ProtoMessage() {}
 
 func (x *MetaState) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[20]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +2238,7 @@ func (x *MetaState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaState.ProtoReflect.Descriptor instead.
 func (*MetaState) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{20}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MetaState) GetVersion() uint32 {
@@ -1770,7 +2293,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +2305,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_hodei_internal_v1_command_proto_msgTypes[21]
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +2318,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{21}
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MetaCommand) GetVersion() uint32 {
@@ -1891,7 +2414,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x94\x06\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xeb\t\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1910,7 +2433,13 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeight\x12@\n" +
 	"\vlease_batch\x18\x14 \x01(\v2\x1d.hodei.internal.v1.LeaseBatchH\x00R\n" +
 	"leaseBatch\x12F\n" +
-	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobsB\x06\n" +
+	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobs\x12L\n" +
+	"\x0fcreate_schedule\x18\x1e \x01(\v2!.hodei.internal.v1.CreateScheduleH\x00R\x0ecreateSchedule\x12I\n" +
+	"\x0epause_schedule\x18\x1f \x01(\v2 .hodei.internal.v1.PauseScheduleH\x00R\rpauseSchedule\x12O\n" +
+	"\x10trigger_schedule\x18  \x01(\v2\".hodei.internal.v1.TriggerScheduleH\x00R\x0ftriggerSchedule\x12R\n" +
+	"\x11backfill_schedule\x18! \x01(\v2#.hodei.internal.v1.BackfillScheduleH\x00R\x10backfillSchedule\x12L\n" +
+	"\x0fdelete_schedule\x18\" \x01(\v2!.hodei.internal.v1.DeleteScheduleH\x00R\x0edeleteSchedule\x12I\n" +
+	"\x0efire_schedules\x18# \x01(\v2 .hodei.internal.v1.FireSchedulesH\x00R\rfireSchedulesB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -1951,7 +2480,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05chain\x18\x02 \x01(\x04R\x05chain\"A\n" +
 	"\x0fSetTenantWeight\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x8d\x03\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xff\x03\n" +
 	"\rCommandResult\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x129\n" +
@@ -1961,7 +2490,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
 	"\x05count\x18\a \x01(\rR\x05count\x12,\n" +
 	"\x06grants\x18\b \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\x128\n" +
-	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\"\xe2\x03\n" +
+	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\x12.\n" +
+	"\bschedule\x18\x14 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12@\n" +
+	"\rschedule_jobs\x18\x15 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\fscheduleJobs\"\x89\x04\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1978,7 +2509,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\x12\x1f\n" +
 	"\vapply_chain\x18\f \x01(\x04R\n" +
 	"applyChain\x12;\n" +
-	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\"A\n" +
+	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\x12%\n" +
+	"\x0eschedule_count\x18\x14 \x01(\x04R\rscheduleCount\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"\x84\x03\n" +
@@ -1999,7 +2531,31 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\vgrant_sizes\x18\n" +
 	" \x03(\rR\n" +
 	"grantSizes\x12\x14\n" +
-	"\x05count\x18\v \x01(\rR\x05count\"v\n" +
+	"\x05count\x18\v \x01(\rR\x05count\"@\n" +
+	"\x0eCreateSchedule\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\"c\n" +
+	"\rPauseSchedule\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x16\n" +
+	"\x06paused\x18\x03 \x01(\bR\x06paused\x12\x12\n" +
+	"\x04note\x18\x04 \x01(\tR\x04note\"9\n" +
+	"\x0fTriggerSchedule\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"h\n" +
+	"\x10BackfillSchedule\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
+	"\afrom_ms\x18\x03 \x01(\x03R\x06fromMs\x12\x13\n" +
+	"\x05to_ms\x18\x04 \x01(\x03R\x04toMs\"8\n" +
+	"\x0eDeleteSchedule\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"F\n" +
+	"\rFireSchedules\x125\n" +
+	"\x05fires\x18\x01 \x03(\v2\x1f.hodei.internal.v1.ScheduleFireR\x05fires\"O\n" +
+	"\fScheduleFire\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
+	"\aslot_ms\x18\x03 \x01(\x03R\x06slotMs\"v\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
@@ -2059,7 +2615,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2081,21 +2637,29 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*SnapshotHeader)(nil),            // 17: hodei.internal.v1.SnapshotHeader
 	(*TenantDeficit)(nil),             // 18: hodei.internal.v1.TenantDeficit
 	(*RequestRecord)(nil),             // 19: hodei.internal.v1.RequestRecord
-	(*Member)(nil),                    // 20: hodei.internal.v1.Member
-	(*TenantSettings)(nil),            // 21: hodei.internal.v1.TenantSettings
-	(*MetaState)(nil),                 // 22: hodei.internal.v1.MetaState
-	(*MetaCommand)(nil),               // 23: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 24: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 25: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 26: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 27: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 28: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 29: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 30: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 31: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 32: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 33: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 34: hodei.v1.CompletionResult
+	(*CreateSchedule)(nil),            // 20: hodei.internal.v1.CreateSchedule
+	(*PauseSchedule)(nil),             // 21: hodei.internal.v1.PauseSchedule
+	(*TriggerSchedule)(nil),           // 22: hodei.internal.v1.TriggerSchedule
+	(*BackfillSchedule)(nil),          // 23: hodei.internal.v1.BackfillSchedule
+	(*DeleteSchedule)(nil),            // 24: hodei.internal.v1.DeleteSchedule
+	(*FireSchedules)(nil),             // 25: hodei.internal.v1.FireSchedules
+	(*ScheduleFire)(nil),              // 26: hodei.internal.v1.ScheduleFire
+	(*Member)(nil),                    // 27: hodei.internal.v1.Member
+	(*TenantSettings)(nil),            // 28: hodei.internal.v1.TenantSettings
+	(*MetaState)(nil),                 // 29: hodei.internal.v1.MetaState
+	(*MetaCommand)(nil),               // 30: hodei.internal.v1.MetaCommand
+	(*hodeiv1.JobSpec)(nil),           // 31: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 32: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 33: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 34: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 35: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 36: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 37: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 38: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 39: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 40: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 41: hodei.v1.CompletionResult
+	(*hodeiv1.Schedule)(nil),          // 42: hodei.v1.Schedule
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -2111,34 +2675,44 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	15, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
 	6,  // 11: hodei.internal.v1.Command.lease_batch:type_name -> hodei.internal.v1.LeaseBatch
 	7,  // 12: hodei.internal.v1.Command.complete_jobs:type_name -> hodei.internal.v1.CompleteJobs
-	24, // 13: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	25, // 14: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 15: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	26, // 16: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	27, // 17: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	28, // 18: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	27, // 19: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 20: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	29, // 21: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	30, // 22: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	31, // 23: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	32, // 24: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	33, // 25: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	34, // 26: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	18, // 27: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	21, // 28: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	16, // 29: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 30: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 31: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	20, // 32: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	21, // 33: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	20, // 34: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	21, // 35: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	20, // 13: hodei.internal.v1.Command.create_schedule:type_name -> hodei.internal.v1.CreateSchedule
+	21, // 14: hodei.internal.v1.Command.pause_schedule:type_name -> hodei.internal.v1.PauseSchedule
+	22, // 15: hodei.internal.v1.Command.trigger_schedule:type_name -> hodei.internal.v1.TriggerSchedule
+	23, // 16: hodei.internal.v1.Command.backfill_schedule:type_name -> hodei.internal.v1.BackfillSchedule
+	24, // 17: hodei.internal.v1.Command.delete_schedule:type_name -> hodei.internal.v1.DeleteSchedule
+	25, // 18: hodei.internal.v1.Command.fire_schedules:type_name -> hodei.internal.v1.FireSchedules
+	31, // 19: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	32, // 20: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 21: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	33, // 22: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	34, // 23: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	35, // 24: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	34, // 25: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 26: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	36, // 27: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	37, // 28: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	38, // 29: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	39, // 30: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	40, // 31: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	41, // 32: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	42, // 33: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
+	36, // 34: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
+	18, // 35: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	28, // 36: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	16, // 37: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 38: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 39: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	42, // 40: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
+	26, // 41: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
+	27, // 42: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	28, // 43: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	27, // 44: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	28, // 45: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	46, // [46:46] is the sub-list for method output_type
+	46, // [46:46] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -2159,8 +2733,14 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_SetTenantWeight)(nil),
 		(*Command_LeaseBatch)(nil),
 		(*Command_CompleteJobs)(nil),
+		(*Command_CreateSchedule)(nil),
+		(*Command_PauseSchedule)(nil),
+		(*Command_TriggerSchedule)(nil),
+		(*Command_BackfillSchedule)(nil),
+		(*Command_DeleteSchedule)(nil),
+		(*Command_FireSchedules)(nil),
 	}
-	file_hodei_internal_v1_command_proto_msgTypes[21].OneofWrappers = []any{
+	file_hodei_internal_v1_command_proto_msgTypes[28].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
 		(*MetaCommand_PutMember)(nil),
 		(*MetaCommand_RemoveMember)(nil),
@@ -2172,7 +2752,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
