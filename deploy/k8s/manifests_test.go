@@ -277,7 +277,6 @@ func TestStrictDecoderRejectsUnknownFields(t *testing.T) {
 // serverChecks are the checks shared by both server StatefulSets; it returns
 // the container's flags.
 func serverChecks(t *testing.T, sts *appsv1.StatefulSet, headless *corev1.Service) map[string]string {
-	t.Helper()
 	spec := &sts.Spec.Template.Spec
 	c := container(t, spec, "hodei")
 	if c.Image != image {
