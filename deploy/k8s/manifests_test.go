@@ -30,6 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 )
 
@@ -252,6 +253,67 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 	}
 	if len(m.pdbs) != 1 {
 		t.Errorf("want one PodDisruptionBudget, have %d", len(m.pdbs))
+	}
+}
+
+// TestNamesAreValid applies the API server's name rules that decoding does
+// not: object names are DNS labels (a StatefulSet's pods and Services are
+// host names), port names IANA service names (at most 15 characters), label
+// keys and values well formed.
+func TestNamesAreValid(t *testing.T) {
+	m := load(t)
+	var metas []metav1.Object
+	var specs []*corev1.PodTemplateSpec
+	for _, o := range m.statefulSets {
+		metas = append(metas, o)
+		specs = append(specs, &o.Spec.Template)
+		for i := range o.Spec.VolumeClaimTemplates {
+			metas = append(metas, &o.Spec.VolumeClaimTemplates[i])
+		}
+	}
+	for _, o := range m.deployments {
+		metas = append(metas, o)
+		specs = append(specs, &o.Spec.Template)
+	}
+	for _, o := range m.services {
+		metas = append(metas, o)
+		for _, p := range o.Spec.Ports {
+			for _, e := range validation.IsValidPortName(p.Name) {
+				t.Errorf("Service %s: port name %q: %s", o.Name, p.Name, e)
+			}
+		}
+	}
+	for _, o := range m.pdbs {
+		metas = append(metas, o)
+	}
+	checkLabels := func(what string, l map[string]string) {
+		for k, v := range l {
+			for _, e := range validation.IsQualifiedName(k) {
+				t.Errorf("%s: label key %q: %s", what, k, e)
+			}
+			for _, e := range validation.IsValidLabelValue(v) {
+				t.Errorf("%s: label %s=%q: %s", what, k, v, e)
+			}
+		}
+	}
+	for _, o := range metas {
+		for _, e := range validation.IsDNS1123Label(o.GetName()) {
+			t.Errorf("name %q: %s", o.GetName(), e)
+		}
+		checkLabels(o.GetName(), o.GetLabels())
+	}
+	for _, s := range specs {
+		checkLabels("pod template", s.Labels)
+		for _, c := range s.Spec.Containers {
+			for _, e := range validation.IsDNS1123Label(c.Name) {
+				t.Errorf("container %q: %s", c.Name, e)
+			}
+			for _, p := range c.Ports {
+				for _, e := range validation.IsValidPortName(p.Name) {
+					t.Errorf("container %s: port name %q: %s", c.Name, p.Name, e)
+				}
+			}
+		}
 	}
 }
 
