@@ -109,6 +109,10 @@ type Config struct {
 
 	FSM fsm.Config
 
+	// Watch bounds the events each shard keeps for WatchJobs (eventbus.go);
+	// zero means DefaultEventBusConfig.
+	Watch EventBusConfig
+
 	// PerGroupLogStore gives every Raft group its own raft-boltdb file
 	// instead of the node's shared log store (for comparison benchmarks).
 	PerGroupLogStore bool
@@ -161,6 +165,7 @@ func DefaultConfig() Config {
 		Shards:             8,
 		BalanceInterval:    time.Second,
 		FSM:                fsm.DefaultConfig(),
+		Watch:              DefaultEventBusConfig(),
 	}
 }
 
@@ -227,6 +232,12 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("retention must be > 0"))
 	}
 	if err := c.FSM.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Watch == (EventBusConfig{}) {
+		c.Watch = DefaultEventBusConfig()
+	}
+	if err := c.Watch.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.LeaderGrace == 0 {

@@ -4433,6 +4433,284 @@ func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
 	return nil
 }
 
+type WatchJobsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`            // only this tenant's jobs; "" = every tenant
+	JobId  string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // only this job; "" = every job
+	Kind   string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                // only jobs of this JobSpec.kind ("shell" matches command jobs); "" = every kind
+	// cursor resumes after the position it names (a WatchJobsResponse.cursor):
+	// no event is skipped or repeated. "" starts from now.
+	Cursor  string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	FromNow bool   `protobuf:"varint,5,opt,name=from_now,json=fromNow,proto3" json:"from_now,omitempty"` // start from now (the default); exclusive with cursor
+	// include_job attaches the job as this node holds it when the event is
+	// sent (it may be newer than the event; nil once the job is gone).
+	IncludeJob bool `protobuf:"varint,6,opt,name=include_job,json=includeJob,proto3" json:"include_job,omitempty"`
+	// bookmark_interval_ms: how often an idle stream gets a bookmark; 0 =
+	// 2000, else 100..60000.
+	BookmarkIntervalMs int64 `protobuf:"varint,7,opt,name=bookmark_interval_ms,json=bookmarkIntervalMs,proto3" json:"bookmark_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WatchJobsRequest) Reset() {
+	*x = WatchJobsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsRequest) ProtoMessage() {}
+
+func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *WatchJobsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetFromNow() bool {
+	if x != nil {
+		return x.FromNow
+	}
+	return false
+}
+
+func (x *WatchJobsRequest) GetIncludeJob() bool {
+	if x != nil {
+		return x.IncludeJob
+	}
+	return false
+}
+
+func (x *WatchJobsRequest) GetBookmarkIntervalMs() int64 {
+	if x != nil {
+		return x.BookmarkIntervalMs
+	}
+	return 0
+}
+
+// WatchJobsResponse is one event or one bookmark. cursor is the resume
+// point after this message: pass it as WatchJobsRequest.cursor.
+type WatchJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *JobEvent              `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`        // unset on a bookmark
+	Bookmark      bool                   `protobuf:"varint,2,opt,name=bookmark,proto3" json:"bookmark,omitempty"` // no event: the cursor moved (or stayed) while idle
+	Cursor        string                 `protobuf:"bytes,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsResponse) Reset() {
+	*x = WatchJobsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsResponse) ProtoMessage() {}
+
+func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *WatchJobsResponse) GetEvent() *JobEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchJobsResponse) GetBookmark() bool {
+	if x != nil {
+		return x.Bookmark
+	}
+	return false
+}
+
+func (x *WatchJobsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+// JobEvent is one job state change as applied at (shard, index, position):
+// position is the event's place among the events of that log entry.
+type JobEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                         // JobSpec.kind ("" for a command job)
+	From          JobState               `protobuf:"varint,4,opt,name=from,proto3,enum=hodei.v1.JobState" json:"from,omitempty"` // UNSPECIFIED for a submit
+	To            JobState               `protobuf:"varint,5,opt,name=to,proto3,enum=hodei.v1.JobState" json:"to,omitempty"`     // UNSPECIFIED when the job was removed (GC)
+	Shard         uint32                 `protobuf:"varint,6,opt,name=shard,proto3" json:"shard,omitempty"`
+	Index         uint64                 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"` // Raft log index of the entry
+	Position      uint32                 `protobuf:"varint,8,opt,name=position,proto3" json:"position,omitempty"`
+	TimeMs        int64                  `protobuf:"varint,9,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // the entry's stamped now_ms
+	Job           *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobEvent) Reset() {
+	*x = JobEvent{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobEvent) ProtoMessage() {}
+
+func (x *JobEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
+func (*JobEvent) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *JobEvent) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *JobEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobEvent) GetFrom() JobState {
+	if x != nil {
+		return x.From
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobEvent) GetTo() JobState {
+	if x != nil {
+		return x.To
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobEvent) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *JobEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *JobEvent) GetPosition() uint32 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *JobEvent) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *JobEvent) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -4747,14 +5025,39 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants*\x9b\x01\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\xdb\x01\n" +
+	"\x10WatchJobsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06cursor\x18\x04 \x01(\tR\x06cursor\x12\x19\n" +
+	"\bfrom_now\x18\x05 \x01(\bR\afromNow\x12\x1f\n" +
+	"\vinclude_job\x18\x06 \x01(\bR\n" +
+	"includeJob\x120\n" +
+	"\x14bookmark_interval_ms\x18\a \x01(\x03R\x12bookmarkIntervalMs\"q\n" +
+	"\x11WatchJobsResponse\x12(\n" +
+	"\x05event\x18\x01 \x01(\v2\x12.hodei.v1.JobEventR\x05event\x12\x1a\n" +
+	"\bbookmark\x18\x02 \x01(\bR\bbookmark\x12\x16\n" +
+	"\x06cursor\x18\x03 \x01(\tR\x06cursor\"\x9b\x02\n" +
+	"\bJobEvent\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12&\n" +
+	"\x04from\x18\x04 \x01(\x0e2\x12.hodei.v1.JobStateR\x04from\x12\"\n" +
+	"\x02to\x18\x05 \x01(\x0e2\x12.hodei.v1.JobStateR\x02to\x12\x14\n" +
+	"\x05shard\x18\x06 \x01(\rR\x05shard\x12\x14\n" +
+	"\x05index\x18\a \x01(\x04R\x05index\x12\x1a\n" +
+	"\bposition\x18\b \x01(\rR\bposition\x12\x17\n" +
+	"\atime_ms\x18\t \x01(\x03R\x06timeMs\x12\x1f\n" +
+	"\x03job\x18\n" +
+	" \x01(\v2\r.hodei.v1.JobR\x03job*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x052\xa9\x03\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -4762,7 +5065,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"SubmitJobs\x12\x1b.hodei.v1.SubmitJobsRequest\x1a\x1c.hodei.v1.SubmitJobsResponse\x12;\n" +
 	"\x06GetJob\x12\x17.hodei.v1.GetJobRequest\x1a\x18.hodei.v1.GetJobResponse\x12A\n" +
 	"\bListJobs\x12\x19.hodei.v1.ListJobsRequest\x1a\x1a.hodei.v1.ListJobsResponse\x12D\n" +
-	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse2\xb7\x03\n" +
+	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse\x12F\n" +
+	"\tWatchJobs\x12\x1a.hodei.v1.WatchJobsRequest\x1a\x1b.hodei.v1.WatchJobsResponse0\x012\xb7\x03\n" +
 	"\rWorkerService\x12?\n" +
 	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
@@ -4795,7 +5099,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                   // 0: hodei.v1.JobState
 	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
@@ -4867,6 +5171,9 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*SetTenantResponse)(nil),       // 67: hodei.v1.SetTenantResponse
 	(*ListTenantsRequest)(nil),      // 68: hodei.v1.ListTenantsRequest
 	(*ListTenantsResponse)(nil),     // 69: hodei.v1.ListTenantsResponse
+	(*WatchJobsRequest)(nil),        // 70: hodei.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),       // 71: hodei.v1.WatchJobsResponse
+	(*JobEvent)(nil),                // 72: hodei.v1.JobEvent
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -4924,53 +5231,59 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	58, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
 	65, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
 	65, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,  // 55: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 56: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 57: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 58: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 59: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	32, // 60: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	16, // 61: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 62: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 63: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 64: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	41, // 65: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	46, // 66: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	49, // 67: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	51, // 68: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	53, // 69: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	55, // 70: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	57, // 71: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	61, // 72: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	63, // 73: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	66, // 74: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	68, // 75: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	6,  // 76: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 77: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 78: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 79: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 80: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	39, // 81: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	17, // 82: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 83: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 84: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 85: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	43, // 86: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	47, // 87: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	50, // 88: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	52, // 89: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	54, // 90: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	56, // 91: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	60, // 92: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	62, // 93: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	64, // 94: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	67, // 95: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	69, // 96: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	72, // 55: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	0,  // 56: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
+	0,  // 57: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
+	4,  // 58: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	5,  // 59: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 60: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 61: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 62: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 63: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	70, // 64: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	32, // 65: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	16, // 66: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 67: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 68: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 69: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	41, // 70: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	46, // 71: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	49, // 72: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	51, // 73: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	53, // 74: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	55, // 75: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	57, // 76: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	61, // 77: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	63, // 78: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	66, // 79: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	68, // 80: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	6,  // 81: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 82: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 83: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 84: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 85: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	71, // 86: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	39, // 87: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	17, // 88: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 89: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 90: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 91: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	43, // 92: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	47, // 93: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	50, // 94: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	52, // 95: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	54, // 96: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	56, // 97: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	60, // 98: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	62, // 99: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	64, // 100: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	67, // 101: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	69, // 102: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	81, // [81:103] is the sub-list for method output_type
+	59, // [59:81] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -4998,7 +5311,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   69,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
