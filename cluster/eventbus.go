@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,8 @@ type shardRing struct {
 	floor      transport.WatchPos // the oldest position resumable from here
 	last       transport.WatchPos // the position after the newest record
 	epoch      uint64             // bumped by reset: older subscribers are cut off
+	// published mirrors head (and changes on reset) for lock-free checks.
+	published atomic.Uint64
 
 	subsMu sync.Mutex                      // serialises changes of subs
 	subs   atomic.Pointer[[]*subscription] // copy on write: publish reads it lock-free
@@ -142,6 +145,7 @@ func (r *shardRing) publish(index uint64, events []fsm.Event) {
 		r.bytes += size
 	}
 	r.last = transport.WatchPos{Index: index, N: uint32(len(events))}
+	r.published.Store(r.head)
 	r.mu.Unlock()
 	r.bus.m.published.Add(uint64(len(events)))
 	r.wake()
@@ -318,8 +322,50 @@ func (s *subscription) Poll(buf []transport.WatchEvent) ([]transport.WatchEvent,
 	return buf, nil
 }
 
-// Ready implements transport.WatchSubscription.
-func (s *subscription) Ready() <-chan struct{} { return s.wake }
+// pending reports, without locking, whether a ring may have records this
+// subscriber has not polled.
+func (s *subscription) pending() bool {
+	for i := range s.shards {
+		if s.shards[i].ring.published.Load() != s.shards[i].seq {
+			return true
+		}
+	}
+	return false
+}
+
+// spinPolls bounds Wait's spinning before it parks on the wake channel.
+const spinPolls = 64
+
+// Wait implements transport.WatchSubscription: it returns when Poll may
+// have more (after spinning briefly with runtime.Gosched, which keeps the
+// wake-up off the OS scheduler when events come close together), or when
+// stop or the timer fires (false).
+func (s *subscription) Wait(stop <-chan struct{}, timer <-chan time.Time) bool {
+	select {
+	case <-timer: // first, so that a busy shard does not starve bookmarks
+		return false
+	case <-stop:
+		return false
+	default:
+	}
+	for range spinPolls {
+		if s.pending() {
+			select {
+			case <-s.wake:
+			default:
+			}
+			return true
+		}
+		runtime.Gosched()
+	}
+	select {
+	case <-s.wake:
+		return true
+	case <-stop:
+	case <-timer:
+	}
+	return false
+}
 
 // Positions implements transport.WatchSubscription.
 func (s *subscription) Positions(dst []transport.WatchPos) []transport.WatchPos {

@@ -150,8 +150,9 @@ type WatchSubscription interface {
 	// per shard, and never blocks. ErrWatchResync when the subscriber fell
 	// behind the retained events.
 	Poll(buf []WatchEvent) ([]WatchEvent, error)
-	// Ready is signalled when Poll may have more.
-	Ready() <-chan struct{}
+	// Wait returns true when Poll may have more, false when stop is closed
+	// or timer fires first.
+	Wait(stop <-chan struct{}, timer <-chan time.Time) bool
 	// Positions appends the position per subscribed shard (in the order
 	// given to Watch) after everything Poll returned so far.
 	Positions(dst []WatchPos) []WatchPos
@@ -221,11 +222,10 @@ func (s *jobService) WatchJobs(req *hodeiv1.WatchJobsRequest, stream hodeiv1.Job
 		if len(buf) > 0 {
 			continue
 		}
-		select {
-		case <-ctx.Done():
-			return ToStatus(ctx.Err())
-		case <-sub.Ready():
-		case <-tick.C:
+		if !sub.Wait(ctx.Done(), tick.C) {
+			if ctx.Err() != nil {
+				return ToStatus(ctx.Err())
+			}
 			if sent {
 				sent = false
 				continue
