@@ -161,7 +161,14 @@ func (r *shardRing) reset(index uint64) {
 	}
 	r.bytes = 0
 	r.epoch++
-	r.floor = transport.WatchPos{Index: index + 1}
+	// Never below what was published here: a backup restore (raft.Restore)
+	// installs a state whose applied index is the old cluster's, below
+	// this shard's log; no cursor of this node may resume across it.
+	floor := transport.WatchPos{Index: index + 1}
+	if end := (transport.WatchPos{Index: r.last.Index + 1}); r.head > 0 && floor.Less(end) {
+		floor = end
+	}
+	r.floor = floor
 	r.last = r.floor
 	r.mu.Unlock()
 	r.wake()
