@@ -288,3 +288,35 @@ func TestWatchBadRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchCutOffByRestore: a backup restore replaces a shard's state
+// without events; watchers of the shard are cut off with the resync error,
+// and their old cursors are refused.
+func TestWatchCutOffByRestore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	src := startCluster(t, 3, 1)
+	submitN(t, ctx, newClient(t, src.addrs()...), "t", 3)
+	archive := saveArchive(t, ctx, src.addrs()[0])
+
+	dst := startCluster(t, 3, 1)
+	addr := dst.peers[followerOf(dst, dst.leader())].Addr
+	c := newClient(t, dst.addrs()...)
+	_, wc := startWatch(t, ctx, addr, client.WatchFilter{}, "")
+	submitN(t, ctx, c, "t", 2)
+	waitFor(t, 10*time.Second, "the watch to see the submits", func() bool { return wc.count(hodeiv1.JobState_JOB_STATE_PENDING) == 2 })
+	_, cursor, _ := wc.snapshot()
+	if _, err := restoreArchive(t, ctx, dst.addrs()[0], archive, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the watch to be cut off", func() bool {
+		_, _, err := wc.snapshot()
+		return err != nil
+	})
+	if _, _, err := wc.snapshot(); !errors.Is(err, client.ErrWatchResync) {
+		t.Fatalf("watch after restore: %v, want ErrWatchResync", err)
+	}
+	if _, err := newClient(t, addr).WatchJobs(ctx, client.WatchFilter{}, cursor).Next(); status.Code(err) != codes.OutOfRange {
+		t.Fatalf("old cursor after restore: %v, want OutOfRange", err)
+	}
+}
