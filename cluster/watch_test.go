@@ -135,6 +135,9 @@ func TestWatchOnFollower(t *testing.T) {
 	if len(bevs) != 2 || bevs[0].GetJobId() != blue || bevs[1].GetJob().GetId() != blue {
 		t.Fatalf("tenant watch: %v", bevs)
 	}
+	if m := tc.nodes[f].bus.m; m.watchers.Load() != 2 || m.published.Load() < 3 {
+		t.Fatalf("metrics: %d watchers, %d published; want 2, >= 3", m.watchers.Load(), m.published.Load())
+	}
 }
 
 // TestWatchResumeAcrossLeaderChange: a watcher reads part of the stream on
@@ -318,5 +321,39 @@ func TestWatchCutOffByRestore(t *testing.T) {
 	}
 	if _, err := newClient(t, addr).WatchJobs(ctx, client.WatchFilter{}, cursor).Next(); status.Code(err) != codes.OutOfRange {
 		t.Fatalf("old cursor after restore: %v, want OutOfRange", err)
+	}
+}
+
+// TestWatchClientReconnects: the node serving a Go client's watch stops;
+// the client reopens the stream on another node from its last cursor and
+// the caller sees every event once.
+func TestWatchClientReconnects(t *testing.T) {
+	tc := startCluster(t, 3, 1)
+	ld := tc.leader()
+	f1 := followerOf(tc, ld)
+	f2 := followerOf(tc, ld, f1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	wcl := newClient(t, tc.peers[f2].Addr, tc.peers[f1].Addr)
+	w := wcl.WatchJobs(ctx, client.WatchFilter{Tenant: "r"}, "")
+	wc := collect(w)
+	waitFor(t, 10*time.Second, "the first bookmark", func() bool { _, cur, _ := wc.snapshot(); return cur != "" })
+	c := newClient(t, tc.peers[ld].Addr)
+	ids := submitN(t, ctx, c, "r", 5)
+	waitFor(t, 10*time.Second, "the first submits", func() bool { return wc.count(hodeiv1.JobState_JOB_STATE_PENDING) == 5 })
+	tc.nodes[f2].Close()
+	tc.nodes[f2] = nil
+	ids = append(ids, submitN(t, ctx, c, "r", 5)...)
+	waitFor(t, 30*time.Second, "the submits after the reconnect", func() bool { return wc.count(hodeiv1.JobState_JOB_STATE_PENDING) >= 10 })
+	evs, _, err := wc.snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range evs {
+		got = append(got, e.GetJobId())
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("events for %v, submitted %v", got, ids)
 	}
 }
