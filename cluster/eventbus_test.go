@@ -279,3 +279,23 @@ func BenchmarkEventBusLatency(b *testing.B) {
 		b.ReportMetric(float64(all[len(all)*99/100]), "p99-ns")
 	}
 }
+
+// BenchmarkEventBusPublish is the cost on the apply path: one entry of one
+// event published to a shard with 16 subscribers that never read.
+func BenchmarkEventBusPublish(b *testing.B) {
+	bus := newEventBus(DefaultEventBusConfig(), 1)
+	for range 16 {
+		s, err := bus.subscribe([]uint32{0}, transport.WatchFilter{}, nil, noLimit)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+	}
+	ev := []fsm.Event{testEvent(0, "job", "tenant", "", 0, stPending)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 1; i <= b.N; i++ {
+		ev[0].Index = uint64(i)
+		bus.rings[0].publish(uint64(i), ev)
+	}
+}
