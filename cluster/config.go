@@ -124,6 +124,16 @@ type Config struct {
 
 	FSM fsm.Config
 
+	// Watch bounds the events each shard keeps for WatchJobs (eventbus.go);
+	// zero means DefaultEventBusConfig.
+	Watch EventBusConfig
+	// CommitNudge: a shard leader follows the last entry of a burst with a
+	// Raft barrier entry, so that followers learn the commit index within
+	// a round trip instead of after CommitTimeout..2×CommitTimeout (50-100
+	// ms by default). It bounds how late a watcher on a follower sees a
+	// change on an idle cluster, for one extra log entry per burst.
+	CommitNudge bool
+
 	// PerGroupLogStore gives every Raft group its own raft-boltdb file
 	// instead of the node's shared log store (for comparison benchmarks).
 	PerGroupLogStore bool
@@ -178,6 +188,7 @@ func DefaultConfig() Config {
 		Keepalive:          10 * time.Second,
 		KeepaliveTimeout:   5 * time.Second,
 		FSM:                fsm.DefaultConfig(),
+		Watch:              DefaultEventBusConfig(),
 	}
 }
 
@@ -255,13 +266,22 @@ func (c *Config) Validate() error {
 	if c.Keepalive > 0 && c.KeepaliveTimeout <= 0 {
 		errs = append(errs, errors.New("keepalive timeout must be > 0 when keepalive is on"))
 	}
+	if c.Watch != (EventBusConfig{}) { // zero: the defaults (resolved)
+		if err := c.Watch.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
 // resolved returns c with the values that are derived from other fields
-// filled in: LeaderGrace 0 means one LeaseTTL, a nil Logger discards. It is
+// filled in: a zero Watch means DefaultEventBusConfig, LeaderGrace 0 means
+// one LeaseTTL, a nil Logger discards. It is
 // the one place those derivations live (Validate changes nothing).
 func (c Config) resolved() Config {
+	if c.Watch == (EventBusConfig{}) {
+		c.Watch = DefaultEventBusConfig()
+	}
 	if c.LeaderGrace == 0 {
 		c.LeaderGrace = c.LeaseTTL
 	}

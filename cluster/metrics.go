@@ -138,6 +138,26 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	}
 	// cron (issue 11): per-tenant schedule totals (cluster/schedules.go).
 	reg.MustRegister(newScheduleCollector(n))
+	// ---- watch (issue 11): the node's event bus (eventbus.go) ----
+	busStat := func(f func(*busMetrics) float64) func() float64 {
+		return func() float64 {
+			if n.bus == nil {
+				return 0
+			}
+			return f(n.bus.m)
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_watch_watchers",
+			Help: "WatchJobs streams connected to this node."}, busStat(func(m *busMetrics) float64 { return float64(m.watchers.Load()) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_watch_events_published_total",
+			Help: "Job events this node's replicas published to the event bus."}, busStat(func(m *busMetrics) float64 { return float64(m.published.Load()) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_watch_events_dropped_total",
+			Help: "Job events dropped from the event bus's per-shard rings by retention (count or bytes)."}, busStat(func(m *busMetrics) float64 { return float64(m.evicted.Load()) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_watch_subscribers_cut_off_total",
+			Help: "Watchers cut off with a resync error (fell behind the retained events, or a snapshot install)."}, busStat(func(m *busMetrics) float64 { return float64(m.cutOff.Load()) })),
+	)
+	// ---- end watch ----
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

@@ -52,6 +52,7 @@ type Node struct {
 	registry     *prometheus.Registry
 	metrics      *metrics
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
+	bus          *eventBus                            // job events for WatchJobs (eventbus.go)
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	httpSrv      *http.Server
@@ -148,6 +149,7 @@ func New(cfg Config) (*Node, error) {
 	if n.meta, err = openMeta(n, filepath.Join(cfg.DataDir, "meta")); err != nil {
 		return fail(err)
 	}
+	n.bus = newEventBus(cfg.Watch, count)
 	for i := 0; i < count; i++ {
 		s, err := openShard(n, uint32(i), filepath.Join(cfg.DataDir, "shards", fmt.Sprint(i)))
 		if err != nil {

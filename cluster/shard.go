@@ -26,6 +26,7 @@ type shard struct {
 	closeStore func() error
 	trans      transport.RaftTransport
 	batch      *batcher
+	events     *shardRing // this shard's events on the node's bus (eventbus.go)
 
 	notify chan bool
 	// tenantSync wakes the tenant weight sync (tenants.go); buffered 1.
@@ -47,7 +48,8 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	s := &shard{id: id, node: n, log: cfg.Logger.With("shard", id), notify: make(chan bool, 16), tenantSync: make(chan struct{}, 1), stop: make(chan struct{})}
 	fcfg := cfg.FSM
 	fcfg.Shard = id
-	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence})
+	s.events = n.bus.rings[id]
+	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence, OnRestore: s.events.reset})
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +80,7 @@ func (s *shard) onApply(index uint64, events []fsm.Event) {
 		}
 		s.node.metrics.event(e)
 	}
+	s.events.publish(index, events)
 	if d := s.node.dispatch.Load(); d != nil {
 		d.OnEvents(s.id, events)
 	}

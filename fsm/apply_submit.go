@@ -85,7 +85,7 @@ func (s *state) applyPromote(now int64) *internalpb.CommandResult {
 		// PENDING -> PENDING: not a state change, but it tells listeners
 		// (workers' long-polls) that a job became leasable.
 		s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: j.GetSpec().GetTenant(),
-			From: hodeiv1.JobState_JOB_STATE_PENDING, To: hodeiv1.JobState_JOB_STATE_PENDING})
+			Kind: j.GetSpec().GetKind(), NowMs: s.lastNowMs, From: hodeiv1.JobState_JOB_STATE_PENDING, To: hodeiv1.JobState_JOB_STATE_PENDING})
 	}
 	s.lastPromoteMs = now
 	return &internalpb.CommandResult{Count: uint32(len(due))}
@@ -133,5 +133,5 @@ func (s *state) removeJob(j *hodeiv1.Job) {
 	if t.jobs == 0 {
 		delete(s.tenants, tn)
 	}
-	s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: tn, From: st})
+	s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: tn, Kind: j.GetSpec().GetKind(), NowMs: s.lastNowMs, From: st})
 }

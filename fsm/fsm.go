@@ -159,11 +159,17 @@ func (c Config) Validate() error {
 }
 
 // Event is one job state transition produced by Apply. From is UNSPECIFIED
-// for a submit; To is UNSPECIFIED when GC removes the job.
+// for a submit; To is UNSPECIFIED when GC removes the job. From == To ==
+// PENDING is a delayed job becoming leasable (not a state change). The
+// events of one entry are in a deterministic order, the same on every
+// replica, so (Index, position in the entry's slice) names one event
+// cluster-wide (the watch cursor relies on it).
 type Event struct {
 	Index  uint64
 	JobID  string
 	Tenant string
+	Kind   string // the job's JobSpec.kind ("" for a command job)
+	NowMs  int64  // the entry's effective now_ms (monotone)
 	From   hodeiv1.JobState
 	To     hodeiv1.JobState
 }
@@ -177,6 +183,10 @@ type Options struct {
 	// OnDivergence is called (synchronously, outside the FSM lock) when a
 	// Checkpoint does not match this replica's apply chain.
 	OnDivergence func(Divergence)
+	// OnRestore is called (synchronously, outside the FSM lock) after
+	// Restore installed a snapshot at the given applied index: the events
+	// of the entries it covers were never produced here.
+	OnRestore func(index uint64)
 }
 
 // FSM is the replicated state of one shard. It implements raft.FSM. Apply,

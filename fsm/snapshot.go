@@ -180,6 +180,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.record(st.appliedIndex)
 	}
 	f.mu.Unlock()
+	if f.opts.OnRestore != nil {
+		f.opts.OnRestore(st.appliedIndex)
+	}
 	return nil
 }
 

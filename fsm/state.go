@@ -133,7 +133,7 @@ func (s *state) setState(j *hodeiv1.Job, to hodeiv1.JobState) {
 	}
 	t.byState[to].ReplaceOrInsert(j.GetSeq())
 	j.State = to
-	s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: t.name, From: from, To: to})
+	s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: t.name, Kind: j.GetSpec().GetKind(), NowMs: s.lastNowMs, From: from, To: to})
 }
 
 func isTerminal(st hodeiv1.JobState) bool {

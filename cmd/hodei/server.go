@@ -104,6 +104,10 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.DurationVar(&cfg.LeaderLeaseTimeout, "raft-leader-lease-timeout", cfg.LeaderLeaseTimeout, "Raft leader lease timeout")
 	f.IntVar(&cfg.ProposeWaves, "propose-waves", cfg.ProposeWaves, "proposal waves a node keeps in Raft at once (the shards it leads cut their entries together); 0 lets every shard pipeline alone")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	// issue 11 watch
+	f.IntVar(&cfg.Watch.MaxEvents, "watch-max-events", cfg.Watch.MaxEvents, "job events each shard keeps for WatchJobs resumes")
+	f.IntVar(&cfg.Watch.MaxBytes, "watch-max-bytes", cfg.Watch.MaxBytes, "estimated bytes of job events each shard keeps for WatchJobs resumes")
+	f.BoolVar(&cfg.CommitNudge, "commit-nudge", cfg.CommitNudge, "follow each burst of entries with a Raft barrier so that followers (and their watchers) learn commits within a round trip")
 	f.BoolVar(&cfg.UnsafeAckBeforeCommit, "unsafe-ack-before-commit", false, "TEST ONLY: acknowledge submits before commit (loses jobs; used to show the chaos checker fails)")
 	_ = f.MarkHidden("unsafe-ack-before-commit")
 	f.DurationVar(&cfg.ClockOffset, "test-clock-offset", 0, "TEST ONLY: shift this node's clock by this much (the chaos harness's clock-skew fault)")

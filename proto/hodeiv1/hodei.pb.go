@@ -5365,6 +5365,284 @@ func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{82}
 }
 
+type WatchJobsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`            // only this tenant's jobs; "" = every tenant
+	JobId  string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // only this job; "" = every job
+	Kind   string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                // only jobs of this JobSpec.kind ("shell" matches command jobs); "" = every kind
+	// cursor resumes after the position it names (a WatchJobsResponse.cursor):
+	// no event is skipped or repeated. "" starts from now.
+	Cursor  string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	FromNow bool   `protobuf:"varint,5,opt,name=from_now,json=fromNow,proto3" json:"from_now,omitempty"` // start from now (the default); exclusive with cursor
+	// include_job attaches the job as this node holds it when the event is
+	// sent (it may be newer than the event; nil once the job is gone).
+	IncludeJob bool `protobuf:"varint,6,opt,name=include_job,json=includeJob,proto3" json:"include_job,omitempty"`
+	// bookmark_interval_ms: how often an idle stream gets a bookmark; 0 =
+	// 2000, else 100..60000.
+	BookmarkIntervalMs int64 `protobuf:"varint,7,opt,name=bookmark_interval_ms,json=bookmarkIntervalMs,proto3" json:"bookmark_interval_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *WatchJobsRequest) Reset() {
+	*x = WatchJobsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsRequest) ProtoMessage() {}
+
+func (x *WatchJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *WatchJobsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *WatchJobsRequest) GetFromNow() bool {
+	if x != nil {
+		return x.FromNow
+	}
+	return false
+}
+
+func (x *WatchJobsRequest) GetIncludeJob() bool {
+	if x != nil {
+		return x.IncludeJob
+	}
+	return false
+}
+
+func (x *WatchJobsRequest) GetBookmarkIntervalMs() int64 {
+	if x != nil {
+		return x.BookmarkIntervalMs
+	}
+	return 0
+}
+
+// WatchJobsResponse is one event or one bookmark. cursor is the resume
+// point after this message: pass it as WatchJobsRequest.cursor.
+type WatchJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *JobEvent              `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`        // unset on a bookmark
+	Bookmark      bool                   `protobuf:"varint,2,opt,name=bookmark,proto3" json:"bookmark,omitempty"` // no event: the cursor moved (or stayed) while idle
+	Cursor        string                 `protobuf:"bytes,3,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobsResponse) Reset() {
+	*x = WatchJobsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobsResponse) ProtoMessage() {}
+
+func (x *WatchJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobsResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *WatchJobsResponse) GetEvent() *JobEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchJobsResponse) GetBookmark() bool {
+	if x != nil {
+		return x.Bookmark
+	}
+	return false
+}
+
+func (x *WatchJobsResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+// JobEvent is one job state change as applied at (shard, index, position):
+// position is the event's place among the events of that log entry.
+type JobEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                         // JobSpec.kind ("" for a command job)
+	From          JobState               `protobuf:"varint,4,opt,name=from,proto3,enum=hodei.v1.JobState" json:"from,omitempty"` // UNSPECIFIED for a submit
+	To            JobState               `protobuf:"varint,5,opt,name=to,proto3,enum=hodei.v1.JobState" json:"to,omitempty"`     // UNSPECIFIED when the job was removed (GC)
+	Shard         uint32                 `protobuf:"varint,6,opt,name=shard,proto3" json:"shard,omitempty"`
+	Index         uint64                 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"` // Raft log index of the entry
+	Position      uint32                 `protobuf:"varint,8,opt,name=position,proto3" json:"position,omitempty"`
+	TimeMs        int64                  `protobuf:"varint,9,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // the entry's stamped now_ms
+	Job           *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobEvent) Reset() {
+	*x = JobEvent{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobEvent) ProtoMessage() {}
+
+func (x *JobEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
+func (*JobEvent) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *JobEvent) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobEvent) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *JobEvent) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *JobEvent) GetFrom() JobState {
+	if x != nil {
+		return x.From
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobEvent) GetTo() JobState {
+	if x != nil {
+		return x.To
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *JobEvent) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *JobEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *JobEvent) GetPosition() uint32 {
+	if x != nil {
+		return x.Position
+	}
+	return 0
+}
+
+func (x *JobEvent) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *JobEvent) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -5744,7 +6022,32 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x15DeleteScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"\x18\n" +
-	"\x16DeleteScheduleResponse*\x9b\x01\n" +
+	"\x16DeleteScheduleResponse\"\xdb\x01\n" +
+	"\x10WatchJobsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06cursor\x18\x04 \x01(\tR\x06cursor\x12\x19\n" +
+	"\bfrom_now\x18\x05 \x01(\bR\afromNow\x12\x1f\n" +
+	"\vinclude_job\x18\x06 \x01(\bR\n" +
+	"includeJob\x120\n" +
+	"\x14bookmark_interval_ms\x18\a \x01(\x03R\x12bookmarkIntervalMs\"q\n" +
+	"\x11WatchJobsResponse\x12(\n" +
+	"\x05event\x18\x01 \x01(\v2\x12.hodei.v1.JobEventR\x05event\x12\x1a\n" +
+	"\bbookmark\x18\x02 \x01(\bR\bbookmark\x12\x16\n" +
+	"\x06cursor\x18\x03 \x01(\tR\x06cursor\"\x9b\x02\n" +
+	"\bJobEvent\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12&\n" +
+	"\x04from\x18\x04 \x01(\x0e2\x12.hodei.v1.JobStateR\x04from\x12\"\n" +
+	"\x02to\x18\x05 \x01(\x0e2\x12.hodei.v1.JobStateR\x02to\x12\x14\n" +
+	"\x05shard\x18\x06 \x01(\rR\x05shard\x12\x14\n" +
+	"\x05index\x18\a \x01(\x04R\x05index\x12\x1a\n" +
+	"\bposition\x18\b \x01(\rR\bposition\x12\x17\n" +
+	"\atime_ms\x18\t \x01(\x03R\x06timeMs\x12\x1f\n" +
+	"\x03job\x18\n" +
+	" \x01(\v2\r.hodei.v1.JobR\x03job*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -5757,7 +6060,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1d\n" +
 	"\x19OVERLAP_POLICY_BUFFER_ONE\x10\x02\x12\x1c\n" +
 	"\x18OVERLAP_POLICY_ALLOW_ALL\x10\x03\x12\"\n" +
-	"\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x042\xe1\x02\n" +
+	"\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x042\xa9\x03\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -5765,7 +6068,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"SubmitJobs\x12\x1b.hodei.v1.SubmitJobsRequest\x1a\x1c.hodei.v1.SubmitJobsResponse\x12;\n" +
 	"\x06GetJob\x12\x17.hodei.v1.GetJobRequest\x1a\x18.hodei.v1.GetJobResponse\x12A\n" +
 	"\bListJobs\x12\x19.hodei.v1.ListJobsRequest\x1a\x1a.hodei.v1.ListJobsResponse\x12D\n" +
-	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse2\xb7\x03\n" +
+	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse\x12F\n" +
+	"\tWatchJobs\x12\x1a.hodei.v1.WatchJobsRequest\x1a\x1b.hodei.v1.WatchJobsResponse0\x012\xb7\x03\n" +
 	"\rWorkerService\x12?\n" +
 	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
@@ -5807,7 +6111,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
@@ -5894,6 +6198,9 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*BackfillScheduleResponse)(nil), // 82: hodei.v1.BackfillScheduleResponse
 	(*DeleteScheduleRequest)(nil),    // 83: hodei.v1.DeleteScheduleRequest
 	(*DeleteScheduleResponse)(nil),   // 84: hodei.v1.DeleteScheduleResponse
+	(*WatchJobsRequest)(nil),         // 85: hodei.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),        // 86: hodei.v1.WatchJobsResponse
+	(*JobEvent)(nil),                 // 87: hodei.v1.JobEvent
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	2,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -5960,69 +6267,75 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	5,  // 61: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
 	71, // 62: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
 	7,  // 63: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
-	6,  // 64: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	8,  // 65: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	10, // 66: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	12, // 67: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	14, // 68: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	33, // 69: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	17, // 70: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	20, // 71: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	23, // 72: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	27, // 73: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	42, // 74: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	47, // 75: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	50, // 76: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	52, // 77: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	54, // 78: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	56, // 79: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	58, // 80: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	62, // 81: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	64, // 82: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	67, // 83: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	69, // 84: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	72, // 85: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	74, // 86: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	75, // 87: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	77, // 88: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	78, // 89: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	79, // 90: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	81, // 91: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	83, // 92: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	7,  // 93: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	9,  // 94: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	11, // 95: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	13, // 96: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	15, // 97: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	40, // 98: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	18, // 99: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	22, // 100: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	24, // 101: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	28, // 102: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	44, // 103: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	48, // 104: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	51, // 105: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	53, // 106: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	55, // 107: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	57, // 108: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	61, // 109: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	63, // 110: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	65, // 111: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	68, // 112: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	70, // 113: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	73, // 114: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	73, // 115: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	76, // 116: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	73, // 117: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	73, // 118: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	80, // 119: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	82, // 120: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	84, // 121: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	93, // [93:122] is the sub-list for method output_type
-	64, // [64:93] is the sub-list for method input_type
-	64, // [64:64] is the sub-list for extension type_name
-	64, // [64:64] is the sub-list for extension extendee
-	0,  // [0:64] is the sub-list for field type_name
+	87, // 64: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	0,  // 65: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
+	0,  // 66: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
+	5,  // 67: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	6,  // 68: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	8,  // 69: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	10, // 70: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	12, // 71: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	14, // 72: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	85, // 73: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	33, // 74: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	17, // 75: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	20, // 76: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	23, // 77: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	27, // 78: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	42, // 79: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	47, // 80: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	50, // 81: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	52, // 82: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	54, // 83: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	56, // 84: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	58, // 85: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	62, // 86: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	64, // 87: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	67, // 88: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	69, // 89: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	72, // 90: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	74, // 91: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	75, // 92: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	77, // 93: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	78, // 94: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	79, // 95: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	81, // 96: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	83, // 97: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	7,  // 98: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	9,  // 99: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	11, // 100: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	13, // 101: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	15, // 102: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	86, // 103: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	40, // 104: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	18, // 105: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	22, // 106: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	24, // 107: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	28, // 108: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	44, // 109: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	48, // 110: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	51, // 111: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	53, // 112: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	55, // 113: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	57, // 114: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	61, // 115: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	63, // 116: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	65, // 117: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	68, // 118: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	70, // 119: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	73, // 120: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	73, // 121: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	76, // 122: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	73, // 123: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	73, // 124: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	80, // 125: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	82, // 126: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	84, // 127: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	98, // [98:128] is the sub-list for method output_type
+	68, // [68:98] is the sub-list for method input_type
+	68, // [68:68] is the sub-list for extension type_name
+	68, // [68:68] is the sub-list for extension extendee
+	0,  // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -6050,7 +6363,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   83,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
