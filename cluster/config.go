@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"github.com/hodei-io/hodei/cluster/logstore"
 	"log/slog"
 	"net"
 	"strings"
@@ -46,6 +47,9 @@ func ParsePeers(s string) ([]Peer, error) {
 
 // Config configures one server node.
 type Config struct {
+	// LiveLogs bounds the node's store of live job log lines (zero values:
+	// logstore's defaults, 1 MiB per job, 256 MiB per node, 1 h retention).
+	LiveLogs logstore.Config
 	NodeID   string
 	DataDir  string
 	GRPCAddr string // listen address, also the advertised Raft/gRPC address unless Advertise is set

@@ -116,6 +116,8 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(total)
 		}))
 	}
+	// Live logs (issue 11 logs): bytes held, lines received and dropped, evictions.
+	reg.MustRegister(logMetrics(n)...)
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

@@ -53,6 +53,7 @@ type Node struct {
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
+	logs         *nodeLogs                            // live log lines of jobs (logs.go)
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
@@ -102,7 +103,16 @@ func New(cfg Config) (*Node, error) {
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
 	n.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
 	n.raftNet.Register(n.grpc)
-	transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger).Register(n.grpc)
+	api := transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger)
+	logs, err := newNodeLogs(n, cfg.LiveLogs)
+	if err != nil {
+		lis.Close()
+		n.pool.Close()
+		return nil, fmt.Errorf("live logs: %w", err)
+	}
+	n.logs = logs
+	api.SetLogs(logs)
+	api.Register(n.grpc)
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpc, n.health)
 	reflection.Register(n.grpc)
@@ -159,6 +169,7 @@ func New(cfg Config) (*Node, error) {
 	n.dispatch.Store(d)
 	n.startGossipJoins()
 	n.storeHealth.start()
+	n.logs.start()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -295,6 +306,7 @@ func (n *Node) Close() error {
 			<-stopped
 		}
 		n.storeHealth.close()
+		n.logs.close()
 		var errs []error
 		for _, s := range n.shards {
 			if err := s.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
@@ -327,6 +339,7 @@ func (n *Node) Kill() error {
 		n.grpc.Stop()
 		n.stopDispatcher()
 		n.storeHealth.close()
+		n.logs.close()
 		n.raftNet.Close()
 		for _, s := range n.shards {
 			s.close()

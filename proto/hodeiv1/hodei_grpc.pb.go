@@ -22,11 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_SubmitJob_FullMethodName  = "/hodei.v1.JobService/SubmitJob"
-	JobService_SubmitJobs_FullMethodName = "/hodei.v1.JobService/SubmitJobs"
-	JobService_GetJob_FullMethodName     = "/hodei.v1.JobService/GetJob"
-	JobService_ListJobs_FullMethodName   = "/hodei.v1.JobService/ListJobs"
-	JobService_CancelJob_FullMethodName  = "/hodei.v1.JobService/CancelJob"
+	JobService_SubmitJob_FullMethodName     = "/hodei.v1.JobService/SubmitJob"
+	JobService_SubmitJobs_FullMethodName    = "/hodei.v1.JobService/SubmitJobs"
+	JobService_GetJob_FullMethodName        = "/hodei.v1.JobService/GetJob"
+	JobService_ListJobs_FullMethodName      = "/hodei.v1.JobService/ListJobs"
+	JobService_CancelJob_FullMethodName     = "/hodei.v1.JobService/CancelJob"
+	JobService_GetJobLogs_FullMethodName    = "/hodei.v1.JobService/GetJobLogs"
+	JobService_FollowJobLogs_FullMethodName = "/hodei.v1.JobService/FollowJobLogs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -38,6 +40,14 @@ type JobServiceClient interface {
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// issue 11 logs
+	// GetJobLogs returns the log lines of one attempt kept by the nodes (the
+	// node a worker streamed them to keeps them: not replicated), or, when no
+	// node has them, the tail replicated in the job's result.
+	GetJobLogs(ctx context.Context, in *GetJobLogsRequest, opts ...grpc.CallOption) (*GetJobLogsResponse, error)
+	// FollowJobLogs streams an attempt's lines live until the job ends, then
+	// the stream ends cleanly.
+	FollowJobLogs(ctx context.Context, in *FollowJobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowJobLogsResponse], error)
 }
 
 type jobServiceClient struct {
@@ -98,6 +108,35 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) GetJobLogs(ctx context.Context, in *GetJobLogsRequest, opts ...grpc.CallOption) (*GetJobLogsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJobLogsResponse)
+	err := c.cc.Invoke(ctx, JobService_GetJobLogs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) FollowJobLogs(ctx context.Context, in *FollowJobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowJobLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[0], JobService_FollowJobLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FollowJobLogsRequest, FollowJobLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_FollowJobLogsClient = grpc.ServerStreamingClient[FollowJobLogsResponse]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -107,6 +146,14 @@ type JobServiceServer interface {
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// issue 11 logs
+	// GetJobLogs returns the log lines of one attempt kept by the nodes (the
+	// node a worker streamed them to keeps them: not replicated), or, when no
+	// node has them, the tail replicated in the job's result.
+	GetJobLogs(context.Context, *GetJobLogsRequest) (*GetJobLogsResponse, error)
+	// FollowJobLogs streams an attempt's lines live until the job ends, then
+	// the stream ends cleanly.
+	FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -131,6 +178,12 @@ func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest)
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) GetJobLogs(context.Context, *GetJobLogsRequest) (*GetJobLogsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJobLogs not implemented")
+}
+func (UnimplementedJobServiceServer) FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method FollowJobLogs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -243,6 +296,35 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_GetJobLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJobLogsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).GetJobLogs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_GetJobLogs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).GetJobLogs(ctx, req.(*GetJobLogsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_FollowJobLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FollowJobLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).FollowJobLogs(m, &grpc.GenericServerStream[FollowJobLogsRequest, FollowJobLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_FollowJobLogsServer = grpc.ServerStreamingServer[FollowJobLogsResponse]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -270,8 +352,18 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
 		},
+		{
+			MethodName: "GetJobLogs",
+			Handler:    _JobService_GetJobLogs_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "FollowJobLogs",
+			Handler:       _JobService_FollowJobLogs_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "hodei/v1/hodei.proto",
 }
 
