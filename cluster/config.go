@@ -3,7 +3,6 @@ package cluster
 import (
 	"errors"
 	"fmt"
-	"github.com/hodei-io/hodei/cluster/logstore"
 	"log/slog"
 	"net"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hodei-io/hodei/cluster/logstore"
 	"github.com/hodei-io/hodei/fsm"
 )
 
@@ -47,9 +47,6 @@ func ParsePeers(s string) ([]Peer, error) {
 
 // Config configures one server node.
 type Config struct {
-	// LiveLogs bounds the node's store of live job log lines (zero values:
-	// logstore's defaults, 1 MiB per job, 256 MiB per node, 1 h retention).
-	LiveLogs logstore.Config
 	NodeID   string
 	DataDir  string
 	GRPCAddr string // listen address, also the advertised Raft/gRPC address unless Advertise is set
@@ -126,6 +123,10 @@ type Config struct {
 	// the time its leader timers compare lease deadlines and delays with.
 	// It exists only for the chaos harness's clock-skew fault.
 	ClockOffset time.Duration
+
+	// LiveLogs bounds the node's store of live job log lines (zero values:
+	// 16 KiB per line, 1 MiB per job, 256 MiB per node, 1 h retention).
+	LiveLogs logstore.Config
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node
