@@ -23,6 +23,7 @@ func newJobCmd() *cobra.Command {
 		Short: "Submit, inspect, list and cancel jobs",
 	}
 	cmd.AddCommand(newJobSubmitCmd(), newJobGetCmd(), newJobListCmd(), newJobCancelCmd())
+	cmd.AddCommand(newJobLogsCmd()) // job_logs.go
 	return cmd
 }
 
