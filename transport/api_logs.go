@@ -173,10 +173,12 @@ func (a *API) readJob(ctx context.Context, id string) (*hodeiv1.Job, error) {
 	return resp.GetJob(), nil
 }
 
-// localJob reads a job from this node's replica (for polling while following).
-func (a *API) localJob(ctx context.Context, id string) (*hodeiv1.Job, error) {
+// localJob reads a job from this node's replica (for polling while
+// following), or linearizably when the replica has not yet seen the job at
+// its attempt minAttempts.
+func (a *API) localJob(ctx context.Context, id string, minAttempts int32) (*hodeiv1.Job, error) {
 	if sh, err := a.b.ShardOfJob(id); err == nil {
-		if j, ok := a.b.GetJob(sh, id); ok {
+		if j, ok := a.b.GetJob(sh, id); ok && j.GetAttempts() >= minAttempts {
 			return j, nil
 		}
 	}
@@ -331,6 +333,14 @@ func (a *API) gatherLogs(ctx context.Context, jobID string, la logAttempt, after
 		uniq = append(uniq, l)
 	}
 	g.lines = uniq
+	for i, l := range g.lines {
+		if l.GetAttempt() == 0 && la.attempt != 0 {
+			// Stored before the holding node's replica knew the lease: the
+			// attempt is the one asked for (the lines are shared: copy).
+			g.lines[i] = &hodeiv1.LogLine{JobId: l.GetJobId(), Token: l.GetToken(), Seq: l.GetSeq(), Stream: l.GetStream(),
+				Data: l.GetData(), TimeMs: l.GetTimeMs(), DroppedBytes: l.GetDroppedBytes(), Attempt: la.attempt, NodeId: l.GetNodeId()}
+		}
+	}
 	if len(g.lines) > limit {
 		g.lines, g.more = g.lines[:limit], true
 	}
@@ -386,7 +396,7 @@ func (s *jobService) FollowJobLogs(req *hodeiv1.FollowJobLogsRequest, stream hod
 			if err := sleepCtx(ctx, followPoll); err != nil {
 				return err
 			}
-			if job, err = a.localJob(ctx, id); err != nil {
+			if job, err = a.localJob(ctx, id, la.attempt); err != nil {
 				return err
 			}
 			if la, err = resolveAttempt(job, 0); err != nil {
@@ -445,7 +455,7 @@ func (s *jobService) FollowJobLogs(req *hodeiv1.FollowJobLogsRequest, stream hod
 				return err
 			}
 		}
-		if job, err = a.localJob(ctx, id); err != nil {
+		if job, err = a.localJob(ctx, id, la.attempt); err != nil {
 			return err
 		}
 		if !la.finished {
