@@ -108,7 +108,7 @@ func (q *logQueue) take(now time.Time) ([]*hodeiv1.LogLine, time.Duration) {
 		return out, 0
 	}
 	need := float64(len(q.lines[0].Data)+logLineCost) - q.tokens
-	return out, max(time.Duration(need/q.rate*float64(time.Second)), time.Millisecond)
+	return out, time.Duration(need/q.rate*float64(time.Second)) + time.Millisecond // rounding up
 }
 
 // jobLog is one attempt's log writer state (made on the first write).
