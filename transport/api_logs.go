@@ -32,7 +32,11 @@ const (
 	// the seqs (lines still on their way from another node) before it
 	// shows them anyway (lines lost with a cut stream).
 	followGapWait  = time.Second
-	peerLogTimeout = 3 * time.Second
+	followGapPause = 50 * time.Millisecond
+	// followRoundSlack bounds how much longer than its wait one follow
+	// round waits for a slow or partitioned member (asked again next round).
+	followRoundSlack = 250 * time.Millisecond
+	peerLogTimeout   = 3 * time.Second
 )
 
 // Reasons for dropping a streamed log line in the transport.
@@ -287,6 +291,9 @@ func (a *API) gatherLogs(ctx context.Context, jobID string, la logAttempt, after
 		err  error
 	}
 	rctx, cancel := context.WithCancel(ctx)
+	if wait > 0 {
+		rctx, cancel = context.WithTimeout(ctx, wait+followRoundSlack)
+	}
 	defer cancel()
 	out := make(chan answer, len(peers)+1)
 	var wg sync.WaitGroup
@@ -422,6 +429,13 @@ func (s *jobService) FollowJobLogs(req *hodeiv1.FollowJobLogsRequest, stream hod
 			}
 			if time.Since(gapSince) < followGapWait {
 				lines = lines[:n]
+				if n == 0 {
+					// Nothing to show yet: the held-back lines would come
+					// straight back; give the missing ones a moment.
+					if err := sleepCtx(ctx, followGapPause); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		if len(lines) > 0 {
