@@ -15,9 +15,15 @@ import (
 )
 
 // runLogWorker runs a Go worker connected to addr only, until the test ends.
-func runLogWorker(t *testing.T, addr string, handlers map[string]client.Handler) {
+func runLogWorker(t *testing.T, addr string, handlers map[string]client.Handler) *client.Worker {
+	return runLogWorkerOn(t, []string{addr}, handlers)
+}
+
+// runLogWorkerOn runs a Go worker with the client addresses addrs (it
+// connects to the first, then the next on errors).
+func runLogWorkerOn(t *testing.T, addrs []string, handlers map[string]client.Handler) *client.Worker {
 	t.Helper()
-	wc := newClient(t, addr)
+	wc := newClient(t, addrs...)
 	w, err := client.NewWorker(wc, client.WorkerConfig{ID: "logger", Concurrency: 2, LeaseTTL: 2 * time.Second, DrainTimeout: 5 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -34,6 +40,7 @@ func runLogWorker(t *testing.T, addr string, handlers map[string]client.Handler)
 			t.Errorf("Run: %v", err)
 		}
 	})
+	return w
 }
 
 // Live logs followed from a node the worker is not connected to: the
@@ -255,5 +262,79 @@ func TestWorkerStreamBadLogLines(t *testing.T) {
 	resp, err := c.JobLogs(context.Background(), &hodeiv1.GetJobLogsRequest{JobId: id})
 	if err != nil || len(resp.GetLines()) != 1 || string(resp.GetLines()[0].GetData()) != "good" {
 		t.Fatalf("logs %v, %v", resp, err)
+	}
+}
+
+// A worker that moves to another node mid-job leaves the attempt's lines on
+// two nodes: a follower on a third node shows them all, in order, as one
+// attempt, and the stream ends with the job.
+func TestLiveLogsAcrossWorkerReconnect(t *testing.T) {
+	tc := startCluster(t, 3, 1)
+	first, second, ri := 0, 1, 2
+	seen := make(chan int, 16)
+	moved := make(chan struct{})
+	w := runLogWorkerOn(t, []string{tc.addrs()[first], tc.addrs()[second]}, map[string]client.Handler{
+		"move": func(ctx context.Context, j *client.Job) error {
+			for i := 1; i <= 10; i++ {
+				if i == 6 {
+					select {
+					case <-moved:
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+				j.Logf("line %d", i)
+				if i <= 5 {
+					select {
+					case <-seen:
+					case <-time.After(15 * time.Second):
+						return fmt.Errorf("line %d not seen", i)
+					}
+				}
+			}
+			return nil
+		},
+	})
+	reader := newClient(t, tc.addrs()[ri])
+	r, err := reader.Submit(context.Background(), &hodeiv1.JobSpec{Kind: "move"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var got []string
+	var nodes []string
+	err = reader.FollowJobLogs(ctx, &hodeiv1.FollowJobLogsRequest{JobId: r.GetJob().GetId()}, func(m *hodeiv1.FollowJobLogsResponse) error {
+		for _, l := range m.GetLines() {
+			got = append(got, string(l.GetData()))
+			nodes = append(nodes, l.GetNodeId())
+			if len(got) <= 5 {
+				seen <- len(got)
+			}
+			if len(got) == 5 {
+				// The worker's node goes away; the worker reconnects to the other.
+				go func() {
+					defer close(moved)
+					tc.nodes[first].Close()
+					for deadline := time.Now().Add(20 * time.Second); w.Stats().Streams < 2 && time.Now().Before(deadline); {
+						time.Sleep(10 * time.Millisecond) // polling a condition (no event to wait on)
+					}
+				}()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 1; i <= 10; i++ {
+		want = append(want, fmt.Sprintf("line %d", i))
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("followed %v", got)
+	}
+	if nodes[0] != tc.peers[first].ID || nodes[9] != tc.peers[second].ID {
+		t.Fatalf("lines held by %v", nodes)
 	}
 }
