@@ -116,6 +116,7 @@ type jobLog struct {
 	q       *logQueue
 	jobID   string
 	token   uint64
+	attempt int32
 	mu      sync.Mutex
 	seq     uint64
 	partial [3][]byte // by LogStream: a line not ended yet
@@ -129,7 +130,7 @@ func (l *jobLog) emit(stream hodeiv1.LogStream, data []byte) {
 	if l.dropped > 0 {
 		msg := fmt.Sprintf("[%d bytes dropped]", l.dropped)
 		m := &hodeiv1.LogLine{JobId: l.jobID, Token: l.token, Seq: l.seq + 1, Stream: hodeiv1.LogStream_LOG_STREAM_STDERR,
-			Data: []byte(msg), TimeMs: now, DroppedBytes: l.dropped}
+			Data: []byte(msg), TimeMs: now, DroppedBytes: l.dropped, Attempt: l.attempt}
 		if !l.q.push(m) {
 			l.dropped += int64(len(data)) + 1
 			return
@@ -138,7 +139,7 @@ func (l *jobLog) emit(stream hodeiv1.LogStream, data []byte) {
 		l.dropped = 0
 	}
 	line := &hodeiv1.LogLine{JobId: l.jobID, Token: l.token, Seq: l.seq + 1, Stream: stream,
-		Data: bytes.Clone(data), TimeMs: now}
+		Data: bytes.Clone(data), TimeMs: now, Attempt: l.attempt}
 	if !l.q.push(line) {
 		l.dropped += int64(len(data)) + 1
 		return
@@ -188,7 +189,7 @@ func (l *jobLog) flush() {
 	if l.dropped > 0 {
 		d := l.dropped
 		m := &hodeiv1.LogLine{JobId: l.jobID, Token: l.token, Seq: l.seq + 1, Stream: hodeiv1.LogStream_LOG_STREAM_STDERR,
-			Data: []byte(fmt.Sprintf("[%d bytes dropped]", d)), TimeMs: time.Now().UnixMilli(), DroppedBytes: d}
+			Data: []byte(fmt.Sprintf("[%d bytes dropped]", d)), TimeMs: time.Now().UnixMilli(), DroppedBytes: d, Attempt: l.attempt}
 		if l.q.push(m) {
 			l.seq++
 			l.dropped = 0
@@ -217,7 +218,7 @@ func (j *Job) logger() *jobLog {
 	if l := j.log.Load(); l != nil {
 		return l
 	}
-	j.log.CompareAndSwap(nil, &jobLog{q: j.lq, jobID: j.job.GetId(), token: j.token})
+	j.log.CompareAndSwap(nil, &jobLog{q: j.lq, jobID: j.job.GetId(), token: j.token, attempt: j.job.GetAttempts()})
 	return j.log.Load()
 }
 

@@ -100,8 +100,8 @@ func (l *nodeLogs) drop(reason string, n int) {
 // AppendLogs fences each run of lines of one (job, token) against the local
 // replica: an unknown job, or a token older than the job's current lease or
 // latest result, is dropped. A token newer than the replica knows (the
-// replica is behind the leader that granted it) is kept, its attempt
-// number unknown.
+// replica is behind the leader that granted it) is kept under the attempt
+// number the worker gives (its lease's).
 func (l *nodeLogs) AppendLogs(lines []*hodeiv1.LogLine, dropped map[string]int) {
 	for reason, k := range dropped {
 		l.drop(reason, k)
@@ -119,7 +119,7 @@ func (l *nodeLogs) AppendLogs(lines []*hodeiv1.LogLine, dropped map[string]int) 
 			l.drop(logDropUnknownJob, len(run))
 			continue
 		}
-		var attempt int32
+		attempt := run[0].GetAttempt() // the worker's claim, unless the replica knows
 		switch {
 		case token < jl.LeaseToken || token < jl.ResultToken:
 			l.drop(logstore.DropStale, len(run))

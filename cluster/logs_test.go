@@ -338,3 +338,54 @@ func TestLiveLogsAcrossWorkerReconnect(t *testing.T) {
 		t.Fatalf("lines held by %v", nodes)
 	}
 }
+
+// Following attempt 0 moves on to the retry: the first attempt's lines,
+// then the second's, each tagged with its attempt; a read of attempt 1
+// afterwards still shows the first attempt's lines.
+func TestLiveLogsFollowMovesToRetry(t *testing.T) {
+	tc := startCluster(t, 3, 1)
+	wi := followerOf(tc)
+	ri := followerOf(tc, wi)
+	gate := make(chan struct{})
+	runLogWorker(t, tc.addrs()[wi], map[string]client.Handler{
+		"flaky": func(ctx context.Context, j *client.Job) error {
+			j.Logf("try %d", j.Attempt())
+			if j.Attempt() == 1 {
+				select { // fail only once the follower is following
+				case <-gate:
+				case <-ctx.Done():
+				}
+				return fmt.Errorf("first try fails")
+			}
+			return nil
+		},
+	})
+	reader := newClient(t, tc.addrs()[ri])
+	r, err := reader.Submit(context.Background(), &hodeiv1.JobSpec{Kind: "flaky", MaxAttempts: 2, BackoffBaseMs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := r.GetJob().GetId()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var got []string
+	err = reader.FollowJobLogs(ctx, &hodeiv1.FollowJobLogsRequest{JobId: id}, func(m *hodeiv1.FollowJobLogsResponse) error {
+		for _, l := range m.GetLines() {
+			got = append(got, fmt.Sprintf("%d:%s", l.GetAttempt(), l.GetData()))
+			if len(got) == 1 {
+				close(gate)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "1:try 1,2:try 2" {
+		t.Fatalf("followed %v", got)
+	}
+	resp, err := reader.JobLogs(ctx, &hodeiv1.GetJobLogsRequest{JobId: id, Attempt: 1})
+	if err != nil || len(resp.GetLines()) != 1 || string(resp.GetLines()[0].GetData()) != "try 1" || resp.GetAttempt() != 1 {
+		t.Fatalf("attempt 1: %v, %v", resp, err)
+	}
+}

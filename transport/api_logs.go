@@ -112,7 +112,7 @@ func (s *workerService) handleWorkerLogs(m *hodeiv1.WorkerLogs) {
 			dropped[why]++
 			continue
 		}
-		l.Attempt, l.NodeId = 0, "" // set by the server
+		l.NodeId = "" // set by the node that keeps it
 		valid = append(valid, l)
 	}
 	if len(lines) > maxStreamItems {

@@ -4512,8 +4512,10 @@ type LogLine struct {
 	TimeMs int64                  `protobuf:"varint,6,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // worker's clock when written
 	// dropped_bytes > 0: a marker line; the worker dropped that many bytes
 	// before this line (its queue was full). data then says so.
-	DroppedBytes  int64  `protobuf:"varint,7,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"`
-	Attempt       int32  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`            // set by the server
+	DroppedBytes int64 `protobuf:"varint,7,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"`
+	// attempt number: the worker's (from its lease) unless the node's replica
+	// knows the lease, whose number then wins.
+	Attempt       int32  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	NodeId        string `protobuf:"bytes,9,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // set by the server: the node holding the line
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
