@@ -4760,7 +4760,8 @@ type GetJobLogsResponse struct {
 	JobFinished bool                   `protobuf:"varint,3,opt,name=job_finished,json=jobFinished,proto3" json:"job_finished,omitempty"` // the attempt is over (no more lines will come)
 	// No node holds lines of this attempt (never written, expired, evicted,
 	// or the holding node is gone): result_tail is the replicated output tail
-	// of the attempt's result (the last 64 KiB), when it is the job's last result.
+	// of the attempt's result (the last 64 KiB), when it is the job's last
+	// result. With local_only: this node holds none (result_tail is empty).
 	FromResultTail bool   `protobuf:"varint,4,opt,name=from_result_tail,json=fromResultTail,proto3" json:"from_result_tail,omitempty"`
 	ResultTail     []byte `protobuf:"bytes,5,opt,name=result_tail,json=resultTail,proto3" json:"result_tail,omitempty"`
 	// Lines before the first one shown were evicted from a node's store.
