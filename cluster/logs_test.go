@@ -16,15 +16,15 @@ import (
 
 // runLogWorker runs a Go worker connected to addr only, until the test ends.
 func runLogWorker(t *testing.T, addr string, handlers map[string]client.Handler) *client.Worker {
-	return runLogWorkerOn(t, []string{addr}, handlers)
+	return runLogWorkerOn(t, []string{addr}, 2*time.Second, handlers)
 }
 
 // runLogWorkerOn runs a Go worker with the client addresses addrs (it
 // connects to the first, then the next on errors).
-func runLogWorkerOn(t *testing.T, addrs []string, handlers map[string]client.Handler) *client.Worker {
+func runLogWorkerOn(t *testing.T, addrs []string, ttl time.Duration, handlers map[string]client.Handler) *client.Worker {
 	t.Helper()
 	wc := newClient(t, addrs...)
-	w, err := client.NewWorker(wc, client.WorkerConfig{ID: "logger", Concurrency: 2, LeaseTTL: 2 * time.Second, DrainTimeout: 5 * time.Second, Logger: testLogger(t)})
+	w, err := client.NewWorker(wc, client.WorkerConfig{ID: "logger", Concurrency: 2, LeaseTTL: ttl, DrainTimeout: 5 * time.Second, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,10 +270,15 @@ func TestWorkerStreamBadLogLines(t *testing.T) {
 // attempt, and the stream ends with the job.
 func TestLiveLogsAcrossWorkerReconnect(t *testing.T) {
 	tc := startCluster(t, 3, 1)
-	first, second, ri := 0, 1, 2
+	// The worker's first node is a follower, so that closing it costs no
+	// election; a long TTL keeps the lease through the move (the test is
+	// about the lines, not about lease expiry).
+	first := followerOf(tc)
+	second := followerOf(tc, first)
+	ri := 3 - first - second
 	seen := make(chan int, 16)
 	moved := make(chan struct{})
-	w := runLogWorkerOn(t, []string{tc.addrs()[first], tc.addrs()[second]}, map[string]client.Handler{
+	w := runLogWorkerOn(t, []string{tc.addrs()[first], tc.addrs()[second]}, 20*time.Second, map[string]client.Handler{
 		"move": func(ctx context.Context, j *client.Job) error {
 			for i := 1; i <= 10; i++ {
 				if i == 6 {
