@@ -263,6 +263,41 @@ func TestWorkerStreamBadLogLines(t *testing.T) {
 	if err != nil || len(resp.GetLines()) != 1 || string(resp.GetLines()[0].GetData()) != "good" {
 		t.Fatalf("logs %v, %v", resp, err)
 	}
+	// The same counts in the node's metrics.
+	mfs, err := n.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metric := map[string]float64{}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "hodei_job_logs_") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, lp := range m.GetLabel() {
+				key += "/" + lp.GetValue()
+			}
+			metric[key] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for key, want := range map[string]float64{
+		"hodei_job_logs_lines_received_total":            1,
+		"hodei_job_logs_lines_dropped_total/malformed":   3,
+		"hodei_job_logs_lines_dropped_total/unknown_job": 1,
+		"hodei_job_logs_lines_dropped_total/stale_token": 1,
+		"hodei_job_logs_lines_dropped_total/oversized":   1,
+		"hodei_job_logs_lines_dropped_total/duplicate":   1,
+		"hodei_job_logs_evictions_total/node":            0,
+		"hodei_job_logs_jobs":                            1,
+	} {
+		if got, ok := metric[key]; !ok || got != want {
+			t.Errorf("metric %s = %v (present %v), want %v", key, got, ok, want)
+		}
+	}
+	if metric["hodei_job_logs_bytes"] <= 0 {
+		t.Errorf("hodei_job_logs_bytes = %v", metric["hodei_job_logs_bytes"])
+	}
 }
 
 // A worker that moves to another node mid-job leaves the attempt's lines on
