@@ -33,16 +33,24 @@ func (c *Client) JobLogs(ctx context.Context, req *hodeiv1.GetJobLogsRequest) (*
 // message, until the job ends (the last message has JobFinished set; then
 // it returns nil), ctx ends, or fn returns an error (returned as is). A
 // stream cut by a node going away is resumed on the next node after the
-// last line seen, within the client's retry budget.
+// last line seen, within the client's retry budget. Following attempt 0
+// moves on to retries, also across a resume.
 func (c *Client) FollowJobLogs(ctx context.Context, req *hodeiv1.FollowJobLogsRequest, fn func(*hodeiv1.FollowJobLogsResponse) error) error {
 	cur := &hodeiv1.FollowJobLogsRequest{JobId: req.GetJobId(), Attempt: req.GetAttempt(), AfterSeq: req.GetAfterSeq()}
-	var fnErr error
-	for n := 0; ; n++ {
+	var (
+		fnErr   error
+		seenAtt int32                         // attempt of the last line seen
+		seenSeq uint64                        // its seq
+		pinned  bool                          // following attempt 0, resumed pinned to seenAtt
+		next    *hodeiv1.FollowJobLogsRequest // a pinned attempt ended: go on with this
+	)
+	for n := 0; ; {
 		idx, target := c.current()
 		cc, err := c.conn(target)
 		if err != nil {
 			return err
 		}
+		next = nil
 		err = func() error {
 			sctx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -59,8 +67,30 @@ func (c *Client) FollowJobLogs(ctx context.Context, req *hodeiv1.FollowJobLogsRe
 					return err
 				}
 				if ls := m.GetLines(); len(ls) > 0 {
-					// Resume after the last line seen, on this attempt.
-					cur.Attempt, cur.AfterSeq = m.GetAttempt(), ls[len(ls)-1].GetSeq()
+					seenAtt, seenSeq = m.GetAttempt(), ls[len(ls)-1].GetSeq()
+				}
+				if m.GetJobFinished() && pinned {
+					// The server ends a pinned follow with its attempt: go
+					// on with the latest unless the job ended with this one.
+					job, err := c.Get(ctx, req.GetJobId())
+					if err != nil {
+						return err
+					}
+					if job.GetAttempts() > cur.GetAttempt() || !terminalState(job.GetState()) {
+						if len(m.GetLines()) > 0 {
+							m.JobFinished = false
+							if fnErr = fn(m); fnErr != nil {
+								return fnErr
+							}
+						}
+						next = &hodeiv1.FollowJobLogsRequest{JobId: req.GetJobId()}
+						if job.GetAttempts() == cur.GetAttempt() {
+							// The retry has not started: the latest attempt
+							// is still the one seen.
+							next.AfterSeq = seenSeq
+						}
+						return nil
+					}
 				}
 				if fnErr = fn(m); fnErr != nil {
 					return fnErr
@@ -68,24 +98,47 @@ func (c *Client) FollowJobLogs(ctx context.Context, req *hodeiv1.FollowJobLogsRe
 				if m.GetJobFinished() {
 					return nil
 				}
-				if len(m.GetLines()) == 0 && m.GetAttempt() != cur.GetAttempt() {
-					cur.Attempt, cur.AfterSeq = m.GetAttempt(), 0
-				}
 			}
 		}()
+		if next != nil {
+			cur, pinned = next, false
+			continue
+		}
 		if err == nil || (fnErr != nil && errors.Is(err, fnErr)) || ctx.Err() != nil || !IsRetryable(err) {
 			return err
 		}
-		if n >= 8 {
+		if n++; n > 8 {
 			return err
 		}
 		c.failover(idx)
-		t := time.NewTimer(backoff(n))
+		t := time.NewTimer(backoff(n - 1))
 		select {
 		case <-ctx.Done():
 			t.Stop()
 			return err
 		case <-t.C:
 		}
+		// Resume after the last line seen.
+		cur = &hodeiv1.FollowJobLogsRequest{JobId: req.GetJobId(), Attempt: req.GetAttempt(), AfterSeq: req.GetAfterSeq()}
+		if seenAtt > 0 {
+			cur.Attempt, cur.AfterSeq = seenAtt, seenSeq
+			if req.GetAttempt() == 0 {
+				// Attempt 0 with after_seq applies it to the latest attempt:
+				// right while that is still the one seen; else pin to it.
+				if job, err := c.Get(ctx, req.GetJobId()); err == nil && job.GetAttempts() == seenAtt {
+					cur.Attempt = 0
+				} else {
+					pinned = true
+				}
+			}
+		}
 	}
+}
+
+func terminalState(s hodeiv1.JobState) bool {
+	switch s {
+	case hodeiv1.JobState_JOB_STATE_PENDING, hodeiv1.JobState_JOB_STATE_RUNNING, hodeiv1.JobState_JOB_STATE_UNSPECIFIED:
+		return false
+	}
+	return true
 }

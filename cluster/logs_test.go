@@ -429,3 +429,58 @@ func TestLiveLogsFollowMovesToRetry(t *testing.T) {
 		t.Fatalf("attempt 1: %v, %v", resp, err)
 	}
 }
+
+// A follow whose node goes away resumes on the client's next node after
+// the last line seen: no line repeated, none missing.
+func TestLiveLogsFollowResumesOnAnotherNode(t *testing.T) {
+	tc := startCluster(t, 3, 1)
+	wi := followerOf(tc)
+	r1 := followerOf(tc, wi)
+	r2 := 3 - wi - r1
+	seen := make(chan int, 16)
+	runLogWorkerOn(t, []string{tc.addrs()[wi]}, 20*time.Second, map[string]client.Handler{
+		"steady": func(ctx context.Context, j *client.Job) error {
+			for i := 1; i <= 10; i++ {
+				j.Logf("line %d", i)
+				select {
+				case <-seen:
+				case <-time.After(20 * time.Second):
+					return fmt.Errorf("line %d not seen", i)
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		},
+	})
+	reader := newClient(t, tc.addrs()[r1], tc.addrs()[r2])
+	r, err := reader.Submit(context.Background(), &hodeiv1.JobSpec{Kind: "steady", MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var got []string
+	closed := make(chan struct{})
+	err = reader.FollowJobLogs(ctx, &hodeiv1.FollowJobLogsRequest{JobId: r.GetJob().GetId()}, func(m *hodeiv1.FollowJobLogsResponse) error {
+		for _, l := range m.GetLines() {
+			got = append(got, string(l.GetData()))
+			if len(got) == 5 {
+				go func() { defer close(closed); tc.nodes[r1].Close() }() // the reader's node goes away
+				<-closed
+			}
+			seen <- len(got)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := 1; i <= 10; i++ {
+		want = append(want, fmt.Sprintf("line %d", i))
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("followed %v", got)
+	}
+}
