@@ -64,6 +64,13 @@ type WorkerConfig struct {
 	// Logger receives the runtime's logs (default: none). Nothing is logged
 	// per job on the normal path.
 	Logger *slog.Logger
+	// LogQueueBytes bounds the live log lines (Job.Stdout, Job.Stderr) held
+	// unsent, all jobs together (default 1 MiB, at least 64 KiB); over it
+	// lines are dropped with a "[n bytes dropped]" marker.
+	LogQueueBytes int
+	// LogRate is the most live log bytes per second sent (default 4 MiB/s,
+	// at least 64 KiB/s).
+	LogRate int
 }
 
 // Validate checks cfg without changing it. Zero values are valid (they mean
@@ -78,6 +85,12 @@ func (c WorkerConfig) Validate() error {
 	}
 	if c.LeaseTTL != 0 && c.LeaseTTL < MinLeaseTTL {
 		errs = append(errs, fmt.Errorf("client: lease TTL %v below %v", c.LeaseTTL, MinLeaseTTL))
+	}
+	if c.LogQueueBytes != 0 && c.LogQueueBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("client: log queue of %d bytes, at least %d", c.LogQueueBytes, 64<<10))
+	}
+	if c.LogRate != 0 && c.LogRate < 64<<10 {
+		errs = append(errs, fmt.Errorf("client: log rate of %d bytes/s, at least %d", c.LogRate, 64<<10))
 	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("client: negative drain timeout %v", c.DrainTimeout))
@@ -113,6 +126,12 @@ func (c WorkerConfig) withDefaults() WorkerConfig {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.LogQueueBytes == 0 {
+		c.LogQueueBytes = DefaultLogQueueBytes
+	}
+	if c.LogRate == 0 {
+		c.LogRate = DefaultLogRate
 	}
 	return c
 }
@@ -159,6 +178,7 @@ type Worker struct {
 	backoffMax   time.Duration
 	testHookTake func() // called before the sender takes its next batch
 
+	logq   *logQueue     // live log lines to send (worker_logs.go)
 	jobs   chan *Job     // leased jobs for the pool; never full (credit ≤ free slots)
 	wake   chan struct{} // (1) the sender has something to do
 	settle chan struct{} // (1) a held lease went away (Run's drain watches)
@@ -216,6 +236,7 @@ func NewWorker(c *Client, cfg WorkerConfig) (*Worker, error) {
 		ttl:        cfg.LeaseTTL,
 		maxSlots:   MaxWorkerConcurrency,
 	}
+	w.logq = newLogQueue(cfg.LogQueueBytes, cfg.LogRate, w.signal)
 	keys := make([]string, 0, len(cfg.Labels))
 	for k := range cfg.Labels {
 		keys = append(keys, k)
@@ -415,6 +436,7 @@ func (w *Worker) execute(j *Job) {
 	started := time.Now()
 	err := j.call()
 	finished := time.Now()
+	j.flushLog() // queued before the completion: sent ahead of it
 	var pe *handlerPanic
 	if err != nil && errors.As(err, &pe) {
 		w.panics.Add(1)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	hodeiv1 "github.com/hodei-io/hodei/proto/hodeiv1"
@@ -67,6 +68,9 @@ type Job struct {
 
 	output   []byte
 	exitCode int32
+
+	lq  *logQueue              // the worker's log queue; nil: logs are discarded
+	log atomic.Pointer[jobLog] // made on the first log write (worker_logs.go)
 
 	// Runtime state, owned by the Worker (guarded by Worker.mu unless noted).
 	h       Handler                 // immutable

@@ -208,11 +208,14 @@ func (w *Worker) welcome(wel *hodeiv1.ServerWelcome) (time.Duration, int) {
 func (w *Worker) sendLoop(st hodeiv1.WorkerService_ConnectClient, rs *workerRecv, cancel context.CancelFunc, ttl time.Duration) error {
 	hb := time.NewTicker(max(ttl/3, time.Millisecond))
 	defer hb.Stop()
-	var retryT, drainT *time.Timer
-	var retryC, drainC <-chan time.Time
+	var retryT, drainT, logT *time.Timer
+	var retryC, drainC, logC <-chan time.Time
 	defer func() {
 		if retryT != nil {
 			retryT.Stop()
+		}
+		if logT != nil {
+			logT.Stop()
 		}
 		if drainT != nil {
 			drainT.Stop()
@@ -264,6 +267,19 @@ func (w *Worker) sendLoop(st hodeiv1.WorkerService_ConnectClient, rs *workerRecv
 		closeNow := stopping || (w.srvDrain && len(w.held) == 0)
 		w.mu.Unlock()
 
+		// Log lines first: a job's last lines go ahead of its completion.
+		// One atomic load when no job writes logs.
+		var logs []*hodeiv1.LogLine
+		if logC == nil {
+			var again time.Duration
+			if logs, again = w.logq.take(now); again > 0 {
+				logT = time.NewTimer(again)
+				logC = logT.C
+			}
+		}
+		if err := sendLogs(st, logs); err != nil {
+			return w.streamBroken(rs, cancel, err)
+		}
 		err := sendAll(st, compls, slots, refs)
 		clear(compls)
 		compls = compls[:0]
@@ -285,6 +301,8 @@ func (w *Worker) sendLoop(st hodeiv1.WorkerService_ConnectClient, rs *workerRecv
 		case <-w.wake:
 		case <-hb.C:
 			extend = true
+		case <-logC:
+			logC = nil // the rate allows more log lines
 		case <-retryC:
 			retryC = nil
 			w.mu.Lock()
@@ -420,7 +438,7 @@ func (w *Worker) onLeases(leases []*hodeiv1.Lease, buf []*Job, closed bool) []*J
 		if ms := l.GetTtlMs(); ms > 0 {
 			ttl = time.Duration(ms) * time.Millisecond
 		}
-		j := &Job{job: jb, token: l.GetToken(), expires: now.Add(ttl)}
+		j := &Job{job: jb, token: l.GetToken(), expires: now.Add(ttl), lq: w.logq}
 		if old := w.held[id]; old != nil {
 			if old.token == j.token {
 				continue // a repeat of a lease we hold

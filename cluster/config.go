@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/hodei-io/hodei/cluster/logstore"
 	"github.com/hodei-io/hodei/fsm"
 )
 
@@ -147,6 +148,10 @@ type Config struct {
 	// the time its leader timers compare lease deadlines and delays with.
 	// It exists only for the chaos harness's clock-skew fault.
 	ClockOffset time.Duration
+
+	// LiveLogs bounds the node's store of live job log lines (zero values:
+	// 16 KiB per line, 1 MiB per job, 256 MiB per node, 1 h retention).
+	LiveLogs logstore.Config
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node

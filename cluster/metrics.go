@@ -158,6 +158,8 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Help: "Watchers cut off with a resync error (fell behind the retained events, or a snapshot install)."}, busStat(func(m *busMetrics) float64 { return float64(m.cutOff.Load()) })),
 	)
 	// ---- end watch ----
+	// Live logs (issue 11 logs): bytes held, lines received and dropped, evictions.
+	reg.MustRegister(logMetrics(n)...)
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

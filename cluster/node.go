@@ -55,6 +55,7 @@ type Node struct {
 	bus          *eventBus                            // job events for WatchJobs (eventbus.go)
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
+	logs         *nodeLogs                            // live log lines of jobs (logs.go)
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
@@ -106,7 +107,16 @@ func New(cfg Config) (*Node, error) {
 	n.grpc = grpc.NewServer(append(cfg.serverOptions(),
 		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream))...)
 	n.raftNet.Register(n.grpc)
-	transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger).Register(n.grpc)
+	api := transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger)
+	logs, err := newNodeLogs(n, cfg.LiveLogs)
+	if err != nil {
+		lis.Close()
+		n.pool.Close()
+		return nil, fmt.Errorf("live logs: %w", err)
+	}
+	n.logs = logs
+	api.SetLogs(logs)
+	api.Register(n.grpc)
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpc, n.health)
 	reflection.Register(n.grpc)
@@ -164,6 +174,7 @@ func New(cfg Config) (*Node, error) {
 	n.dispatch.Store(d)
 	n.startGossipJoins()
 	n.storeHealth.start()
+	n.logs.start()
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -306,6 +317,7 @@ func (n *Node) Close() error {
 			<-stopped
 		}
 		n.storeHealth.close()
+		n.logs.close()
 		var errs []error
 		for _, s := range n.shards {
 			if err := s.close(); err != nil && !errors.Is(err, raft.ErrRaftShutdown) {
@@ -338,6 +350,7 @@ func (n *Node) Kill() error {
 		n.grpc.Stop()
 		n.stopDispatcher()
 		n.storeHealth.close()
+		n.logs.close()
 		n.raftNet.Close()
 		for _, s := range n.shards {
 			s.close()

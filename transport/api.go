@@ -99,6 +99,7 @@ const (
 type API struct {
 	b       Backend
 	workers WorkerBackend // the worker stream and batched worker calls
+	logs    LogBackend    // live logs (api_logs.go); nil: not served
 	pool    *Pool
 	log     *slog.Logger
 }

@@ -194,6 +194,8 @@ func (s *workerService) handleWorkerMessage(sess WorkerSession, m *hodeiv1.Worke
 		default:
 			// Heartbeats are still in flight: this one is redundant.
 		}
+	case *hodeiv1.WorkerMessage_Logs:
+		s.handleWorkerLogs(k.Logs)
 	default:
 		return invalid("empty or unknown worker message")
 	}

@@ -30,10 +30,27 @@ func (r *recordingSession) Messages() []*hodeiv1.ServerMessage          { return
 func (r *recordingSession) Pending() int                                { return 0 }
 func (r *recordingSession) Close()                                      {}
 
+// recordingLogs is a LogBackend that records the lines handed to it.
+type recordingLogs struct {
+	lines   []*hodeiv1.LogLine
+	dropped int
+}
+
+func (r *recordingLogs) AppendLogs(lines []*hodeiv1.LogLine, dropped map[string]int) {
+	r.lines = append(r.lines, lines...)
+	for _, n := range dropped {
+		r.dropped += n
+	}
+}
+func (r *recordingLogs) ReadLogs(LogQuery) LogRead       { return LogRead{} }
+func (r *recordingLogs) WaitLogs(string) <-chan struct{} { return nil }
+func (r *recordingLogs) LogPeers() map[string]string     { return nil }
+
 // FuzzWorkerMessage feeds arbitrary stream messages to the handler: it never
 // panics, a refusal is InvalidArgument and hands nothing on, and what it
 // hands on is valid (slots in range, non-empty completions with job ids,
-// extends with ids and tokens).
+// extends with ids and tokens). Log lines never end the stream: the valid
+// ones are handed on, the others counted, none lost without a count.
 func FuzzWorkerMessage(f *testing.F) {
 	for _, m := range []*hodeiv1.WorkerMessage{
 		{Msg: &hodeiv1.WorkerMessage_Slots{Slots: &hodeiv1.WorkerSlots{Slots: 3}}},
@@ -42,6 +59,12 @@ func FuzzWorkerMessage(f *testing.F) {
 		{Msg: &hodeiv1.WorkerMessage_Completions{Completions: &hodeiv1.WorkerCompletions{}}},
 		{Msg: &hodeiv1.WorkerMessage_Extend{Extend: &hodeiv1.WorkerExtend{Leases: []*hodeiv1.LeaseRef{{JobId: "0-1", Token: 2}}}}},
 		{Msg: &hodeiv1.WorkerMessage_Hello{Hello: &hodeiv1.WorkerHello{WorkerId: "w"}}},
+		{Msg: &hodeiv1.WorkerMessage_Logs{Logs: &hodeiv1.WorkerLogs{Lines: []*hodeiv1.LogLine{
+			{JobId: "0-1", Token: 2, Seq: 1, Stream: hodeiv1.LogStream_LOG_STREAM_STDOUT, Data: []byte("hi")},
+			{JobId: "0-1", Token: 2, Seq: 2, Stream: hodeiv1.LogStream_LOG_STREAM_STDERR, Data: []byte("x"), Attempt: 9, NodeId: "forged"},
+			{JobId: "", Token: 2, Seq: 3, Stream: 9},
+		}}}},
+		{Msg: &hodeiv1.WorkerMessage_Logs{Logs: &hodeiv1.WorkerLogs{}}},
 		{},
 	} {
 		b, err := proto.Marshal(m)
@@ -50,12 +73,14 @@ func FuzzWorkerMessage(f *testing.F) {
 		}
 		f.Add(b)
 	}
-	s := &workerService{a: &API{}}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m := &hodeiv1.WorkerMessage{}
 		if proto.Unmarshal(data, m) != nil {
 			return // gRPC refuses undecodable messages before the handler
 		}
+		logs := &recordingLogs{}
+		s := &workerService{a: &API{logs: logs}}
+		sent := len(m.GetLogs().GetLines())
 		sess := &recordingSession{}
 		extends := make(chan []*hodeiv1.LeaseRef, 1)
 		err := s.handleWorkerMessage(sess, m, extends)
@@ -68,7 +93,10 @@ func FuzzWorkerMessage(f *testing.F) {
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("refusal %v is not InvalidArgument", err)
 			}
-			if len(sess.slots)+len(sess.completions)+len(ext) > 0 {
+			if m.GetLogs() != nil {
+				t.Fatalf("log lines ended the stream: %v", err)
+			}
+			if len(sess.slots)+len(sess.completions)+len(ext)+len(logs.lines) > 0 {
 				t.Fatalf("a refused message was handed on: %v", m)
 			}
 			return
@@ -92,6 +120,14 @@ func FuzzWorkerMessage(f *testing.F) {
 			if r.GetJobId() == "" || r.GetToken() == 0 {
 				t.Fatal("an extend without id or token handed on")
 			}
+		}
+		for _, l := range logs.lines {
+			if why := validLogLine(l); why != "" || l.GetNodeId() != "" {
+				t.Fatalf("an invalid log line handed on (%s): %v", why, l)
+			}
+		}
+		if len(logs.lines)+logs.dropped != sent {
+			t.Fatalf("%d log lines sent, %d handed on, %d counted as dropped", sent, len(logs.lines), logs.dropped)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"sync"
@@ -20,6 +21,14 @@ const MaxOutput = 64 << 10
 // (lease lost, worker stopping), having stopped everything it started.
 type Executor interface {
 	Run(ctx context.Context, job *hodeiv1.Job) Result
+}
+
+// LogExecutor is an Executor that can also stream the output live: stdout
+// and stderr receive the process's output as it is written (ShellHandler
+// passes the job's live log writers, client.Job.Stdout and Stderr).
+type LogExecutor interface {
+	Executor
+	RunLogged(ctx context.Context, job *hodeiv1.Job, stdout, stderr io.Writer) Result
 }
 
 // Result is the outcome of one attempt.
@@ -50,6 +59,12 @@ type ShellExecutor struct {
 
 // Run implements Executor.
 func (e *ShellExecutor) Run(ctx context.Context, job *hodeiv1.Job) Result {
+	return e.RunLogged(ctx, job, nil, nil)
+}
+
+// RunLogged implements LogExecutor: like Run, and the output also goes to
+// stdout and stderr (nil: not streamed) as the process writes it.
+func (e *ShellExecutor) RunLogged(ctx context.Context, job *hodeiv1.Job, stdout, stderr io.Writer) Result {
 	spec := job.GetSpec()
 	res := Result{Started: time.Now()}
 	fail := func(msg string, retryable bool) Result {
@@ -83,7 +98,13 @@ func (e *ShellExecutor) Run(ctx context.Context, job *hodeiv1.Job) Result {
 	for _, kv := range spec.GetEnv() {
 		cmd.Env = append(cmd.Env, kv.GetKey()+"="+kv.GetValue())
 	}
-	cmd.Stdout, cmd.Stderr = out, out // same writer: one pipe, ordered output
+	if stdout == nil || stderr == nil {
+		cmd.Stdout, cmd.Stderr = out, out // same writer: one pipe, ordered output
+	} else {
+		// Two pipes, so that the live log tells the streams apart; the
+		// tail interleaves them in the order the copies arrive.
+		cmd.Stdout, cmd.Stderr = io.MultiWriter(out, stdout), io.MultiWriter(out, stderr)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		// Kill the whole process group, not just the direct child.

@@ -119,7 +119,12 @@ func (w *Worker) Run(ctx context.Context) error { return w.w.Run(ctx) }
 // the attempt, without a retry when the executor says it cannot succeed.
 func ShellHandler(e Executor) client.Handler {
 	return func(ctx context.Context, job *client.Job) error {
-		res := e.Run(ctx, job.Proto())
+		var res Result
+		if le, ok := e.(LogExecutor); ok {
+			res = le.RunLogged(ctx, job.Proto(), job.Stdout(), job.Stderr())
+		} else {
+			res = e.Run(ctx, job.Proto())
+		}
 		job.SetExitCode(int(res.ExitCode))
 		job.SetOutput(res.Output)
 		if res.Success() {

@@ -24,6 +24,7 @@ func newJobCmd() *cobra.Command {
 	}
 	cmd.AddCommand(newJobSubmitCmd(), newJobGetCmd(), newJobListCmd(), newJobCancelCmd())
 	cmd.AddCommand(newJobWatchCmd()) // issue 11 watch (job_watch.go)
+	cmd.AddCommand(newJobLogsCmd())  // job_logs.go
 	return cmd
 }
 

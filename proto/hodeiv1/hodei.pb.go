@@ -142,6 +142,55 @@ func (OverlapPolicy) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{1}
 }
 
+type LogStream int32
+
+const (
+	LogStream_LOG_STREAM_UNSPECIFIED LogStream = 0
+	LogStream_LOG_STREAM_STDOUT      LogStream = 1
+	LogStream_LOG_STREAM_STDERR      LogStream = 2
+)
+
+// Enum value maps for LogStream.
+var (
+	LogStream_name = map[int32]string{
+		0: "LOG_STREAM_UNSPECIFIED",
+		1: "LOG_STREAM_STDOUT",
+		2: "LOG_STREAM_STDERR",
+	}
+	LogStream_value = map[string]int32{
+		"LOG_STREAM_UNSPECIFIED": 0,
+		"LOG_STREAM_STDOUT":      1,
+		"LOG_STREAM_STDERR":      2,
+	}
+)
+
+func (x LogStream) Enum() *LogStream {
+	p := new(LogStream)
+	*p = x
+	return p
+}
+
+func (x LogStream) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogStream) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[2].Descriptor()
+}
+
+func (LogStream) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[2]
+}
+
+func (x LogStream) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogStream.Descriptor instead.
+func (LogStream) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{2}
+}
+
 type KeyValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -2185,6 +2234,7 @@ type WorkerMessage struct {
 	//	*WorkerMessage_Slots
 	//	*WorkerMessage_Completions
 	//	*WorkerMessage_Extend
+	//	*WorkerMessage_Logs
 	Msg           isWorkerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2263,6 +2313,15 @@ func (x *WorkerMessage) GetExtend() *WorkerExtend {
 	return nil
 }
 
+func (x *WorkerMessage) GetLogs() *WorkerLogs {
+	if x != nil {
+		if x, ok := x.Msg.(*WorkerMessage_Logs); ok {
+			return x.Logs
+		}
+	}
+	return nil
+}
+
 type isWorkerMessage_Msg interface {
 	isWorkerMessage_Msg()
 }
@@ -2283,6 +2342,11 @@ type WorkerMessage_Extend struct {
 	Extend *WorkerExtend `protobuf:"bytes,4,opt,name=extend,proto3,oneof"`
 }
 
+type WorkerMessage_Logs struct {
+	// issue 11 logs
+	Logs *WorkerLogs `protobuf:"bytes,20,opt,name=logs,proto3,oneof"`
+}
+
 func (*WorkerMessage_Hello) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Slots) isWorkerMessage_Msg() {}
@@ -2290,6 +2354,8 @@ func (*WorkerMessage_Slots) isWorkerMessage_Msg() {}
 func (*WorkerMessage_Completions) isWorkerMessage_Msg() {}
 
 func (*WorkerMessage_Extend) isWorkerMessage_Msg() {}
+
+func (*WorkerMessage_Logs) isWorkerMessage_Msg() {}
 
 type ServerWelcome struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -5643,6 +5709,503 @@ func (x *JobEvent) GetJob() *Job {
 	return nil
 }
 
+// LogLine is one line (or one cut piece of a long line) of a job attempt's
+// output. seq numbers the lines of one attempt from 1, in the order the
+// worker wrote them; a reconnect neither repeats nor reorders them.
+type LogLine struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Token  uint64                 `protobuf:"varint,2,opt,name=token,proto3" json:"token,omitempty"` // lease token of the attempt (fences the line)
+	Seq    uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`     // 1, 2, ... per attempt
+	Stream LogStream              `protobuf:"varint,4,opt,name=stream,proto3,enum=hodei.v1.LogStream" json:"stream,omitempty"`
+	Data   []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`                    // without the trailing newline; at most 16 KiB
+	TimeMs int64                  `protobuf:"varint,6,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // worker's clock when written
+	// dropped_bytes > 0: a marker line; the worker dropped that many bytes
+	// before this line (its queue was full). data then says so.
+	DroppedBytes int64 `protobuf:"varint,7,opt,name=dropped_bytes,json=droppedBytes,proto3" json:"dropped_bytes,omitempty"`
+	// attempt number: the worker's (from its lease) unless the node's replica
+	// knows the lease, whose number then wins.
+	Attempt       int32  `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	NodeId        string `protobuf:"bytes,9,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // set by the server: the node holding the line
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogLine) Reset() {
+	*x = LogLine{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogLine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogLine) ProtoMessage() {}
+
+func (x *LogLine) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogLine.ProtoReflect.Descriptor instead.
+func (*LogLine) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *LogLine) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *LogLine) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *LogLine) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LogLine) GetStream() LogStream {
+	if x != nil {
+		return x.Stream
+	}
+	return LogStream_LOG_STREAM_UNSPECIFIED
+}
+
+func (x *LogLine) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *LogLine) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *LogLine) GetDroppedBytes() int64 {
+	if x != nil {
+		return x.DroppedBytes
+	}
+	return 0
+}
+
+func (x *LogLine) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *LogLine) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+type WorkerLogs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lines         []*LogLine             `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"` // at most 10000 per message
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerLogs) Reset() {
+	*x = WorkerLogs{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerLogs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerLogs) ProtoMessage() {}
+
+func (x *WorkerLogs) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerLogs.ProtoReflect.Descriptor instead.
+func (*WorkerLogs) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *WorkerLogs) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+type GetJobLogsRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt  int32                  `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`                   // 0 = the latest attempt
+	AfterSeq uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"` // lines with seq > after_seq
+	Limit    int32                  `protobuf:"varint,4,opt,name=limit,proto3" json:"limit,omitempty"`                       // default 10000, max 10000
+	// Node to node: answer from this node's store only (no fan-out); token
+	// picks the attempt when known; wait_ms long-polls for a line after
+	// after_seq (max 5000).
+	LocalOnly     bool   `protobuf:"varint,5,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	Token         uint64 `protobuf:"varint,6,opt,name=token,proto3" json:"token,omitempty"`
+	WaitMs        int64  `protobuf:"varint,7,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJobLogsRequest) Reset() {
+	*x = GetJobLogsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJobLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJobLogsRequest) ProtoMessage() {}
+
+func (x *GetJobLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJobLogsRequest.ProtoReflect.Descriptor instead.
+func (*GetJobLogsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *GetJobLogsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *GetJobLogsRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *GetJobLogsRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+func (x *GetJobLogsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *GetJobLogsRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
+func (x *GetJobLogsRequest) GetToken() uint64 {
+	if x != nil {
+		return x.Token
+	}
+	return 0
+}
+
+func (x *GetJobLogsRequest) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+type GetJobLogsResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Lines       []*LogLine             `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`                                 // in seq order
+	Attempt     int32                  `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`                            // the attempt shown
+	JobFinished bool                   `protobuf:"varint,3,opt,name=job_finished,json=jobFinished,proto3" json:"job_finished,omitempty"` // the attempt is over (no more lines will come)
+	// No node holds lines of this attempt (never written, expired, evicted,
+	// or the holding node is gone): result_tail is the replicated output tail
+	// of the attempt's result (the last 64 KiB), when it is the job's last
+	// result. With local_only: this node holds none (result_tail is empty).
+	FromResultTail bool   `protobuf:"varint,4,opt,name=from_result_tail,json=fromResultTail,proto3" json:"from_result_tail,omitempty"`
+	ResultTail     []byte `protobuf:"bytes,5,opt,name=result_tail,json=resultTail,proto3" json:"result_tail,omitempty"`
+	// Lines before the first one shown were evicted from a node's store.
+	Truncated        bool     `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	UnreachableNodes []string `protobuf:"bytes,7,rep,name=unreachable_nodes,json=unreachableNodes,proto3" json:"unreachable_nodes,omitempty"` // members that did not answer
+	More             bool     `protobuf:"varint,8,opt,name=more,proto3" json:"more,omitempty"`                                                // limit reached: ask again after the last seq
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GetJobLogsResponse) Reset() {
+	*x = GetJobLogsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJobLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJobLogsResponse) ProtoMessage() {}
+
+func (x *GetJobLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJobLogsResponse.ProtoReflect.Descriptor instead.
+func (*GetJobLogsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *GetJobLogsResponse) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *GetJobLogsResponse) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *GetJobLogsResponse) GetJobFinished() bool {
+	if x != nil {
+		return x.JobFinished
+	}
+	return false
+}
+
+func (x *GetJobLogsResponse) GetFromResultTail() bool {
+	if x != nil {
+		return x.FromResultTail
+	}
+	return false
+}
+
+func (x *GetJobLogsResponse) GetResultTail() []byte {
+	if x != nil {
+		return x.ResultTail
+	}
+	return nil
+}
+
+func (x *GetJobLogsResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
+	}
+	return false
+}
+
+func (x *GetJobLogsResponse) GetUnreachableNodes() []string {
+	if x != nil {
+		return x.UnreachableNodes
+	}
+	return nil
+}
+
+func (x *GetJobLogsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+type FollowJobLogsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       int32                  `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"` // 0 = the latest, moving on to later attempts (retries)
+	AfterSeq      uint64                 `protobuf:"varint,3,opt,name=after_seq,json=afterSeq,proto3" json:"after_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FollowJobLogsRequest) Reset() {
+	*x = FollowJobLogsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowJobLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowJobLogsRequest) ProtoMessage() {}
+
+func (x *FollowJobLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowJobLogsRequest.ProtoReflect.Descriptor instead.
+func (*FollowJobLogsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *FollowJobLogsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *FollowJobLogsRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *FollowJobLogsRequest) GetAfterSeq() uint64 {
+	if x != nil {
+		return x.AfterSeq
+	}
+	return 0
+}
+
+type FollowJobLogsResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Lines   []*LogLine             `protobuf:"bytes,1,rep,name=lines,proto3" json:"lines,omitempty"`
+	Attempt int32                  `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Set on the last message: the job ended. from_result_tail / result_tail
+	// as in GetJobLogsResponse when no node had the attempt's lines.
+	JobFinished    bool   `protobuf:"varint,3,opt,name=job_finished,json=jobFinished,proto3" json:"job_finished,omitempty"`
+	FromResultTail bool   `protobuf:"varint,4,opt,name=from_result_tail,json=fromResultTail,proto3" json:"from_result_tail,omitempty"`
+	ResultTail     []byte `protobuf:"bytes,5,opt,name=result_tail,json=resultTail,proto3" json:"result_tail,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FollowJobLogsResponse) Reset() {
+	*x = FollowJobLogsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FollowJobLogsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FollowJobLogsResponse) ProtoMessage() {}
+
+func (x *FollowJobLogsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FollowJobLogsResponse.ProtoReflect.Descriptor instead.
+func (*FollowJobLogsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *FollowJobLogsResponse) GetLines() []*LogLine {
+	if x != nil {
+		return x.Lines
+	}
+	return nil
+}
+
+func (x *FollowJobLogsResponse) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *FollowJobLogsResponse) GetJobFinished() bool {
+	if x != nil {
+		return x.JobFinished
+	}
+	return false
+}
+
+func (x *FollowJobLogsResponse) GetFromResultTail() bool {
+	if x != nil {
+		return x.FromResultTail
+	}
+	return false
+}
+
+func (x *FollowJobLogsResponse) GetResultTail() []byte {
+	if x != nil {
+		return x.ResultTail
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -5805,12 +6368,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x11WorkerCompletions\x126\n" +
 	"\vcompletions\x18\x01 \x03(\v2\x14.hodei.v1.CompletionR\vcompletions\":\n" +
 	"\fWorkerExtend\x12*\n" +
-	"\x06leases\x18\x01 \x03(\v2\x12.hodei.v1.LeaseRefR\x06leases\"\xe7\x01\n" +
+	"\x06leases\x18\x01 \x03(\v2\x12.hodei.v1.LeaseRefR\x06leases\"\x93\x02\n" +
 	"\rWorkerMessage\x12-\n" +
 	"\x05hello\x18\x01 \x01(\v2\x15.hodei.v1.WorkerHelloH\x00R\x05hello\x12-\n" +
 	"\x05slots\x18\x02 \x01(\v2\x15.hodei.v1.WorkerSlotsH\x00R\x05slots\x12?\n" +
 	"\vcompletions\x18\x03 \x01(\v2\x1b.hodei.v1.WorkerCompletionsH\x00R\vcompletions\x120\n" +
-	"\x06extend\x18\x04 \x01(\v2\x16.hodei.v1.WorkerExtendH\x00R\x06extendB\x05\n" +
+	"\x06extend\x18\x04 \x01(\v2\x16.hodei.v1.WorkerExtendH\x00R\x06extend\x12*\n" +
+	"\x04logs\x18\x14 \x01(\v2\x14.hodei.v1.WorkerLogsH\x00R\x04logsB\x05\n" +
 	"\x03msg\"\\\n" +
 	"\rServerWelcome\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x15\n" +
@@ -6047,7 +6611,50 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\bposition\x18\b \x01(\rR\bposition\x12\x17\n" +
 	"\atime_ms\x18\t \x01(\x03R\x06timeMs\x12\x1f\n" +
 	"\x03job\x18\n" +
-	" \x01(\v2\r.hodei.v1.JobR\x03job*\x9b\x01\n" +
+	" \x01(\v2\r.hodei.v1.JobR\x03job\"\xfa\x01\n" +
+	"\aLogLine\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12+\n" +
+	"\x06stream\x18\x04 \x01(\x0e2\x13.hodei.v1.LogStreamR\x06stream\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x17\n" +
+	"\atime_ms\x18\x06 \x01(\x03R\x06timeMs\x12#\n" +
+	"\rdropped_bytes\x18\a \x01(\x03R\fdroppedBytes\x12\x18\n" +
+	"\aattempt\x18\b \x01(\x05R\aattempt\x12\x17\n" +
+	"\anode_id\x18\t \x01(\tR\x06nodeId\"5\n" +
+	"\n" +
+	"WorkerLogs\x12'\n" +
+	"\x05lines\x18\x01 \x03(\v2\x11.hodei.v1.LogLineR\x05lines\"\xc5\x01\n" +
+	"\x11GetJobLogsRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1b\n" +
+	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x14\n" +
+	"\x05limit\x18\x04 \x01(\x05R\x05limit\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x05 \x01(\bR\tlocalOnly\x12\x14\n" +
+	"\x05token\x18\x06 \x01(\x04R\x05token\x12\x17\n" +
+	"\await_ms\x18\a \x01(\x03R\x06waitMs\"\xa4\x02\n" +
+	"\x12GetJobLogsResponse\x12'\n" +
+	"\x05lines\x18\x01 \x03(\v2\x11.hodei.v1.LogLineR\x05lines\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12!\n" +
+	"\fjob_finished\x18\x03 \x01(\bR\vjobFinished\x12(\n" +
+	"\x10from_result_tail\x18\x04 \x01(\bR\x0efromResultTail\x12\x1f\n" +
+	"\vresult_tail\x18\x05 \x01(\fR\n" +
+	"resultTail\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated\x12+\n" +
+	"\x11unreachable_nodes\x18\a \x03(\tR\x10unreachableNodes\x12\x12\n" +
+	"\x04more\x18\b \x01(\bR\x04more\"d\n" +
+	"\x14FollowJobLogsRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12\x1b\n" +
+	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\"\xc8\x01\n" +
+	"\x15FollowJobLogsResponse\x12'\n" +
+	"\x05lines\x18\x01 \x03(\v2\x11.hodei.v1.LogLineR\x05lines\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\x05R\aattempt\x12!\n" +
+	"\fjob_finished\x18\x03 \x01(\bR\vjobFinished\x12(\n" +
+	"\x10from_result_tail\x18\x04 \x01(\bR\x0efromResultTail\x12\x1f\n" +
+	"\vresult_tail\x18\x05 \x01(\fR\n" +
+	"resultTail*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -6060,7 +6667,11 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1d\n" +
 	"\x19OVERLAP_POLICY_BUFFER_ONE\x10\x02\x12\x1c\n" +
 	"\x18OVERLAP_POLICY_ALLOW_ALL\x10\x03\x12\"\n" +
-	"\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x042\xa9\x03\n" +
+	"\x1eOVERLAP_POLICY_CANCEL_PREVIOUS\x10\x04*U\n" +
+	"\tLogStream\x12\x1a\n" +
+	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
+	"\x11LOG_STREAM_STDERR\x10\x022\xc6\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -6069,7 +6680,10 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06GetJob\x12\x17.hodei.v1.GetJobRequest\x1a\x18.hodei.v1.GetJobResponse\x12A\n" +
 	"\bListJobs\x12\x19.hodei.v1.ListJobsRequest\x1a\x1a.hodei.v1.ListJobsResponse\x12D\n" +
 	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse\x12F\n" +
-	"\tWatchJobs\x12\x1a.hodei.v1.WatchJobsRequest\x1a\x1b.hodei.v1.WatchJobsResponse0\x012\xb7\x03\n" +
+	"\tWatchJobs\x12\x1a.hodei.v1.WatchJobsRequest\x1a\x1b.hodei.v1.WatchJobsResponse0\x01\x12G\n" +
+	"\n" +
+	"GetJobLogs\x12\x1b.hodei.v1.GetJobLogsRequest\x1a\x1c.hodei.v1.GetJobLogsResponse\x12R\n" +
+	"\rFollowJobLogs\x12\x1e.hodei.v1.FollowJobLogsRequest\x1a\x1f.hodei.v1.FollowJobLogsResponse0\x012\xb7\x03\n" +
 	"\rWorkerService\x12?\n" +
 	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
@@ -6110,232 +6724,248 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 	return file_hodei_v1_hodei_proto_rawDescData
 }
 
-var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
-	(*KeyValue)(nil),                 // 2: hodei.v1.KeyValue
-	(*JobSpec)(nil),                  // 3: hodei.v1.JobSpec
-	(*JobResult)(nil),                // 4: hodei.v1.JobResult
-	(*Job)(nil),                      // 5: hodei.v1.Job
-	(*SubmitJobRequest)(nil),         // 6: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),        // 7: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),        // 8: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),       // 9: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),            // 10: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),           // 11: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),          // 12: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 13: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),         // 14: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),        // 15: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                    // 16: hodei.v1.Lease
-	(*LeaseRequest)(nil),             // 17: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),            // 18: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),                 // 19: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),      // 20: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),             // 21: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),     // 22: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),       // 23: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),      // 24: hodei.v1.CompleteJobResponse
-	(*Completion)(nil),               // 25: hodei.v1.Completion
-	(*CompletionResult)(nil),         // 26: hodei.v1.CompletionResult
-	(*CompleteJobsRequest)(nil),      // 27: hodei.v1.CompleteJobsRequest
-	(*CompleteJobsResponse)(nil),     // 28: hodei.v1.CompleteJobsResponse
-	(*WorkerHello)(nil),              // 29: hodei.v1.WorkerHello
-	(*WorkerSlots)(nil),              // 30: hodei.v1.WorkerSlots
-	(*WorkerCompletions)(nil),        // 31: hodei.v1.WorkerCompletions
-	(*WorkerExtend)(nil),             // 32: hodei.v1.WorkerExtend
-	(*WorkerMessage)(nil),            // 33: hodei.v1.WorkerMessage
-	(*ServerWelcome)(nil),            // 34: hodei.v1.ServerWelcome
-	(*ServerLeases)(nil),             // 35: hodei.v1.ServerLeases
-	(*ServerCompletions)(nil),        // 36: hodei.v1.ServerCompletions
-	(*ServerExtended)(nil),           // 37: hodei.v1.ServerExtended
-	(*ServerCancel)(nil),             // 38: hodei.v1.ServerCancel
-	(*ServerDrain)(nil),              // 39: hodei.v1.ServerDrain
-	(*ServerMessage)(nil),            // 40: hodei.v1.ServerMessage
-	(*LeaseDemand)(nil),              // 41: hodei.v1.LeaseDemand
-	(*LeaseForRequest)(nil),          // 42: hodei.v1.LeaseForRequest
-	(*LeaseGrant)(nil),               // 43: hodei.v1.LeaseGrant
-	(*LeaseForResponse)(nil),         // 44: hodei.v1.LeaseForResponse
-	(*RaftServer)(nil),               // 45: hodei.v1.RaftServer
-	(*ShardStatus)(nil),              // 46: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),            // 47: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),           // 48: hodei.v1.StatusResponse
-	(*Member)(nil),                   // 49: hodei.v1.Member
-	(*JoinRequest)(nil),              // 50: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),             // 51: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),            // 52: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),           // 53: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),    // 54: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),   // 55: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),      // 56: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),            // 57: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),   // 58: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),        // 59: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),    // 60: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil),  // 61: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),     // 62: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),       // 63: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),      // 64: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),     // 65: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),             // 66: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),         // 67: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),        // 68: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),       // 69: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),      // 70: hodei.v1.ListTenantsResponse
-	(*Schedule)(nil),                 // 71: hodei.v1.Schedule
-	(*CreateScheduleRequest)(nil),    // 72: hodei.v1.CreateScheduleRequest
-	(*ScheduleResponse)(nil),         // 73: hodei.v1.ScheduleResponse
-	(*GetScheduleRequest)(nil),       // 74: hodei.v1.GetScheduleRequest
-	(*ListSchedulesRequest)(nil),     // 75: hodei.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),    // 76: hodei.v1.ListSchedulesResponse
-	(*PauseScheduleRequest)(nil),     // 77: hodei.v1.PauseScheduleRequest
-	(*ResumeScheduleRequest)(nil),    // 78: hodei.v1.ResumeScheduleRequest
-	(*TriggerScheduleRequest)(nil),   // 79: hodei.v1.TriggerScheduleRequest
-	(*TriggerScheduleResponse)(nil),  // 80: hodei.v1.TriggerScheduleResponse
-	(*BackfillScheduleRequest)(nil),  // 81: hodei.v1.BackfillScheduleRequest
-	(*BackfillScheduleResponse)(nil), // 82: hodei.v1.BackfillScheduleResponse
-	(*DeleteScheduleRequest)(nil),    // 83: hodei.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil),   // 84: hodei.v1.DeleteScheduleResponse
-	(*WatchJobsRequest)(nil),         // 85: hodei.v1.WatchJobsRequest
-	(*WatchJobsResponse)(nil),        // 86: hodei.v1.WatchJobsResponse
-	(*JobEvent)(nil),                 // 87: hodei.v1.JobEvent
+	(LogStream)(0),                   // 2: hodei.v1.LogStream
+	(*KeyValue)(nil),                 // 3: hodei.v1.KeyValue
+	(*JobSpec)(nil),                  // 4: hodei.v1.JobSpec
+	(*JobResult)(nil),                // 5: hodei.v1.JobResult
+	(*Job)(nil),                      // 6: hodei.v1.Job
+	(*SubmitJobRequest)(nil),         // 7: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),        // 8: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),        // 9: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),       // 10: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),            // 11: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),           // 12: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),          // 13: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 14: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),         // 15: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),        // 16: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                    // 17: hodei.v1.Lease
+	(*LeaseRequest)(nil),             // 18: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),            // 19: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                 // 20: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),      // 21: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),             // 22: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),     // 23: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),       // 24: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),      // 25: hodei.v1.CompleteJobResponse
+	(*Completion)(nil),               // 26: hodei.v1.Completion
+	(*CompletionResult)(nil),         // 27: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),      // 28: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),     // 29: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),              // 30: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),              // 31: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),        // 32: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),             // 33: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),            // 34: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),            // 35: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),             // 36: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),        // 37: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),           // 38: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),             // 39: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),              // 40: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),            // 41: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),              // 42: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),          // 43: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),               // 44: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),         // 45: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),               // 46: hodei.v1.RaftServer
+	(*ShardStatus)(nil),              // 47: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),            // 48: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),           // 49: hodei.v1.StatusResponse
+	(*Member)(nil),                   // 50: hodei.v1.Member
+	(*JoinRequest)(nil),              // 51: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),             // 52: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),            // 53: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),           // 54: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),    // 55: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),   // 56: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),      // 57: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 58: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),   // 59: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),        // 60: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),    // 61: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil),  // 62: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),     // 63: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),       // 64: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),      // 65: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),     // 66: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),             // 67: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),         // 68: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),        // 69: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),       // 70: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),      // 71: hodei.v1.ListTenantsResponse
+	(*Schedule)(nil),                 // 72: hodei.v1.Schedule
+	(*CreateScheduleRequest)(nil),    // 73: hodei.v1.CreateScheduleRequest
+	(*ScheduleResponse)(nil),         // 74: hodei.v1.ScheduleResponse
+	(*GetScheduleRequest)(nil),       // 75: hodei.v1.GetScheduleRequest
+	(*ListSchedulesRequest)(nil),     // 76: hodei.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),    // 77: hodei.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),     // 78: hodei.v1.PauseScheduleRequest
+	(*ResumeScheduleRequest)(nil),    // 79: hodei.v1.ResumeScheduleRequest
+	(*TriggerScheduleRequest)(nil),   // 80: hodei.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),  // 81: hodei.v1.TriggerScheduleResponse
+	(*BackfillScheduleRequest)(nil),  // 82: hodei.v1.BackfillScheduleRequest
+	(*BackfillScheduleResponse)(nil), // 83: hodei.v1.BackfillScheduleResponse
+	(*DeleteScheduleRequest)(nil),    // 84: hodei.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),   // 85: hodei.v1.DeleteScheduleResponse
+	(*WatchJobsRequest)(nil),         // 86: hodei.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),        // 87: hodei.v1.WatchJobsResponse
+	(*JobEvent)(nil),                 // 88: hodei.v1.JobEvent
+	(*LogLine)(nil),                  // 89: hodei.v1.LogLine
+	(*WorkerLogs)(nil),               // 90: hodei.v1.WorkerLogs
+	(*GetJobLogsRequest)(nil),        // 91: hodei.v1.GetJobLogsRequest
+	(*GetJobLogsResponse)(nil),       // 92: hodei.v1.GetJobLogsResponse
+	(*FollowJobLogsRequest)(nil),     // 93: hodei.v1.FollowJobLogsRequest
+	(*FollowJobLogsResponse)(nil),    // 94: hodei.v1.FollowJobLogsResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
-	2,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
-	2,  // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
-	3,  // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
-	0,  // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
-	4,  // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	3,  // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	5,  // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	3,  // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	7,  // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	5,  // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
-	0,  // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	5,  // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	5,  // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	5,  // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	2,  // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	16, // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	19, // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	21, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	4,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	5,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	4,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
-	0,  // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	25, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	26, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	2,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	25, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	19, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	29, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	30, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	31, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	32, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	16, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	26, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	21, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	19, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	34, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	35, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	36, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	37, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	38, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	39, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	2,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	41, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	16, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	43, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	45, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	46, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	45, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	49, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	60, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	59, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	59, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	59, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	66, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	66, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	3,  // 55: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
-	1,  // 56: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
-	71, // 57: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
-	71, // 58: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	71, // 59: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
-	71, // 60: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	5,  // 61: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
-	71, // 62: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	7,  // 63: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
-	87, // 64: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
-	0,  // 65: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
-	0,  // 66: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
-	5,  // 67: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
-	6,  // 68: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	8,  // 69: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	10, // 70: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	12, // 71: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	14, // 72: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	85, // 73: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	33, // 74: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	17, // 75: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	20, // 76: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	23, // 77: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	27, // 78: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	42, // 79: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	47, // 80: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	50, // 81: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	52, // 82: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	54, // 83: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	56, // 84: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	58, // 85: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	62, // 86: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	64, // 87: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	67, // 88: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	69, // 89: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	72, // 90: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	74, // 91: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	75, // 92: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	77, // 93: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	78, // 94: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	79, // 95: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	81, // 96: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	83, // 97: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	7,  // 98: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	9,  // 99: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	11, // 100: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	13, // 101: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	15, // 102: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	86, // 103: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	40, // 104: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	18, // 105: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	22, // 106: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	24, // 107: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	28, // 108: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	44, // 109: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	48, // 110: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	51, // 111: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	53, // 112: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	55, // 113: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	57, // 114: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	61, // 115: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	63, // 116: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	65, // 117: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	68, // 118: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	70, // 119: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	73, // 120: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	73, // 121: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	76, // 122: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	73, // 123: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	73, // 124: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	80, // 125: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	82, // 126: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	84, // 127: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	98, // [98:128] is the sub-list for method output_type
-	68, // [68:98] is the sub-list for method input_type
-	68, // [68:68] is the sub-list for extension type_name
-	68, // [68:68] is the sub-list for extension extendee
-	0,  // [0:68] is the sub-list for field type_name
+	3,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
+	3,   // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
+	4,   // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
+	0,   // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
+	5,   // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
+	4,   // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	6,   // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	4,   // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	8,   // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	6,   // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	0,   // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
+	6,   // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	6,   // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	6,   // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	3,   // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	17,  // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	20,  // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	22,  // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	5,   // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	6,   // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	5,   // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,   // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	26,  // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	27,  // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	3,   // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	26,  // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	20,  // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	30,  // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	31,  // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	32,  // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	33,  // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	90,  // 31: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
+	17,  // 32: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	27,  // 33: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	22,  // 34: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	20,  // 35: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	35,  // 36: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	36,  // 37: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	37,  // 38: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	38,  // 39: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	39,  // 40: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	40,  // 41: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	3,   // 42: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	42,  // 43: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	17,  // 44: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	44,  // 45: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	46,  // 46: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	47,  // 47: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	46,  // 48: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	50,  // 49: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	61,  // 50: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	60,  // 51: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	60,  // 52: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	60,  // 53: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	67,  // 54: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	67,  // 55: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	4,   // 56: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
+	1,   // 57: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
+	72,  // 58: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
+	72,  // 59: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	72,  // 60: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
+	72,  // 61: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	6,   // 62: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
+	72,  // 63: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	8,   // 64: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
+	88,  // 65: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	0,   // 66: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
+	0,   // 67: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
+	6,   // 68: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	2,   // 69: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
+	89,  // 70: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
+	89,  // 71: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	89,  // 72: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	7,   // 73: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	9,   // 74: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	11,  // 75: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	13,  // 76: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	15,  // 77: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	86,  // 78: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	91,  // 79: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	93,  // 80: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	34,  // 81: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	18,  // 82: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	21,  // 83: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	24,  // 84: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	28,  // 85: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	43,  // 86: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	48,  // 87: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	51,  // 88: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	53,  // 89: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	55,  // 90: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	57,  // 91: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	59,  // 92: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	63,  // 93: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	65,  // 94: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	68,  // 95: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	70,  // 96: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	73,  // 97: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	75,  // 98: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	76,  // 99: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	78,  // 100: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	79,  // 101: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	80,  // 102: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	82,  // 103: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	84,  // 104: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	8,   // 105: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	10,  // 106: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	12,  // 107: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	14,  // 108: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	16,  // 109: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	87,  // 110: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	92,  // 111: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	94,  // 112: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	41,  // 113: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	19,  // 114: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	23,  // 115: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	25,  // 116: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	29,  // 117: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	45,  // 118: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	49,  // 119: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	52,  // 120: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	54,  // 121: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	56,  // 122: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	58,  // 123: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	62,  // 124: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	64,  // 125: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	66,  // 126: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	69,  // 127: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	71,  // 128: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	74,  // 129: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	74,  // 130: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	77,  // 131: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	74,  // 132: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	74,  // 133: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	81,  // 134: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	83,  // 135: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	85,  // 136: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	105, // [105:137] is the sub-list for method output_type
+	73,  // [73:105] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -6348,6 +6978,7 @@ func file_hodei_v1_hodei_proto_init() {
 		(*WorkerMessage_Slots)(nil),
 		(*WorkerMessage_Completions)(nil),
 		(*WorkerMessage_Extend)(nil),
+		(*WorkerMessage_Logs)(nil),
 	}
 	file_hodei_v1_hodei_proto_msgTypes[38].OneofWrappers = []any{
 		(*ServerMessage_Welcome)(nil),
@@ -6362,8 +6993,8 @@ func file_hodei_v1_hodei_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   86,
+			NumEnums:      3,
+			NumMessages:   92,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -22,12 +22,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_SubmitJob_FullMethodName  = "/hodei.v1.JobService/SubmitJob"
-	JobService_SubmitJobs_FullMethodName = "/hodei.v1.JobService/SubmitJobs"
-	JobService_GetJob_FullMethodName     = "/hodei.v1.JobService/GetJob"
-	JobService_ListJobs_FullMethodName   = "/hodei.v1.JobService/ListJobs"
-	JobService_CancelJob_FullMethodName  = "/hodei.v1.JobService/CancelJob"
-	JobService_WatchJobs_FullMethodName  = "/hodei.v1.JobService/WatchJobs"
+	JobService_SubmitJob_FullMethodName     = "/hodei.v1.JobService/SubmitJob"
+	JobService_SubmitJobs_FullMethodName    = "/hodei.v1.JobService/SubmitJobs"
+	JobService_GetJob_FullMethodName        = "/hodei.v1.JobService/GetJob"
+	JobService_ListJobs_FullMethodName      = "/hodei.v1.JobService/ListJobs"
+	JobService_CancelJob_FullMethodName     = "/hodei.v1.JobService/CancelJob"
+	JobService_WatchJobs_FullMethodName     = "/hodei.v1.JobService/WatchJobs"
+	JobService_GetJobLogs_FullMethodName    = "/hodei.v1.JobService/GetJobLogs"
+	JobService_FollowJobLogs_FullMethodName = "/hodei.v1.JobService/FollowJobLogs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -46,6 +48,14 @@ type JobServiceClient interface {
 	// what the node retains fails with OUT_OF_RANGE: resync (list, then watch
 	// from now).
 	WatchJobs(ctx context.Context, in *WatchJobsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchJobsResponse], error)
+	// issue 11 logs
+	// GetJobLogs returns the log lines of one attempt kept by the nodes (the
+	// node a worker streamed them to keeps them: not replicated), or, when no
+	// node has them, the tail replicated in the job's result.
+	GetJobLogs(ctx context.Context, in *GetJobLogsRequest, opts ...grpc.CallOption) (*GetJobLogsResponse, error)
+	// FollowJobLogs streams an attempt's lines live until the job ends, then
+	// the stream ends cleanly.
+	FollowJobLogs(ctx context.Context, in *FollowJobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowJobLogsResponse], error)
 }
 
 type jobServiceClient struct {
@@ -125,6 +135,35 @@ func (c *jobServiceClient) WatchJobs(ctx context.Context, in *WatchJobsRequest, 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_WatchJobsClient = grpc.ServerStreamingClient[WatchJobsResponse]
 
+func (c *jobServiceClient) GetJobLogs(ctx context.Context, in *GetJobLogsRequest, opts ...grpc.CallOption) (*GetJobLogsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJobLogsResponse)
+	err := c.cc.Invoke(ctx, JobService_GetJobLogs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) FollowJobLogs(ctx context.Context, in *FollowJobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowJobLogsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &JobService_ServiceDesc.Streams[1], JobService_FollowJobLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FollowJobLogsRequest, FollowJobLogsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_FollowJobLogsClient = grpc.ServerStreamingClient[FollowJobLogsResponse]
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -141,6 +180,14 @@ type JobServiceServer interface {
 	// what the node retains fails with OUT_OF_RANGE: resync (list, then watch
 	// from now).
 	WatchJobs(*WatchJobsRequest, grpc.ServerStreamingServer[WatchJobsResponse]) error
+	// issue 11 logs
+	// GetJobLogs returns the log lines of one attempt kept by the nodes (the
+	// node a worker streamed them to keeps them: not replicated), or, when no
+	// node has them, the tail replicated in the job's result.
+	GetJobLogs(context.Context, *GetJobLogsRequest) (*GetJobLogsResponse, error)
+	// FollowJobLogs streams an attempt's lines live until the job ends, then
+	// the stream ends cleanly.
+	FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -168,6 +215,12 @@ func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobReques
 }
 func (UnimplementedJobServiceServer) WatchJobs(*WatchJobsRequest, grpc.ServerStreamingServer[WatchJobsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchJobs not implemented")
+}
+func (UnimplementedJobServiceServer) GetJobLogs(context.Context, *GetJobLogsRequest) (*GetJobLogsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJobLogs not implemented")
+}
+func (UnimplementedJobServiceServer) FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error {
+	return status.Error(codes.Unimplemented, "method FollowJobLogs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -291,6 +344,35 @@ func _JobService_WatchJobs_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_WatchJobsServer = grpc.ServerStreamingServer[WatchJobsResponse]
 
+func _JobService_GetJobLogs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJobLogsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).GetJobLogs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_GetJobLogs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).GetJobLogs(ctx, req.(*GetJobLogsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_FollowJobLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FollowJobLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(JobServiceServer).FollowJobLogs(m, &grpc.GenericServerStream[FollowJobLogsRequest, FollowJobLogsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type JobService_FollowJobLogsServer = grpc.ServerStreamingServer[FollowJobLogsResponse]
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -318,11 +400,20 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
 		},
+		{
+			MethodName: "GetJobLogs",
+			Handler:    _JobService_GetJobLogs_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "WatchJobs",
 			Handler:       _JobService_WatchJobs_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "FollowJobLogs",
+			Handler:       _JobService_FollowJobLogs_Handler,
 			ServerStreams: true,
 		},
 	},
