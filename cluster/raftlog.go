@@ -148,17 +148,14 @@ func (r *raftLog) fold(key string) (folded int, ok bool) {
 // raftPeer is the peer a raft line is about: its "peer" (an address, or a
 // server record with an Address), "target" or "server-id" field.
 func raftPeer(rec map[string]any) string {
-	switch p := rec["peer"].(type) {
-	case string:
-		return p
-	case map[string]any:
-		if a, ok := p["Address"].(string); ok {
-			return a
-		}
-	}
-	for _, k := range []string{"target", "server-id"} {
-		if s, ok := rec[k].(string); ok {
-			return s
+	for _, k := range []string{"peer", "target", "server-id"} {
+		switch p := rec[k].(type) {
+		case string:
+			return p
+		case map[string]any:
+			if a, ok := p["Address"].(string); ok {
+				return a
+			}
 		}
 	}
 	return ""
