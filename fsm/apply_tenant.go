@@ -38,14 +38,34 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 	v := uint32(EntryVersion)
 	for _, c := range cmds {
-		if needsDispatchVersion(c) {
-			return EntryVersionDispatch
+		if needsSemanticsVersion(c) {
+			return EntryVersionSemantics
 		}
-		if c.GetSetTenantWeight() != nil {
+		if needsDispatchVersion(c) {
+			v = EntryVersionDispatch
+			continue
+		}
+		if c.GetSetTenantWeight() != nil && v < EntryVersionTenantWeights {
 			v = EntryVersionTenantWeights
 		}
 	}
 	return v
+}
+
+// needsSemanticsVersion reports whether c uses anything of entry version 4
+// (issue 11 quota: SetTenantLimits, a spec with constraints).
+func needsSemanticsVersion(c *internalpb.Command) bool {
+	switch k := c.GetKind().(type) {
+	case *internalpb.Command_SetTenantLimits:
+		return true
+	case *internalpb.Command_Submit:
+		for _, sp := range k.Submit.GetSpecs() {
+			if len(sp.GetConstraints()) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // needsDispatchVersion reports whether c uses anything of entry version 3.

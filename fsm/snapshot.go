@@ -31,8 +31,9 @@ import (
 // versions 1 and 2 a RequestRecord holds the command's whole result
 // (field 3); in version 3 it holds the compact record instead (fields
 // 4-11, encoded as encodeCompact says). The version written is the lowest
-// that represents the state (see SnapshotVersion): with request records 3,
-// else with weights other than 1 version 2, else version 1.
+// that represents the state (see SnapshotVersion): with tenant quotas
+// (issue 11: header field quotas) 4, else with request records 3, else
+// with weights other than 1 version 2, else version 1.
 const snapshotMagic = "HODEISNP"
 
 // ErrCorruptSnapshot is wrapped by Restore errors about snapshot content.
@@ -59,8 +60,11 @@ func (s *state) encodeSnapshot() []byte {
 	}
 	sort.Strings(names)
 	weights := s.sortedWeights()
+	quotas := s.sortedQuotas()
 	version := uint32(snapshotVersionNoWeights)
 	switch {
+	case len(quotas) > 0:
+		version = snapshotVersionSemantics // quota (issue 11)
 	case nreqs > 0:
 		version = SnapshotVersion
 	case len(weights) > 0:
@@ -79,6 +83,7 @@ func (s *state) encodeSnapshot() []byte {
 		ApplyChain:    s.chain,
 		RrCursor:      s.sched.cursor,
 		Weights:       weights,
+		Quotas:        quotas,
 	}
 	for _, n := range names {
 		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
@@ -191,8 +196,8 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 		return nil, corrupt("checksum mismatch: computed %08x, trailer says %08x", got, want)
 	}
 	version := binary.BigEndian.Uint32(body[len(snapshotMagic):])
-	if version < snapshotVersionNoWeights || version > SnapshotVersion {
-		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, SnapshotVersion)
+	if version < snapshotVersionNoWeights || version > snapshotVersionSemantics {
+		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, snapshotVersionSemantics)
 	}
 	rest := body[len(snapshotMagic)+4:]
 	next := func(m proto.Message) error {
@@ -312,6 +317,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 		}
 		prevTenant = w.GetTenant()
 		s.sched.weights[w.GetTenant()] = int64(w.GetWeight())
+	}
+	if err := s.restoreQuotas(version, hdr.GetQuotas()); err != nil {
+		return nil, err
 	}
 	for _, d := range hdr.GetDeficits() {
 		t := s.tenants[d.GetTenant()]

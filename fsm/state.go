@@ -55,6 +55,9 @@ type state struct {
 
 	sched scheduler // per-tenant ready queues and fair sharing
 	reqs  requestTable
+	// quota (issue 11): per-tenant limits, buckets and refusal counters,
+	// looked up by name only (the snapshot sorts them).
+	quotas map[string]*tenantQuota
 
 	// per-entry scratch
 	curIndex   uint64
@@ -74,6 +77,7 @@ func newState(cfg Config) *state {
 		finished: newTimeTree(),
 		sched:    newScheduler(),
 		reqs:     newRequestTable(),
+		quotas:   make(map[string]*tenantQuota),
 	}
 	for i := range s.byState {
 		s.byState[i] = newSeqTree()
@@ -88,6 +92,7 @@ type tenant struct {
 	byState [numStates]*btree.BTreeG[uint64] // lazily created
 	ready   *btree.BTreeG[readyKey]          // leasable jobs: priority desc, seq asc
 	deficit int64                            // deficit round robin credit
+	picked  int                              // scratch of pickReady: jobs picked, not yet RUNNING (0 between commands)
 }
 
 func (s *state) tenant(name string, create bool) *tenant {
@@ -204,6 +209,8 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applyGC(k.Gc)
 	case *internalpb.Command_SetTenantWeight:
 		r = s.applySetTenantWeight(k.SetTenantWeight)
+	case *internalpb.Command_SetTenantLimits:
+		r = s.applySetTenantLimits(now, k.SetTenantLimits)
 	case *internalpb.Command_Checkpoint:
 		// Verified by the FSM wrapper against its local chain record; it
 		// changes no replicated state.

@@ -85,6 +85,62 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{0}
 }
 
+// ConstraintOp is how a constraint tests a worker label.
+type ConstraintOp int32
+
+const (
+	ConstraintOp_CONSTRAINT_OP_UNSPECIFIED ConstraintOp = 0
+	ConstraintOp_CONSTRAINT_OP_IN          ConstraintOp = 1 // key in (a,b): the worker has key with one of the values
+	ConstraintOp_CONSTRAINT_OP_NOT_IN      ConstraintOp = 2 // key not in (a,b): the worker lacks key, or its value is none of them
+	ConstraintOp_CONSTRAINT_OP_EXISTS      ConstraintOp = 3 // key: the worker has key (any value)
+	ConstraintOp_CONSTRAINT_OP_NOT_EXISTS  ConstraintOp = 4 // !key: the worker does not have key
+)
+
+// Enum value maps for ConstraintOp.
+var (
+	ConstraintOp_name = map[int32]string{
+		0: "CONSTRAINT_OP_UNSPECIFIED",
+		1: "CONSTRAINT_OP_IN",
+		2: "CONSTRAINT_OP_NOT_IN",
+		3: "CONSTRAINT_OP_EXISTS",
+		4: "CONSTRAINT_OP_NOT_EXISTS",
+	}
+	ConstraintOp_value = map[string]int32{
+		"CONSTRAINT_OP_UNSPECIFIED": 0,
+		"CONSTRAINT_OP_IN":          1,
+		"CONSTRAINT_OP_NOT_IN":      2,
+		"CONSTRAINT_OP_EXISTS":      3,
+		"CONSTRAINT_OP_NOT_EXISTS":  4,
+	}
+)
+
+func (x ConstraintOp) Enum() *ConstraintOp {
+	p := new(ConstraintOp)
+	*p = x
+	return p
+}
+
+func (x ConstraintOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConstraintOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[1].Descriptor()
+}
+
+func (ConstraintOp) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[1]
+}
+
+func (x ConstraintOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConstraintOp.Descriptor instead.
+func (ConstraintOp) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{1}
+}
+
 type KeyValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -156,8 +212,12 @@ type JobSpec struct {
 	// bytes). Empty (or "shell") is a command job: command is required and the
 	// shell executor runs it. Any other kind is run by a worker that registered
 	// a handler for it; command must then be empty.
-	Kind          string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
-	Payload       []byte `protobuf:"bytes,14,opt,name=payload,proto3" json:"payload,omitempty"` // handler input; counts toward the spec's size limit
+	Kind    string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
+	Payload []byte `protobuf:"bytes,14,opt,name=payload,proto3" json:"payload,omitempty"` // handler input; counts toward the spec's size limit
+	// constraints on the worker's labels beyond the exact labels above
+	// (issue 11 quota): every one must hold. Normalized at submit (values
+	// sorted and unique, constraints sorted by key then op).
+	Constraints   []*Constraint `protobuf:"bytes,20,rep,name=constraints,proto3" json:"constraints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -290,6 +350,13 @@ func (x *JobSpec) GetPayload() []byte {
 	return nil
 }
 
+func (x *JobSpec) GetConstraints() []*Constraint {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
 type JobResult struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	ExitCode     int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
@@ -417,8 +484,13 @@ type Job struct {
 	LastResult       *JobResult             `protobuf:"bytes,13,opt,name=last_result,json=lastResult,proto3" json:"last_result,omitempty"` // result of the latest finished attempt
 	FinishedAtMs     int64                  `protobuf:"varint,14,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
 	CancelReason     string                 `protobuf:"bytes,15,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// unmatched (issue 11 quota): set by GetJob for a PENDING job that no
+	// worker profile the answering node has seen recently can run, saying
+	// why ("no connected worker has label region in (eu,us)"). Not
+	// replicated; empty when some seen worker matches or none was seen.
+	Unmatched     string `protobuf:"bytes,30,opt,name=unmatched,proto3" json:"unmatched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -556,6 +628,13 @@ func (x *Job) GetCancelReason() string {
 	return ""
 }
 
+func (x *Job) GetUnmatched() string {
+	if x != nil {
+		return x.Unmatched
+	}
+	return ""
+}
+
 type SubmitJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -609,9 +688,15 @@ func (x *SubmitJobRequest) GetRequestId() string {
 }
 
 type SubmitJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Duplicate     bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // true if the idempotency key matched an existing job
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Job       *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Duplicate bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // true if the idempotency key matched an existing job
+	// issue 11 quota: a spec of a SubmitJobs refused on its own (a tenant
+	// limit: max-queued, submit-rate); nothing was stored for it and job is
+	// unset. code is a gRPC code name (RESOURCE_EXHAUSTED), reason names the
+	// limit. SubmitJob answers such a refusal as a gRPC error instead.
+	Code          string `protobuf:"bytes,30,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string `protobuf:"bytes,31,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -658,6 +743,20 @@ func (x *SubmitJobResponse) GetDuplicate() bool {
 		return x.Duplicate
 	}
 	return false
+}
+
+func (x *SubmitJobResponse) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *SubmitJobResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type SubmitJobsRequest struct {
@@ -4195,6 +4294,9 @@ type TenantStatus struct {
 	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`                              // fair-share weight in the meta group (1..1000; 1 is the default)
 	Shard         uint32                 `protobuf:"varint,3,opt,name=shard,proto3" json:"shard,omitempty"`                                // the tenant's shard
 	ShardWeight   uint32                 `protobuf:"varint,4,opt,name=shard_weight,json=shardWeight,proto3" json:"shard_weight,omitempty"` // weight the shard's state machine applies now (the answering node's replica): equal to weight once propagated
+	Limits        *TenantLimits          `protobuf:"bytes,5,opt,name=limits,proto3" json:"limits,omitempty"`                               // quotas in the meta group (unset or zero fields = unlimited)
+	ShardLimits   *TenantLimits          `protobuf:"bytes,6,opt,name=shard_limits,json=shardLimits,proto3" json:"shard_limits,omitempty"`  // quotas the shard's state machine applies now (the answering node's replica)
+	Usage         *TenantUsage           `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`                                 // the tenant's usage in its shard (the answering node's replica)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4257,10 +4359,39 @@ func (x *TenantStatus) GetShardWeight() uint32 {
 	return 0
 }
 
+func (x *TenantStatus) GetLimits() *TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *TenantStatus) GetShardLimits() *TenantLimits {
+	if x != nil {
+		return x.ShardLimits
+	}
+	return nil
+}
+
+func (x *TenantStatus) GetUsage() *TenantUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 type SetTenantRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // 1..1000
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// 1..1000; 0 keeps the current weight when a limit below is given (else
+	// it is invalid, as before limits existed).
+	Weight uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Limits (issue 11 quota): a field that is present replaces the current
+	// value, 0 meaning unlimited; an absent one is kept.
+	MaxQueued     *uint32  `protobuf:"varint,3,opt,name=max_queued,json=maxQueued,proto3,oneof" json:"max_queued,omitempty"`     // PENDING jobs of the tenant, 0..100000000
+	MaxRunning    *uint32  `protobuf:"varint,4,opt,name=max_running,json=maxRunning,proto3,oneof" json:"max_running,omitempty"`  // RUNNING (leased) jobs of the tenant, 0..1000000
+	SubmitRate    *float64 `protobuf:"fixed64,5,opt,name=submit_rate,json=submitRate,proto3,oneof" json:"submit_rate,omitempty"` // new jobs per second (token bucket), 0..1000000, a multiple of 0.001
+	Burst         *uint32  `protobuf:"varint,6,opt,name=burst,proto3,oneof" json:"burst,omitempty"`                              // bucket size, 1..1000000 (default: the rate rounded up, at least 1)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4305,6 +4436,34 @@ func (x *SetTenantRequest) GetTenant() string {
 func (x *SetTenantRequest) GetWeight() uint32 {
 	if x != nil {
 		return x.Weight
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetMaxQueued() uint32 {
+	if x != nil && x.MaxQueued != nil {
+		return *x.MaxQueued
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetMaxRunning() uint32 {
+	if x != nil && x.MaxRunning != nil {
+		return *x.MaxRunning
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetSubmitRate() float64 {
+	if x != nil && x.SubmitRate != nil {
+		return *x.SubmitRate
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetBurst() uint32 {
+	if x != nil && x.Burst != nil {
+		return *x.Burst
 	}
 	return 0
 }
@@ -4433,6 +4592,213 @@ func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
 	return nil
 }
 
+// Constraint is one requirement on a worker's labels.
+type Constraint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Op            ConstraintOp           `protobuf:"varint,2,opt,name=op,proto3,enum=hodei.v1.ConstraintOp" json:"op,omitempty"`
+	Values        []string               `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty"` // IN, NOT_IN: 1..64 values, sorted and unique; empty otherwise
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Constraint) Reset() {
+	*x = Constraint{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Constraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Constraint) ProtoMessage() {}
+
+func (x *Constraint) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
+func (*Constraint) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Constraint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Constraint) GetOp() ConstraintOp {
+	if x != nil {
+		return x.Op
+	}
+	return ConstraintOp_CONSTRAINT_OP_UNSPECIFIED
+}
+
+func (x *Constraint) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// TenantLimits are a tenant's quotas. Zero = unlimited.
+type TenantLimits struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MaxQueued       uint32                 `protobuf:"varint,1,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`                     // PENDING jobs in its shard: a submit over it is refused
+	MaxRunning      uint32                 `protobuf:"varint,2,opt,name=max_running,json=maxRunning,proto3" json:"max_running,omitempty"`                  // RUNNING jobs: leases stop at it, other tenants keep leasing
+	SubmitRateMilli uint64                 `protobuf:"varint,3,opt,name=submit_rate_milli,json=submitRateMilli,proto3" json:"submit_rate_milli,omitempty"` // token bucket refill, in thousandths of a job per second
+	Burst           uint32                 `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`                                              // token bucket size in jobs (set when submit_rate_milli is)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TenantLimits) Reset() {
+	*x = TenantLimits{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantLimits) ProtoMessage() {}
+
+func (x *TenantLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantLimits.ProtoReflect.Descriptor instead.
+func (*TenantLimits) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *TenantLimits) GetMaxQueued() uint32 {
+	if x != nil {
+		return x.MaxQueued
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetMaxRunning() uint32 {
+	if x != nil {
+		return x.MaxRunning
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetSubmitRateMilli() uint64 {
+	if x != nil {
+		return x.SubmitRateMilli
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// TenantUsage is a tenant's use of its limits in its shard.
+type TenantUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queued        uint64                 `protobuf:"varint,1,opt,name=queued,proto3" json:"queued,omitempty"`                                    // PENDING jobs
+	Running       uint64                 `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`                                  // RUNNING jobs
+	SubmitTokens  float64                `protobuf:"fixed64,3,opt,name=submit_tokens,json=submitTokens,proto3" json:"submit_tokens,omitempty"`   // tokens in the bucket at the shard's last applied time (with a rate)
+	RefusedQueued uint64                 `protobuf:"varint,4,opt,name=refused_queued,json=refusedQueued,proto3" json:"refused_queued,omitempty"` // submits refused over max-queued (since the limit was first set)
+	RefusedRate   uint64                 `protobuf:"varint,5,opt,name=refused_rate,json=refusedRate,proto3" json:"refused_rate,omitempty"`       // submits refused over the submit rate
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantUsage) Reset() {
+	*x = TenantUsage{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantUsage) ProtoMessage() {}
+
+func (x *TenantUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantUsage.ProtoReflect.Descriptor instead.
+func (*TenantUsage) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *TenantUsage) GetQueued() uint64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRunning() uint64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetSubmitTokens() float64 {
+	if x != nil {
+		return x.SubmitTokens
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRefusedQueued() uint64 {
+	if x != nil {
+		return x.RefusedQueued
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRefusedRate() uint64 {
+	if x != nil {
+		return x.RefusedRate
+	}
+	return 0
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -4440,7 +4806,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x14hodei/v1/hodei.proto\x12\bhodei.v1\"2\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xc1\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xf9\x03\n" +
 	"\aJobSpec\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x18\n" +
@@ -4457,7 +4823,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0ebackoff_max_ms\x18\v \x01(\x03R\fbackoffMaxMs\x12\x19\n" +
 	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\x12\x12\n" +
 	"\x04kind\x18\r \x01(\tR\x04kind\x12\x18\n" +
-	"\apayload\x18\x0e \x01(\fR\apayload\"\x9d\x02\n" +
+	"\apayload\x18\x0e \x01(\fR\apayload\x126\n" +
+	"\vconstraints\x18\x14 \x03(\v2\x14.hodei.v1.ConstraintR\vconstraints\"\x9d\x02\n" +
 	"\tJobResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\fR\x06output\x12\x14\n" +
@@ -4468,7 +4835,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\x86\x04\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xa4\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -4487,14 +4854,17 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlast_result\x18\r \x01(\v2\x13.hodei.v1.JobResultR\n" +
 	"lastResult\x12$\n" +
 	"\x0efinished_at_ms\x18\x0e \x01(\x03R\ffinishedAtMs\x12#\n" +
-	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\"X\n" +
+	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\x12\x1c\n" +
+	"\tunmatched\x18\x1e \x01(\tR\tunmatched\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"R\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"~\n" +
 	"\x11SubmitJobResponse\x12\x1f\n" +
 	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"[\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x12\n" +
+	"\x04code\x18\x1e \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x1f \x01(\tR\x06reason\"[\n" +
 	"\x11SubmitJobsRequest\x12'\n" +
 	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\x12\x1d\n" +
 	"\n" +
@@ -4734,27 +5104,65 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"check_only\x18\x03 \x01(\bR\tcheckOnly\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\",\n" +
 	"\x14RestoreGroupResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"w\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x8f\x02\n" +
 	"\fTenantStatus\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x14\n" +
 	"\x05shard\x18\x03 \x01(\rR\x05shard\x12!\n" +
-	"\fshard_weight\x18\x04 \x01(\rR\vshardWeight\"B\n" +
+	"\fshard_weight\x18\x04 \x01(\rR\vshardWeight\x12.\n" +
+	"\x06limits\x18\x05 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\x129\n" +
+	"\fshard_limits\x18\x06 \x01(\v2\x16.hodei.v1.TenantLimitsR\vshardLimits\x12+\n" +
+	"\x05usage\x18\a \x01(\v2\x15.hodei.v1.TenantUsageR\x05usage\"\x86\x02\n" +
 	"\x10SetTenantRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"C\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\"\n" +
+	"\n" +
+	"max_queued\x18\x03 \x01(\rH\x00R\tmaxQueued\x88\x01\x01\x12$\n" +
+	"\vmax_running\x18\x04 \x01(\rH\x01R\n" +
+	"maxRunning\x88\x01\x01\x12$\n" +
+	"\vsubmit_rate\x18\x05 \x01(\x01H\x02R\n" +
+	"submitRate\x88\x01\x01\x12\x19\n" +
+	"\x05burst\x18\x06 \x01(\rH\x03R\x05burst\x88\x01\x01B\r\n" +
+	"\v_max_queuedB\x0e\n" +
+	"\f_max_runningB\x0e\n" +
+	"\f_submit_rateB\b\n" +
+	"\x06_burst\"C\n" +
 	"\x11SetTenantResponse\x12.\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants*\x9b\x01\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"^\n" +
+	"\n" +
+	"Constraint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
+	"\x02op\x18\x02 \x01(\x0e2\x16.hodei.v1.ConstraintOpR\x02op\x12\x16\n" +
+	"\x06values\x18\x03 \x03(\tR\x06values\"\x90\x01\n" +
+	"\fTenantLimits\x12\x1d\n" +
+	"\n" +
+	"max_queued\x18\x01 \x01(\rR\tmaxQueued\x12\x1f\n" +
+	"\vmax_running\x18\x02 \x01(\rR\n" +
+	"maxRunning\x12*\n" +
+	"\x11submit_rate_milli\x18\x03 \x01(\x04R\x0fsubmitRateMilli\x12\x14\n" +
+	"\x05burst\x18\x04 \x01(\rR\x05burst\"\xae\x01\n" +
+	"\vTenantUsage\x12\x16\n" +
+	"\x06queued\x18\x01 \x01(\x04R\x06queued\x12\x18\n" +
+	"\arunning\x18\x02 \x01(\x04R\arunning\x12#\n" +
+	"\rsubmit_tokens\x18\x03 \x01(\x01R\fsubmitTokens\x12%\n" +
+	"\x0erefused_queued\x18\x04 \x01(\x04R\rrefusedQueued\x12!\n" +
+	"\frefused_rate\x18\x05 \x01(\x04R\vrefusedRate*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x05*\x95\x01\n" +
+	"\fConstraintOp\x12\x1d\n" +
+	"\x19CONSTRAINT_OP_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10CONSTRAINT_OP_IN\x10\x01\x12\x18\n" +
+	"\x14CONSTRAINT_OP_NOT_IN\x10\x02\x12\x18\n" +
+	"\x14CONSTRAINT_OP_EXISTS\x10\x03\x12\x1c\n" +
+	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x042\xe1\x02\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -4794,183 +5202,192 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 	return file_hodei_v1_hodei_proto_rawDescData
 }
 
-var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                   // 0: hodei.v1.JobState
-	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
-	(*JobSpec)(nil),                 // 2: hodei.v1.JobSpec
-	(*JobResult)(nil),               // 3: hodei.v1.JobResult
-	(*Job)(nil),                     // 4: hodei.v1.Job
-	(*SubmitJobRequest)(nil),        // 5: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 6: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),       // 7: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 8: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),           // 9: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 10: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),         // 11: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 12: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 13: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 14: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                   // 15: hodei.v1.Lease
-	(*LeaseRequest)(nil),            // 16: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),           // 17: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),                // 18: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),     // 19: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),            // 20: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),    // 21: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),      // 22: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),     // 23: hodei.v1.CompleteJobResponse
-	(*Completion)(nil),              // 24: hodei.v1.Completion
-	(*CompletionResult)(nil),        // 25: hodei.v1.CompletionResult
-	(*CompleteJobsRequest)(nil),     // 26: hodei.v1.CompleteJobsRequest
-	(*CompleteJobsResponse)(nil),    // 27: hodei.v1.CompleteJobsResponse
-	(*WorkerHello)(nil),             // 28: hodei.v1.WorkerHello
-	(*WorkerSlots)(nil),             // 29: hodei.v1.WorkerSlots
-	(*WorkerCompletions)(nil),       // 30: hodei.v1.WorkerCompletions
-	(*WorkerExtend)(nil),            // 31: hodei.v1.WorkerExtend
-	(*WorkerMessage)(nil),           // 32: hodei.v1.WorkerMessage
-	(*ServerWelcome)(nil),           // 33: hodei.v1.ServerWelcome
-	(*ServerLeases)(nil),            // 34: hodei.v1.ServerLeases
-	(*ServerCompletions)(nil),       // 35: hodei.v1.ServerCompletions
-	(*ServerExtended)(nil),          // 36: hodei.v1.ServerExtended
-	(*ServerCancel)(nil),            // 37: hodei.v1.ServerCancel
-	(*ServerDrain)(nil),             // 38: hodei.v1.ServerDrain
-	(*ServerMessage)(nil),           // 39: hodei.v1.ServerMessage
-	(*LeaseDemand)(nil),             // 40: hodei.v1.LeaseDemand
-	(*LeaseForRequest)(nil),         // 41: hodei.v1.LeaseForRequest
-	(*LeaseGrant)(nil),              // 42: hodei.v1.LeaseGrant
-	(*LeaseForResponse)(nil),        // 43: hodei.v1.LeaseForResponse
-	(*RaftServer)(nil),              // 44: hodei.v1.RaftServer
-	(*ShardStatus)(nil),             // 45: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),           // 46: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),          // 47: hodei.v1.StatusResponse
-	(*Member)(nil),                  // 48: hodei.v1.Member
-	(*JoinRequest)(nil),             // 49: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),            // 50: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 51: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 52: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),   // 53: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),  // 54: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),     // 55: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 56: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),  // 57: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),       // 58: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),   // 59: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil), // 60: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),    // 61: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),      // 62: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),     // 63: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),    // 64: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),            // 65: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),        // 66: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),       // 67: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),      // 68: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),     // 69: hodei.v1.ListTenantsResponse
+	(ConstraintOp)(0),               // 1: hodei.v1.ConstraintOp
+	(*KeyValue)(nil),                // 2: hodei.v1.KeyValue
+	(*JobSpec)(nil),                 // 3: hodei.v1.JobSpec
+	(*JobResult)(nil),               // 4: hodei.v1.JobResult
+	(*Job)(nil),                     // 5: hodei.v1.Job
+	(*SubmitJobRequest)(nil),        // 6: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 7: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),       // 8: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 9: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),           // 10: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 11: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),         // 12: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 13: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 14: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 15: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                   // 16: hodei.v1.Lease
+	(*LeaseRequest)(nil),            // 17: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),           // 18: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                // 19: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),     // 20: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),            // 21: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),    // 22: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),      // 23: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),     // 24: hodei.v1.CompleteJobResponse
+	(*Completion)(nil),              // 25: hodei.v1.Completion
+	(*CompletionResult)(nil),        // 26: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),     // 27: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),    // 28: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),             // 29: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),             // 30: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),       // 31: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),            // 32: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),           // 33: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),           // 34: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),            // 35: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),       // 36: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),          // 37: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),            // 38: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),             // 39: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),           // 40: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),             // 41: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),         // 42: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),              // 43: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),        // 44: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),              // 45: hodei.v1.RaftServer
+	(*ShardStatus)(nil),             // 46: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),           // 47: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),          // 48: hodei.v1.StatusResponse
+	(*Member)(nil),                  // 49: hodei.v1.Member
+	(*JoinRequest)(nil),             // 50: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),            // 51: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 52: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 53: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),   // 54: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),  // 55: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),     // 56: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 57: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),  // 58: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),       // 59: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),   // 60: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil), // 61: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),    // 62: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),      // 63: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),     // 64: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),    // 65: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),            // 66: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),        // 67: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),       // 68: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),      // 69: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),     // 70: hodei.v1.ListTenantsResponse
+	(*Constraint)(nil),              // 71: hodei.v1.Constraint
+	(*TenantLimits)(nil),            // 72: hodei.v1.TenantLimits
+	(*TenantUsage)(nil),             // 73: hodei.v1.TenantUsage
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
-	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
-	1,  // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
-	2,  // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
-	0,  // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
-	3,  // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	2,  // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	4,  // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	2,  // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	6,  // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	4,  // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
-	0,  // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	4,  // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	4,  // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	4,  // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	1,  // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	15, // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	18, // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	20, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	3,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	4,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	3,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
-	0,  // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	24, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	25, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	1,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	24, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	18, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	28, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	29, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	30, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	31, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	15, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	25, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	20, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	18, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	33, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	34, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	35, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	36, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	37, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	38, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	1,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	40, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	15, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	42, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	44, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	45, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	44, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	48, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	59, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	58, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	65, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	65, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,  // 55: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 56: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 57: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 58: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 59: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	32, // 60: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	16, // 61: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 62: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 63: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 64: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	41, // 65: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	46, // 66: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	49, // 67: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	51, // 68: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	53, // 69: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	55, // 70: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	57, // 71: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	61, // 72: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	63, // 73: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	66, // 74: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	68, // 75: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	6,  // 76: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 77: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 78: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 79: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 80: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	39, // 81: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	17, // 82: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 83: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 84: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 85: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	43, // 86: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	47, // 87: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	50, // 88: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	52, // 89: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	54, // 90: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	56, // 91: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	60, // 92: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	62, // 93: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	64, // 94: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	67, // 95: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	69, // 96: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	2,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
+	2,  // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
+	71, // 2: hodei.v1.JobSpec.constraints:type_name -> hodei.v1.Constraint
+	3,  // 3: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
+	0,  // 4: hodei.v1.Job.state:type_name -> hodei.v1.JobState
+	4,  // 5: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
+	3,  // 6: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	5,  // 7: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	3,  // 8: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	7,  // 9: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	5,  // 10: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	0,  // 11: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
+	5,  // 12: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	5,  // 13: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	5,  // 14: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	2,  // 15: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	16, // 16: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	19, // 17: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	21, // 18: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	4,  // 19: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	5,  // 20: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	4,  // 21: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,  // 22: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	25, // 23: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	26, // 24: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	2,  // 25: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	25, // 26: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	19, // 27: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	29, // 28: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	30, // 29: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	31, // 30: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	32, // 31: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	16, // 32: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	26, // 33: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	21, // 34: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	19, // 35: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	34, // 36: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	35, // 37: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	36, // 38: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	37, // 39: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	38, // 40: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	39, // 41: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	2,  // 42: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	41, // 43: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	16, // 44: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	43, // 45: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	45, // 46: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	46, // 47: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	45, // 48: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	49, // 49: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	60, // 50: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	59, // 51: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	59, // 52: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	59, // 53: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	72, // 54: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
+	72, // 55: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
+	73, // 56: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
+	66, // 57: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	66, // 58: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	1,  // 59: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
+	6,  // 60: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	8,  // 61: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	10, // 62: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	12, // 63: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	14, // 64: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	33, // 65: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	17, // 66: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	20, // 67: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	23, // 68: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	27, // 69: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	42, // 70: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	47, // 71: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	50, // 72: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	52, // 73: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	54, // 74: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	56, // 75: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	58, // 76: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	62, // 77: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	64, // 78: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	67, // 79: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	69, // 80: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	7,  // 81: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	9,  // 82: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	11, // 83: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	13, // 84: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	15, // 85: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	40, // 86: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	18, // 87: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	22, // 88: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	24, // 89: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	28, // 90: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	44, // 91: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	48, // 92: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	51, // 93: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	53, // 94: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	55, // 95: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	57, // 96: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	61, // 97: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	63, // 98: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	65, // 99: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	68, // 100: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	70, // 101: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	81, // [81:102] is the sub-list for method output_type
+	60, // [60:81] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -4992,13 +5409,14 @@ func file_hodei_v1_hodei_proto_init() {
 		(*ServerMessage_Cancel)(nil),
 		(*ServerMessage_Drain)(nil),
 	}
+	file_hodei_v1_hodei_proto_msgTypes[65].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   69,
+			NumEnums:      2,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

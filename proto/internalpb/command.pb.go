@@ -235,6 +235,7 @@ type Command struct {
 	//	*Command_SetTenantWeight
 	//	*Command_LeaseBatch
 	//	*Command_CompleteJobs
+	//	*Command_SetTenantLimits
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -392,6 +393,15 @@ func (x *Command) GetCompleteJobs() *CompleteJobs {
 	return nil
 }
 
+func (x *Command) GetSetTenantLimits() *SetTenantLimits {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_SetTenantLimits); ok {
+			return x.SetTenantLimits
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -444,6 +454,10 @@ type Command_CompleteJobs struct {
 	CompleteJobs *CompleteJobs `protobuf:"bytes,21,opt,name=complete_jobs,json=completeJobs,proto3,oneof"` // only in entries of version >= 3
 }
 
+type Command_SetTenantLimits struct {
+	SetTenantLimits *SetTenantLimits `protobuf:"bytes,50,opt,name=set_tenant_limits,json=setTenantLimits,proto3,oneof"` // quota (issue 11): only in entries of version >= 4
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -467,6 +481,8 @@ func (*Command_SetTenantWeight) isCommand_Kind() {}
 func (*Command_LeaseBatch) isCommand_Kind() {}
 
 func (*Command_CompleteJobs) isCommand_Kind() {}
+
+func (*Command_SetTenantLimits) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1249,7 +1265,11 @@ type SnapshotHeader struct {
 	// Fair-share weights of the tenants whose weight is not 1, sorted by
 	// tenant. Only in snapshot version 2, which is written only when there is
 	// one (a shard without weights writes the version 1 bytes).
-	Weights       []*TenantSettings `protobuf:"bytes,13,rep,name=weights,proto3" json:"weights,omitempty"`
+	Weights []*TenantSettings `protobuf:"bytes,13,rep,name=weights,proto3" json:"weights,omitempty"`
+	// quota (issue 11): per-tenant limits, token buckets and refusal
+	// counters, sorted by tenant. Only in snapshot version 4, written only
+	// when there is one.
+	Quotas        []*TenantQuota `protobuf:"bytes,40,rep,name=quotas,proto3" json:"quotas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1371,6 +1391,13 @@ func (x *SnapshotHeader) GetApplyChain() uint64 {
 func (x *SnapshotHeader) GetWeights() []*TenantSettings {
 	if x != nil {
 		return x.Weights
+	}
+	return nil
+}
+
+func (x *SnapshotHeader) GetQuotas() []*TenantQuota {
+	if x != nil {
+		return x.Quotas
 	}
 	return nil
 }
@@ -1628,6 +1655,7 @@ type TenantSettings struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // fair-share weight (default 1)
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,3,opt,name=limits,proto3" json:"limits,omitempty"`  // quota (issue 11): unset = unlimited
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1674,6 +1702,13 @@ func (x *TenantSettings) GetWeight() uint32 {
 		return x.Weight
 	}
 	return 0
+}
+
+func (x *TenantSettings) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
 }
 
 // MetaState is the whole meta FSM; it is also its snapshot record.
@@ -1883,6 +1918,148 @@ func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
 
+// SetTenantLimits sets a tenant's quotas in this shard (all fields replace
+// the current ones; zero = unlimited). The meta group's tenant settings are
+// the source of truth; the shard leader proposes this when its shard's
+// limits differ from them, as for SetTenantWeight. Only valid in an entry
+// of version >= 4.
+type SetTenantLimits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantLimits) Reset() {
+	*x = SetTenantLimits{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantLimits) ProtoMessage() {}
+
+func (x *SetTenantLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantLimits.ProtoReflect.Descriptor instead.
+func (*SetTenantLimits) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SetTenantLimits) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantLimits) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// TenantQuota is a shard's quota state of one tenant (snapshot version 4).
+type TenantQuota struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	TokensMicro   int64                  `protobuf:"varint,3,opt,name=tokens_micro,json=tokensMicro,proto3" json:"tokens_micro,omitempty"` // token bucket: millionths of a job, as of bucket_ms
+	BucketMs      int64                  `protobuf:"varint,4,opt,name=bucket_ms,json=bucketMs,proto3" json:"bucket_ms,omitempty"`          // replicated time the bucket was last refilled
+	RefusedQueued uint64                 `protobuf:"varint,5,opt,name=refused_queued,json=refusedQueued,proto3" json:"refused_queued,omitempty"`
+	RefusedRate   uint64                 `protobuf:"varint,6,opt,name=refused_rate,json=refusedRate,proto3" json:"refused_rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantQuota) Reset() {
+	*x = TenantQuota{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantQuota) ProtoMessage() {}
+
+func (x *TenantQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantQuota.ProtoReflect.Descriptor instead.
+func (*TenantQuota) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TenantQuota) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantQuota) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *TenantQuota) GetTokensMicro() int64 {
+	if x != nil {
+		return x.TokensMicro
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetBucketMs() int64 {
+	if x != nil {
+		return x.BucketMs
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetRefusedQueued() uint64 {
+	if x != nil {
+		return x.RefusedQueued
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetRefusedRate() uint64 {
+	if x != nil {
+		return x.RefusedRate
+	}
+	return 0
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -1891,7 +2068,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x94\x06\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xe6\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1910,7 +2087,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeight\x12@\n" +
 	"\vlease_batch\x18\x14 \x01(\v2\x1d.hodei.internal.v1.LeaseBatchH\x00R\n" +
 	"leaseBatch\x12F\n" +
-	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobsB\x06\n" +
+	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobs\x12P\n" +
+	"\x11set_tenant_limits\x182 \x01(\v2\".hodei.internal.v1.SetTenantLimitsH\x00R\x0fsetTenantLimitsB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -1961,7 +2139,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\bextended\x18\x06 \x03(\v2\x16.hodei.v1.ExtendResultR\bextended\x12\x14\n" +
 	"\x05count\x18\a \x01(\rR\x05count\x12,\n" +
 	"\x06grants\x18\b \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\x128\n" +
-	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\"\xe2\x03\n" +
+	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\"\x9a\x04\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -1978,7 +2156,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\bdeficits\x18\v \x03(\v2 .hodei.internal.v1.TenantDeficitR\bdeficits\x12\x1f\n" +
 	"\vapply_chain\x18\f \x01(\x04R\n" +
 	"applyChain\x12;\n" +
-	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\"A\n" +
+	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\x126\n" +
+	"\x06quotas\x18( \x03(\v2\x1e.hodei.internal.v1.TenantQuotaR\x06quotas\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"\x84\x03\n" +
@@ -2005,10 +2184,11 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
 	"\vgossip_addr\x18\x03 \x01(\tR\n" +
 	"gossipAddr\x12\x1e\n" +
-	"\vadded_at_ms\x18\x04 \x01(\x03R\taddedAtMs\"@\n" +
+	"\vadded_at_ms\x18\x04 \x01(\x03R\taddedAtMs\"p\n" +
 	"\x0eTenantSettings\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xdd\x01\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x12.\n" +
+	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xdd\x01\n" +
 	"\tMetaState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
 	"\vshard_count\x18\x02 \x01(\rR\n" +
@@ -2027,7 +2207,17 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
 	"\n" +
 	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenantB\x06\n" +
-	"\x04kind*\x96\x01\n" +
+	"\x04kind\"Y\n" +
+	"\x0fSetTenantLimits\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
+	"\x06limits\x18\x02 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xdf\x01\n" +
+	"\vTenantQuota\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
+	"\x06limits\x18\x02 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\x12!\n" +
+	"\ftokens_micro\x18\x03 \x01(\x03R\vtokensMicro\x12\x1b\n" +
+	"\tbucket_ms\x18\x04 \x01(\x03R\bbucketMs\x12%\n" +
+	"\x0erefused_queued\x18\x05 \x01(\x04R\rrefusedQueued\x12!\n" +
+	"\frefused_rate\x18\x06 \x01(\x04R\vrefusedRate*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -2059,7 +2249,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2085,17 +2275,20 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*TenantSettings)(nil),            // 21: hodei.internal.v1.TenantSettings
 	(*MetaState)(nil),                 // 22: hodei.internal.v1.MetaState
 	(*MetaCommand)(nil),               // 23: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 24: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 25: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 26: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 27: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 28: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 29: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 30: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 31: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 32: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 33: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 34: hodei.v1.CompletionResult
+	(*SetTenantLimits)(nil),           // 24: hodei.internal.v1.SetTenantLimits
+	(*TenantQuota)(nil),               // 25: hodei.internal.v1.TenantQuota
+	(*hodeiv1.JobSpec)(nil),           // 26: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 27: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 28: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 29: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 30: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 31: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 32: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 33: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 34: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 35: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 36: hodei.v1.CompletionResult
+	(*hodeiv1.TenantLimits)(nil),      // 37: hodei.v1.TenantLimits
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -2111,34 +2304,39 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	15, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
 	6,  // 11: hodei.internal.v1.Command.lease_batch:type_name -> hodei.internal.v1.LeaseBatch
 	7,  // 12: hodei.internal.v1.Command.complete_jobs:type_name -> hodei.internal.v1.CompleteJobs
-	24, // 13: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	25, // 14: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 15: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	26, // 16: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	27, // 17: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	28, // 18: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	27, // 19: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 20: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	29, // 21: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	30, // 22: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	31, // 23: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	32, // 24: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	33, // 25: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	34, // 26: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	18, // 27: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	21, // 28: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	16, // 29: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 30: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 31: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	20, // 32: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	21, // 33: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	20, // 34: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	21, // 35: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	24, // 13: hodei.internal.v1.Command.set_tenant_limits:type_name -> hodei.internal.v1.SetTenantLimits
+	26, // 14: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	27, // 15: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 16: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	28, // 17: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	29, // 18: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	30, // 19: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	29, // 20: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 21: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	31, // 22: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	32, // 23: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	33, // 24: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	34, // 25: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	35, // 26: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	36, // 27: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	18, // 28: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	21, // 29: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	25, // 30: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
+	16, // 31: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 32: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 33: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	37, // 34: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
+	20, // 35: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	21, // 36: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	20, // 37: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	21, // 38: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	37, // 39: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
+	37, // 40: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -2159,6 +2357,7 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_SetTenantWeight)(nil),
 		(*Command_LeaseBatch)(nil),
 		(*Command_CompleteJobs)(nil),
+		(*Command_SetTenantLimits)(nil),
 	}
 	file_hodei_internal_v1_command_proto_msgTypes[21].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
@@ -2172,7 +2371,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
