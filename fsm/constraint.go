@@ -21,7 +21,8 @@ import (
 // form (values sorted and unique, constraints sorted by key then op, no
 // two alike), so that a stored spec has one spelling. Keys and values are
 // label text: keys match [A-Za-z0-9._/-]+ (at most MaxNameBytes), values
-// are 0..MaxNameBytes bytes without ',', '(', ')' or spaces at either end.
+// are 1..MaxNameBytes bytes without ',', '(', ')' or spaces at either end
+// (a label with an empty value is matched with "key" and "!key").
 
 const (
 	// MaxConstraints bounds the constraints of one spec.
@@ -148,6 +149,8 @@ func normalizeConstraint(c *hodeiv1.Constraint) (*hodeiv1.Constraint, error) {
 		}
 		for _, v := range vs {
 			switch {
+			case v == "":
+				return nil, invalid("%s %s has an empty value", c.GetKey(), opText(c.GetOp()))
 			case len(v) > MaxNameBytes:
 				return nil, invalid("a value of %s is %d bytes, limit is %d", c.GetKey(), len(v), MaxNameBytes)
 			case strings.ContainsAny(v, ",()"):

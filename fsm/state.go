@@ -256,6 +256,7 @@ func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
 		LastResult:       j.GetLastResult(),
 		FinishedAtMs:     j.GetFinishedAtMs(),
 		CancelReason:     j.GetCancelReason(),
+		Unmatched:        j.GetUnmatched(),
 	}
 }
 
