@@ -22,4 +22,3 @@ tenants keep running.`,
 	cmd.AddCommand(newTenantSetCmd(), newTenantListCmd())
 	return cmd
 }
-
