@@ -51,6 +51,7 @@ type Node struct {
 	registry     *prometheus.Registry
 	metrics      *metrics
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
+	profiles     profileBook                          // worker profiles seen, for GetJob's unmatched (issue 11 quota)
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	httpSrv      *http.Server

@@ -192,3 +192,55 @@ func TestTenantMaxRunningWithWorkers(t *testing.T) {
 		t.Fatalf("tenant %s ran %d jobs at once, cap 2", a, e.peak[a])
 	}
 }
+
+// TestUnmatchedJobReported: a job whose constraint no connected worker
+// meets is leased to nobody, and GetJob says why; a worker that meets it
+// then runs it.
+func TestUnmatchedJobReported(t *testing.T) {
+	tc := startCluster(t, 3, 2)
+	defer tc.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := newClient(t, tc.addrs()...)
+	con, err := fsm.ParseConstraint("region in (eu,us)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A worker in ap, on the node that leads the job's shard (its sessions
+	// are seen; a remote worker that can run nothing ready is not).
+	sh := ShardOf(fsm.DefaultTenant, tc.shards)
+	var lead int
+	waitFor(t, 10*time.Second, "a leader of the job's shard", func() bool { lead = tc.shardLeader(sh); return lead >= 0 })
+	ap := openStream(t, tc.addrs()[lead], &hodeiv1.WorkerHello{WorkerId: "ap", Slots: 4,
+		Labels: []*hodeiv1.KeyValue{{Key: "region", Value: "ap"}}})
+	if m := ap.next(10 * time.Second); m.GetWelcome() == nil {
+		t.Fatalf("first message %v", m)
+	}
+	resp, err := c.Submit(ctx, &hodeiv1.JobSpec{Command: []string{"true"}, Constraints: []*hodeiv1.Constraint{con}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetJob().GetId()
+	var last *hodeiv1.Job
+	waitFor(t, 20*time.Second, "GetJob to report the job unmatched", func() bool {
+		last, err = c.Get(ctx, id)
+		return err == nil && last.GetUnmatched() == "no connected worker has label region in (eu,us)"
+	})
+	if last.GetState() != hodeiv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("state %v", last.GetState())
+	}
+	eu := openStream(t, tc.addrs()[0], &hodeiv1.WorkerHello{WorkerId: "eu", Slots: 4,
+		Labels: []*hodeiv1.KeyValue{{Key: "region", Value: "eu"}}})
+	for {
+		m := eu.next(20 * time.Second)
+		if m == nil {
+			t.Fatal("the eu worker got no lease")
+		}
+		if ls := m.GetLeases().GetLeases(); len(ls) > 0 {
+			if ls[0].GetJob().GetId() != id {
+				t.Fatalf("leased %v", ls[0].GetJob().GetId())
+			}
+			break
+		}
+	}
+}

@@ -260,6 +260,19 @@ func (d *Dispatcher) cancelled(jobID string) {
 	}
 }
 
+// Profiles returns the labels and kinds of the workers connected to this
+// node now (one per session), for reports (issue 11 quota: GetJob's
+// unmatched).
+func (d *Dispatcher) Profiles() []fsm.WorkerProfile {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]fsm.WorkerProfile, 0, len(d.sessions))
+	for _, s := range d.sessions {
+		out = append(out, fsm.WorkerProfile{Labels: s.info.Labels, Kinds: s.info.Kinds})
+	}
+	return out
+}
+
 // Drain asks every connected worker to drain and takes no new sessions.
 func (d *Dispatcher) Drain(reason string) {
 	d.mu.Lock()
