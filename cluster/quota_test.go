@@ -91,13 +91,15 @@ func TestTenantQuotaRefusals(t *testing.T) {
 			t.Errorf("batch spec %d: err %v result %v", i, be.Errs[i], be.Results[i])
 		}
 	}
-	list, err := c.ListTenants(ctx)
-	if err != nil || len(list) != 1 {
-		t.Fatalf("list: %v %v", list, err)
-	}
-	if u := list[0].GetUsage(); u.GetQueued() != 3 || u.GetRefusedQueued() != 3 {
-		t.Fatalf("usage of qa: %v (want 3 queued, 3 refused)", u)
-	}
+	// Usage is the answering node's replica: it catches up.
+	waitFor(t, 20*time.Second, "tenant list to show qa's usage (3 queued, 3 refused)", func() bool {
+		list, err := c.ListTenants(ctx)
+		if err != nil || len(list) != 1 {
+			t.Fatalf("list: %v %v", list, err)
+		}
+		u := list[0].GetUsage()
+		return u.GetQueued() == 3 && u.GetRefusedQueued() == 3
+	})
 	// The weight is kept when only a limit changes, and the limit when
 	// only the weight does.
 	if st, err := c.SetTenantSettings(ctx, &hodeiv1.SetTenantRequest{Tenant: "qa", Weight: 4}); err != nil || st.GetWeight() != 4 || !fsm.LimitsEqual(st.GetLimits(), want) {
