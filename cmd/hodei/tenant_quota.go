@@ -48,10 +48,7 @@ func newTenantSetCmd() *cobra.Command {
 				req.Burst = &burst
 			}
 			if !f.Changed("weight") && req.MaxQueued == nil && req.MaxRunning == nil && req.SubmitRate == nil && req.Burst == nil {
-				return fmt.Errorf("nothing to set: give --weight or a limit (--max-queued, --max-running, --submit-rate, --burst)")
-			}
-			if f.Changed("weight") && weight == 0 {
-				return fmt.Errorf("--weight 0 is outside 1..%d", fsm.MaxTenantWeight)
+				return fmt.Errorf(`nothing to set: flag "weight" not set and no limit given (--max-queued, --max-running, --submit-rate, --burst)`)
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				st, err := c.SetTenantSettings(ctx, req)
@@ -63,9 +60,12 @@ func newTenantSetCmd() *cobra.Command {
 					return printProto(w, &hodeiv1.SetTenantResponse{Tenant: st})
 				}
 				inEffect := st.GetShardWeight() == st.GetWeight() && fsm.LimitsEqual(st.GetLimits(), st.GetShardLimits())
-				if inEffect {
+				switch {
+				case inEffect && fsm.LimitsEmpty(st.GetLimits()):
+					fmt.Fprintf(w, "tenant %s: weight %d (in effect on shard %d)\n", st.GetTenant(), st.GetWeight(), st.GetShard())
+				case inEffect:
 					fmt.Fprintf(w, "tenant %s: weight %d, %s (in effect on shard %d)\n", st.GetTenant(), st.GetWeight(), limitsString(st.GetLimits()), st.GetShard())
-				} else {
+				default:
 					fmt.Fprintf(w, "tenant %s: weight %d, %s recorded; shard %d still applies weight %d, %s and follows within seconds\n",
 						st.GetTenant(), st.GetWeight(), limitsString(st.GetLimits()), st.GetShard(), st.GetShardWeight(), limitsString(st.GetShardLimits()))
 				}
