@@ -46,7 +46,7 @@ const (
 	// calls it unmatched for want of any worker seen.
 	unmatchedGrace = 5 * time.Second
 	profileWindow  = 30 * time.Second
-	maxProfiles   = 1024
+	maxProfiles    = 1024
 )
 
 type profileBook struct {
