@@ -70,29 +70,67 @@ func (n *Node) SetTenant(ctx context.Context, req *hodeiv1.SetTenantRequest) (*h
 	if err != nil {
 		return nil, err
 	}
-	if want == nil {
-		// Written by the meta leader elsewhere: this node's meta replica
-		// has it once it applies the entry; until then wait on what the
-		// request says.
-		want = n.mergeTenant(req)
-	}
 	sh := ShardOf(req.GetTenant(), len(n.shards))
 	f := n.shards[sh].fsm
 	wait := time.NewTimer(setTenantWait)
 	defer wait.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for f.TenantWeight(req.GetTenant()) != want.GetWeight() || !fsm.LimitsEqual(f.TenantLimits(req.GetTenant()), want.GetLimits()) {
+	local := want != nil // written here: want is what the meta group holds
+	for {
+		if !local {
+			// Written by the meta leader elsewhere: wait until this node's
+			// meta replica holds what the request set, then for the shard.
+			want = n.mergeTenant(req)
+			if cur := n.localTenant(req.GetTenant()); cur != nil && reflects(cur, req) {
+				want = cur
+			} else {
+				want.Weight = 0 // not there yet: never equal below
+			}
+		}
+		if f.TenantWeight(req.GetTenant()) == want.GetWeight() && fsm.LimitsEqual(f.TenantLimits(req.GetTenant()), want.GetLimits()) {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-wait.C:
-			n.cfg.Logger.Warn("tenant settings recorded; its shard has not applied them yet", "tenant", req.GetTenant(), "weight", want.GetWeight(), "shard", sh)
+			n.cfg.Logger.Warn("tenant settings recorded; its shard has not applied them yet", "tenant", req.GetTenant(), "shard", sh)
+			if !local {
+				want = n.mergeTenant(req)
+			}
 			return n.tenantStatus(want), nil
 		case <-tick.C:
 		}
 	}
 	return n.tenantStatus(want), nil
+}
+
+// localTenant is the tenant's settings in this node's meta replica, or nil.
+func (n *Node) localTenant(tenant string) *internalpb.TenantSettings {
+	for _, t := range n.meta.fsm.Tenants() {
+		if t.GetTenant() == tenant {
+			return t
+		}
+	}
+	return nil
+}
+
+// reflects reports whether settings t hold what req set (the fields req
+// gives; a burst defaulted from a new rate is not compared).
+func reflects(t *internalpb.TenantSettings, req *hodeiv1.SetTenantRequest) bool {
+	l := t.GetLimits()
+	switch {
+	case req.GetWeight() != 0 && max(t.GetWeight(), 1) != req.GetWeight(),
+		req.MaxQueued != nil && l.GetMaxQueued() != req.GetMaxQueued(),
+		req.MaxRunning != nil && l.GetMaxRunning() != req.GetMaxRunning(),
+		req.Burst != nil && l.GetBurst() != req.GetBurst():
+		return false
+	case req.SubmitRate != nil:
+		m, _ := fsm.RateMilli(req.GetSubmitRate())
+		return l.GetSubmitRateMilli() == m
+	}
+	return true
 }
 
 // validateSetTenant checks a SetTenantRequest: a weight in range, or 0
