@@ -191,6 +191,22 @@ func (c *Client) SetTenant(ctx context.Context, tenant string, weight uint32) (*
 	return resp.GetTenant(), nil
 }
 
+// SetTenantSettings sets a tenant's weight and limits (issue 11 quota):
+// limit fields present in req replace the current ones (0 = unlimited),
+// absent ones are kept; weight 0 keeps the weight when a limit is given.
+func (c *Client) SetTenantSettings(ctx context.Context, req *hodeiv1.SetTenantRequest) (*hodeiv1.TenantStatus, error) {
+	var resp *hodeiv1.SetTenantResponse
+	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
+		r, err := hodeiv1.NewAdminServiceClient(cc).SetTenant(ctx, req)
+		resp = r
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return resp.GetTenant(), nil
+}
+
 // ListTenants returns the tenant settings, sorted by tenant.
 func (c *Client) ListTenants(ctx context.Context) ([]*hodeiv1.TenantStatus, error) {
 	var resp *hodeiv1.ListTenantsResponse

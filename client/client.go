@@ -267,8 +267,9 @@ func (c *Client) failover(from int) {
 }
 
 // IsRetryable reports whether err is worth retrying, possibly on another
-// node: Unavailable, DeadlineExceeded of an attempt, ResourceExhausted,
-// Aborted, and transport errors that carry no gRPC status.
+// node: Unavailable, DeadlineExceeded of an attempt, ResourceExhausted
+// (except a tenant limit's refusal, see IsQuotaRefusal), Aborted, and
+// transport errors that carry no gRPC status.
 // Errors of the caller's context (context.Canceled / DeadlineExceeded as
 // plain errors) and ErrClosed are not retryable.
 func IsRetryable(err error) bool {
@@ -284,7 +285,9 @@ func IsRetryable(err error) bool {
 		return true
 	}
 	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+	case codes.ResourceExhausted:
+		return !IsQuotaRefusal(err) // a tenant limit (issue 11 quota) is a definite answer
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return true
 	}
 	return false

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -50,7 +51,11 @@ func (c *Client) SubmitBatch(ctx context.Context, specs []*hodeiv1.JobSpec) ([]*
 	parts := planBatch(specs, shards, rid)
 	if len(parts) == 1 {
 		// One part: the specs in request order, the error unchanged.
-		return c.submitPart(ctx, parts[0].shard, specs, parts[0].rid)
+		res, err := c.submitPart(ctx, parts[0].shard, specs, parts[0].rid)
+		if err != nil {
+			return nil, err
+		}
+		return refusedItems(res)
 	}
 
 	// One goroutine per shard, sending that shard's pieces in order.
@@ -98,9 +103,79 @@ func (c *Client) SubmitBatch(ctx context.Context, specs []*hodeiv1.JobSpec) ([]*
 		}
 	}
 	if be != nil {
+		for k, r := range results {
+			if err := ItemError(r); err != nil {
+				results[k], be.Errs[k] = nil, err
+				be.parts = append(be.parts, err)
+			}
+		}
+		return nil, be
+	}
+	return refusedItems(results)
+}
+
+// refusedItems returns results, or a *BatchError if the server refused some
+// specs on their own (a tenant limit, issue 11 quota: ResourceExhausted;
+// nothing was stored for them): Results has the stored specs, Errs the
+// refusals.
+func refusedItems(results []*hodeiv1.SubmitJobResponse) ([]*hodeiv1.SubmitJobResponse, error) {
+	var be *BatchError
+	for k, r := range results {
+		err := ItemError(r)
+		if err == nil {
+			continue
+		}
+		if be == nil {
+			be = &BatchError{Results: append([]*hodeiv1.SubmitJobResponse(nil), results...), Errs: make([]error, len(results))}
+		}
+		be.Results[k], be.Errs[k] = nil, err
+		be.parts = append(be.parts, err)
+	}
+	if be != nil {
 		return nil, be
 	}
 	return results, nil
+}
+
+// ItemError is the error of one spec of a SubmitJobs that the server
+// refused on its own (SubmitJobResponse.code: a tenant limit gives
+// codes.ResourceExhausted and the limit in the message), or nil.
+func ItemError(r *hodeiv1.SubmitJobResponse) error {
+	if r.GetCode() == "" {
+		return nil
+	}
+	c := codes.Unknown
+	switch r.GetCode() {
+	case "RESOURCE_EXHAUSTED":
+		c = codes.ResourceExhausted
+	case "INVALID_ARGUMENT":
+		c = codes.InvalidArgument
+	case "FAILED_PRECONDITION":
+		c = codes.FailedPrecondition
+	}
+	st := status.New(c, r.GetReason())
+	if c == codes.ResourceExhausted {
+		if d, err := st.WithDetails(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "tenant", Description: r.GetReason()}}}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
+}
+
+// IsQuotaRefusal reports whether err is a refusal by a tenant limit
+// (ResourceExhausted with a QuotaFailure detail): nothing was stored, and
+// retrying at once gets the same answer, so IsRetryable says no.
+func IsQuotaRefusal(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.ResourceExhausted {
+		return false
+	}
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.QuotaFailure); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // batchPart is one SubmitJobs of a SubmitBatch.
@@ -202,7 +277,9 @@ func (c *Client) submitPart(ctx context.Context, shard int, specs []*hodeiv1.Job
 }
 
 // BatchError is the error of a SubmitBatch sent in several parts of which
-// some failed. The specs of the parts that succeeded are committed.
+// some failed, or of which the server refused some specs on their own (a
+// tenant limit: ResourceExhausted per spec). The specs with a result are
+// committed.
 type BatchError struct {
 	// Results has, per spec, its result, or nil if its part failed.
 	Results []*hodeiv1.SubmitJobResponse

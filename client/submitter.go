@@ -241,7 +241,9 @@ func (s *Submitter) send(shard int, batch []*pending) {
 	res, err := s.c.submitPart(s.ctx, shard, specs, NewRequestID())
 	if err == nil {
 		for i, p := range batch {
-			p.resp = res[i]
+			if p.err = ItemError(res[i]); p.err == nil { // a tenant limit refused it (issue 11 quota)
+				p.resp = res[i]
+			}
 			close(p.done)
 		}
 		return

@@ -151,7 +151,11 @@ func (n *Node) GetJob(id uint32, jobID string) (*hodeiv1.Job, bool) {
 	if err != nil {
 		return nil, false
 	}
-	return s.fsm.GetJob(jobID)
+	j, ok := s.fsm.GetJob(jobID)
+	if ok {
+		j.Unmatched = n.unmatched(j) // issue 11 quota: see profiles.go
+	}
+	return j, ok
 }
 
 func (n *Node) ListJobs(id uint32, tenant string, state hodeiv1.JobState, after uint64, limit int) ([]*hodeiv1.Job, uint64) {

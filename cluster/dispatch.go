@@ -156,6 +156,10 @@ func (n *Node) leaseFor(ctx context.Context, sh uint32, req *hodeiv1.LeaseForReq
 		return nil, err
 	}
 	ds := req.GetDemands()
+	now := time.Now()
+	for _, d := range ds {
+		n.profiles.note(d.GetLabels(), d.GetKinds(), now) // for GetJob's unmatched (profiles.go)
+	}
 	if !req.GetResolve() {
 		any := false
 		for _, d := range ds {

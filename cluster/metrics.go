@@ -160,6 +160,8 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	// ---- end watch ----
 	// Live logs (issue 11 logs): bytes held, lines received and dropped, evictions.
 	reg.MustRegister(logMetrics(n)...)
+	// ---- quota (issue 11): per-tenant usage ----
+	reg.MustRegister(&tenantCollector{n: n})
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
@@ -197,4 +199,48 @@ func (m *metrics) event(e fsm.Event) {
 func (m *metrics) observeApply(commands int, d time.Duration) {
 	m.applySeconds.Observe(d.Seconds())
 	m.entryCommands.Observe(float64(commands))
+}
+
+// ---- quota (issue 11) ----
+
+// tenantCollector exports the usage of every tenant with quota state
+// (limits, or refusals counted) in the shards this node leads, so that a
+// sum over the cluster's nodes counts each tenant once. Label: tenant.
+type tenantCollector struct{ n *Node }
+
+var (
+	tenantQueuedDesc = prometheus.NewDesc("hodei_tenant_queued_jobs",
+		"PENDING jobs of a tenant with quotas, in the shards this node leads.", []string{"tenant"}, nil)
+	tenantRunningDesc = prometheus.NewDesc("hodei_tenant_running_jobs",
+		"RUNNING jobs of a tenant with quotas, in the shards this node leads.", []string{"tenant"}, nil)
+	tenantTokensDesc = prometheus.NewDesc("hodei_tenant_submit_tokens",
+		"Tokens in a tenant's submit-rate bucket (tenants with a submit rate), in the shards this node leads.", []string{"tenant"}, nil)
+	tenantRefusedQueuedDesc = prometheus.NewDesc("hodei_tenant_submits_refused_max_queued_total",
+		"Submits of a tenant refused over its max-queued limit, in the shards this node leads.", []string{"tenant"}, nil)
+	tenantRefusedRateDesc = prometheus.NewDesc("hodei_tenant_submits_refused_rate_total",
+		"Submits of a tenant refused over its submit-rate limit, in the shards this node leads.", []string{"tenant"}, nil)
+)
+
+func (c *tenantCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{tenantQueuedDesc, tenantRunningDesc, tenantTokensDesc, tenantRefusedQueuedDesc, tenantRefusedRateDesc} {
+		ch <- d
+	}
+}
+
+func (c *tenantCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.n.shards {
+		if !s.isLeader() {
+			continue
+		}
+		for _, name := range s.fsm.QuotaTenants() {
+			u := s.fsm.TenantUsage(name)
+			ch <- prometheus.MustNewConstMetric(tenantQueuedDesc, prometheus.GaugeValue, float64(u.GetQueued()), name)
+			ch <- prometheus.MustNewConstMetric(tenantRunningDesc, prometheus.GaugeValue, float64(u.GetRunning()), name)
+			if s.fsm.TenantLimits(name).GetSubmitRateMilli() > 0 {
+				ch <- prometheus.MustNewConstMetric(tenantTokensDesc, prometheus.GaugeValue, u.GetSubmitTokens(), name)
+			}
+			ch <- prometheus.MustNewConstMetric(tenantRefusedQueuedDesc, prometheus.CounterValue, float64(u.GetRefusedQueued()), name)
+			ch <- prometheus.MustNewConstMetric(tenantRefusedRateDesc, prometheus.CounterValue, float64(u.GetRefusedRate()), name)
+		}
+	}
 }

@@ -53,6 +53,7 @@ type Node struct {
 	metrics      *metrics
 	dispatch     atomic.Pointer[scheduler.Dispatcher] // set once the shards are open
 	bus          *eventBus                            // job events for WatchJobs (eventbus.go)
+	profiles     profileBook                          // worker profiles seen, for GetJob's unmatched (issue 11 quota)
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	logs         *nodeLogs                            // live log lines of jobs (logs.go)

@@ -54,11 +54,15 @@ const (
 // replica of the tenant's shard applies it, so that the weight is usually in
 // effect when the call returns. Invalid input changes nothing.
 func (n *Node) SetTenant(ctx context.Context, req *hodeiv1.SetTenantRequest) (*hodeiv1.TenantStatus, error) {
-	if err := fsm.ValidateTenantWeight(req.GetTenant(), req.GetWeight()); err != nil {
+	if err := validateSetTenant(req); err != nil {
 		return nil, invalidErr("%v", err)
 	}
+	var want *internalpb.TenantSettings
 	err := n.onLeader(ctx, MetaGroup,
-		func(ctx context.Context) error { return n.PutTenantGroup(ctx, MetaGroup, req) },
+		func(ctx context.Context) (err error) {
+			want, err = n.putTenant(ctx, req)
+			return err
+		},
 		func(ctx context.Context, c hodeiv1.AdminServiceClient) error {
 			_, err := c.SetTenant(ctx, req)
 			return err
@@ -72,17 +76,127 @@ func (n *Node) SetTenant(ctx context.Context, req *hodeiv1.SetTenantRequest) (*h
 	defer wait.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for f.TenantWeight(req.GetTenant()) != req.GetWeight() {
+	local := want != nil // written here: want is what the meta group holds
+	for {
+		if !local {
+			// Written by the meta leader elsewhere: wait until this node's
+			// meta replica holds what the request set, then for the shard.
+			want = n.mergeTenant(req)
+			if cur := n.localTenant(req.GetTenant()); cur != nil && reflects(cur, req) {
+				want = cur
+			} else {
+				want.Weight = 0 // not there yet: never equal below
+			}
+		}
+		if f.TenantWeight(req.GetTenant()) == want.GetWeight() && fsm.LimitsEqual(f.TenantLimits(req.GetTenant()), want.GetLimits()) {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-wait.C:
-			n.cfg.Logger.Warn("tenant weight recorded; its shard has not applied it yet", "tenant", req.GetTenant(), "weight", req.GetWeight(), "shard", sh)
-			return n.tenantStatus(req.GetTenant(), req.GetWeight()), nil
+			n.cfg.Logger.Warn("tenant settings recorded; its shard has not applied them yet", "tenant", req.GetTenant(), "shard", sh)
+			if !local {
+				want = n.mergeTenant(req)
+			}
+			return n.tenantStatus(want), nil
 		case <-tick.C:
 		}
 	}
-	return n.tenantStatus(req.GetTenant(), req.GetWeight()), nil
+	return n.tenantStatus(want), nil
+}
+
+// localTenant is the tenant's settings in this node's meta replica, or nil.
+func (n *Node) localTenant(tenant string) *internalpb.TenantSettings {
+	for _, t := range n.meta.fsm.Tenants() {
+		if t.GetTenant() == tenant {
+			return t
+		}
+	}
+	return nil
+}
+
+// reflects reports whether settings t hold what req set (the fields req
+// gives; a burst defaulted from a new rate is not compared).
+func reflects(t *internalpb.TenantSettings, req *hodeiv1.SetTenantRequest) bool {
+	l := t.GetLimits()
+	switch {
+	case req.GetWeight() != 0 && max(t.GetWeight(), 1) != req.GetWeight(),
+		req.MaxQueued != nil && l.GetMaxQueued() != req.GetMaxQueued(),
+		req.MaxRunning != nil && l.GetMaxRunning() != req.GetMaxRunning(),
+		req.Burst != nil && l.GetBurst() != req.GetBurst():
+		return false
+	case req.SubmitRate != nil:
+		m, _ := fsm.RateMilli(req.GetSubmitRate())
+		return l.GetSubmitRateMilli() == m
+	}
+	return true
+}
+
+// validateSetTenant checks a SetTenantRequest: a weight in range, or 0
+// with at least one limit given (the weight is then kept); limits in range
+// (quota, issue 11).
+func validateSetTenant(req *hodeiv1.SetTenantRequest) error {
+	hasLimit := req.MaxQueued != nil || req.MaxRunning != nil || req.SubmitRate != nil || req.Burst != nil
+	w := req.GetWeight()
+	if w == 0 && hasLimit {
+		w = 1
+	}
+	if err := fsm.ValidateTenantWeight(req.GetTenant(), w); err != nil {
+		return err
+	}
+	if req.SubmitRate != nil {
+		if _, err := fsm.RateMilli(req.GetSubmitRate()); err != nil {
+			return err
+		}
+	}
+	return fsm.ValidateTenantLimits(mergeLimits(nil, req))
+}
+
+// mergeLimits applies the limits a request gives to cur (nil = none). A
+// burst left out with a new rate defaults to the rate rounded up (at least
+// 1); a rate set to 0 drops the burst.
+func mergeLimits(cur *hodeiv1.TenantLimits, req *hodeiv1.SetTenantRequest) *hodeiv1.TenantLimits {
+	out := &hodeiv1.TenantLimits{MaxQueued: cur.GetMaxQueued(), MaxRunning: cur.GetMaxRunning(), SubmitRateMilli: cur.GetSubmitRateMilli(), Burst: cur.GetBurst()}
+	if req.MaxQueued != nil {
+		out.MaxQueued = req.GetMaxQueued()
+	}
+	if req.MaxRunning != nil {
+		out.MaxRunning = req.GetMaxRunning()
+	}
+	if req.SubmitRate != nil {
+		m, _ := fsm.RateMilli(req.GetSubmitRate()) // validated by the caller
+		out.SubmitRateMilli = m
+		if req.Burst == nil {
+			out.Burst = uint32(max(1, (m+999)/1000))
+		}
+	}
+	if req.Burst != nil {
+		out.Burst = req.GetBurst()
+	}
+	if out.SubmitRateMilli == 0 && req.Burst == nil {
+		out.Burst = 0
+	}
+	return out
+}
+
+// mergeTenant is the tenant's settings after req, from this node's meta
+// replica.
+func (n *Node) mergeTenant(req *hodeiv1.SetTenantRequest) *internalpb.TenantSettings {
+	var cur *internalpb.TenantSettings
+	for _, t := range n.meta.fsm.Tenants() {
+		if t.GetTenant() == req.GetTenant() {
+			cur = t
+		}
+	}
+	out := &internalpb.TenantSettings{Tenant: req.GetTenant(), Weight: max(cur.GetWeight(), 1), Limits: mergeLimits(cur.GetLimits(), req)}
+	if req.GetWeight() != 0 {
+		out.Weight = req.GetWeight()
+	}
+	if fsm.LimitsEmpty(out.Limits) {
+		out.Limits = nil
+	}
+	return out
 }
 
 // PutTenantGroup writes a tenant setting into the meta group, which this
@@ -91,18 +205,33 @@ func (n *Node) PutTenantGroup(ctx context.Context, g uint32, req *hodeiv1.SetTen
 	if g != MetaGroup {
 		return invalidErr("tenant settings live in the meta group, not in %s", GroupName(g))
 	}
-	if err := fsm.ValidateTenantWeight(req.GetTenant(), req.GetWeight()); err != nil {
-		return invalidErr("%v", err)
+	_, err := n.putTenant(ctx, req)
+	return err
+}
+
+// putTenant merges req into the tenant's settings on the meta leader (this
+// node) and writes them. Two concurrent SetTenant calls for one tenant
+// that set different fields may lose one of the fields (read, then write):
+// the last write wins, as for the weight alone.
+func (n *Node) putTenant(ctx context.Context, req *hodeiv1.SetTenantRequest) (*internalpb.TenantSettings, error) {
+	if err := validateSetTenant(req); err != nil {
+		return nil, invalidErr("%v", err)
 	}
 	if n.meta.raft.State() != raft.Leader {
-		return raft.ErrNotLeader
+		return nil, raft.ErrNotLeader
 	}
-	err := n.meta.proposeCtx(ctx, &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{
-		PutTenant: &internalpb.TenantSettings{Tenant: req.GetTenant(), Weight: req.GetWeight()}}})
-	if err == nil {
-		n.cfg.Logger.Info("tenant weight set", "tenant", req.GetTenant(), "weight", req.GetWeight())
+	if err := waitFuture(ctx, n.meta.raft.Barrier(n.cfg.ApplyTimeout)); err != nil {
+		return nil, err
 	}
-	return err
+	ts := n.mergeTenant(req)
+	err := n.meta.proposeCtx(ctx, &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{PutTenant: ts}})
+	if err != nil {
+		return nil, err
+	}
+	l := ts.GetLimits()
+	n.cfg.Logger.Info("tenant settings set", "tenant", ts.GetTenant(), "weight", ts.GetWeight(),
+		"max_queued", l.GetMaxQueued(), "max_running", l.GetMaxRunning(), "submit_rate", fsm.FormatRate(l.GetSubmitRateMilli()), "burst", l.GetBurst())
+	return ts, nil
 }
 
 // ListTenants reads the tenant settings on the meta group's leader.
@@ -136,14 +265,19 @@ func (n *Node) ListTenantsGroup(ctx context.Context, g uint32) ([]*hodeiv1.Tenan
 	}
 	var out []*hodeiv1.TenantStatus
 	for _, t := range n.meta.fsm.Tenants() {
-		out = append(out, n.tenantStatus(t.GetTenant(), max(t.GetWeight(), 1)))
+		out = append(out, n.tenantStatus(t))
 	}
 	return out, nil
 }
 
-func (n *Node) tenantStatus(tenant string, weight uint32) *hodeiv1.TenantStatus {
+// tenantStatus is a tenant's settings with what its shard applies and the
+// tenant's usage there, on this node's replica.
+func (n *Node) tenantStatus(t *internalpb.TenantSettings) *hodeiv1.TenantStatus {
+	tenant := t.GetTenant()
 	sh := ShardOf(tenant, len(n.shards))
-	return &hodeiv1.TenantStatus{Tenant: tenant, Weight: weight, Shard: sh, ShardWeight: n.shards[sh].fsm.TenantWeight(tenant)}
+	f := n.shards[sh].fsm
+	return &hodeiv1.TenantStatus{Tenant: tenant, Weight: max(t.GetWeight(), 1), Shard: sh, ShardWeight: f.TenantWeight(tenant),
+		Limits: t.GetLimits(), ShardLimits: f.TenantLimits(tenant), Usage: f.TenantUsage(tenant)}
 }
 
 // wakeTenantSync asks the shard's tenant weight sync to run now. It never
@@ -223,12 +357,16 @@ func (s *shard) syncTenantWeights(ctx context.Context) (recheck bool, err error)
 		return false, nil // not recorded yet: its apply wakes the sync
 	}
 	want := map[string]uint32{}
+	wantLimits := map[string]*hodeiv1.TenantLimits{}
 	for _, t := range m.fsm.Tenants() {
 		name, w := t.GetTenant(), min(max(t.GetWeight(), 1), fsm.MaxTenantWeight)
 		if ShardOf(name, int(count)) != s.id || fsm.ValidateTenantWeight(name, w) != nil {
 			continue
 		}
 		want[name] = w
+		if l := t.GetLimits(); !fsm.LimitsEmpty(l) && fsm.ValidateTenantLimits(l) == nil {
+			wantLimits[name] = l
+		}
 	}
 	have := s.fsm.TenantWeights()
 	names := make([]string, 0, len(want)+len(have))
@@ -259,8 +397,37 @@ func (s *shard) syncTenantWeights(ctx context.Context) (recheck bool, err error)
 		}
 		changes = append(changes, fmt.Sprintf("%s=%d (was %d)", name, w, h))
 	}
+	// Limits (quota, issue 11): the same reconciliation, with
+	// SetTenantLimits (entry version 4).
+	haveLimits := s.fsm.AllTenantLimits()
+	names = names[:0]
+	for name := range wantLimits {
+		names = append(names, name)
+	}
+	for name := range haveLimits {
+		if _, ok := wantLimits[name]; !ok {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		l := wantLimits[name]
+		if fsm.LimitsEqual(l, haveLimits[name]) {
+			continue
+		}
+		res, err := s.batch.Propose(ctx, &internalpb.Command{Kind: &internalpb.Command_SetTenantLimits{
+			SetTenantLimits: &internalpb.SetTenantLimits{Tenant: name, Limits: l}}})
+		if err == nil {
+			err = fsm.ResultError(res)
+		}
+		if err != nil {
+			return false, fmt.Errorf("%s limits: %w", name, err)
+		}
+		changes = append(changes, fmt.Sprintf("%s limits {max-queued %d, max-running %d, submit-rate %s/s, burst %d}",
+			name, l.GetMaxQueued(), l.GetMaxRunning(), fsm.FormatRate(l.GetSubmitRateMilli()), l.GetBurst()))
+	}
 	if len(changes) > 0 {
-		s.log.Info("tenant weights applied from the meta group", "weights", strings.Join(changes, ", "))
+		s.log.Info("tenant settings applied from the meta group", "settings", strings.Join(changes, ", "))
 	}
 	return false, nil
 }

@@ -185,8 +185,9 @@ func ValidateSchedule(in *hodeiv1.Schedule, cfg Config) (*hodeiv1.Schedule, *cro
 	return sc, cs, nil
 }
 
-// needsSemanticsVersion reports whether c is a command of entry version 4.
-func needsSemanticsVersion(c *internalpb.Command) bool {
+// isScheduleCommand reports whether c is one of the schedule commands
+// (entry version 4).
+func isScheduleCommand(c *internalpb.Command) bool {
 	switch c.GetKind().(type) {
 	case *internalpb.Command_CreateSchedule, *internalpb.Command_PauseSchedule, *internalpb.Command_TriggerSchedule,
 		*internalpb.Command_BackfillSchedule, *internalpb.Command_DeleteSchedule, *internalpb.Command_FireSchedules:

@@ -7,8 +7,9 @@ import (
 
 // applySubmit validates every spec first; one invalid spec rejects the whole
 // command and nothing changes. Then each spec either matches an existing
-// (tenant, idempotency key) and returns that job with duplicate=true, or
-// creates a new PENDING job.
+// (tenant, idempotency key) and returns that job with duplicate=true, or is
+// refused on its own by a tenant limit (quota.go: code and reason in its
+// result, nothing stored), or creates a new PENDING job.
 func (s *state) applySubmit(now int64, c *internalpb.SubmitJobs) *internalpb.CommandResult {
 	specs := c.GetSpecs()
 	if len(specs) == 0 {
@@ -19,6 +20,9 @@ func (s *state) applySubmit(now int64, c *internalpb.SubmitJobs) *internalpb.Com
 		if s.curVersion < EntryVersionDispatch && (sp.GetKind() != "" || len(sp.GetPayload()) > 0) {
 			// What a binary that predates kinds would not store: refused.
 			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "spec %d: kind and payload need an entry of version %d, this one has version %d", i, EntryVersionDispatch, s.curVersion)
+		}
+		if s.curVersion < EntryVersionSemantics && len(sp.GetConstraints()) > 0 {
+			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "spec %d: constraints need an entry of version %d, this one has version %d", i, EntryVersionSemantics, s.curVersion)
 		}
 		n, err := NormalizeSpec(sp, s.cfg)
 		if err != nil {
@@ -33,6 +37,10 @@ func (s *state) applySubmit(now int64, c *internalpb.SubmitJobs) *internalpb.Com
 				out.Submitted[i] = &hodeiv1.SubmitJobResponse{Job: cloneJob(s.jobs[seq]), Duplicate: true}
 				continue
 			}
+		}
+		if why := s.admit(now, sp.GetTenant()); why != "" {
+			out.Submitted[i] = &hodeiv1.SubmitJobResponse{Code: codeResourceExhaust, Reason: why}
+			continue
 		}
 		j := s.createJob(now, sp)
 		out.Submitted[i] = &hodeiv1.SubmitJobResponse{Job: cloneJob(j)}

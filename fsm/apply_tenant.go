@@ -41,16 +41,35 @@ func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 		if needsSemanticsVersion(c) {
 			return EntryVersionSemantics
 		}
-	}
-	for _, c := range cmds {
 		if needsDispatchVersion(c) {
-			return EntryVersionDispatch
+			v = EntryVersionDispatch
+			continue
 		}
-		if c.GetSetTenantWeight() != nil {
+		if c.GetSetTenantWeight() != nil && v < EntryVersionTenantWeights {
 			v = EntryVersionTenantWeights
 		}
 	}
 	return v
+}
+
+// needsSemanticsVersion reports whether c uses anything of entry version 4
+// (issue 11: the schedule commands, SetTenantLimits, a spec with
+// constraints).
+func needsSemanticsVersion(c *internalpb.Command) bool {
+	if isScheduleCommand(c) {
+		return true
+	}
+	switch k := c.GetKind().(type) {
+	case *internalpb.Command_SetTenantLimits:
+		return true
+	case *internalpb.Command_Submit:
+		for _, sp := range k.Submit.GetSpecs() {
+			if len(sp.GetConstraints()) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // needsDispatchVersion reports whether c uses anything of entry version 3.

@@ -134,6 +134,9 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 		if err := ValidateTenantWeight(k.PutTenant.GetTenant(), k.PutTenant.GetWeight()); err != nil {
 			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: err.Error()}
 		}
+		if err := ValidateTenantLimits(k.PutTenant.GetLimits()); err != nil {
+			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: err.Error()}
+		}
 		t := proto.Clone(k.PutTenant).(*internalpb.TenantSettings)
 		replaced := false
 		for i, old := range s.Tenants {

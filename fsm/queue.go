@@ -152,6 +152,11 @@ func (m matcher) runsOn(j *hodeiv1.Job) bool {
 			return false
 		}
 	}
+	for _, c := range j.GetSpec().GetConstraints() {
+		if !constraintHolds(c, m.labels) {
+			return false
+		}
+	}
 	return true
 }
 
@@ -191,7 +196,12 @@ func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 		}
 		got := 0
 		exhausted := false
+		room := s.runningCap(t) // max_running (quota.go)
 		for t.deficit > 0 && len(out) < max {
+			if got == room {
+				exhausted = true // at its max-running: its turn ends, others go on
+				break
+			}
 			j, ok := s.firstMatching(t, ls)
 			if !ok {
 				exhausted = true
@@ -200,6 +210,7 @@ func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 			sc.remove(t, j) // may deactivate t and zero its deficit
 			out = append(out, j)
 			got++
+			t.picked++
 			if t.ready.Len() == 0 {
 				exhausted = true
 				break
@@ -221,6 +232,9 @@ func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 		}
 		sc.cursor = name + "\x00" // the smallest name after this one
 	}
+	for _, j := range out {
+		s.tenants[j.GetSpec().GetTenant()].picked = 0
+	}
 	return out
 }
 
@@ -229,7 +243,11 @@ func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 func (s *state) hasReadyFor(ls matcher) bool {
 	found := false
 	s.sched.active.Ascend(func(name string) bool {
-		if _, ok := s.firstMatching(s.tenants[name], ls); ok {
+		t := s.tenants[name]
+		if s.runningCap(t) == 0 {
+			return true // at its max-running: pickReady skips it
+		}
+		if _, ok := s.firstMatching(t, ls); ok {
 			found = true
 			return false
 		}

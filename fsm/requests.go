@@ -31,7 +31,9 @@ import (
 //     from the log: see validUTF8).
 //   - SUBMIT: one SubmitJobResponse per spec, in order, with the duplicate
 //     flag of the first answer and a copy of the job as it is now, or
-//     Job{id} if it has been garbage-collected since.
+//     Job{id} if it has been garbage-collected since; a spec refused by a
+//     tenant limit (issue 11 quota) gets the code and reason of its
+//     refusal, kept like an EXTEND refusal.
 //   - LEASE and LEASE_BATCH: the leases of the first answer that are still
 //     valid — the job is RUNNING under the token it was granted — with the
 //     job as it is now, the expiry of the lease now and as ttl_ms the time
@@ -265,6 +267,11 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		c.kind = internalpb.RequestKind_REQUEST_KIND_SUBMIT
 		c.seqs = make([]uint64, 0, len(r.GetSubmitted()))
 		for i, sr := range r.GetSubmitted() {
+			if sr.GetCode() != "" {
+				// Refused by a tenant limit (quota, issue 11): no job.
+				c.refused = append(c.refused, refusal{item: uint32(i), code: validUTF8(sr.GetCode()), reason: validUTF8(sr.GetReason())})
+				continue
+			}
 			seq, err := jobSeq(sr.GetJob())
 			if err != nil {
 				return c, err
@@ -363,8 +370,8 @@ const (
 //
 //   - seqs: each sequence number as the zigzag varint of its difference
 //     from the previous one (the first from 0);
-//   - message: for an error, the error message; for EXTEND and
-//     COMPLETE_JOBS, the refused items (RequestRecord has no field of its
+//   - message: for an error, the error message; for EXTEND,
+//     COMPLETE_JOBS and SUBMIT, the refused items (RequestRecord has no field of its
 //     own for them), each written as
 //     "<item>,<len(code)>:<code><len(reason)>:<reason>" with decimal
 //     numbers, in item order; empty otherwise.
@@ -530,7 +537,7 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		c.msg = m.GetMessage()
 		return c, nil
 	}
-	if k := c.kind; k != internalpb.RequestKind_REQUEST_KIND_EXTEND && k != internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS && m.GetMessage() != "" {
+	if k := c.kind; k != internalpb.RequestKind_REQUEST_KIND_EXTEND && k != internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS && k != internalpb.RequestKind_REQUEST_KIND_SUBMIT && m.GetMessage() != "" {
 		return bad("a message")
 	}
 	if c.kind != internalpb.RequestKind_REQUEST_KIND_SUBMIT && len(c.dups) > 0 {
@@ -548,6 +555,17 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 	}
 	switch c.kind {
 	case internalpb.RequestKind_REQUEST_KIND_SUBMIT:
+		// Refused specs (quota, issue 11) are in the message, as for
+		// EXTEND; the bitmap is over all items.
+		rs, err := parseRefusals(m.GetMessage())
+		if err != nil {
+			return bad(err.Error())
+		}
+		c.refused = rs
+		n = c.items()
+		if len(rs) > 0 && int(rs[len(rs)-1].item) >= n {
+			return bad("refused items out of range")
+		}
 		if n == 0 || len(c.dups) > (n+7)/8 {
 			return bad("no job, or a bitmap longer than the jobs")
 		}
@@ -634,11 +652,15 @@ func (s *state) replay(rec *reqRecord, cmd *internalpb.Command, now int64) *inte
 	out := &internalpb.CommandResult{Code: c.code, Message: c.msg}
 	switch c.kind {
 	case internalpb.RequestKind_REQUEST_KIND_SUBMIT:
-		out.Submitted = make([]*hodeiv1.SubmitJobResponse, len(c.seqs))
-		for i, seq := range c.seqs {
+		out.Submitted = make([]*hodeiv1.SubmitJobResponse, c.items())
+		s.eachItem(&c, func(i int, seq uint64, ref *refusal) {
+			if ref != nil {
+				out.Submitted[i] = &hodeiv1.SubmitJobResponse{Code: ref.code, Reason: ref.reason}
+				return
+			}
 			dup := i/8 < len(c.dups) && c.dups[i/8]&(1<<(i%8)) != 0
 			out.Submitted[i] = &hodeiv1.SubmitJobResponse{Job: s.jobNow(seq), Duplicate: dup}
-		}
+		})
 	case internalpb.RequestKind_REQUEST_KIND_LEASE:
 		out.Leases = s.validLeases(c.seqs, c.firstToken, now)
 	case internalpb.RequestKind_REQUEST_KIND_LEASE_BATCH:

@@ -31,8 +31,10 @@ import (
 // versions 1 and 2 a RequestRecord holds the command's whole result
 // (field 3); in version 3 it holds the compact record instead (fields
 // 4-11, encoded as encodeCompact says). The version written is the lowest
-// that represents the state (see SnapshotVersion): with request records 3,
-// else with weights other than 1 version 2, else version 1.
+// that represents the state (see SnapshotVersion): with schedules or
+// tenant quotas 4 (issue 11: header.schedule_count hodeiv1.Schedule
+// records after the request records; header.quotas), else with request
+// records 3, else with weights other than 1 version 2, else version 1.
 const snapshotMagic = "HODEISNP"
 
 // ErrCorruptSnapshot is wrapped by Restore errors about snapshot content.
@@ -59,10 +61,11 @@ func (s *state) encodeSnapshot() []byte {
 	}
 	sort.Strings(names)
 	weights := s.sortedWeights()
+	quotas := s.sortedQuotas()
 	version := uint32(snapshotVersionNoWeights)
 	schedKeys := s.sortedScheduleKeys()
 	switch {
-	case len(schedKeys) > 0:
+	case len(schedKeys) > 0 || len(quotas) > 0: // issue 11: schedules, quotas
 		version = snapshotVersionSemantics
 	case nreqs > 0:
 		version = SnapshotVersion
@@ -83,6 +86,7 @@ func (s *state) encodeSnapshot() []byte {
 		RrCursor:      s.sched.cursor,
 		Weights:       weights,
 		ScheduleCount: uint64(len(schedKeys)),
+		Quotas:        quotas,
 	}
 	for _, n := range names {
 		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
@@ -340,6 +344,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 		}
 		prevTenant = w.GetTenant()
 		s.sched.weights[w.GetTenant()] = int64(w.GetWeight())
+	}
+	if err := s.restoreQuotas(version, hdr.GetQuotas()); err != nil {
+		return nil, err
 	}
 	for _, d := range hdr.GetDeficits() {
 		t := s.tenants[d.GetTenant()]

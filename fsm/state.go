@@ -55,6 +55,9 @@ type state struct {
 
 	sched scheduler // per-tenant ready queues and fair sharing
 	reqs  requestTable
+	// quota (issue 11): per-tenant limits, buckets and refusal counters,
+	// looked up by name only (the snapshot sorts them).
+	quotas map[string]*tenantQuota
 
 	// cron (issue 11): schedules by tenant+"\x00"+id, and the active ones
 	// by next fire time (apply_schedule.go).
@@ -82,6 +85,7 @@ func newState(cfg Config) *state {
 
 		schedules: make(map[string]*schedEntry),
 		schedDue:  newDueTree(),
+		quotas:    make(map[string]*tenantQuota),
 	}
 	for i := range s.byState {
 		s.byState[i] = newSeqTree()
@@ -96,6 +100,7 @@ type tenant struct {
 	byState [numStates]*btree.BTreeG[uint64] // lazily created
 	ready   *btree.BTreeG[readyKey]          // leasable jobs: priority desc, seq asc
 	deficit int64                            // deficit round robin credit
+	picked  int                              // scratch of pickReady: jobs picked, not yet RUNNING (0 between commands)
 }
 
 func (s *state) tenant(name string, create bool) *tenant {
@@ -215,6 +220,8 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 	case *internalpb.Command_CreateSchedule, *internalpb.Command_PauseSchedule, *internalpb.Command_TriggerSchedule,
 		*internalpb.Command_BackfillSchedule, *internalpb.Command_DeleteSchedule, *internalpb.Command_FireSchedules:
 		r = s.applySchedule(now, c)
+	case *internalpb.Command_SetTenantLimits:
+		r = s.applySetTenantLimits(now, k.SetTenantLimits)
 	case *internalpb.Command_Checkpoint:
 		// Verified by the FSM wrapper against its local chain record; it
 		// changes no replicated state.
@@ -262,6 +269,7 @@ func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
 		CancelReason:     j.GetCancelReason(),
 		ScheduleId:       j.GetScheduleId(),
 		ScheduleSlotMs:   j.GetScheduleSlotMs(),
+		Unmatched:        j.GetUnmatched(),
 	}
 }
 

@@ -162,6 +162,11 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 		return nil, err
 	}
 	payload += n
+	constraints, n, err := normalizeConstraints(spec.GetConstraints())
+	if err != nil {
+		return nil, err
+	}
+	payload += n
 	if payload > cfg.MaxPayloadBytes {
 		return nil, invalid("spec is %d bytes (payload, command, env and labels), limit is %d", payload, cfg.MaxPayloadBytes)
 	}
@@ -173,6 +178,7 @@ func NormalizeSpec(spec *hodeiv1.JobSpec, cfg Config) (*hodeiv1.JobSpec, error) 
 	}
 	out.Env = env
 	out.Labels = labels
+	out.Constraints = constraints
 	if out.MaxAttempts == 0 {
 		out.MaxAttempts = cfg.DefaultMaxAttempts
 	}

@@ -221,7 +221,7 @@ func (d *Dispatcher) WakeShard(shard uint32) {
 
 // OnEvents is called with the job state changes this node's replica of
 // shard applied. It must not block: it wakes the shard's lease lane when
-// jobs became ready, and tells the sessions holding cancelled jobs to stop
+// jobs became ready or a RUNNING job ended, and tells the sessions holding cancelled jobs to stop
 // them.
 func (d *Dispatcher) OnEvents(shard uint32, events []fsm.Event) {
 	ready := false
@@ -233,6 +233,12 @@ func (d *Dispatcher) OnEvents(shard uint32, events []fsm.Event) {
 			if e.From == hodeiv1.JobState_JOB_STATE_RUNNING {
 				d.cancelled(e.JobID)
 			}
+		}
+		if e.From == hodeiv1.JobState_JOB_STATE_RUNNING {
+			// A tenant at its max-running (issue 11 quota) may lease again:
+			// its ready jobs were held back, not absent. A round with no
+			// ready job ends at once.
+			ready = true
 		}
 	}
 	if ready {
@@ -260,6 +266,19 @@ func (d *Dispatcher) Sessions() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.sessions)
+}
+
+// Profiles returns the labels and kinds of the workers connected to this
+// node now (one per session), for reports (issue 11 quota: GetJob's
+// unmatched).
+func (d *Dispatcher) Profiles() []fsm.WorkerProfile {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]fsm.WorkerProfile, 0, len(d.sessions))
+	for _, s := range d.sessions {
+		out = append(out, fsm.WorkerProfile{Labels: s.info.Labels, Kinds: s.info.Kinds})
+	}
+	return out
 }
 
 // Drain asks every connected worker to drain and takes no new sessions.

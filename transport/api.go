@@ -229,6 +229,9 @@ func (s *jobService) SubmitJob(ctx context.Context, req *hodeiv1.SubmitJobReques
 	if err != nil {
 		return nil, ToStatus(err)
 	}
+	if err := ItemError(res[0]); err != nil {
+		return nil, err // a tenant limit refused it (issue 11 quota)
+	}
 	return res[0], nil
 }
 

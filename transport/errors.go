@@ -6,9 +6,11 @@ import (
 	"strings"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
@@ -78,4 +80,34 @@ func codeOf(c internalpb.Code) codes.Code {
 // invalid returns an InvalidArgument status.
 func invalid(format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, format, args...)
+}
+
+// ItemError is the gRPC error of a SubmitJobResponse refused on its own
+// (issue 11 quota: code RESOURCE_EXHAUSTED and the limit in reason), nil
+// for a stored or duplicate spec.
+func ItemError(r *hodeiv1.SubmitJobResponse) error {
+	if r.GetCode() == "" {
+		return nil
+	}
+	c := codes.Unknown
+	if v, ok := codeByName[r.GetCode()]; ok {
+		c = v
+	}
+	st := status.New(c, r.GetReason())
+	if c == codes.ResourceExhausted {
+		// A QuotaFailure detail tells clients this is a tenant limit, not
+		// an overloaded server: retrying the same call will not help.
+		if d, err := st.WithDetails(&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: "tenant", Description: r.GetReason()}}}); err == nil {
+			st = d
+		}
+	}
+	return st.Err()
+}
+
+var codeByName = map[string]codes.Code{
+	"RESOURCE_EXHAUSTED":  codes.ResourceExhausted,
+	"INVALID_ARGUMENT":    codes.InvalidArgument,
+	"FAILED_PRECONDITION": codes.FailedPrecondition,
+	"NOT_FOUND":           codes.NotFound,
+	"UNAVAILABLE":         codes.Unavailable,
 }

@@ -55,6 +55,7 @@ func newJobSubmitCmd() *cobra.Command {
 		timeout       time.Duration
 		delay         time.Duration
 		env, labels   []string
+		constraints   []string
 		wait          bool
 		pollEvery     time.Duration
 		priority      int32
@@ -103,6 +104,9 @@ finishes, prints it, and exits non-zero unless it SUCCEEDED.`,
 			if spec.Labels, err = parseKVs("label", labels); err != nil {
 				return err
 			}
+			if spec.Constraints, err = parseConstraints(constraints); err != nil {
+				return err
+			}
 			for name, d := range map[string]time.Duration{"timeout": timeout, "delay": delay, "backoff-base": backoffBase, "backoff-max": backoffMaxDur} {
 				if d < 0 {
 					return fmt.Errorf("--%s must not be negative", name)
@@ -149,6 +153,7 @@ finishes, prints it, and exits non-zero unless it SUCCEEDED.`,
 	f.DurationVar(&backoffMaxDur, "backoff-max", 0, "retry backoff cap (0 = server default, 60s)")
 	f.StringArrayVar(&env, "env", nil, "environment variable K=V (repeatable)")
 	f.StringArrayVar(&labels, "label", nil, "required worker label K=V (repeatable)")
+	f.StringArrayVar(&constraints, "constraint", nil, "worker label constraint: 'K in (a,b)', 'K not in (a,b)', 'K' (exists) or '!K' (repeatable)")
 	f.StringVar(&ikey, "idempotency-key", "", "unique per tenant: resubmitting returns the first job")
 	f.BoolVar(&shell, "shell", false, "run the arguments as one /bin/sh -c line")
 	f.StringVar(&kind, "kind", "", "run by a worker's Go handler for this kind (no command)")

@@ -147,6 +147,8 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 	row("Attempts", fmt.Sprintf("%d (max %d)", job.GetAttempts(), spec.GetMaxAttempts()))
 	rowIf(len(spec.GetEnv()) > 0, "Env", func() string { return kvString(spec.GetEnv()) })
 	rowIf(len(spec.GetLabels()) > 0, "Labels", func() string { return kvString(spec.GetLabels()) })
+	rowIf(len(spec.GetConstraints()) > 0, "Constraints", func() string { return constraintsString(spec.GetConstraints()) })
+	rowIf(job.GetUnmatched() != "", "Unmatched", job.GetUnmatched)
 	rowIf(spec.GetTimeoutMs() > 0, "Timeout", func() string { return (time.Duration(spec.GetTimeoutMs()) * time.Millisecond).String() })
 	rowIf(spec.GetDelayMs() > 0, "Delay", func() string { return (time.Duration(spec.GetDelayMs()) * time.Millisecond).String() })
 	rowIf(spec.GetBackoffBaseMs() > 0 || spec.GetBackoffMaxMs() > 0, "Backoff", func() string {

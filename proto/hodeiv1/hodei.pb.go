@@ -191,6 +191,62 @@ func (LogStream) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{2}
 }
 
+// ConstraintOp is how a constraint tests a worker label.
+type ConstraintOp int32
+
+const (
+	ConstraintOp_CONSTRAINT_OP_UNSPECIFIED ConstraintOp = 0
+	ConstraintOp_CONSTRAINT_OP_IN          ConstraintOp = 1 // key in (a,b): the worker has key with one of the values
+	ConstraintOp_CONSTRAINT_OP_NOT_IN      ConstraintOp = 2 // key not in (a,b): the worker lacks key, or its value is none of them
+	ConstraintOp_CONSTRAINT_OP_EXISTS      ConstraintOp = 3 // key: the worker has key (any value)
+	ConstraintOp_CONSTRAINT_OP_NOT_EXISTS  ConstraintOp = 4 // !key: the worker does not have key
+)
+
+// Enum value maps for ConstraintOp.
+var (
+	ConstraintOp_name = map[int32]string{
+		0: "CONSTRAINT_OP_UNSPECIFIED",
+		1: "CONSTRAINT_OP_IN",
+		2: "CONSTRAINT_OP_NOT_IN",
+		3: "CONSTRAINT_OP_EXISTS",
+		4: "CONSTRAINT_OP_NOT_EXISTS",
+	}
+	ConstraintOp_value = map[string]int32{
+		"CONSTRAINT_OP_UNSPECIFIED": 0,
+		"CONSTRAINT_OP_IN":          1,
+		"CONSTRAINT_OP_NOT_IN":      2,
+		"CONSTRAINT_OP_EXISTS":      3,
+		"CONSTRAINT_OP_NOT_EXISTS":  4,
+	}
+)
+
+func (x ConstraintOp) Enum() *ConstraintOp {
+	p := new(ConstraintOp)
+	*p = x
+	return p
+}
+
+func (x ConstraintOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConstraintOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[3].Descriptor()
+}
+
+func (ConstraintOp) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[3]
+}
+
+func (x ConstraintOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConstraintOp.Descriptor instead.
+func (ConstraintOp) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{3}
+}
+
 type KeyValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -262,8 +318,12 @@ type JobSpec struct {
 	// bytes). Empty (or "shell") is a command job: command is required and the
 	// shell executor runs it. Any other kind is run by a worker that registered
 	// a handler for it; command must then be empty.
-	Kind          string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
-	Payload       []byte `protobuf:"bytes,14,opt,name=payload,proto3" json:"payload,omitempty"` // handler input; counts toward the spec's size limit
+	Kind    string `protobuf:"bytes,13,opt,name=kind,proto3" json:"kind,omitempty"`
+	Payload []byte `protobuf:"bytes,14,opt,name=payload,proto3" json:"payload,omitempty"` // handler input; counts toward the spec's size limit
+	// constraints on the worker's labels beyond the exact labels above
+	// (issue 11 quota): every one must hold. Normalized at submit (values
+	// sorted and unique, constraints sorted by key then op).
+	Constraints   []*Constraint `protobuf:"bytes,20,rep,name=constraints,proto3" json:"constraints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,6 +452,13 @@ func (x *JobSpec) GetKind() string {
 func (x *JobSpec) GetPayload() []byte {
 	if x != nil {
 		return x.Payload
+	}
+	return nil
+}
+
+func (x *JobSpec) GetConstraints() []*Constraint {
+	if x != nil {
+		return x.Constraints
 	}
 	return nil
 }
@@ -527,8 +594,13 @@ type Job struct {
 	// the slot (the schedule's fire time) the job is for.
 	ScheduleId     string `protobuf:"bytes,40,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
 	ScheduleSlotMs int64  `protobuf:"varint,41,opt,name=schedule_slot_ms,json=scheduleSlotMs,proto3" json:"schedule_slot_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// unmatched (issue 11 quota): set by GetJob for a PENDING job that no
+	// worker profile the answering node has seen recently can run, saying
+	// why ("no connected worker has label region in (eu,us)"). Not
+	// replicated; empty when some seen worker matches or none was seen.
+	Unmatched     string `protobuf:"bytes,30,opt,name=unmatched,proto3" json:"unmatched,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -680,6 +752,13 @@ func (x *Job) GetScheduleSlotMs() int64 {
 	return 0
 }
 
+func (x *Job) GetUnmatched() string {
+	if x != nil {
+		return x.Unmatched
+	}
+	return ""
+}
+
 type SubmitJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -733,9 +812,15 @@ func (x *SubmitJobRequest) GetRequestId() string {
 }
 
 type SubmitJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Duplicate     bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // true if the idempotency key matched an existing job
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Job       *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Duplicate bool                   `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"` // true if the idempotency key matched an existing job
+	// issue 11 quota: a spec of a SubmitJobs refused on its own (a tenant
+	// limit: max-queued, submit-rate); nothing was stored for it and job is
+	// unset. code is a gRPC code name (RESOURCE_EXHAUSTED), reason names the
+	// limit. SubmitJob answers such a refusal as a gRPC error instead.
+	Code          string `protobuf:"bytes,30,opt,name=code,proto3" json:"code,omitempty"`
+	Reason        string `protobuf:"bytes,31,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -782,6 +867,20 @@ func (x *SubmitJobResponse) GetDuplicate() bool {
 		return x.Duplicate
 	}
 	return false
+}
+
+func (x *SubmitJobResponse) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *SubmitJobResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type SubmitJobsRequest struct {
@@ -4336,6 +4435,9 @@ type TenantStatus struct {
 	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`                              // fair-share weight in the meta group (1..1000; 1 is the default)
 	Shard         uint32                 `protobuf:"varint,3,opt,name=shard,proto3" json:"shard,omitempty"`                                // the tenant's shard
 	ShardWeight   uint32                 `protobuf:"varint,4,opt,name=shard_weight,json=shardWeight,proto3" json:"shard_weight,omitempty"` // weight the shard's state machine applies now (the answering node's replica): equal to weight once propagated
+	Limits        *TenantLimits          `protobuf:"bytes,5,opt,name=limits,proto3" json:"limits,omitempty"`                               // quotas in the meta group (unset or zero fields = unlimited)
+	ShardLimits   *TenantLimits          `protobuf:"bytes,6,opt,name=shard_limits,json=shardLimits,proto3" json:"shard_limits,omitempty"`  // quotas the shard's state machine applies now (the answering node's replica)
+	Usage         *TenantUsage           `protobuf:"bytes,7,opt,name=usage,proto3" json:"usage,omitempty"`                                 // the tenant's usage in its shard (the answering node's replica)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4398,10 +4500,39 @@ func (x *TenantStatus) GetShardWeight() uint32 {
 	return 0
 }
 
+func (x *TenantStatus) GetLimits() *TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *TenantStatus) GetShardLimits() *TenantLimits {
+	if x != nil {
+		return x.ShardLimits
+	}
+	return nil
+}
+
+func (x *TenantStatus) GetUsage() *TenantUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
 type SetTenantRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // 1..1000
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Tenant string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// 1..1000; 0 keeps the current weight when a limit below is given (else
+	// it is invalid, as before limits existed).
+	Weight uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Limits (issue 11 quota): a field that is present replaces the current
+	// value, 0 meaning unlimited; an absent one is kept.
+	MaxQueued     *uint32  `protobuf:"varint,3,opt,name=max_queued,json=maxQueued,proto3,oneof" json:"max_queued,omitempty"`     // PENDING jobs of the tenant, 0..100000000
+	MaxRunning    *uint32  `protobuf:"varint,4,opt,name=max_running,json=maxRunning,proto3,oneof" json:"max_running,omitempty"`  // RUNNING (leased) jobs of the tenant, 0..1000000
+	SubmitRate    *float64 `protobuf:"fixed64,5,opt,name=submit_rate,json=submitRate,proto3,oneof" json:"submit_rate,omitempty"` // new jobs per second (token bucket), 0..1000000, a multiple of 0.001
+	Burst         *uint32  `protobuf:"varint,6,opt,name=burst,proto3,oneof" json:"burst,omitempty"`                              // bucket size, 1..1000000 (default: the rate rounded up, at least 1)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4446,6 +4577,34 @@ func (x *SetTenantRequest) GetTenant() string {
 func (x *SetTenantRequest) GetWeight() uint32 {
 	if x != nil {
 		return x.Weight
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetMaxQueued() uint32 {
+	if x != nil && x.MaxQueued != nil {
+		return *x.MaxQueued
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetMaxRunning() uint32 {
+	if x != nil && x.MaxRunning != nil {
+		return *x.MaxRunning
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetSubmitRate() float64 {
+	if x != nil && x.SubmitRate != nil {
+		return *x.SubmitRate
+	}
+	return 0
+}
+
+func (x *SetTenantRequest) GetBurst() uint32 {
+	if x != nil && x.Burst != nil {
+		return *x.Burst
 	}
 	return 0
 }
@@ -6206,6 +6365,213 @@ func (x *FollowJobLogsResponse) GetResultTail() []byte {
 	return nil
 }
 
+// Constraint is one requirement on a worker's labels.
+type Constraint struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Op            ConstraintOp           `protobuf:"varint,2,opt,name=op,proto3,enum=hodei.v1.ConstraintOp" json:"op,omitempty"`
+	Values        []string               `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty"` // IN, NOT_IN: 1..64 values, sorted and unique; empty otherwise
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Constraint) Reset() {
+	*x = Constraint{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Constraint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Constraint) ProtoMessage() {}
+
+func (x *Constraint) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Constraint.ProtoReflect.Descriptor instead.
+func (*Constraint) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *Constraint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Constraint) GetOp() ConstraintOp {
+	if x != nil {
+		return x.Op
+	}
+	return ConstraintOp_CONSTRAINT_OP_UNSPECIFIED
+}
+
+func (x *Constraint) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+// TenantLimits are a tenant's quotas. Zero = unlimited.
+type TenantLimits struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MaxQueued       uint32                 `protobuf:"varint,1,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`                     // PENDING jobs in its shard: a submit over it is refused
+	MaxRunning      uint32                 `protobuf:"varint,2,opt,name=max_running,json=maxRunning,proto3" json:"max_running,omitempty"`                  // RUNNING jobs: leases stop at it, other tenants keep leasing
+	SubmitRateMilli uint64                 `protobuf:"varint,3,opt,name=submit_rate_milli,json=submitRateMilli,proto3" json:"submit_rate_milli,omitempty"` // token bucket refill, in thousandths of a job per second
+	Burst           uint32                 `protobuf:"varint,4,opt,name=burst,proto3" json:"burst,omitempty"`                                              // token bucket size in jobs (set when submit_rate_milli is)
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TenantLimits) Reset() {
+	*x = TenantLimits{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantLimits) ProtoMessage() {}
+
+func (x *TenantLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantLimits.ProtoReflect.Descriptor instead.
+func (*TenantLimits) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *TenantLimits) GetMaxQueued() uint32 {
+	if x != nil {
+		return x.MaxQueued
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetMaxRunning() uint32 {
+	if x != nil {
+		return x.MaxRunning
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetSubmitRateMilli() uint64 {
+	if x != nil {
+		return x.SubmitRateMilli
+	}
+	return 0
+}
+
+func (x *TenantLimits) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+// TenantUsage is a tenant's use of its limits in its shard.
+type TenantUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queued        uint64                 `protobuf:"varint,1,opt,name=queued,proto3" json:"queued,omitempty"`                                    // PENDING jobs
+	Running       uint64                 `protobuf:"varint,2,opt,name=running,proto3" json:"running,omitempty"`                                  // RUNNING jobs
+	SubmitTokens  float64                `protobuf:"fixed64,3,opt,name=submit_tokens,json=submitTokens,proto3" json:"submit_tokens,omitempty"`   // tokens in the bucket at the shard's last applied time (with a rate)
+	RefusedQueued uint64                 `protobuf:"varint,4,opt,name=refused_queued,json=refusedQueued,proto3" json:"refused_queued,omitempty"` // submits refused over max-queued (since the limit was first set)
+	RefusedRate   uint64                 `protobuf:"varint,5,opt,name=refused_rate,json=refusedRate,proto3" json:"refused_rate,omitempty"`       // submits refused over the submit rate
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantUsage) Reset() {
+	*x = TenantUsage{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantUsage) ProtoMessage() {}
+
+func (x *TenantUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantUsage.ProtoReflect.Descriptor instead.
+func (*TenantUsage) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *TenantUsage) GetQueued() uint64 {
+	if x != nil {
+		return x.Queued
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRunning() uint64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetSubmitTokens() float64 {
+	if x != nil {
+		return x.SubmitTokens
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRefusedQueued() uint64 {
+	if x != nil {
+		return x.RefusedQueued
+	}
+	return 0
+}
+
+func (x *TenantUsage) GetRefusedRate() uint64 {
+	if x != nil {
+		return x.RefusedRate
+	}
+	return 0
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -6213,7 +6579,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x14hodei/v1/hodei.proto\x12\bhodei.v1\"2\n" +
 	"\bKeyValue\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\xc1\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xf9\x03\n" +
 	"\aJobSpec\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x1a\n" +
 	"\bpriority\x18\x02 \x01(\x05R\bpriority\x12\x18\n" +
@@ -6230,7 +6596,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0ebackoff_max_ms\x18\v \x01(\x03R\fbackoffMaxMs\x12\x19\n" +
 	"\bdelay_ms\x18\f \x01(\x03R\adelayMs\x12\x12\n" +
 	"\x04kind\x18\r \x01(\tR\x04kind\x12\x18\n" +
-	"\apayload\x18\x0e \x01(\fR\apayload\"\x9d\x02\n" +
+	"\apayload\x18\x0e \x01(\fR\apayload\x126\n" +
+	"\vconstraints\x18\x14 \x03(\v2\x14.hodei.v1.ConstraintR\vconstraints\"\x9d\x02\n" +
 	"\tJobResult\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x16\n" +
 	"\x06output\x18\x02 \x01(\fR\x06output\x12\x14\n" +
@@ -6241,7 +6608,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xd1\x04\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xef\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -6263,14 +6630,17 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\x12\x1f\n" +
 	"\vschedule_id\x18( \x01(\tR\n" +
 	"scheduleId\x12(\n" +
-	"\x10schedule_slot_ms\x18) \x01(\x03R\x0escheduleSlotMs\"X\n" +
+	"\x10schedule_slot_ms\x18) \x01(\x03R\x0escheduleSlotMs\x12\x1c\n" +
+	"\tunmatched\x18\x1e \x01(\tR\tunmatched\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"R\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"~\n" +
 	"\x11SubmitJobResponse\x12\x1f\n" +
 	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"[\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x12\n" +
+	"\x04code\x18\x1e \x01(\tR\x04code\x12\x16\n" +
+	"\x06reason\x18\x1f \x01(\tR\x06reason\"[\n" +
 	"\x11SubmitJobsRequest\x12'\n" +
 	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\x12\x1d\n" +
 	"\n" +
@@ -6511,15 +6881,29 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"check_only\x18\x03 \x01(\bR\tcheckOnly\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\",\n" +
 	"\x14RestoreGroupResponse\x12\x14\n" +
-	"\x05index\x18\x01 \x01(\x04R\x05index\"w\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\"\x8f\x02\n" +
 	"\fTenantStatus\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\x14\n" +
 	"\x05shard\x18\x03 \x01(\rR\x05shard\x12!\n" +
-	"\fshard_weight\x18\x04 \x01(\rR\vshardWeight\"B\n" +
+	"\fshard_weight\x18\x04 \x01(\rR\vshardWeight\x12.\n" +
+	"\x06limits\x18\x05 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\x129\n" +
+	"\fshard_limits\x18\x06 \x01(\v2\x16.hodei.v1.TenantLimitsR\vshardLimits\x12+\n" +
+	"\x05usage\x18\a \x01(\v2\x15.hodei.v1.TenantUsageR\x05usage\"\x86\x02\n" +
 	"\x10SetTenantRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"C\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x12\"\n" +
+	"\n" +
+	"max_queued\x18\x03 \x01(\rH\x00R\tmaxQueued\x88\x01\x01\x12$\n" +
+	"\vmax_running\x18\x04 \x01(\rH\x01R\n" +
+	"maxRunning\x88\x01\x01\x12$\n" +
+	"\vsubmit_rate\x18\x05 \x01(\x01H\x02R\n" +
+	"submitRate\x88\x01\x01\x12\x19\n" +
+	"\x05burst\x18\x06 \x01(\rH\x03R\x05burst\x88\x01\x01B\r\n" +
+	"\v_max_queuedB\x0e\n" +
+	"\f_max_runningB\x0e\n" +
+	"\f_submit_rateB\b\n" +
+	"\x06_burst\"C\n" +
 	"\x11SetTenantResponse\x12.\n" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
@@ -6654,7 +7038,25 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\fjob_finished\x18\x03 \x01(\bR\vjobFinished\x12(\n" +
 	"\x10from_result_tail\x18\x04 \x01(\bR\x0efromResultTail\x12\x1f\n" +
 	"\vresult_tail\x18\x05 \x01(\fR\n" +
-	"resultTail*\x9b\x01\n" +
+	"resultTail\"^\n" +
+	"\n" +
+	"Constraint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
+	"\x02op\x18\x02 \x01(\x0e2\x16.hodei.v1.ConstraintOpR\x02op\x12\x16\n" +
+	"\x06values\x18\x03 \x03(\tR\x06values\"\x90\x01\n" +
+	"\fTenantLimits\x12\x1d\n" +
+	"\n" +
+	"max_queued\x18\x01 \x01(\rR\tmaxQueued\x12\x1f\n" +
+	"\vmax_running\x18\x02 \x01(\rR\n" +
+	"maxRunning\x12*\n" +
+	"\x11submit_rate_milli\x18\x03 \x01(\x04R\x0fsubmitRateMilli\x12\x14\n" +
+	"\x05burst\x18\x04 \x01(\rR\x05burst\"\xae\x01\n" +
+	"\vTenantUsage\x12\x16\n" +
+	"\x06queued\x18\x01 \x01(\x04R\x06queued\x12\x18\n" +
+	"\arunning\x18\x02 \x01(\x04R\arunning\x12#\n" +
+	"\rsubmit_tokens\x18\x03 \x01(\x01R\fsubmitTokens\x12%\n" +
+	"\x0erefused_queued\x18\x04 \x01(\x04R\rrefusedQueued\x12!\n" +
+	"\frefused_rate\x18\x05 \x01(\x04R\vrefusedRate*\x9b\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -6671,7 +7073,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\tLogStream\x12\x1a\n" +
 	"\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n" +
-	"\x11LOG_STREAM_STDERR\x10\x022\xc6\x04\n" +
+	"\x11LOG_STREAM_STDERR\x10\x02*\x95\x01\n" +
+	"\fConstraintOp\x12\x1d\n" +
+	"\x19CONSTRAINT_OP_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10CONSTRAINT_OP_IN\x10\x01\x12\x18\n" +
+	"\x14CONSTRAINT_OP_NOT_IN\x10\x02\x12\x18\n" +
+	"\x14CONSTRAINT_OP_EXISTS\x10\x03\x12\x1c\n" +
+	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x042\xc6\x04\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -6724,248 +7132,257 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 	return file_hodei_v1_hodei_proto_rawDescData
 }
 
-var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 92)
+var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
 	(LogStream)(0),                   // 2: hodei.v1.LogStream
-	(*KeyValue)(nil),                 // 3: hodei.v1.KeyValue
-	(*JobSpec)(nil),                  // 4: hodei.v1.JobSpec
-	(*JobResult)(nil),                // 5: hodei.v1.JobResult
-	(*Job)(nil),                      // 6: hodei.v1.Job
-	(*SubmitJobRequest)(nil),         // 7: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),        // 8: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),        // 9: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),       // 10: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),            // 11: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),           // 12: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),          // 13: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 14: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),         // 15: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),        // 16: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                    // 17: hodei.v1.Lease
-	(*LeaseRequest)(nil),             // 18: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),            // 19: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),                 // 20: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),      // 21: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),             // 22: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),     // 23: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),       // 24: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),      // 25: hodei.v1.CompleteJobResponse
-	(*Completion)(nil),               // 26: hodei.v1.Completion
-	(*CompletionResult)(nil),         // 27: hodei.v1.CompletionResult
-	(*CompleteJobsRequest)(nil),      // 28: hodei.v1.CompleteJobsRequest
-	(*CompleteJobsResponse)(nil),     // 29: hodei.v1.CompleteJobsResponse
-	(*WorkerHello)(nil),              // 30: hodei.v1.WorkerHello
-	(*WorkerSlots)(nil),              // 31: hodei.v1.WorkerSlots
-	(*WorkerCompletions)(nil),        // 32: hodei.v1.WorkerCompletions
-	(*WorkerExtend)(nil),             // 33: hodei.v1.WorkerExtend
-	(*WorkerMessage)(nil),            // 34: hodei.v1.WorkerMessage
-	(*ServerWelcome)(nil),            // 35: hodei.v1.ServerWelcome
-	(*ServerLeases)(nil),             // 36: hodei.v1.ServerLeases
-	(*ServerCompletions)(nil),        // 37: hodei.v1.ServerCompletions
-	(*ServerExtended)(nil),           // 38: hodei.v1.ServerExtended
-	(*ServerCancel)(nil),             // 39: hodei.v1.ServerCancel
-	(*ServerDrain)(nil),              // 40: hodei.v1.ServerDrain
-	(*ServerMessage)(nil),            // 41: hodei.v1.ServerMessage
-	(*LeaseDemand)(nil),              // 42: hodei.v1.LeaseDemand
-	(*LeaseForRequest)(nil),          // 43: hodei.v1.LeaseForRequest
-	(*LeaseGrant)(nil),               // 44: hodei.v1.LeaseGrant
-	(*LeaseForResponse)(nil),         // 45: hodei.v1.LeaseForResponse
-	(*RaftServer)(nil),               // 46: hodei.v1.RaftServer
-	(*ShardStatus)(nil),              // 47: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),            // 48: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),           // 49: hodei.v1.StatusResponse
-	(*Member)(nil),                   // 50: hodei.v1.Member
-	(*JoinRequest)(nil),              // 51: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),             // 52: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),            // 53: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),           // 54: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),    // 55: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),   // 56: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),      // 57: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),            // 58: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),   // 59: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),        // 60: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),    // 61: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil),  // 62: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),     // 63: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),       // 64: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),      // 65: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),     // 66: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),             // 67: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),         // 68: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),        // 69: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),       // 70: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),      // 71: hodei.v1.ListTenantsResponse
-	(*Schedule)(nil),                 // 72: hodei.v1.Schedule
-	(*CreateScheduleRequest)(nil),    // 73: hodei.v1.CreateScheduleRequest
-	(*ScheduleResponse)(nil),         // 74: hodei.v1.ScheduleResponse
-	(*GetScheduleRequest)(nil),       // 75: hodei.v1.GetScheduleRequest
-	(*ListSchedulesRequest)(nil),     // 76: hodei.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),    // 77: hodei.v1.ListSchedulesResponse
-	(*PauseScheduleRequest)(nil),     // 78: hodei.v1.PauseScheduleRequest
-	(*ResumeScheduleRequest)(nil),    // 79: hodei.v1.ResumeScheduleRequest
-	(*TriggerScheduleRequest)(nil),   // 80: hodei.v1.TriggerScheduleRequest
-	(*TriggerScheduleResponse)(nil),  // 81: hodei.v1.TriggerScheduleResponse
-	(*BackfillScheduleRequest)(nil),  // 82: hodei.v1.BackfillScheduleRequest
-	(*BackfillScheduleResponse)(nil), // 83: hodei.v1.BackfillScheduleResponse
-	(*DeleteScheduleRequest)(nil),    // 84: hodei.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil),   // 85: hodei.v1.DeleteScheduleResponse
-	(*WatchJobsRequest)(nil),         // 86: hodei.v1.WatchJobsRequest
-	(*WatchJobsResponse)(nil),        // 87: hodei.v1.WatchJobsResponse
-	(*JobEvent)(nil),                 // 88: hodei.v1.JobEvent
-	(*LogLine)(nil),                  // 89: hodei.v1.LogLine
-	(*WorkerLogs)(nil),               // 90: hodei.v1.WorkerLogs
-	(*GetJobLogsRequest)(nil),        // 91: hodei.v1.GetJobLogsRequest
-	(*GetJobLogsResponse)(nil),       // 92: hodei.v1.GetJobLogsResponse
-	(*FollowJobLogsRequest)(nil),     // 93: hodei.v1.FollowJobLogsRequest
-	(*FollowJobLogsResponse)(nil),    // 94: hodei.v1.FollowJobLogsResponse
+	(ConstraintOp)(0),                // 3: hodei.v1.ConstraintOp
+	(*KeyValue)(nil),                 // 4: hodei.v1.KeyValue
+	(*JobSpec)(nil),                  // 5: hodei.v1.JobSpec
+	(*JobResult)(nil),                // 6: hodei.v1.JobResult
+	(*Job)(nil),                      // 7: hodei.v1.Job
+	(*SubmitJobRequest)(nil),         // 8: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),        // 9: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),        // 10: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),       // 11: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),            // 12: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),           // 13: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),          // 14: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 15: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),         // 16: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),        // 17: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                    // 18: hodei.v1.Lease
+	(*LeaseRequest)(nil),             // 19: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),            // 20: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                 // 21: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),      // 22: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),             // 23: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),     // 24: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),       // 25: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),      // 26: hodei.v1.CompleteJobResponse
+	(*Completion)(nil),               // 27: hodei.v1.Completion
+	(*CompletionResult)(nil),         // 28: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),      // 29: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),     // 30: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),              // 31: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),              // 32: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),        // 33: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),             // 34: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),            // 35: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),            // 36: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),             // 37: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),        // 38: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),           // 39: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),             // 40: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),              // 41: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),            // 42: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),              // 43: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),          // 44: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),               // 45: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),         // 46: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),               // 47: hodei.v1.RaftServer
+	(*ShardStatus)(nil),              // 48: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),            // 49: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),           // 50: hodei.v1.StatusResponse
+	(*Member)(nil),                   // 51: hodei.v1.Member
+	(*JoinRequest)(nil),              // 52: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),             // 53: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),            // 54: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),           // 55: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),    // 56: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),   // 57: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),      // 58: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 59: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),   // 60: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),        // 61: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),    // 62: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil),  // 63: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),     // 64: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),       // 65: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),      // 66: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),     // 67: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),             // 68: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),         // 69: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),        // 70: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),       // 71: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),      // 72: hodei.v1.ListTenantsResponse
+	(*Schedule)(nil),                 // 73: hodei.v1.Schedule
+	(*CreateScheduleRequest)(nil),    // 74: hodei.v1.CreateScheduleRequest
+	(*ScheduleResponse)(nil),         // 75: hodei.v1.ScheduleResponse
+	(*GetScheduleRequest)(nil),       // 76: hodei.v1.GetScheduleRequest
+	(*ListSchedulesRequest)(nil),     // 77: hodei.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),    // 78: hodei.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),     // 79: hodei.v1.PauseScheduleRequest
+	(*ResumeScheduleRequest)(nil),    // 80: hodei.v1.ResumeScheduleRequest
+	(*TriggerScheduleRequest)(nil),   // 81: hodei.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),  // 82: hodei.v1.TriggerScheduleResponse
+	(*BackfillScheduleRequest)(nil),  // 83: hodei.v1.BackfillScheduleRequest
+	(*BackfillScheduleResponse)(nil), // 84: hodei.v1.BackfillScheduleResponse
+	(*DeleteScheduleRequest)(nil),    // 85: hodei.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),   // 86: hodei.v1.DeleteScheduleResponse
+	(*WatchJobsRequest)(nil),         // 87: hodei.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),        // 88: hodei.v1.WatchJobsResponse
+	(*JobEvent)(nil),                 // 89: hodei.v1.JobEvent
+	(*LogLine)(nil),                  // 90: hodei.v1.LogLine
+	(*WorkerLogs)(nil),               // 91: hodei.v1.WorkerLogs
+	(*GetJobLogsRequest)(nil),        // 92: hodei.v1.GetJobLogsRequest
+	(*GetJobLogsResponse)(nil),       // 93: hodei.v1.GetJobLogsResponse
+	(*FollowJobLogsRequest)(nil),     // 94: hodei.v1.FollowJobLogsRequest
+	(*FollowJobLogsResponse)(nil),    // 95: hodei.v1.FollowJobLogsResponse
+	(*Constraint)(nil),               // 96: hodei.v1.Constraint
+	(*TenantLimits)(nil),             // 97: hodei.v1.TenantLimits
+	(*TenantUsage)(nil),              // 98: hodei.v1.TenantUsage
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
-	3,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
-	3,   // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
-	4,   // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
-	0,   // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
-	5,   // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	4,   // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	6,   // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	4,   // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	8,   // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	6,   // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
-	0,   // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	6,   // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	6,   // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	6,   // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	3,   // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	17,  // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	20,  // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	22,  // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	5,   // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	6,   // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	5,   // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
-	0,   // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	26,  // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	27,  // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	3,   // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	26,  // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	20,  // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	30,  // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	31,  // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	32,  // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	33,  // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	90,  // 31: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
-	17,  // 32: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	27,  // 33: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	22,  // 34: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	20,  // 35: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	35,  // 36: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	36,  // 37: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	37,  // 38: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	38,  // 39: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	39,  // 40: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	40,  // 41: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	3,   // 42: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	42,  // 43: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	17,  // 44: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	44,  // 45: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	46,  // 46: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	47,  // 47: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	46,  // 48: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	50,  // 49: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	61,  // 50: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	60,  // 51: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	60,  // 52: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	60,  // 53: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	67,  // 54: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	67,  // 55: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	4,   // 56: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
-	1,   // 57: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
-	72,  // 58: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
-	72,  // 59: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	72,  // 60: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
-	72,  // 61: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	6,   // 62: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
-	72,  // 63: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	8,   // 64: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
-	88,  // 65: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
-	0,   // 66: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
-	0,   // 67: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
-	6,   // 68: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
-	2,   // 69: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
-	89,  // 70: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
-	89,  // 71: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
-	89,  // 72: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
-	7,   // 73: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	9,   // 74: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	11,  // 75: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	13,  // 76: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	15,  // 77: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	86,  // 78: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	91,  // 79: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
-	93,  // 80: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
-	34,  // 81: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	18,  // 82: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	21,  // 83: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	24,  // 84: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	28,  // 85: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	43,  // 86: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	48,  // 87: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	51,  // 88: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	53,  // 89: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	55,  // 90: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	57,  // 91: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	59,  // 92: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	63,  // 93: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	65,  // 94: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	68,  // 95: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	70,  // 96: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	73,  // 97: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	75,  // 98: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	76,  // 99: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	78,  // 100: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	79,  // 101: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	80,  // 102: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	82,  // 103: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	84,  // 104: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	8,   // 105: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	10,  // 106: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	12,  // 107: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	14,  // 108: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	16,  // 109: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	87,  // 110: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	92,  // 111: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
-	94,  // 112: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
-	41,  // 113: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	19,  // 114: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	23,  // 115: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	25,  // 116: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	29,  // 117: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	45,  // 118: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	49,  // 119: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	52,  // 120: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	54,  // 121: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	56,  // 122: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	58,  // 123: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	62,  // 124: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	64,  // 125: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	66,  // 126: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	69,  // 127: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	71,  // 128: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	74,  // 129: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	74,  // 130: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	77,  // 131: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	74,  // 132: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	74,  // 133: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	81,  // 134: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	83,  // 135: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	85,  // 136: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	105, // [105:137] is the sub-list for method output_type
-	73,  // [73:105] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	4,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
+	4,   // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
+	96,  // 2: hodei.v1.JobSpec.constraints:type_name -> hodei.v1.Constraint
+	5,   // 3: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
+	0,   // 4: hodei.v1.Job.state:type_name -> hodei.v1.JobState
+	6,   // 5: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
+	5,   // 6: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	7,   // 7: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	5,   // 8: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	9,   // 9: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	7,   // 10: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	0,   // 11: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
+	7,   // 12: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	7,   // 13: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	7,   // 14: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	4,   // 15: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	18,  // 16: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	21,  // 17: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	23,  // 18: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	6,   // 19: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	7,   // 20: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	6,   // 21: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,   // 22: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	27,  // 23: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	28,  // 24: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	4,   // 25: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	27,  // 26: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	21,  // 27: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	31,  // 28: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	32,  // 29: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	33,  // 30: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	34,  // 31: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	91,  // 32: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
+	18,  // 33: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	28,  // 34: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	23,  // 35: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	21,  // 36: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	36,  // 37: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	37,  // 38: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	38,  // 39: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	39,  // 40: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	40,  // 41: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	41,  // 42: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	4,   // 43: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	43,  // 44: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	18,  // 45: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	45,  // 46: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	47,  // 47: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	48,  // 48: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	47,  // 49: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	51,  // 50: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	62,  // 51: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	61,  // 52: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	61,  // 53: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	61,  // 54: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	97,  // 55: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
+	97,  // 56: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
+	98,  // 57: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
+	68,  // 58: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	68,  // 59: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	5,   // 60: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
+	1,   // 61: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
+	73,  // 62: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
+	73,  // 63: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	73,  // 64: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
+	73,  // 65: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	7,   // 66: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
+	73,  // 67: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	9,   // 68: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
+	89,  // 69: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	0,   // 70: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
+	0,   // 71: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
+	7,   // 72: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	2,   // 73: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
+	90,  // 74: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
+	90,  // 75: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	90,  // 76: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	3,   // 77: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
+	8,   // 78: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	10,  // 79: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	12,  // 80: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	14,  // 81: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	16,  // 82: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	87,  // 83: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	92,  // 84: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	94,  // 85: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	35,  // 86: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	19,  // 87: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	22,  // 88: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	25,  // 89: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	29,  // 90: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	44,  // 91: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	49,  // 92: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	52,  // 93: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	54,  // 94: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	56,  // 95: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	58,  // 96: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	60,  // 97: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	64,  // 98: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	66,  // 99: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	69,  // 100: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	71,  // 101: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	74,  // 102: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	76,  // 103: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	77,  // 104: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	79,  // 105: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	80,  // 106: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	81,  // 107: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	83,  // 108: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	85,  // 109: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	9,   // 110: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	11,  // 111: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	13,  // 112: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	15,  // 113: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	17,  // 114: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	88,  // 115: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	93,  // 116: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	95,  // 117: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	42,  // 118: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	20,  // 119: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	24,  // 120: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	26,  // 121: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	30,  // 122: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	46,  // 123: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	50,  // 124: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	53,  // 125: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	55,  // 126: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	57,  // 127: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	59,  // 128: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	63,  // 129: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	65,  // 130: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	67,  // 131: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	70,  // 132: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	72,  // 133: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	75,  // 134: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 135: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	78,  // 136: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	75,  // 137: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 138: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	82,  // 139: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	84,  // 140: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	86,  // 141: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	110, // [110:142] is the sub-list for method output_type
+	78,  // [78:110] is the sub-list for method input_type
+	78,  // [78:78] is the sub-list for extension type_name
+	78,  // [78:78] is the sub-list for extension extendee
+	0,   // [0:78] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -6988,13 +7405,14 @@ func file_hodei_v1_hodei_proto_init() {
 		(*ServerMessage_Cancel)(nil),
 		(*ServerMessage_Drain)(nil),
 	}
+	file_hodei_v1_hodei_proto_msgTypes[65].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   92,
+			NumEnums:      4,
+			NumMessages:   95,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -158,8 +158,9 @@ type Entry struct {
 	// fsm.EntryVersion (1), fsm.EntryVersionTenantWeights (2) for an entry
 	// that carries a SetTenantWeight, or fsm.EntryVersionDispatch (3) for one
 	// that carries LeaseBatch, CompleteJobs, a lease with kinds or a job with a
-	// kind or payload (fsm.EntryVersionFor chooses); a version newer than a node
-	// understands stops that node loudly.
+	// kind or payload, or fsm.EntryVersionSemantics (4) for one with issue 11
+	// commands (SetTenantLimits, a job with constraints) (fsm.EntryVersionFor
+	// chooses); a version newer than a node understands stops that node loudly.
 	Version       uint32     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NowMs         int64      `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	Commands      []*Command `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
@@ -241,6 +242,7 @@ type Command struct {
 	//	*Command_BackfillSchedule
 	//	*Command_DeleteSchedule
 	//	*Command_FireSchedules
+	//	*Command_SetTenantLimits
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -452,6 +454,15 @@ func (x *Command) GetFireSchedules() *FireSchedules {
 	return nil
 }
 
+func (x *Command) GetSetTenantLimits() *SetTenantLimits {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_SetTenantLimits); ok {
+			return x.SetTenantLimits
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -529,6 +540,10 @@ type Command_FireSchedules struct {
 	FireSchedules *FireSchedules `protobuf:"bytes,35,opt,name=fire_schedules,json=fireSchedules,proto3,oneof"`
 }
 
+type Command_SetTenantLimits struct {
+	SetTenantLimits *SetTenantLimits `protobuf:"bytes,50,opt,name=set_tenant_limits,json=setTenantLimits,proto3,oneof"` // quota (issue 11): only in entries of version >= 4
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -564,6 +579,8 @@ func (*Command_BackfillSchedule) isCommand_Kind() {}
 func (*Command_DeleteSchedule) isCommand_Kind() {}
 
 func (*Command_FireSchedules) isCommand_Kind() {}
+
+func (*Command_SetTenantLimits) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1367,6 +1384,10 @@ type SnapshotHeader struct {
 	// the request records, sorted by (tenant, id). Only in snapshot version
 	// 4, written only when there is a schedule.
 	ScheduleCount uint64 `protobuf:"varint,20,opt,name=schedule_count,json=scheduleCount,proto3" json:"schedule_count,omitempty"`
+	// quota (issue 11): per-tenant limits, token buckets and refusal
+	// counters, sorted by tenant. Only in snapshot version 4, written only
+	// when there is one.
+	Quotas        []*TenantQuota `protobuf:"bytes,40,rep,name=quotas,proto3" json:"quotas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1497,6 +1518,13 @@ func (x *SnapshotHeader) GetScheduleCount() uint64 {
 		return x.ScheduleCount
 	}
 	return 0
+}
+
+func (x *SnapshotHeader) GetQuotas() []*TenantQuota {
+	if x != nil {
+		return x.Quotas
+	}
+	return nil
 }
 
 type TenantDeficit struct {
@@ -2151,6 +2179,7 @@ type TenantSettings struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Weight        uint32                 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"` // fair-share weight (default 1)
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,3,opt,name=limits,proto3" json:"limits,omitempty"`  // quota (issue 11): unset = unlimited
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2197,6 +2226,13 @@ func (x *TenantSettings) GetWeight() uint32 {
 		return x.Weight
 	}
 	return 0
+}
+
+func (x *TenantSettings) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
 }
 
 // MetaState is the whole meta FSM; it is also its snapshot record.
@@ -2406,6 +2442,148 @@ func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
 
+// SetTenantLimits sets a tenant's quotas in this shard (all fields replace
+// the current ones; zero = unlimited). The meta group's tenant settings are
+// the source of truth; the shard leader proposes this when its shard's
+// limits differ from them, as for SetTenantWeight. Only valid in an entry
+// of version >= 4.
+type SetTenantLimits struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetTenantLimits) Reset() {
+	*x = SetTenantLimits{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetTenantLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetTenantLimits) ProtoMessage() {}
+
+func (x *SetTenantLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetTenantLimits.ProtoReflect.Descriptor instead.
+func (*SetTenantLimits) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SetTenantLimits) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *SetTenantLimits) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// TenantQuota is a shard's quota state of one tenant (snapshot version 4).
+type TenantQuota struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Limits        *hodeiv1.TenantLimits  `protobuf:"bytes,2,opt,name=limits,proto3" json:"limits,omitempty"`
+	TokensMicro   int64                  `protobuf:"varint,3,opt,name=tokens_micro,json=tokensMicro,proto3" json:"tokens_micro,omitempty"` // token bucket: millionths of a job, as of bucket_ms
+	BucketMs      int64                  `protobuf:"varint,4,opt,name=bucket_ms,json=bucketMs,proto3" json:"bucket_ms,omitempty"`          // replicated time the bucket was last refilled
+	RefusedQueued uint64                 `protobuf:"varint,5,opt,name=refused_queued,json=refusedQueued,proto3" json:"refused_queued,omitempty"`
+	RefusedRate   uint64                 `protobuf:"varint,6,opt,name=refused_rate,json=refusedRate,proto3" json:"refused_rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TenantQuota) Reset() {
+	*x = TenantQuota{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TenantQuota) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TenantQuota) ProtoMessage() {}
+
+func (x *TenantQuota) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TenantQuota.ProtoReflect.Descriptor instead.
+func (*TenantQuota) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *TenantQuota) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *TenantQuota) GetLimits() *hodeiv1.TenantLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+func (x *TenantQuota) GetTokensMicro() int64 {
+	if x != nil {
+		return x.TokensMicro
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetBucketMs() int64 {
+	if x != nil {
+		return x.BucketMs
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetRefusedQueued() uint64 {
+	if x != nil {
+		return x.RefusedQueued
+	}
+	return 0
+}
+
+func (x *TenantQuota) GetRefusedRate() uint64 {
+	if x != nil {
+		return x.RefusedRate
+	}
+	return 0
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -2414,7 +2592,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xeb\t\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xbd\n" +
+	"\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -2439,7 +2618,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x10trigger_schedule\x18  \x01(\v2\".hodei.internal.v1.TriggerScheduleH\x00R\x0ftriggerSchedule\x12R\n" +
 	"\x11backfill_schedule\x18! \x01(\v2#.hodei.internal.v1.BackfillScheduleH\x00R\x10backfillSchedule\x12L\n" +
 	"\x0fdelete_schedule\x18\" \x01(\v2!.hodei.internal.v1.DeleteScheduleH\x00R\x0edeleteSchedule\x12I\n" +
-	"\x0efire_schedules\x18# \x01(\v2 .hodei.internal.v1.FireSchedulesH\x00R\rfireSchedulesB\x06\n" +
+	"\x0efire_schedules\x18# \x01(\v2 .hodei.internal.v1.FireSchedulesH\x00R\rfireSchedules\x12P\n" +
+	"\x11set_tenant_limits\x182 \x01(\v2\".hodei.internal.v1.SetTenantLimitsH\x00R\x0fsetTenantLimitsB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -2492,7 +2672,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x06grants\x18\b \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\x128\n" +
 	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\x12.\n" +
 	"\bschedule\x18\x14 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12@\n" +
-	"\rschedule_jobs\x18\x15 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\fscheduleJobs\"\x89\x04\n" +
+	"\rschedule_jobs\x18\x15 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\fscheduleJobs\"\xc1\x04\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -2510,7 +2690,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\vapply_chain\x18\f \x01(\x04R\n" +
 	"applyChain\x12;\n" +
 	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\x12%\n" +
-	"\x0eschedule_count\x18\x14 \x01(\x04R\rscheduleCount\"A\n" +
+	"\x0eschedule_count\x18\x14 \x01(\x04R\rscheduleCount\x126\n" +
+	"\x06quotas\x18( \x03(\v2\x1e.hodei.internal.v1.TenantQuotaR\x06quotas\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"\x84\x03\n" +
@@ -2561,10 +2742,11 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1f\n" +
 	"\vgossip_addr\x18\x03 \x01(\tR\n" +
 	"gossipAddr\x12\x1e\n" +
-	"\vadded_at_ms\x18\x04 \x01(\x03R\taddedAtMs\"@\n" +
+	"\vadded_at_ms\x18\x04 \x01(\x03R\taddedAtMs\"p\n" +
 	"\x0eTenantSettings\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xdd\x01\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\x12.\n" +
+	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xdd\x01\n" +
 	"\tMetaState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
 	"\vshard_count\x18\x02 \x01(\rR\n" +
@@ -2583,7 +2765,17 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
 	"\n" +
 	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenantB\x06\n" +
-	"\x04kind*\x96\x01\n" +
+	"\x04kind\"Y\n" +
+	"\x0fSetTenantLimits\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
+	"\x06limits\x18\x02 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xdf\x01\n" +
+	"\vTenantQuota\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
+	"\x06limits\x18\x02 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\x12!\n" +
+	"\ftokens_micro\x18\x03 \x01(\x03R\vtokensMicro\x12\x1b\n" +
+	"\tbucket_ms\x18\x04 \x01(\x03R\bbucketMs\x12%\n" +
+	"\x0erefused_queued\x18\x05 \x01(\x04R\rrefusedQueued\x12!\n" +
+	"\frefused_rate\x18\x06 \x01(\x04R\vrefusedRate*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -2615,7 +2807,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2648,18 +2840,21 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*TenantSettings)(nil),            // 28: hodei.internal.v1.TenantSettings
 	(*MetaState)(nil),                 // 29: hodei.internal.v1.MetaState
 	(*MetaCommand)(nil),               // 30: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 31: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 32: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 33: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 34: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 35: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 36: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 37: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 38: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 39: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 40: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 41: hodei.v1.CompletionResult
-	(*hodeiv1.Schedule)(nil),          // 42: hodei.v1.Schedule
+	(*SetTenantLimits)(nil),           // 31: hodei.internal.v1.SetTenantLimits
+	(*TenantQuota)(nil),               // 32: hodei.internal.v1.TenantQuota
+	(*hodeiv1.JobSpec)(nil),           // 33: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 34: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 35: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 36: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 37: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 38: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 39: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 40: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 41: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 42: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 43: hodei.v1.CompletionResult
+	(*hodeiv1.Schedule)(nil),          // 44: hodei.v1.Schedule
+	(*hodeiv1.TenantLimits)(nil),      // 45: hodei.v1.TenantLimits
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -2681,38 +2876,43 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	23, // 16: hodei.internal.v1.Command.backfill_schedule:type_name -> hodei.internal.v1.BackfillSchedule
 	24, // 17: hodei.internal.v1.Command.delete_schedule:type_name -> hodei.internal.v1.DeleteSchedule
 	25, // 18: hodei.internal.v1.Command.fire_schedules:type_name -> hodei.internal.v1.FireSchedules
-	31, // 19: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	32, // 20: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 21: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	33, // 22: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	34, // 23: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	35, // 24: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	34, // 25: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 26: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	36, // 27: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	37, // 28: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	38, // 29: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	39, // 30: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	40, // 31: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	41, // 32: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	42, // 33: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
-	36, // 34: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
-	18, // 35: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	28, // 36: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	16, // 37: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 38: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 39: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	42, // 40: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
-	26, // 41: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
-	27, // 42: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	28, // 43: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	27, // 44: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	28, // 45: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	31, // 19: hodei.internal.v1.Command.set_tenant_limits:type_name -> hodei.internal.v1.SetTenantLimits
+	33, // 20: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	34, // 21: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 22: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	35, // 23: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	36, // 24: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	37, // 25: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	36, // 26: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 27: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	38, // 28: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	39, // 29: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	40, // 30: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	41, // 31: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	42, // 32: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	43, // 33: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	44, // 34: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
+	38, // 35: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
+	18, // 36: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	28, // 37: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	32, // 38: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
+	16, // 39: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 40: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 41: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	44, // 42: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
+	26, // 43: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
+	45, // 44: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
+	27, // 45: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	28, // 46: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	27, // 47: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	28, // 48: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	45, // 49: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
+	45, // 50: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
+	51, // [51:51] is the sub-list for method output_type
+	51, // [51:51] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -2739,6 +2939,7 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_BackfillSchedule)(nil),
 		(*Command_DeleteSchedule)(nil),
 		(*Command_FireSchedules)(nil),
+		(*Command_SetTenantLimits)(nil),
 	}
 	file_hodei_internal_v1_command_proto_msgTypes[28].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
@@ -2752,7 +2953,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
