@@ -36,6 +36,10 @@ const (
 	JobState_JOB_STATE_SUCCEEDED   JobState = 3 // terminal
 	JobState_JOB_STATE_FAILED      JobState = 4 // terminal: attempts exhausted
 	JobState_JOB_STATE_CANCELLED   JobState = 5 // terminal
+	// terminal (dead letter): attempts exhausted or the handler said not to
+	// retry, in an entry of version 4; kept with its attempt history under its
+	// own retention and per-tenant bound until retried, requeued or evicted.
+	JobState_JOB_STATE_DEAD JobState = 6
 )
 
 // Enum value maps for JobState.
@@ -47,6 +51,7 @@ var (
 		3: "JOB_STATE_SUCCEEDED",
 		4: "JOB_STATE_FAILED",
 		5: "JOB_STATE_CANCELLED",
+		6: "JOB_STATE_DEAD",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -55,6 +60,7 @@ var (
 		"JOB_STATE_SUCCEEDED":   3,
 		"JOB_STATE_FAILED":      4,
 		"JOB_STATE_CANCELLED":   5,
+		"JOB_STATE_DEAD":        6,
 	}
 )
 
@@ -417,8 +423,15 @@ type Job struct {
 	LastResult       *JobResult             `protobuf:"bytes,13,opt,name=last_result,json=lastResult,proto3" json:"last_result,omitempty"` // result of the latest finished attempt
 	FinishedAtMs     int64                  `protobuf:"varint,14,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
 	CancelReason     string                 `protobuf:"bytes,15,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// ---- dead (issue 11) ----
+	// Earlier attempts, oldest first (the latest finished attempt is
+	// last_result, in full): a bounded summary each, at most 32 kept.
+	History       []*AttemptSummary `protobuf:"bytes,20,rep,name=history,proto3" json:"history,omitempty"`
+	DeadAtMs      int64             `protobuf:"varint,21,opt,name=dead_at_ms,json=deadAtMs,proto3" json:"dead_at_ms,omitempty"`    // DEAD: when the job died (the dead retention runs from here)
+	DeadReason    string            `protobuf:"bytes,22,opt,name=dead_reason,json=deadReason,proto3" json:"dead_reason,omitempty"` // DEAD: "attempts exhausted", "not retryable", "lease expired on the last attempt"
+	Retries       int32             `protobuf:"varint,23,opt,name=retries,proto3" json:"retries,omitempty"`                        // times RetryJob/RequeueJobs put the job back
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -554,6 +567,34 @@ func (x *Job) GetCancelReason() string {
 		return x.CancelReason
 	}
 	return ""
+}
+
+func (x *Job) GetHistory() []*AttemptSummary {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *Job) GetDeadAtMs() int64 {
+	if x != nil {
+		return x.DeadAtMs
+	}
+	return 0
+}
+
+func (x *Job) GetDeadReason() string {
+	if x != nil {
+		return x.DeadReason
+	}
+	return ""
+}
+
+func (x *Job) GetRetries() int32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
 }
 
 type SubmitJobRequest struct {
@@ -4433,6 +4474,331 @@ func (x *ListTenantsResponse) GetTenants() []*TenantStatus {
 	return nil
 }
 
+// AttemptSummary is what a job keeps of one earlier attempt.
+type AttemptSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempt       int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	LeaseToken    uint64                 `protobuf:"varint,3,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	StartedAtMs   int64                  `protobuf:"varint,4,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	FinishedAtMs  int64                  `protobuf:"varint,5,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	ExitCode      int32                  `protobuf:"varint,6,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`                             // at most 512 bytes
+	OutputTail    []byte                 `protobuf:"bytes,8,opt,name=output_tail,json=outputTail,proto3" json:"output_tail,omitempty"` // last 256 bytes of the attempt's output
+	LeaseExpired  bool                   `protobuf:"varint,9,opt,name=lease_expired,json=leaseExpired,proto3" json:"lease_expired,omitempty"`
+	Success       bool                   `protobuf:"varint,10,opt,name=success,proto3" json:"success,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttemptSummary) Reset() {
+	*x = AttemptSummary{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttemptSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttemptSummary) ProtoMessage() {}
+
+func (x *AttemptSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttemptSummary.ProtoReflect.Descriptor instead.
+func (*AttemptSummary) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *AttemptSummary) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AttemptSummary) GetLeaseToken() uint64 {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AttemptSummary) GetOutputTail() []byte {
+	if x != nil {
+		return x.OutputTail
+	}
+	return nil
+}
+
+func (x *AttemptSummary) GetLeaseExpired() bool {
+	if x != nil {
+		return x.LeaseExpired
+	}
+	return false
+}
+
+func (x *AttemptSummary) GetSuccess() bool {
+	if x != nil {
+		return x.Success
+	}
+	return false
+}
+
+type RetryJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobRequest) Reset() {
+	*x = RetryJobRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobRequest) ProtoMessage() {}
+
+func (x *RetryJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobRequest.ProtoReflect.Descriptor instead.
+func (*RetryJobRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *RetryJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RetryJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobResponse) Reset() {
+	*x = RetryJobResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobResponse) ProtoMessage() {}
+
+func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *RetryJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type RequeueJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`                   // empty = all tenants
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`                       // empty = all kinds ("shell" = command jobs)
+	SinceMs       int64                  `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"` // died at or after (0 = no lower bound)
+	UntilMs       int64                  `protobuf:"varint,4,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"` // died before (0 = no upper bound)
+	Limit         int32                  `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`                    // per call; default 1000, max 10000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueJobsRequest) Reset() {
+	*x = RequeueJobsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueJobsRequest) ProtoMessage() {}
+
+func (x *RequeueJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueJobsRequest.ProtoReflect.Descriptor instead.
+func (*RequeueJobsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RequeueJobsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RequeueJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RequeueJobsRequest) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *RequeueJobsRequest) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+func (x *RequeueJobsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type RequeueJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requeued      uint32                 `protobuf:"varint,1,opt,name=requeued,proto3" json:"requeued,omitempty"` // summed over the shards asked
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueJobsResponse) Reset() {
+	*x = RequeueJobsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueJobsResponse) ProtoMessage() {}
+
+func (x *RequeueJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueJobsResponse.ProtoReflect.Descriptor instead.
+func (*RequeueJobsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *RequeueJobsResponse) GetRequeued() uint32 {
+	if x != nil {
+		return x.Requeued
+	}
+	return 0
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -4468,7 +4834,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\x86\x04\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\x93\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -4487,7 +4853,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlast_result\x18\r \x01(\v2\x13.hodei.v1.JobResultR\n" +
 	"lastResult\x12$\n" +
 	"\x0efinished_at_ms\x18\x0e \x01(\x03R\ffinishedAtMs\x12#\n" +
-	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\"X\n" +
+	"\rcancel_reason\x18\x0f \x01(\tR\fcancelReason\x122\n" +
+	"\ahistory\x18\x14 \x03(\v2\x18.hodei.v1.AttemptSummaryR\ahistory\x12\x1c\n" +
+	"\n" +
+	"dead_at_ms\x18\x15 \x01(\x03R\bdeadAtMs\x12\x1f\n" +
+	"\vdead_reason\x18\x16 \x01(\tR\n" +
+	"deadReason\x12\x18\n" +
+	"\aretries\x18\x17 \x01(\x05R\aretries\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -4747,14 +5119,41 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants*\x9b\x01\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\xc5\x02\n" +
+	"\x0eAttemptSummary\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1f\n" +
+	"\vlease_token\x18\x03 \x01(\x04R\n" +
+	"leaseToken\x12\"\n" +
+	"\rstarted_at_ms\x18\x04 \x01(\x03R\vstartedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\x05 \x01(\x03R\ffinishedAtMs\x12\x1b\n" +
+	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x1f\n" +
+	"\voutput_tail\x18\b \x01(\fR\n" +
+	"outputTail\x12#\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\x12\x18\n" +
+	"\asuccess\x18\n" +
+	" \x01(\bR\asuccess\"!\n" +
+	"\x0fRetryJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"3\n" +
+	"\x10RetryJobResponse\x12\x1f\n" +
+	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\"\x8c\x01\n" +
+	"\x12RequeueJobsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\x12\x19\n" +
+	"\buntil_ms\x18\x04 \x01(\x03R\auntilMs\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\"1\n" +
+	"\x13RequeueJobsResponse\x12\x1a\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued*\xaf\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xe1\x02\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x05\x12\x12\n" +
+	"\x0eJOB_STATE_DEAD\x10\x062\xf0\x03\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -4762,7 +5161,9 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"SubmitJobs\x12\x1b.hodei.v1.SubmitJobsRequest\x1a\x1c.hodei.v1.SubmitJobsResponse\x12;\n" +
 	"\x06GetJob\x12\x17.hodei.v1.GetJobRequest\x1a\x18.hodei.v1.GetJobResponse\x12A\n" +
 	"\bListJobs\x12\x19.hodei.v1.ListJobsRequest\x1a\x1a.hodei.v1.ListJobsResponse\x12D\n" +
-	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse2\xb7\x03\n" +
+	"\tCancelJob\x12\x1a.hodei.v1.CancelJobRequest\x1a\x1b.hodei.v1.CancelJobResponse\x12A\n" +
+	"\bRetryJob\x12\x19.hodei.v1.RetryJobRequest\x1a\x1a.hodei.v1.RetryJobResponse\x12J\n" +
+	"\vRequeueJobs\x12\x1c.hodei.v1.RequeueJobsRequest\x1a\x1d.hodei.v1.RequeueJobsResponse2\xb7\x03\n" +
 	"\rWorkerService\x12?\n" +
 	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
@@ -4795,7 +5196,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 74)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                   // 0: hodei.v1.JobState
 	(*KeyValue)(nil),                // 1: hodei.v1.KeyValue
@@ -4867,6 +5268,11 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*SetTenantResponse)(nil),       // 67: hodei.v1.SetTenantResponse
 	(*ListTenantsRequest)(nil),      // 68: hodei.v1.ListTenantsRequest
 	(*ListTenantsResponse)(nil),     // 69: hodei.v1.ListTenantsResponse
+	(*AttemptSummary)(nil),          // 70: hodei.v1.AttemptSummary
+	(*RetryJobRequest)(nil),         // 71: hodei.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),        // 72: hodei.v1.RetryJobResponse
+	(*RequeueJobsRequest)(nil),      // 73: hodei.v1.RequeueJobsRequest
+	(*RequeueJobsResponse)(nil),     // 74: hodei.v1.RequeueJobsResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	1,  // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -4874,103 +5280,109 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	2,  // 2: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
 	0,  // 3: hodei.v1.Job.state:type_name -> hodei.v1.JobState
 	3,  // 4: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	2,  // 5: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	4,  // 6: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	2,  // 7: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	6,  // 8: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	4,  // 9: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
-	0,  // 10: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	4,  // 11: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	4,  // 12: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	4,  // 13: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	1,  // 14: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	15, // 15: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	18, // 16: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	20, // 17: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	3,  // 18: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	4,  // 19: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	3,  // 20: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
-	0,  // 21: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	24, // 22: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	25, // 23: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	1,  // 24: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	24, // 25: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	18, // 26: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	28, // 27: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	29, // 28: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	30, // 29: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	31, // 30: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	15, // 31: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	25, // 32: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	20, // 33: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	18, // 34: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	33, // 35: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	34, // 36: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	35, // 37: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	36, // 38: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	37, // 39: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	38, // 40: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	1,  // 41: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	40, // 42: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	15, // 43: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	42, // 44: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	44, // 45: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	45, // 46: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	44, // 47: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	48, // 48: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	59, // 49: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	58, // 50: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 51: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	58, // 52: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	65, // 53: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	65, // 54: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,  // 55: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	7,  // 56: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	9,  // 57: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	11, // 58: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	13, // 59: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	32, // 60: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	16, // 61: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	19, // 62: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	22, // 63: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	26, // 64: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	41, // 65: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	46, // 66: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	49, // 67: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	51, // 68: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	53, // 69: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	55, // 70: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	57, // 71: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	61, // 72: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	63, // 73: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	66, // 74: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	68, // 75: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	6,  // 76: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	8,  // 77: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	10, // 78: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	12, // 79: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	14, // 80: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	39, // 81: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	17, // 82: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	21, // 83: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	23, // 84: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	27, // 85: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	43, // 86: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	47, // 87: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	50, // 88: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	52, // 89: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	54, // 90: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	56, // 91: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	60, // 92: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	62, // 93: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	64, // 94: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	67, // 95: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	69, // 96: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	76, // [76:97] is the sub-list for method output_type
-	55, // [55:76] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	70, // 5: hodei.v1.Job.history:type_name -> hodei.v1.AttemptSummary
+	2,  // 6: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	4,  // 7: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	2,  // 8: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	6,  // 9: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	4,  // 10: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	0,  // 11: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
+	4,  // 12: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	4,  // 13: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	4,  // 14: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	1,  // 15: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	15, // 16: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	18, // 17: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	20, // 18: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	3,  // 19: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	4,  // 20: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	3,  // 21: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,  // 22: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	24, // 23: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	25, // 24: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	1,  // 25: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	24, // 26: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	18, // 27: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	28, // 28: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	29, // 29: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	30, // 30: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	31, // 31: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	15, // 32: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	25, // 33: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	20, // 34: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	18, // 35: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	33, // 36: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	34, // 37: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	35, // 38: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	36, // 39: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	37, // 40: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	38, // 41: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	1,  // 42: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	40, // 43: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	15, // 44: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	42, // 45: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	44, // 46: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	45, // 47: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	44, // 48: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	48, // 49: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	59, // 50: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	58, // 51: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	58, // 52: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	58, // 53: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	65, // 54: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	65, // 55: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	4,  // 56: hodei.v1.RetryJobResponse.job:type_name -> hodei.v1.Job
+	5,  // 57: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	7,  // 58: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	9,  // 59: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	11, // 60: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	13, // 61: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	71, // 62: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
+	73, // 63: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
+	32, // 64: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	16, // 65: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	19, // 66: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	22, // 67: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	26, // 68: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	41, // 69: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	46, // 70: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	49, // 71: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	51, // 72: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	53, // 73: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	55, // 74: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	57, // 75: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	61, // 76: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	63, // 77: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	66, // 78: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	68, // 79: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	6,  // 80: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	8,  // 81: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	10, // 82: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	12, // 83: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	14, // 84: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	72, // 85: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
+	74, // 86: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
+	39, // 87: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	17, // 88: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	21, // 89: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	23, // 90: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	27, // 91: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	43, // 92: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	47, // 93: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	50, // 94: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	52, // 95: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	54, // 96: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	56, // 97: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	60, // 98: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	62, // 99: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	64, // 100: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	67, // 101: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	69, // 102: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	80, // [80:103] is the sub-list for method output_type
+	57, // [57:80] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -4998,7 +5410,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   69,
+			NumMessages:   74,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -22,11 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	JobService_SubmitJob_FullMethodName  = "/hodei.v1.JobService/SubmitJob"
-	JobService_SubmitJobs_FullMethodName = "/hodei.v1.JobService/SubmitJobs"
-	JobService_GetJob_FullMethodName     = "/hodei.v1.JobService/GetJob"
-	JobService_ListJobs_FullMethodName   = "/hodei.v1.JobService/ListJobs"
-	JobService_CancelJob_FullMethodName  = "/hodei.v1.JobService/CancelJob"
+	JobService_SubmitJob_FullMethodName   = "/hodei.v1.JobService/SubmitJob"
+	JobService_SubmitJobs_FullMethodName  = "/hodei.v1.JobService/SubmitJobs"
+	JobService_GetJob_FullMethodName      = "/hodei.v1.JobService/GetJob"
+	JobService_ListJobs_FullMethodName    = "/hodei.v1.JobService/ListJobs"
+	JobService_CancelJob_FullMethodName   = "/hodei.v1.JobService/CancelJob"
+	JobService_RetryJob_FullMethodName    = "/hodei.v1.JobService/RetryJob"
+	JobService_RequeueJobs_FullMethodName = "/hodei.v1.JobService/RequeueJobs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -38,6 +40,13 @@ type JobServiceClient interface {
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*GetJobResponse, error)
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*CancelJobResponse, error)
+	// issue 11 dead
+	// RetryJob puts one DEAD, FAILED or CANCELLED job back to PENDING with a
+	// fresh set of attempts, keeping its history.
+	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
+	// RequeueJobs puts DEAD jobs matching a filter back to PENDING, at most
+	// limit per call (repeat until requeued is 0).
+	RequeueJobs(ctx context.Context, in *RequeueJobsRequest, opts ...grpc.CallOption) (*RequeueJobsResponse, error)
 }
 
 type jobServiceClient struct {
@@ -98,6 +107,26 @@ func (c *jobServiceClient) CancelJob(ctx context.Context, in *CancelJobRequest, 
 	return out, nil
 }
 
+func (c *jobServiceClient) RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryJobResponse)
+	err := c.cc.Invoke(ctx, JobService_RetryJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) RequeueJobs(ctx context.Context, in *RequeueJobsRequest, opts ...grpc.CallOption) (*RequeueJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequeueJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_RequeueJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -107,6 +136,13 @@ type JobServiceServer interface {
 	GetJob(context.Context, *GetJobRequest) (*GetJobResponse, error)
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error)
+	// issue 11 dead
+	// RetryJob puts one DEAD, FAILED or CANCELLED job back to PENDING with a
+	// fresh set of attempts, keeping its history.
+	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
+	// RequeueJobs puts DEAD jobs matching a filter back to PENDING, at most
+	// limit per call (repeat until requeued is 0).
+	RequeueJobs(context.Context, *RequeueJobsRequest) (*RequeueJobsResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -131,6 +167,12 @@ func (UnimplementedJobServiceServer) ListJobs(context.Context, *ListJobsRequest)
 }
 func (UnimplementedJobServiceServer) CancelJob(context.Context, *CancelJobRequest) (*CancelJobResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelJob not implemented")
+}
+func (UnimplementedJobServiceServer) RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryJob not implemented")
+}
+func (UnimplementedJobServiceServer) RequeueJobs(context.Context, *RequeueJobsRequest) (*RequeueJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequeueJobs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -243,6 +285,42 @@ func _JobService_CancelJob_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _JobService_RetryJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RetryJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_RetryJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RetryJob(ctx, req.(*RetryJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_RequeueJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequeueJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RequeueJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_RequeueJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RequeueJobs(ctx, req.(*RequeueJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -269,6 +347,14 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelJob",
 			Handler:    _JobService_CancelJob_Handler,
+		},
+		{
+			MethodName: "RetryJob",
+			Handler:    _JobService_RetryJob_Handler,
+		},
+		{
+			MethodName: "RequeueJobs",
+			Handler:    _JobService_RequeueJobs_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

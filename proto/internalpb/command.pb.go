@@ -235,6 +235,7 @@ type Command struct {
 	//	*Command_SetTenantWeight
 	//	*Command_LeaseBatch
 	//	*Command_CompleteJobs
+	//	*Command_RetryJobs
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -392,6 +393,15 @@ func (x *Command) GetCompleteJobs() *CompleteJobs {
 	return nil
 }
 
+func (x *Command) GetRetryJobs() *RetryJobs {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_RetryJobs); ok {
+			return x.RetryJobs
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -444,6 +454,10 @@ type Command_CompleteJobs struct {
 	CompleteJobs *CompleteJobs `protobuf:"bytes,21,opt,name=complete_jobs,json=completeJobs,proto3,oneof"` // only in entries of version >= 3
 }
 
+type Command_RetryJobs struct {
+	RetryJobs *RetryJobs `protobuf:"bytes,40,opt,name=retry_jobs,json=retryJobs,proto3,oneof"` // dead (issue 11): only in entries of version >= 4
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -467,6 +481,8 @@ func (*Command_SetTenantWeight) isCommand_Kind() {}
 func (*Command_LeaseBatch) isCommand_Kind() {}
 
 func (*Command_CompleteJobs) isCommand_Kind() {}
+
+func (*Command_RetryJobs) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1883,6 +1899,94 @@ func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
 
+// RetryJobs puts jobs back to PENDING with fresh attempts: the one job_id
+// (DEAD, FAILED or CANCELLED), or else the DEAD jobs matching the filter, in
+// order of death, at most limit. The result is the job (by id) or the
+// count requeued (by filter), so its request record is an ordinary one.
+type RetryJobs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	SinceMs       int64                  `protobuf:"varint,4,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	UntilMs       int64                  `protobuf:"varint,5,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`
+	Limit         uint32                 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobs) Reset() {
+	*x = RetryJobs{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobs) ProtoMessage() {}
+
+func (x *RetryJobs) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobs.ProtoReflect.Descriptor instead.
+func (*RetryJobs) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RetryJobs) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *RetryJobs) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+func (x *RetryJobs) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -1891,7 +1995,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\x94\x06\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xd3\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -1910,7 +2014,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x11set_tenant_weight\x18\x13 \x01(\v2\".hodei.internal.v1.SetTenantWeightH\x00R\x0fsetTenantWeight\x12@\n" +
 	"\vlease_batch\x18\x14 \x01(\v2\x1d.hodei.internal.v1.LeaseBatchH\x00R\n" +
 	"leaseBatch\x12F\n" +
-	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobsB\x06\n" +
+	"\rcomplete_jobs\x18\x15 \x01(\v2\x1f.hodei.internal.v1.CompleteJobsH\x00R\fcompleteJobs\x12=\n" +
+	"\n" +
+	"retry_jobs\x18( \x01(\v2\x1c.hodei.internal.v1.RetryJobsH\x00R\tretryJobsB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -2027,7 +2133,14 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
 	"\n" +
 	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenantB\x06\n" +
-	"\x04kind*\x96\x01\n" +
+	"\x04kind\"\x9a\x01\n" +
+	"\tRetryJobs\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x04 \x01(\x03R\asinceMs\x12\x19\n" +
+	"\buntil_ms\x18\x05 \x01(\x03R\auntilMs\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -2059,7 +2172,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2085,17 +2198,18 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*TenantSettings)(nil),            // 21: hodei.internal.v1.TenantSettings
 	(*MetaState)(nil),                 // 22: hodei.internal.v1.MetaState
 	(*MetaCommand)(nil),               // 23: hodei.internal.v1.MetaCommand
-	(*hodeiv1.JobSpec)(nil),           // 24: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 25: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 26: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 27: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 28: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 29: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 30: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 31: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 32: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 33: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 34: hodei.v1.CompletionResult
+	(*RetryJobs)(nil),                 // 24: hodei.internal.v1.RetryJobs
+	(*hodeiv1.JobSpec)(nil),           // 25: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 26: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 27: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 28: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 29: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 30: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 31: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 32: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 33: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 34: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 35: hodei.v1.CompletionResult
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -2111,34 +2225,35 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	15, // 10: hodei.internal.v1.Command.set_tenant_weight:type_name -> hodei.internal.v1.SetTenantWeight
 	6,  // 11: hodei.internal.v1.Command.lease_batch:type_name -> hodei.internal.v1.LeaseBatch
 	7,  // 12: hodei.internal.v1.Command.complete_jobs:type_name -> hodei.internal.v1.CompleteJobs
-	24, // 13: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	25, // 14: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 15: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	26, // 16: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	27, // 17: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	28, // 18: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	27, // 19: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 20: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	29, // 21: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	30, // 22: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	31, // 23: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	32, // 24: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	33, // 25: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	34, // 26: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	18, // 27: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	21, // 28: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	16, // 29: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 30: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 31: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	20, // 32: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	21, // 33: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	20, // 34: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	21, // 35: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	24, // 13: hodei.internal.v1.Command.retry_jobs:type_name -> hodei.internal.v1.RetryJobs
+	25, // 14: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	26, // 15: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 16: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	27, // 17: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	28, // 18: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	29, // 19: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	28, // 20: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 21: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	30, // 22: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	31, // 23: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	32, // 24: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	33, // 25: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	34, // 26: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	35, // 27: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	18, // 28: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	21, // 29: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	16, // 30: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 31: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 32: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	20, // 33: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	21, // 34: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	20, // 35: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	21, // 36: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	37, // [37:37] is the sub-list for method output_type
+	37, // [37:37] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -2159,6 +2274,7 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_SetTenantWeight)(nil),
 		(*Command_LeaseBatch)(nil),
 		(*Command_CompleteJobs)(nil),
+		(*Command_RetryJobs)(nil),
 	}
 	file_hodei_internal_v1_command_proto_msgTypes[21].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
@@ -2172,7 +2288,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
