@@ -134,6 +134,8 @@ func (m *metrics) event(e fsm.Event) {
 		m.completed.WithLabelValues("failed").Inc()
 	case hodeiv1.JobState_JOB_STATE_CANCELLED:
 		m.completed.WithLabelValues("cancelled").Inc()
+	case hodeiv1.JobState_JOB_STATE_DEAD:
+		m.completed.WithLabelValues("dead").Inc()
 	}
 }
 

@@ -38,6 +38,11 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 	v := uint32(EntryVersion)
 	for _, c := range cmds {
+		if needsSemantics(c) {
+			return EntryVersionSemantics
+		}
+	}
+	for _, c := range cmds {
 		if needsDispatchVersion(c) {
 			return EntryVersionDispatch
 		}

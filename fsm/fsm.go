@@ -48,12 +48,20 @@ const (
 	// payload: a binary that predates them would drop those fields and
 	// decide differently. In an older entry they are rejected.
 	EntryVersionDispatch = 3
+	// EntryVersionSemantics is the version of entries whose completions,
+	// expiries and GC follow the issue 11 rules (dead.go: a job out of
+	// attempts or not retryable ends DEAD with its attempt history, dead
+	// jobs have their own retention and per-tenant bound), and of entries
+	// carrying RetryJobs. Proposers use it once the whole cluster runs a
+	// binary that knows it (EntryVersionForCluster); in an older entry the
+	// same commands apply exactly as before.
+	EntryVersionSemantics = 4
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
-	MaxEntryVersion = EntryVersionDispatch
+	MaxEntryVersion = EntryVersionSemantics
 )
 
-// Snapshot format versions. Restore accepts versions 1 to SnapshotVersion.
+// Snapshot format versions. Restore accepts versions 1 to snapshotVersionSemantics.
 // Snapshot writes the lowest version that can represent the state, so that
 // a binary of an older release fails loudly only on a snapshot it could not
 // represent, and installs the others: a state with neither tenant weights
@@ -73,6 +81,10 @@ const (
 	// when there is a request record. Records of versions 1 and 2 are
 	// converted to compact records on restore.
 	SnapshotVersion = 3
+	// snapshotVersionSemantics (4) is written when a job carries issue 11
+	// state (DEAD, attempt history, retries; see dead.go): those are Job
+	// fields, so there is no new section. Its request records are compact.
+	snapshotVersionSemantics = 4
 )
 
 // Config holds the replicated-state knobs. All replicas of a shard must use
@@ -88,6 +100,12 @@ type Config struct {
 	MaxRequests          int   // memory backstop: at most this many request-id records (oldest evicted first)
 	MaxPayloadBytes      int   // limit of args+env+labels bytes of one spec
 	MaxOutputBytes       int   // JobResult.output is truncated to its last MaxOutputBytes bytes
+	// dead (issue 11): in entries of version 4, a DEAD job is removed by GC
+	// DeadRetentionMs after it died (0 = kept until the bound evicts it),
+	// and a tenant keeps at most MaxDeadPerTenant DEAD jobs in this shard
+	// (the oldest dead is evicted first, reported through Options.OnDeadEvicted).
+	DeadRetentionMs  int64
+	MaxDeadPerTenant int
 }
 
 // DefaultConfig returns the default configuration for shard 0.
@@ -109,6 +127,11 @@ func DefaultConfig() Config {
 		MaxRequests:     2_000_000,
 		MaxPayloadBytes: 1 << 20,
 		MaxOutputBytes:  64 << 10,
+		// 7 days, against the 24 h of finished jobs: time to notice and
+		// retry. 10,000 dead per tenant per shard is at most ~10k * (64 KiB
+		// last output + 32 * 800 B history) in the worst case.
+		DeadRetentionMs:  7 * 24 * 3600 * 1000,
+		MaxDeadPerTenant: 10_000,
 	}
 }
 
@@ -142,6 +165,12 @@ func (c Config) Validate() error {
 	if c.MaxOutputBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxOutputBytes must be >= 0, got %d", c.MaxOutputBytes))
 	}
+	if c.DeadRetentionMs < 0 {
+		errs = append(errs, fmt.Errorf("DeadRetentionMs must be >= 0, got %d", c.DeadRetentionMs))
+	}
+	if c.MaxDeadPerTenant < 1 {
+		errs = append(errs, fmt.Errorf("MaxDeadPerTenant must be >= 1, got %d", c.MaxDeadPerTenant))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("fsm config: %w", errors.Join(errs...))
 	}
@@ -167,6 +196,10 @@ type Options struct {
 	// OnDivergence is called (synchronously, outside the FSM lock) when a
 	// Checkpoint does not match this replica's apply chain.
 	OnDivergence func(Divergence)
+	// OnDeadEvicted is called (synchronously, outside the FSM lock) after
+	// an apply that removed DEAD jobs, by the per-tenant bound or by the
+	// dead retention: evictions are never silent (dead.go).
+	OnDeadEvicted func(index uint64, evicted []DeadEviction)
 }
 
 // FSM is the replicated state of one shard. It implements raft.FSM. Apply,
@@ -243,6 +276,8 @@ func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalp
 		}
 	}
 	results, events := f.st.applyEntry(index, e)
+	evicted := f.st.evicted
+	f.st.evicted = nil
 	if l != nil {
 		f.st.chain = chainNext(f.st.chain, l.Index, l.Term, l.Data)
 		f.record(l.Index)
@@ -252,6 +287,9 @@ func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalp
 		for _, d := range divs {
 			f.opts.OnDivergence(d)
 		}
+	}
+	if f.opts.OnDeadEvicted != nil && len(evicted) > 0 {
+		f.opts.OnDeadEvicted(index, evicted)
 	}
 	if f.opts.OnApply != nil && len(events) > 0 {
 		f.opts.OnApply(index, events)

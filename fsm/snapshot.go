@@ -59,8 +59,17 @@ func (s *state) encodeSnapshot() []byte {
 	}
 	sort.Strings(names)
 	weights := s.sortedWeights()
+	semantics := false
+	for _, j := range s.jobs { // any order: only whether one exists
+		if hasSemanticsState(j) {
+			semantics = true
+			break
+		}
+	}
 	version := uint32(snapshotVersionNoWeights)
 	switch {
+	case semantics:
+		version = snapshotVersionSemantics
 	case nreqs > 0:
 		version = SnapshotVersion
 	case len(weights) > 0:
@@ -191,8 +200,8 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 		return nil, corrupt("checksum mismatch: computed %08x, trailer says %08x", got, want)
 	}
 	version := binary.BigEndian.Uint32(body[len(snapshotMagic):])
-	if version < snapshotVersionNoWeights || version > SnapshotVersion {
-		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, SnapshotVersion)
+	if version < snapshotVersionNoWeights || version > snapshotVersionSemantics {
+		return nil, fmt.Errorf("fsm: snapshot version %d is not supported (this binary reads versions %d to %d)", version, snapshotVersionNoWeights, snapshotVersionSemantics)
 	}
 	rest := body[len(snapshotMagic)+4:]
 	next := func(m proto.Message) error {
@@ -273,6 +282,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 		if st <= hodeiv1.JobState_JOB_STATE_UNSPECIFIED || int(st) >= numStates {
 			return nil, corrupt("job %s has state %v", j.GetId(), st)
 		}
+		if version < snapshotVersionSemantics && hasSemanticsState(j) {
+			return nil, corrupt("job %s has dead-letter state in a version %d snapshot", j.GetId(), version)
+		}
 		if j.GetLeaseToken() > s.nextToken {
 			return nil, corrupt("job %s token %d > next_token %d", j.GetId(), j.GetLeaseToken(), s.nextToken)
 		}
@@ -300,6 +312,13 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 			}
 		case st == hodeiv1.JobState_JOB_STATE_RUNNING:
 			s.leases.ReplaceOrInsert(timeKey{j.GetLeaseExpiresAtMs(), seq})
+		case st == hodeiv1.JobState_JOB_STATE_DEAD:
+			k := timeKey{j.GetDeadAtMs(), seq}
+			s.dead.ReplaceOrInsert(k)
+			if t.dead == nil {
+				t.dead = newTimeTree()
+			}
+			t.dead.ReplaceOrInsert(k)
 		default:
 			s.finished.ReplaceOrInsert(timeKey{j.GetFinishedAtMs(), seq})
 		}
