@@ -19,6 +19,7 @@ type metrics struct {
 	leaderChanges prometheus.Counter
 	applySeconds  prometheus.Histogram
 	entryCommands prometheus.Histogram
+	dead          deadMetrics // issue 11, dead_metrics.go
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -116,6 +117,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(total)
 		}))
 	}
+	m.dead = newDeadMetrics(reg, n)
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}

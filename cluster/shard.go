@@ -48,7 +48,7 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	s := &shard{id: id, node: n, log: cfg.Logger.With("shard", id), notify: make(chan bool, 16), tenantSync: make(chan struct{}, 1), stop: make(chan struct{})}
 	fcfg := cfg.FSM
 	fcfg.Shard = id
-	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence})
+	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence, OnDeadEvicted: s.onDeadEvicted})
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +159,7 @@ func (s *shard) becomeLeader() {
 		Shard:           s.id,
 		Grace:           s.node.cfg.LeaderGrace,
 		Retention:       s.node.cfg.Retention,
+		DeadRetention:   time.Duration(s.node.cfg.FSM.DeadRetentionMs) * time.Millisecond,
 		Tick:            s.node.cfg.TimerTick,
 		Logger:          s.log,
 		OnExpire:        func(n int) { s.node.metrics.leaseExpiries.Add(float64(n)) },

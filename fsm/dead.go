@@ -361,3 +361,11 @@ func hasSemanticsState(j *hodeiv1.Job) bool {
 	return j.GetState() == hodeiv1.JobState_JOB_STATE_DEAD || len(j.GetHistory()) > 0 || j.GetRetries() != 0 ||
 		j.GetDeadAtMs() != 0 || j.GetDeadReason() != ""
 }
+
+// OldestDeadAt is when the longest-dead DEAD job of the shard died.
+func (f *FSM) OldestDeadAt() (int64, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	k, ok := f.st.dead.Min()
+	return k.at, ok
+}

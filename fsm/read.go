@@ -21,7 +21,7 @@ const (
 // Stats are the FSM's counters.
 type Stats struct {
 	Jobs, Ready, Delayed, Running, Succeeded, Failed, Cancelled int
-	Dead                                                    int // issue 11
+	Dead                                                        int // issue 11
 	Tenants                                                     int
 	AppliedIndex                                                uint64
 	LastNowMs                                                   int64
