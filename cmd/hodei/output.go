@@ -163,6 +163,7 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 	})
 	rowIf(job.GetFinishedAtMs() > 0, "Finished", func() string { return fmtMillis(job.GetFinishedAtMs()) })
 	rowIf(job.GetCancelReason() != "", "Cancel reason", job.GetCancelReason)
+	deadRows(row, job) // issue 11, job_dead.go
 	if r := job.GetLastResult(); r != nil {
 		row("Last result", "")
 		row("  Exit code", strconv.Itoa(int(r.GetExitCode())))
@@ -189,7 +190,7 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 			fmt.Fprintln(w, "    "+line)
 		}
 	}
-	return nil
+	return printAttemptHistory(w, job) // issue 11, job_dead.go
 }
 
 // printJob prints one job in the --output format.
