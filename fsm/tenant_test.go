@@ -228,9 +228,9 @@ func TestSnapshotWeightsValidated(t *testing.T) {
 		}
 	}
 	// A version this binary does not know fails clearly.
-	err := other.f.Restore(io.NopCloser(bytes.NewReader(frameVersion(t, SnapshotVersion+1, hdr(SnapshotVersion+1)))))
-	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("snapshot version %d is not supported", SnapshotVersion+1)) {
-		t.Fatalf("version %d: %v", SnapshotVersion+1, err)
+	err := other.f.Restore(io.NopCloser(bytes.NewReader(frameVersion(t, snapshotVersionSemantics+1, hdr(snapshotVersionSemantics+1)))))
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("snapshot version %d is not supported", snapshotVersionSemantics+1)) {
+		t.Fatalf("version %d: %v", snapshotVersionSemantics+1, err)
 	}
 	if _, after := other.f.Digest(); after != before {
 		t.Fatal("failed restore changed the state")
