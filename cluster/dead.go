@@ -99,6 +99,11 @@ func (s *shard) onDeadEvicted(index uint64, ev []fsm.DeadEviction) {
 	}
 }
 
+// ValidateRequeue checks a requeue filter with the FSM's rules.
+func (n *Node) ValidateRequeue(tenant, kind string, sinceMs, untilMs int64, limit uint32) error {
+	return fsm.ValidateRequeue(tenant, kind, sinceMs, untilMs, limit)
+}
+
 // RetryJob puts one DEAD, FAILED or CANCELLED job of shard id back to PENDING.
 func (n *Node) RetryJob(ctx context.Context, id uint32, jobID string) (*hodeiv1.Job, error) {
 	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_RetryJobs{RetryJobs: &internalpb.RetryJobs{JobId: jobID}}})

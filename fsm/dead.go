@@ -47,8 +47,6 @@ const (
 	maxSummaryOutput   = 256
 	// MaxRequeue bounds the jobs one RetryJobs by filter puts back.
 	MaxRequeue = 10000
-	// DefaultRequeueLimit is used by the API when a requeue names no limit.
-	DefaultRequeueLimit = 1000
 )
 
 // Dead reasons (Job.dead_reason).

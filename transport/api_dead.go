@@ -5,16 +5,21 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
 // DeadBackend serves the dead-letter calls of JobService (issue 11) on the
 // shard leader.
 type DeadBackend interface {
+	// ValidateRequeue checks a requeue filter (the FSM's rules) before any
+	// shard is asked.
+	ValidateRequeue(tenant, kind string, sinceMs, untilMs int64, limit uint32) error
 	RetryJob(ctx context.Context, shard uint32, id string) (*hodeiv1.Job, error)
 	RequeueJobs(ctx context.Context, shard uint32, req *hodeiv1.RequeueJobsRequest, limit uint32) (uint32, error)
 }
+
+// defaultRequeueLimit is the limit of a RequeueJobs that names none.
+const defaultRequeueLimit = 1000
 
 func (s *jobService) RetryJob(ctx context.Context, req *hodeiv1.RetryJobRequest) (*hodeiv1.RetryJobResponse, error) {
 	a := s.a
@@ -49,9 +54,9 @@ func (s *jobService) RequeueJobs(ctx context.Context, req *hodeiv1.RequeueJobsRe
 	}
 	limit := uint32(req.GetLimit())
 	if limit == 0 {
-		limit = fsm.DefaultRequeueLimit
+		limit = defaultRequeueLimit
 	}
-	if err := fsm.ValidateRequeue(req.GetTenant(), req.GetKind(), req.GetSinceMs(), req.GetUntilMs(), limit); err != nil {
+	if err := a.b.ValidateRequeue(req.GetTenant(), req.GetKind(), req.GetSinceMs(), req.GetUntilMs(), limit); err != nil {
 		return nil, invalid("%v", err)
 	}
 	var shards []uint32
