@@ -456,3 +456,25 @@ func TestEntryVersionForCluster(t *testing.T) {
 		t.Fatalf("retry_jobs: %d", v)
 	}
 }
+
+// BenchmarkFailedCompletion is the cost of a failed, retried completion
+// with a 64 KiB output, in entries of version 3 (no history) and 4 (the
+// previous result summarized into the history).
+func BenchmarkFailedCompletion(b *testing.B) {
+	out := bytes.Repeat([]byte("x"), 64<<10)
+	for _, v := range []uint32{EntryVersionDispatch, EntryVersionSemantics} {
+		b.Run("v"+string(rune('0'+v)), func(b *testing.B) {
+			d := newDeadHarness(b, nil)
+			d.v = v
+			id := d.submit(&hodeiv1.JobSpec{Command: []string{"x"}, MaxAttempts: 1 << 30, BackoffBaseMs: 1, BackoffMaxMs: 1})
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				_, tok := d.leaseOne("w")
+				d.must(completeJobsCmd(&hodeiv1.Completion{JobId: id, Token: tok, Retryable: true, Result: &hodeiv1.JobResult{Output: out, Error: "e"}}))
+				d.now += 2
+				d.must(promoteCmd())
+			}
+		})
+	}
+}
