@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/hodei-io/hodei/client"
+	"github.com/hodei-io/hodei/cluster"
 	hodeiv1 "github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
@@ -167,4 +168,16 @@ func oneLine(s string, n int) string {
 		s = "…" + string(r[len(r)-n+1:])
 	}
 	return s
+}
+
+// addDeadServerFlags adds the dead-letter settings to `hodei server`. The
+// FSM settings must be the same on every node of the cluster. apply copies
+// the duration into cfg before the node starts.
+func addDeadServerFlags(cmd *cobra.Command, cfg *cluster.Config) (apply func()) {
+	retention := time.Duration(cfg.FSM.DeadRetentionMs) * time.Millisecond
+	f := cmd.Flags()
+	f.DurationVar(&retention, "dead-retention", retention, "how long DEAD jobs are kept (0: until the per-tenant bound evicts them); the same on every node")
+	f.IntVar(&cfg.FSM.MaxDeadPerTenant, "max-dead-per-tenant", cfg.FSM.MaxDeadPerTenant, "DEAD jobs kept per tenant per shard (the oldest is evicted, counted and logged); the same on every node")
+	f.BoolVar(&cfg.DeadLetters, "dead-letters", cfg.DeadLetters, "propose version 4 entries (jobs end DEAD with their attempt history); turn off while upgrading from a release without dead letters")
+	return func() { cfg.FSM.DeadRetentionMs = retention.Milliseconds() }
 }
