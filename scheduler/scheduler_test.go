@@ -38,6 +38,8 @@ type fsmProposer struct {
 	f     *fsm.FSM
 	clock *clock
 	index uint64
+	// version of the entries proposed; 0 is fsm.EntryVersion.
+	version uint32
 
 	checkpoints int
 }
@@ -46,7 +48,11 @@ func (p *fsmProposer) Propose(_ context.Context, cmd *internalpb.Command) (*inte
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.index++
-	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersion, NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
+	v := p.version
+	if v == 0 {
+		v = fsm.EntryVersion
+	}
+	data, err := proto.Marshal(&internalpb.Entry{Version: v, NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
 	if err != nil {
 		return nil, err
 	}
