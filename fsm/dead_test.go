@@ -15,6 +15,7 @@ type deadHarness struct {
 	*harness
 	v       uint32
 	evicted []DeadEviction
+	noCheck bool // skip checkInvariants after each command (benchmarks)
 }
 
 func newDeadHarness(t testing.TB, mod func(*Config)) *deadHarness {
@@ -36,7 +37,11 @@ func (d *deadHarness) run(c *internalpb.Command) *internalpb.CommandResult {
 	d.index++
 	e := &internalpb.Entry{Version: d.v, NowMs: d.now, Commands: []*internalpb.Command{c}}
 	d.log = append(d.log, e)
-	return d.f.ApplyEntry(d.index, e)[0]
+	r := d.f.ApplyEntry(d.index, e)[0]
+	if !d.noCheck {
+		checkInvariants(d.t, d.f)
+	}
+	return r
 }
 
 func (d *deadHarness) must(c *internalpb.Command) *internalpb.CommandResult {
@@ -465,7 +470,7 @@ func BenchmarkFailedCompletion(b *testing.B) {
 	for _, v := range []uint32{EntryVersionDispatch, EntryVersionSemantics} {
 		b.Run("v"+string(rune('0'+v)), func(b *testing.B) {
 			d := newDeadHarness(b, nil)
-			d.v = v
+			d.v, d.noCheck = v, true
 			id := d.submit(&hodeiv1.JobSpec{Command: []string{"x"}, MaxAttempts: 1 << 30, BackoffBaseMs: 1, BackoffMaxMs: 1})
 			b.ReportAllocs()
 			b.ResetTimer()

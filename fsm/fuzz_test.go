@@ -98,6 +98,10 @@ func fuzzSeedEntries() []*internalpb.Entry {
 		e(cancelCmd("0-2", "why"), gcCmd(10000, 5), withRID("r", cancelCmd("0-3", ""))),
 		{Version: EntryVersionTenantWeights, NowMs: 5000, Commands: []*internalpb.Command{
 			setWeightCmd("t", 3), setWeightCmd("a", 1), setWeightCmd("", 2), leaseCmd("w", 4)}},
+		// dead letters (issue 11): deaths, history, retry and requeue, dead GC
+		{Version: EntryVersionSemantics, NowMs: 6000, Commands: []*internalpb.Command{
+			leaseCmd("w", 2), completeCmd("0-1", 2, false, false), retryCmd("0-1"), requeueCmd("", "", 0, 0, 5),
+			withRID("rq", requeueCmd("default", "shell", 1, 7000, 1)), retryCmd("0-9"), gcCmd(0, 3)}},
 		{Version: MaxEntryVersion + 1},
 	}
 }
