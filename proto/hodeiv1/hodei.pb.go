@@ -34,7 +34,7 @@ const (
 	JobState_JOB_STATE_PENDING     JobState = 1 // waiting to be leased (possibly delayed until ready_at_ms)
 	JobState_JOB_STATE_RUNNING     JobState = 2 // leased to a worker
 	JobState_JOB_STATE_SUCCEEDED   JobState = 3 // terminal
-	JobState_JOB_STATE_FAILED      JobState = 4 // terminal: attempts exhausted
+	JobState_JOB_STATE_FAILED      JobState = 4 // terminal: attempts exhausted (under entries of versions 1-3; now DEAD)
 	JobState_JOB_STATE_CANCELLED   JobState = 5 // terminal
 	// terminal (dead letter): attempts exhausted or the handler said not to
 	// retry, in an entry of version 4; kept with its attempt history under its

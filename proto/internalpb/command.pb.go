@@ -158,8 +158,11 @@ type Entry struct {
 	// fsm.EntryVersion (1), fsm.EntryVersionTenantWeights (2) for an entry
 	// that carries a SetTenantWeight, or fsm.EntryVersionDispatch (3) for one
 	// that carries LeaseBatch, CompleteJobs, a lease with kinds or a job with a
-	// kind or payload (fsm.EntryVersionFor chooses); a version newer than a node
-	// understands stops that node loudly.
+	// kind or payload (fsm.EntryVersionFor chooses), or
+	// fsm.EntryVersionSemantics (4) for one that carries RetryJobs or, once the
+	// whole cluster knows it, completions, expiries and GC (dead letters, issue
+	// 11; fsm.EntryVersionForCluster); a version newer than a node understands
+	// stops that node loudly.
 	Version       uint32     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NowMs         int64      `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	Commands      []*Command `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
