@@ -13,7 +13,7 @@ import (
 // job in another state is refused with FailedPrecondition naming the
 // state; an unknown id with NotFound.
 func (c *Client) RetryJob(ctx context.Context, id string) (*hodeiv1.Job, error) {
-	req := &hodeiv1.RetryJobRequest{Id: id}
+	req := &hodeiv1.RetryJobRequest{Id: id, RequestId: NewRequestID()}
 	var resp *hodeiv1.RetryJobResponse
 	err := c.invokeShard(ctx, c.cfg.CallTimeout, c.jobShard(ctx, id), func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.jobs(cc).RetryJob(ctx, req)
@@ -28,8 +28,11 @@ func (c *Client) RetryJob(ctx context.Context, id string) (*hodeiv1.Job, error) 
 
 // RequeueJobs puts DEAD jobs matching the filter back to PENDING, at most
 // req.limit (default 1000, max 10000) per call, and returns how many. Call
-// again until it returns 0 to requeue them all.
+// again until it returns 0 to requeue them all. Both calls carry a request
+// id (a fresh one unless set), so a retry after a lost reply answers the
+// first result instead of acting twice.
 func (c *Client) RequeueJobs(ctx context.Context, req *hodeiv1.RequeueJobsRequest) (uint32, error) {
+	req = withRequestID(req, (*hodeiv1.RequeueJobsRequest).GetRequestId, func(m *hodeiv1.RequeueJobsRequest, id string) { m.RequestId = id })
 	var resp *hodeiv1.RequeueJobsResponse
 	err := c.invoke(ctx, c.cfg.CallTimeout, "", func(ctx context.Context, cc *grpc.ClientConn) error {
 		r, err := c.jobs(cc).RequeueJobs(ctx, req)

@@ -105,8 +105,8 @@ func (n *Node) ValidateRequeue(tenant, kind string, sinceMs, untilMs int64, limi
 }
 
 // RetryJob puts one DEAD, FAILED or CANCELLED job of shard id back to PENDING.
-func (n *Node) RetryJob(ctx context.Context, id uint32, jobID string) (*hodeiv1.Job, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_RetryJobs{RetryJobs: &internalpb.RetryJobs{JobId: jobID}}})
+func (n *Node) RetryJob(ctx context.Context, id uint32, jobID, requestID string) (*hodeiv1.Job, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_RetryJobs{RetryJobs: &internalpb.RetryJobs{JobId: jobID}}})
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (n *Node) RetryJob(ctx context.Context, id uint32, jobID string) (*hodeiv1.
 
 // RequeueJobs puts up to limit DEAD jobs of shard id matching the filter back.
 func (n *Node) RequeueJobs(ctx context.Context, id uint32, req *hodeiv1.RequeueJobsRequest, limit uint32) (uint32, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_RetryJobs{RetryJobs: &internalpb.RetryJobs{
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: req.GetRequestId(), Kind: &internalpb.Command_RetryJobs{RetryJobs: &internalpb.RetryJobs{
 		Tenant: req.GetTenant(), Kind: req.GetKind(), SinceMs: req.GetSinceMs(), UntilMs: req.GetUntilMs(), Limit: limit}}})
 	if err != nil {
 		return 0, err

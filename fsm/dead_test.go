@@ -483,3 +483,31 @@ func BenchmarkFailedCompletion(b *testing.B) {
 		})
 	}
 }
+
+// A RetryJobs with a request id answers a repeat with the first result
+// (a client retrying after a lost reply), changing nothing.
+func TestRetryJobsRequestIDReplays(t *testing.T) {
+	d := newDeadHarness(t, nil)
+	id := d.kill(specN(1))
+	other := d.kill(specN(1))
+	first := d.must(withRID("r1", retryCmd(id)))
+	before := d.digest()
+	again := d.must(withRID("r1", retryCmd(id)))
+	if again.GetJob().GetId() != id || again.GetJob().GetRetries() != 1 || first.GetJob().GetRetries() != 1 {
+		t.Fatalf("replay %v, first %v", again.GetJob(), first.GetJob())
+	}
+	if d.digest() != before {
+		t.Fatal("a replayed retry changed the state")
+	}
+	if n := d.must(withRID("r2", requeueCmd("", "", 0, 0, 10))).GetCount(); n != 1 {
+		t.Fatalf("requeued %d", n)
+	}
+	d.must(cancelCmd(other, ""))
+	before = d.digest()
+	if n := d.must(withRID("r2", requeueCmd("", "", 0, 0, 10))).GetCount(); n != 1 {
+		t.Fatalf("replayed requeue count %d, want the first answer 1", n)
+	}
+	if d.digest() != before {
+		t.Fatal("a replayed requeue changed the state")
+	}
+}

@@ -14,7 +14,7 @@ type DeadBackend interface {
 	// ValidateRequeue checks a requeue filter (the FSM's rules) before any
 	// shard is asked.
 	ValidateRequeue(tenant, kind string, sinceMs, untilMs int64, limit uint32) error
-	RetryJob(ctx context.Context, shard uint32, id string) (*hodeiv1.Job, error)
+	RetryJob(ctx context.Context, shard uint32, id, requestID string) (*hodeiv1.Job, error)
 	RequeueJobs(ctx context.Context, shard uint32, req *hodeiv1.RequeueJobsRequest, limit uint32) (uint32, error)
 }
 
@@ -36,7 +36,7 @@ func (s *jobService) RetryJob(ctx context.Context, req *hodeiv1.RetryJobRequest)
 	if done {
 		return resp, err
 	}
-	job, err := a.b.RetryJob(ctx, sh, req.GetId())
+	job, err := a.b.RetryJob(ctx, sh, req.GetId(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -75,7 +75,7 @@ func (s *jobService) RequeueJobs(ctx context.Context, req *hodeiv1.RequeueJobsRe
 		if left == 0 {
 			break
 		}
-		fwd := &hodeiv1.RequeueJobsRequest{Tenant: req.GetTenant(), Kind: req.GetKind(), SinceMs: req.GetSinceMs(), UntilMs: req.GetUntilMs(), Limit: int32(left)}
+		fwd := &hodeiv1.RequeueJobsRequest{Tenant: req.GetTenant(), Kind: req.GetKind(), SinceMs: req.GetSinceMs(), UntilMs: req.GetUntilMs(), Limit: int32(left), RequestId: req.GetRequestId()}
 		resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.RequeueJobsResponse, error) {
 			return hodeiv1.NewJobServiceClient(cc).RequeueJobs(ctx, fwd)
 		})
