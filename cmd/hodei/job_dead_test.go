@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"strings"
 	"testing"
@@ -62,7 +63,10 @@ func TestCLIDeadLetters(t *testing.T) {
 		t.Fatalf("get -o json: %v\n%s", err, out)
 	}
 	out, err = run(t, addr, "job", "requeue", "--tenant", "default", "--since", "1h", "-o", "json")
-	if err != nil || !strings.Contains(out, `"requeued": 1`) {
+	var rq struct {
+		Requeued int `json:"requeued"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &rq) != nil || rq.Requeued != 1 {
 		t.Fatalf("requeue: %v\n%s", err, out)
 	}
 
