@@ -475,7 +475,7 @@ func checkFencing(ev *Evidence, ix *jobIndex) InvariantResult {
 			}
 		}
 		f, ok := ix.finalByID[id]
-		if !ok || f.ResultToken == 0 || (f.State != StSucceeded && f.State != StFailed) {
+		if !ok || f.ResultToken == 0 || (f.State != StSucceeded && f.State != StFailed && f.State != StDead) {
 			continue
 		}
 		if f.ResultToken < maxTok {
@@ -573,7 +573,7 @@ func rank(st string) int {
 	switch st {
 	case StPending, StRunning:
 		return 1
-	case StSucceeded, StFailed, StCancelled:
+	case StSucceeded, StFailed, StCancelled, StDead:
 		return 2
 	}
 	return 0

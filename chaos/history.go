@@ -38,11 +38,12 @@ const (
 	StSucceeded = "SUCCEEDED"
 	StFailed    = "FAILED"
 	StCancelled = "CANCELLED"
+	StDead      = "DEAD" // issue 11: out of attempts in an entry of version 4 (checked as FAILED)
 )
 
 // IsTerminal reports whether st is a terminal state.
 func IsTerminal(st string) bool {
-	return st == StSucceeded || st == StFailed || st == StCancelled
+	return st == StSucceeded || st == StFailed || st == StCancelled || st == StDead
 }
 
 // JobKey identifies a job the way its submitter does: ids may be unknown

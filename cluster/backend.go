@@ -204,7 +204,7 @@ func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1
 			AppliedIndex: idx, CommitIndex: s.raft.CommitIndex(), LastLogIndex: s.raft.LastIndex(),
 			State: s.raft.State().String(), PendingJobs: int64(st.Ready + st.Delayed), RunningJobs: int64(st.Running),
 			Term: s.raft.CurrentTerm(), FsmDigest: digest,
-			FinishedJobs: int64(st.Succeeded + st.Failed + st.Cancelled), Jobs: int64(st.Jobs),
+			FinishedJobs: int64(st.Succeeded + st.Failed + st.Cancelled + st.Dead), Jobs: int64(st.Jobs),
 		}
 		if cf := s.raft.GetConfiguration(); cf.Error() == nil {
 			for _, srv := range cf.Configuration().Servers {

@@ -51,6 +51,7 @@ type batcher struct {
 	timeout     time.Duration
 	clockOffset time.Duration // Config.ClockOffset (test only)
 	nudge       bool          // Config.CommitNudge (watch, issue 11)
+	semantics   bool          // Config.DeadLetters: version 4 entries for completions (fsm.EntryVersionForCluster)
 	observe     func(entryCommands int, d time.Duration)
 
 	in       chan *proposal
@@ -97,6 +98,7 @@ func newBatcher(r *raft.Raft, cfg Config, waves *waveGate, observe func(int, tim
 		timeout:     cfg.ApplyTimeout,
 		clockOffset: cfg.ClockOffset,
 		nudge:       cfg.CommitNudge,
+		semantics:   cfg.DeadLetters,
 		observe:     observe,
 		in:          make(chan *proposal, 4096),
 		inflight:    make(chan inflight, cfg.BatchMaxInflight),
@@ -187,7 +189,7 @@ func (b *batcher) collect() {
 		for i, p := range props {
 			entry.Commands[i] = p.cmd
 		}
-		entry.Version = fsm.EntryVersionFor(entry.Commands)
+		entry.Version = fsm.EntryVersionForCluster(entry.Commands, b.semantics)
 		data, err := proto.Marshal(entry)
 		if err != nil {
 			b.release(w)

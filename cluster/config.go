@@ -134,6 +134,14 @@ type Config struct {
 	// ms by default). It bounds how late a watcher on a follower sees a
 	// change on an idle cluster, for one extra log entry per burst.
 	CommitNudge bool
+	// DeadLetters (issue 11): every node of the cluster runs a binary that
+	// knows entry version 4, so completions, lease expiries and GC are
+	// proposed in version 4 entries (a job out of attempts ends DEAD with
+	// its attempt history; fsm/dead.go). Default true. Set it false on the
+	// upgraded nodes while a rolling upgrade from a release without it is
+	// in progress: entries then keep the versions the old release applies
+	// (jobs end FAILED), and only RetryJob/RequeueJobs need version 4.
+	DeadLetters bool
 
 	// PerGroupLogStore gives every Raft group its own raft-boltdb file
 	// instead of the node's shared log store (for comparison benchmarks).
@@ -186,6 +194,7 @@ func DefaultConfig() Config {
 		WaveStall:          50 * time.Millisecond,
 		LeaseTTL:           30 * time.Second,
 		Retention:          24 * time.Hour,
+		DeadLetters:        true,
 		TimerTick:          50 * time.Millisecond,
 		CheckpointEvery:    5 * time.Second,
 		Shards:             8,

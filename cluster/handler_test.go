@@ -12,8 +12,8 @@ import (
 )
 
 // Go handlers on a real cluster, through the worker stream: success, a
-// panic (a failed attempt with the stack, retried), NoRetry (failed at
-// once), and a cancel that reaches the running handler's context.
+// panic (a failed attempt with the stack, retried, then DEAD), NoRetry (DEAD
+// at once), and a cancel that reaches the running handler's context.
 func TestGoHandlersEndToEnd(t *testing.T) {
 	tc := startCluster(t, 3, 4)
 	c := newClient(t, tc.addrs()...)
@@ -74,11 +74,11 @@ func TestGoHandlersEndToEnd(t *testing.T) {
 	if j := wait(okID, hodeiv1.JobState_JOB_STATE_SUCCEEDED); string(j.GetLastResult().GetOutput()) != "got hello" {
 		t.Fatalf("ok job output %q", j.GetLastResult().GetOutput())
 	}
-	if j := wait(panicID, hodeiv1.JobState_JOB_STATE_FAILED); j.GetAttempts() != 2 || !strings.Contains(j.GetLastResult().GetError(), "boom") ||
+	if j := wait(panicID, hodeiv1.JobState_JOB_STATE_DEAD); j.GetAttempts() != 2 || !strings.Contains(j.GetLastResult().GetError(), "boom") ||
 		!strings.Contains(j.GetLastResult().GetError()+string(j.GetLastResult().GetOutput()), "goroutine") {
 		t.Fatalf("panic job: attempts %d, result %v", j.GetAttempts(), j.GetLastResult())
 	}
-	if j := wait(noRetryID, hodeiv1.JobState_JOB_STATE_FAILED); j.GetAttempts() != 1 || !strings.Contains(j.GetLastResult().GetError(), "bad payload") {
+	if j := wait(noRetryID, hodeiv1.JobState_JOB_STATE_DEAD); j.GetAttempts() != 1 || !strings.Contains(j.GetLastResult().GetError(), "bad payload") {
 		t.Fatalf("noretry job: attempts %d, result %v", j.GetAttempts(), j.GetLastResult())
 	}
 	<-blocking

@@ -22,6 +22,7 @@ type metrics struct {
 	leaderChanges prometheus.Counter
 	applySeconds  prometheus.Histogram
 	entryCommands prometheus.Histogram
+	dead          deadMetrics // issue 11, dead_metrics.go
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -162,6 +163,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 	reg.MustRegister(logMetrics(n)...)
 	// ---- quota (issue 11): per-tenant usage ----
 	reg.MustRegister(&tenantCollector{n: n})
+	m.dead = newDeadMetrics(reg, n)
 	if reg == n.registry {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
@@ -193,6 +195,9 @@ func (m *metrics) event(e fsm.Event) {
 		m.completed.WithLabelValues(e.Tenant, "failed").Inc()
 	case hodeiv1.JobState_JOB_STATE_CANCELLED:
 		m.completed.WithLabelValues(e.Tenant, "cancelled").Inc()
+		m.completed.WithLabelValues("cancelled").Inc()
+	case hodeiv1.JobState_JOB_STATE_DEAD:
+		m.completed.WithLabelValues("dead").Inc()
 	}
 }
 

@@ -49,7 +49,7 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 	fcfg := cfg.FSM
 	fcfg.Shard = id
 	s.events = n.bus.rings[id]
-	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence, OnRestore: s.events.reset})
+	f, err := fsm.New(fcfg, fsm.Options{OnApply: s.onApply, OnDivergence: s.onDivergence, OnRestore: s.events.reset, OnDeadEvicted: s.onDeadEvicted})
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +161,7 @@ func (s *shard) becomeLeader() {
 		Shard:           s.id,
 		Grace:           s.node.cfg.LeaderGrace,
 		Retention:       s.node.cfg.Retention,
+		DeadRetention:   time.Duration(s.node.cfg.FSM.DeadRetentionMs) * time.Millisecond,
 		Tick:            s.node.cfg.TimerTick,
 		Logger:          s.log,
 		OnExpire:        func(n int) { s.node.metrics.leaseExpiries.Add(float64(n)) },

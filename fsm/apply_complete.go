@@ -104,6 +104,7 @@ func (s *state) accept(now int64, j *hodeiv1.Job, result *hodeiv1.JobResult, suc
 	res.LeaseToken = j.GetLeaseToken() // set by the server, whatever the worker sent
 	res.Attempt = j.GetAttempts()
 	res.LeaseExpired = false // set by the server only, on expiry
+	s.keepAttempt(j)
 	j.LastResult = res
 	if success {
 		s.finish(j, hodeiv1.JobState_JOB_STATE_SUCCEEDED, now)

@@ -149,6 +149,7 @@ func (s *state) applyExpire(now int64, c *internalpb.ExpireLeases) *internalpb.C
 			j.GetLeaseToken() != ref.GetToken() || j.GetLeaseExpiresAtMs() > now {
 			continue
 		}
+		s.keepAttempt(j)
 		j.LastResult = &hodeiv1.JobResult{
 			Error:        "lease expired",
 			LeaseExpired: true,

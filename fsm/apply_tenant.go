@@ -54,9 +54,9 @@ func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 
 // needsSemanticsVersion reports whether c uses anything of entry version 4
 // (issue 11: the schedule commands, SetTenantLimits, a spec with
-// constraints).
+// constraints, RetryJobs).
 func needsSemanticsVersion(c *internalpb.Command) bool {
-	if isScheduleCommand(c) {
+	if isScheduleCommand(c) || c.GetRetryJobs() != nil {
 		return true
 	}
 	switch k := c.GetKind().(type) {

@@ -49,15 +49,20 @@ const (
 	// decide differently. In an older entry they are rejected.
 	EntryVersionDispatch = 3
 	// EntryVersionSemantics is the version of entries that carry the
-	// issue 11 commands (cron: the schedule commands); in an older entry
-	// they are rejected.
+	// issue 11 commands (schedules, SetTenantLimits, constraints,
+	// RetryJobs) and of entries whose completions, expiries and GC follow
+	// the issue 11 rules (dead.go: a job out of attempts or not retryable
+	// ends DEAD with its attempt history, dead jobs have their own
+	// retention and per-tenant bound). Proposers use it for the latter once
+	// the whole cluster runs a binary that knows it (EntryVersionForCluster);
+	// in an older entry the same commands apply exactly as before.
 	EntryVersionSemantics = 4
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
 	MaxEntryVersion = EntryVersionSemantics
 )
 
-// Snapshot format versions. Restore accepts versions 1 to SnapshotVersion.
+// Snapshot format versions. Restore accepts versions 1 to snapshotVersionSemantics.
 // Snapshot writes the lowest version that can represent the state, so that
 // a binary of an older release fails loudly only on a snapshot it could not
 // represent, and installs the others: a state with neither tenant weights
@@ -77,9 +82,10 @@ const (
 	// when there is a request record. Records of versions 1 and 2 are
 	// converted to compact records on restore.
 	SnapshotVersion = 3
-	// snapshotVersionSemantics (4) adds the issue 11 sections after the
-	// request records; it is written only when one of them is present.
-	// cron: header.schedule_count hodeiv1.Schedule records.
+	// snapshotVersionSemantics (4) is written when the state has issue 11
+	// content: schedules (header.schedule_count hodeiv1.Schedule records
+	// after the request records), tenant quotas (header.quotas), or a job
+	// with DEAD state, attempt history or retries (Job fields, no section).
 	snapshotVersionSemantics = 4
 	// maxSnapshotVersion is the newest version Restore reads.
 	maxSnapshotVersion = snapshotVersionSemantics
@@ -98,6 +104,12 @@ type Config struct {
 	MaxRequests          int   // memory backstop: at most this many request-id records (oldest evicted first)
 	MaxPayloadBytes      int   // limit of args+env+labels bytes of one spec
 	MaxOutputBytes       int   // JobResult.output is truncated to its last MaxOutputBytes bytes
+	// dead (issue 11): in entries of version 4, a DEAD job is removed by GC
+	// DeadRetentionMs after it died (0 = kept until the bound evicts it),
+	// and a tenant keeps at most MaxDeadPerTenant DEAD jobs in this shard
+	// (the oldest dead is evicted first, reported through Options.OnDeadEvicted).
+	DeadRetentionMs  int64
+	MaxDeadPerTenant int
 }
 
 // DefaultConfig returns the default configuration for shard 0.
@@ -119,6 +131,11 @@ func DefaultConfig() Config {
 		MaxRequests:     2_000_000,
 		MaxPayloadBytes: 1 << 20,
 		MaxOutputBytes:  64 << 10,
+		// 7 days, against the 24 h of finished jobs: time to notice and
+		// retry. 10,000 dead per tenant per shard is at most ~10k * (64 KiB
+		// last output + 32 * 800 B history) in the worst case.
+		DeadRetentionMs:  7 * 24 * 3600 * 1000,
+		MaxDeadPerTenant: 10_000,
 	}
 }
 
@@ -151,6 +168,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxOutputBytes < 0 {
 		errs = append(errs, fmt.Errorf("MaxOutputBytes must be >= 0, got %d", c.MaxOutputBytes))
+	}
+	if c.DeadRetentionMs < 0 {
+		errs = append(errs, fmt.Errorf("DeadRetentionMs must be >= 0, got %d", c.DeadRetentionMs))
+	}
+	if c.MaxDeadPerTenant < 1 {
+		errs = append(errs, fmt.Errorf("MaxDeadPerTenant must be >= 1, got %d", c.MaxDeadPerTenant))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("fsm config: %w", errors.Join(errs...))
@@ -187,6 +210,10 @@ type Options struct {
 	// Restore installed a snapshot at the given applied index: the events
 	// of the entries it covers were never produced here.
 	OnRestore func(index uint64)
+	// OnDeadEvicted is called (synchronously, outside the FSM lock) after
+	// an apply that removed DEAD jobs, by the per-tenant bound or by the
+	// dead retention: evictions are never silent (dead.go).
+	OnDeadEvicted func(index uint64, evicted []DeadEviction)
 }
 
 // FSM is the replicated state of one shard. It implements raft.FSM. Apply,
@@ -263,6 +290,8 @@ func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalp
 		}
 	}
 	results, events := f.st.applyEntry(index, e)
+	evicted := f.st.evicted
+	f.st.evicted = nil
 	if l != nil {
 		f.st.chain = chainNext(f.st.chain, l.Index, l.Term, l.Data)
 		f.record(l.Index)
@@ -272,6 +301,9 @@ func (f *FSM) apply(index uint64, e *internalpb.Entry, l *raft.Log) []*internalp
 		for _, d := range divs {
 			f.opts.OnDivergence(d)
 		}
+	}
+	if f.opts.OnDeadEvicted != nil && len(evicted) > 0 {
+		f.opts.OnDeadEvicted(index, evicted)
 	}
 	if f.opts.OnApply != nil && len(events) > 0 {
 		f.opts.OnApply(index, events)

@@ -105,6 +105,10 @@ func fuzzSeedEntries() []*internalpb.Entry {
 			fireCmd("s", 5000), backfillCmd("s", 1000, 4000), pauseCmd("b", true, "n"),
 			{Kind: &internalpb.Command_TriggerSchedule{TriggerSchedule: &internalpb.TriggerSchedule{Id: "s"}}},
 			{Kind: &internalpb.Command_DeleteSchedule{DeleteSchedule: &internalpb.DeleteSchedule{Tenant: "t", Id: "b"}}}}},
+		// dead letters (issue 11): deaths, history, retry and requeue, dead GC
+		{Version: EntryVersionSemantics, NowMs: 6000, Commands: []*internalpb.Command{
+			leaseCmd("w", 2), completeCmd("0-1", 2, false, false), retryCmd("0-1"), requeueCmd("", "", 0, 0, 5),
+			withRID("rq", requeueCmd("default", "shell", 1, 7000, 1)), retryCmd("0-9"), gcCmd(0, 3)}},
 		{Version: MaxEntryVersion + 1},
 	}
 }

@@ -65,10 +65,18 @@ func checkInvariants(t testing.TB, f *FSM) {
 			if inDelayed || inReady || !inLeases || inFinished || j.GetLeaseToken() == 0 || j.GetLeaseToken() > s.nextToken {
 				fail("running job %s misplaced", j.GetId())
 			}
+		case st == hodeiv1.JobState_JOB_STATE_DEAD:
+			k := timeKey{j.GetDeadAtMs(), seq}
+			if inDelayed || inReady || inLeases || inFinished || j.GetLeaseToken() != 0 || !s.dead.Has(k) || t.dead == nil || !t.dead.Has(k) {
+				fail("dead job %s misplaced", j.GetId())
+			}
 		default:
 			if inDelayed || inReady || inLeases || !inFinished || j.GetLeaseToken() != 0 {
 				fail("terminal job %s misplaced", j.GetId())
 			}
+		}
+		if len(j.GetHistory()) > MaxHistoryAttempts {
+			fail("job %s keeps %d attempts of history", j.GetId(), len(j.GetHistory()))
 		}
 		if k := j.GetSpec().GetIdempotencyKey(); k != "" && s.idem[idemKey(tn, k)] != seq {
 			fail("job %s idempotency key not indexed", j.GetId())
@@ -81,7 +89,8 @@ func checkInvariants(t testing.TB, f *FSM) {
 	}
 	if s.sched.ready != ready || s.delayed.Len()+ready != perState[pending] ||
 		s.leases.Len() != perState[running] ||
-		s.finished.Len() != perState[succeeded]+perState[failed]+perState[cancelled] {
+		s.finished.Len() != perState[succeeded]+perState[failed]+perState[cancelled] ||
+		s.dead.Len() != perState[hodeiv1.JobState_JOB_STATE_DEAD] {
 		fail("counts: ready %d/%d delayed %d pending %d", s.sched.ready, ready, s.delayed.Len(), perState[pending])
 	}
 	if len(s.tenants) != len(perTenant) {
@@ -97,6 +106,9 @@ func checkInvariants(t testing.TB, f *FSM) {
 		}
 		if t.ready.Len() > 0 {
 			active++
+		}
+		if t.dead != nil && (t.dead.Len() == 0 || t.dead.Len() > s.cfg.MaxDeadPerTenant) {
+			fail("tenant %s holds %d dead jobs (bound %d)", name, t.dead.Len(), s.cfg.MaxDeadPerTenant)
 		}
 	}
 	if active != s.sched.active.Len() {

@@ -21,6 +21,7 @@ const (
 // Stats are the FSM's counters.
 type Stats struct {
 	Jobs, Ready, Delayed, Running, Succeeded, Failed, Cancelled int
+	Dead                                                        int // issue 11
 	Tenants                                                     int
 	AppliedIndex                                                uint64
 	LastNowMs                                                   int64
@@ -111,6 +112,7 @@ func (f *FSM) Stats() Stats {
 		Succeeded:    s.byState[hodeiv1.JobState_JOB_STATE_SUCCEEDED].Len(),
 		Failed:       s.byState[hodeiv1.JobState_JOB_STATE_FAILED].Len(),
 		Cancelled:    s.byState[hodeiv1.JobState_JOB_STATE_CANCELLED].Len(),
+		Dead:         s.byState[hodeiv1.JobState_JOB_STATE_DEAD].Len(),
 		Tenants:      len(s.tenants),
 		AppliedIndex: s.appliedIndex,
 		LastNowMs:    s.lastNowMs,

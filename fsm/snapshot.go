@@ -62,10 +62,17 @@ func (s *state) encodeSnapshot() []byte {
 	sort.Strings(names)
 	weights := s.sortedWeights()
 	quotas := s.sortedQuotas()
+	semantics := false
+	for _, j := range s.jobs { // any order: only whether one exists
+		if hasSemanticsState(j) {
+			semantics = true
+			break
+		}
+	}
 	version := uint32(snapshotVersionNoWeights)
 	schedKeys := s.sortedScheduleKeys()
 	switch {
-	case len(schedKeys) > 0 || len(quotas) > 0: // issue 11: schedules, quotas
+	case len(schedKeys) > 0 || len(quotas) > 0 || semantics: // issue 11: schedules, quotas, dead-letter state
 		version = snapshotVersionSemantics
 	case nreqs > 0:
 		version = SnapshotVersion
@@ -305,6 +312,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 		if st <= hodeiv1.JobState_JOB_STATE_UNSPECIFIED || int(st) >= numStates {
 			return nil, corrupt("job %s has state %v", j.GetId(), st)
 		}
+		if version < snapshotVersionSemantics && hasSemanticsState(j) {
+			return nil, corrupt("job %s has dead-letter state in a version %d snapshot", j.GetId(), version)
+		}
 		if j.GetLeaseToken() > s.nextToken {
 			return nil, corrupt("job %s token %d > next_token %d", j.GetId(), j.GetLeaseToken(), s.nextToken)
 		}
@@ -332,6 +342,13 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 			}
 		case st == hodeiv1.JobState_JOB_STATE_RUNNING:
 			s.leases.ReplaceOrInsert(timeKey{j.GetLeaseExpiresAtMs(), seq})
+		case st == hodeiv1.JobState_JOB_STATE_DEAD:
+			k := timeKey{j.GetDeadAtMs(), seq}
+			s.dead.ReplaceOrInsert(k)
+			if t.dead == nil {
+				t.dead = newTimeTree()
+			}
+			t.dead.ReplaceOrInsert(k)
 		default:
 			s.finished.ReplaceOrInsert(timeKey{j.GetFinishedAtMs(), seq})
 		}

@@ -12,7 +12,7 @@ import (
 const btreeDegree = 16
 
 // numStates is the size of per-state index arrays (indexed by JobState).
-const numStates = int(hodeiv1.JobState_JOB_STATE_CANCELLED) + 1
+const numStates = int(hodeiv1.JobState_JOB_STATE_DEAD) + 1
 
 // timeKey orders jobs on a timeline (delayed ready_at, lease expiry,
 // finished_at), ties broken by seq.
@@ -51,7 +51,8 @@ type state struct {
 	byState  [numStates]*btree.BTreeG[uint64] // seqs per state, all tenants
 	delayed  *btree.BTreeG[timeKey]           // delayed PENDING jobs by ready_at
 	leases   *btree.BTreeG[timeKey]           // RUNNING jobs by lease_expires_at
-	finished *btree.BTreeG[timeKey]           // terminal jobs by finished_at
+	finished *btree.BTreeG[timeKey]           // terminal jobs but DEAD by finished_at
+	dead     *btree.BTreeG[timeKey]           // DEAD jobs by dead_at (dead.go)
 
 	sched scheduler // per-tenant ready queues and fair sharing
 	reqs  requestTable
@@ -68,6 +69,7 @@ type state struct {
 	curIndex   uint64
 	curVersion uint32 // the entry's version
 	events     []Event
+	evicted    []DeadEviction // DEAD jobs removed by this entry (dead.go)
 }
 
 func newState(cfg Config) *state {
@@ -80,6 +82,7 @@ func newState(cfg Config) *state {
 		delayed:  newTimeTree(),
 		leases:   newTimeTree(),
 		finished: newTimeTree(),
+		dead:     newTimeTree(),
 		sched:    newScheduler(),
 		reqs:     newRequestTable(),
 
@@ -101,6 +104,7 @@ type tenant struct {
 	ready   *btree.BTreeG[readyKey]          // leasable jobs: priority desc, seq asc
 	deficit int64                            // deficit round robin credit
 	picked  int                              // scratch of pickReady: jobs picked, not yet RUNNING (0 between commands)
+	dead    *btree.BTreeG[timeKey]           // the tenant's DEAD jobs by dead_at; lazily created
 }
 
 func (s *state) tenant(name string, create bool) *tenant {
@@ -144,7 +148,8 @@ func (s *state) setState(j *hodeiv1.Job, to hodeiv1.JobState) {
 func isTerminal(st hodeiv1.JobState) bool {
 	return st == hodeiv1.JobState_JOB_STATE_SUCCEEDED ||
 		st == hodeiv1.JobState_JOB_STATE_FAILED ||
-		st == hodeiv1.JobState_JOB_STATE_CANCELLED
+		st == hodeiv1.JobState_JOB_STATE_CANCELLED ||
+		st == hodeiv1.JobState_JOB_STATE_DEAD
 }
 
 // lookup finds a job by its id string.
@@ -215,6 +220,11 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applyPromote(now)
 	case *internalpb.Command_Gc:
 		r = s.applyGC(k.Gc)
+		if s.curVersion >= EntryVersionSemantics && r.GetCode() == internalpb.Code_CODE_OK {
+			r.Count += s.gcDead(now, k.Gc.GetMax())
+		}
+	case *internalpb.Command_RetryJobs:
+		r = s.applyRetryJobs(now, k.RetryJobs)
 	case *internalpb.Command_SetTenantWeight:
 		r = s.applySetTenantWeight(k.SetTenantWeight)
 	case *internalpb.Command_CreateSchedule, *internalpb.Command_PauseSchedule, *internalpb.Command_TriggerSchedule,
@@ -270,6 +280,10 @@ func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
 		ScheduleId:       j.GetScheduleId(),
 		ScheduleSlotMs:   j.GetScheduleSlotMs(),
 		Unmatched:        j.GetUnmatched(),
+		History:          j.GetHistory(), // shared: replaced, never changed in place (dead.go)
+		DeadAtMs:         j.GetDeadAtMs(),
+		DeadReason:       j.GetDeadReason(),
+		Retries:          j.GetRetries(),
 	}
 }
 
@@ -300,7 +314,8 @@ func (s *state) finish(j *hodeiv1.Job, to hodeiv1.JobState, now int64) {
 	}
 }
 
-// retryOrFail handles a failed attempt of a RUNNING job.
+// retryOrFail handles a failed attempt of a RUNNING job. In an entry of
+// version 4 a job that is not retried ends DEAD instead of FAILED.
 func (s *state) retryOrFail(j *hodeiv1.Job, retryable bool, now int64) {
 	spec := j.GetSpec()
 	if retryable && j.GetAttempts() < spec.GetMaxAttempts() {
@@ -309,6 +324,10 @@ func (s *state) retryOrFail(j *hodeiv1.Job, retryable bool, now int64) {
 		j.UpdatedAtMs = now
 		j.ReadyAtMs = satAdd(now, backoffMs(spec.GetBackoffBaseMs(), spec.GetBackoffMaxMs(), j.GetAttempts()))
 		s.delayed.ReplaceOrInsert(timeKey{j.GetReadyAtMs(), j.GetSeq()})
+		return
+	}
+	if s.curVersion >= EntryVersionSemantics {
+		s.die(j, deadReason(j, retryable), now)
 		return
 	}
 	s.finish(j, hodeiv1.JobState_JOB_STATE_FAILED, now)

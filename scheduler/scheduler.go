@@ -34,6 +34,8 @@ type State interface {
 	ExpiredLeases(nowMs int64, max int) []*hodeiv1.LeaseRef
 	NextLeaseExpiry() (int64, bool)
 	OldestFinishedAt() (int64, bool)
+	// OldestDeadAt is when the longest-dead DEAD job died (issue 11).
+	OldestDeadAt() (int64, bool)
 	// LastChain is the newest applied index and apply-chain hash, for
 	// replica consistency checkpoints (see fsm/chain.go).
 	LastChain() (index, chain uint64, ok bool)
@@ -44,8 +46,12 @@ type Config struct {
 	Shard     uint32
 	Grace     time.Duration // no lease expires before leadership start + Grace
 	Retention time.Duration // finished jobs are removed after this
-	Tick      time.Duration // timer resolution
-	MaxBatch  int           // max leases expired / jobs removed per command
+	// DeadRetention: DEAD jobs are removed this long after they died (the
+	// FSM's DeadRetentionMs decides which; this only says when a GC is
+	// due). 0: never by age.
+	DeadRetention time.Duration
+	Tick          time.Duration // timer resolution
+	MaxBatch      int           // max leases expired / jobs removed per command
 	// CheckpointEvery is how often the leader proposes a replica
 	// consistency Checkpoint when the shard has applied entries since the
 	// last one; 0 disables checkpoints.
@@ -145,7 +151,14 @@ func (t *Timers) run(ctx context.Context) {
 		if now.Sub(lastGC) >= time.Second {
 			lastGC = now
 			cutoff := now.Add(-t.cfg.Retention).UnixMilli()
+			due := false
 			if at, ok := t.s.OldestFinishedAt(); ok && at < cutoff {
+				due = true
+			}
+			if at, ok := t.s.OldestDeadAt(); ok && t.cfg.DeadRetention > 0 && at < now.Add(-t.cfg.DeadRetention).UnixMilli() {
+				due = true // the same GC command removes them (fsm/dead.go)
+			}
+			if due {
 				t.propose(ctx, &internalpb.Command{Kind: &internalpb.Command_Gc{Gc: &internalpb.GCJobs{FinishedBeforeMs: cutoff, Max: uint32(t.cfg.MaxBatch)}}})
 			}
 		}

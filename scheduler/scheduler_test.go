@@ -38,6 +38,8 @@ type fsmProposer struct {
 	f     *fsm.FSM
 	clock *clock
 	index uint64
+	// version of the entries proposed; 0 is fsm.EntryVersion.
+	version uint32
 
 	checkpoints int
 }
@@ -47,7 +49,11 @@ func (p *fsmProposer) Propose(_ context.Context, cmd *internalpb.Command) (*inte
 	defer p.mu.Unlock()
 	p.index++
 	cmds := []*internalpb.Command{cmd}
-	data, err := proto.Marshal(&internalpb.Entry{Version: fsm.EntryVersionFor(cmds), NowMs: p.clock.Now().UnixMilli(), Commands: []*internalpb.Command{cmd}})
+	v := p.version
+	if v == 0 {
+		v = fsm.EntryVersionFor(cmds)
+	}
+	data, err := proto.Marshal(&internalpb.Entry{Version: v, NowMs: p.clock.Now().UnixMilli(), Commands: cmds})
 	if err != nil {
 		return nil, err
 	}

@@ -26,6 +26,7 @@ type Backend interface {
 	JobBackend
 	LeaseBackend
 	AdminBackend
+	DeadBackend // issue 11, api_dead.go
 }
 
 // Router tells where a shard's requests run.

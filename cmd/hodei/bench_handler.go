@@ -126,7 +126,7 @@ func benchE2EGo(ctx context.Context, c *benchClients, o benchOptions, targets []
 	rep.HandlerCalls = g.started.Load()
 	// Every job must have succeeded: a finished job that failed would make
 	// the rate a lie.
-	for _, st := range []hodeiv1.JobState{hodeiv1.JobState_JOB_STATE_FAILED, hodeiv1.JobState_JOB_STATE_CANCELLED} {
+	for _, st := range []hodeiv1.JobState{hodeiv1.JobState_JOB_STATE_FAILED, hodeiv1.JobState_JOB_STATE_CANCELLED, hodeiv1.JobState_JOB_STATE_DEAD} {
 		res, err := c.main().List(ctx, &hodeiv1.ListJobsRequest{State: st, Limit: 1})
 		if err != nil {
 			return rep, err

@@ -23,8 +23,9 @@ func newJobCmd() *cobra.Command {
 		Short: "Submit, inspect, list and cancel jobs",
 	}
 	cmd.AddCommand(newJobSubmitCmd(), newJobGetCmd(), newJobListCmd(), newJobCancelCmd())
-	cmd.AddCommand(newJobWatchCmd()) // issue 11 watch (job_watch.go)
-	cmd.AddCommand(newJobLogsCmd())  // job_logs.go
+	cmd.AddCommand(newJobWatchCmd())                     // issue 11 watch (job_watch.go)
+	cmd.AddCommand(newJobLogsCmd())                      // job_logs.go
+	cmd.AddCommand(newJobRetryCmd(), newJobRequeueCmd()) // issue 11 dead, job_dead.go
 	return cmd
 }
 
@@ -203,7 +204,7 @@ func newJobGetCmd() *cobra.Command {
 	var stale bool
 	cmd := &cobra.Command{
 		Use:   "get ID",
-		Short: "Show a job with its last result",
+		Short: "Show a job with its last result and attempt history",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -261,7 +262,7 @@ func newJobListCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&tenant, "tenant", "", "only this tenant (default all)")
-	f.StringVar(&state, "state", "", "only this state: pending|running|succeeded|failed|cancelled")
+	f.StringVar(&state, "state", "", "only this state: pending|running|succeeded|failed|cancelled|dead")
 	f.Int32Var(&limit, "limit", 0, "max jobs (0 = server default, 100; max 10000)")
 	f.StringVar(&page, "page-token", "", "continue a previous listing")
 	f.BoolVar(&stale, "stale", false, "read from any replica (faster, possibly behind)")

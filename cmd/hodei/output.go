@@ -67,7 +67,7 @@ func parseState(s string) (hodeiv1.JobState, error) {
 	}
 	v, ok := hodeiv1.JobState_value[name]
 	if !ok || v == 0 {
-		return 0, fmt.Errorf("unknown state %q: want pending, running, succeeded, failed or cancelled", s)
+		return 0, fmt.Errorf("unknown state %q: want pending, running, succeeded, failed, cancelled or dead", s)
 	}
 	return hodeiv1.JobState(v), nil
 }
@@ -75,7 +75,8 @@ func parseState(s string) (hodeiv1.JobState, error) {
 // terminal reports whether a job state is final.
 func terminal(s hodeiv1.JobState) bool {
 	switch s {
-	case hodeiv1.JobState_JOB_STATE_SUCCEEDED, hodeiv1.JobState_JOB_STATE_FAILED, hodeiv1.JobState_JOB_STATE_CANCELLED:
+	case hodeiv1.JobState_JOB_STATE_SUCCEEDED, hodeiv1.JobState_JOB_STATE_FAILED, hodeiv1.JobState_JOB_STATE_CANCELLED,
+		hodeiv1.JobState_JOB_STATE_DEAD:
 		return true
 	}
 	return false
@@ -167,6 +168,7 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 	rowIf(job.GetScheduleId() != "", "Schedule", func() string { // issue 11 cron
 		return fmt.Sprintf("%s, slot %s", job.GetScheduleId(), fmtMillis(job.GetScheduleSlotMs()))
 	})
+	deadRows(row, job) // issue 11, job_dead.go
 	if r := job.GetLastResult(); r != nil {
 		row("Last result", "")
 		row("  Exit code", strconv.Itoa(int(r.GetExitCode())))
@@ -193,7 +195,7 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 			fmt.Fprintln(w, "    "+line)
 		}
 	}
-	return nil
+	return printAttemptHistory(w, job) // issue 11, job_dead.go
 }
 
 // printJob prints one job in the --output format.

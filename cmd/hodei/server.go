@@ -41,6 +41,7 @@ func newLogger(level string) (*slog.Logger, error) {
 func newServerCmd() *cobra.Command {
 	cfg := cluster.DefaultConfig()
 	var bootstrap, join, logLevel string
+	applyDead := func() {}
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run one Hodei server node",
@@ -56,6 +57,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 				return err
 			}
 			cfg.Logger = log.With("node", cfg.NodeID)
+			applyDead()
 			if bootstrap != "" {
 				if cfg.Bootstrap, err = cluster.ParsePeers(bootstrap); err != nil {
 					return fmt.Errorf("--bootstrap: %w", err)
@@ -112,6 +114,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	_ = f.MarkHidden("unsafe-ack-before-commit")
 	f.DurationVar(&cfg.ClockOffset, "test-clock-offset", 0, "TEST ONLY: shift this node's clock by this much (the chaos harness's clock-skew fault)")
 	_ = f.MarkHidden("test-clock-offset")
+	applyDead = addDeadServerFlags(cmd, &cfg) // issue 11 dead, job_dead.go
 	_ = time.Second
 	return cmd
 }

@@ -34,8 +34,12 @@ const (
 	JobState_JOB_STATE_PENDING     JobState = 1 // waiting to be leased (possibly delayed until ready_at_ms)
 	JobState_JOB_STATE_RUNNING     JobState = 2 // leased to a worker
 	JobState_JOB_STATE_SUCCEEDED   JobState = 3 // terminal
-	JobState_JOB_STATE_FAILED      JobState = 4 // terminal: attempts exhausted
+	JobState_JOB_STATE_FAILED      JobState = 4 // terminal: attempts exhausted (under entries of versions 1-3; now DEAD)
 	JobState_JOB_STATE_CANCELLED   JobState = 5 // terminal
+	// terminal (dead letter): attempts exhausted or the handler said not to
+	// retry, in an entry of version 4; kept with its attempt history under its
+	// own retention and per-tenant bound until retried, requeued or evicted.
+	JobState_JOB_STATE_DEAD JobState = 6
 )
 
 // Enum value maps for JobState.
@@ -47,6 +51,7 @@ var (
 		3: "JOB_STATE_SUCCEEDED",
 		4: "JOB_STATE_FAILED",
 		5: "JOB_STATE_CANCELLED",
+		6: "JOB_STATE_DEAD",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -55,6 +60,7 @@ var (
 		"JOB_STATE_SUCCEEDED":   3,
 		"JOB_STATE_FAILED":      4,
 		"JOB_STATE_CANCELLED":   5,
+		"JOB_STATE_DEAD":        6,
 	}
 )
 
@@ -598,7 +604,14 @@ type Job struct {
 	// worker profile the answering node has seen recently can run, saying
 	// why ("no connected worker has label region in (eu,us)"). Not
 	// replicated; empty when some seen worker matches or none was seen.
-	Unmatched     string `protobuf:"bytes,30,opt,name=unmatched,proto3" json:"unmatched,omitempty"`
+	Unmatched string `protobuf:"bytes,30,opt,name=unmatched,proto3" json:"unmatched,omitempty"`
+	// ---- dead (issue 11) ----
+	// Earlier attempts, oldest first (the latest finished attempt is
+	// last_result, in full): a bounded summary each, at most 32 kept.
+	History       []*AttemptSummary `protobuf:"bytes,20,rep,name=history,proto3" json:"history,omitempty"`
+	DeadAtMs      int64             `protobuf:"varint,21,opt,name=dead_at_ms,json=deadAtMs,proto3" json:"dead_at_ms,omitempty"`    // DEAD: when the job died (the dead retention runs from here)
+	DeadReason    string            `protobuf:"bytes,22,opt,name=dead_reason,json=deadReason,proto3" json:"dead_reason,omitempty"` // DEAD: "attempts exhausted", "not retryable", "lease expired on the last attempt"
+	Retries       int32             `protobuf:"varint,23,opt,name=retries,proto3" json:"retries,omitempty"`                        // times RetryJob/RequeueJobs put the job back
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -757,6 +770,34 @@ func (x *Job) GetUnmatched() string {
 		return x.Unmatched
 	}
 	return ""
+}
+
+func (x *Job) GetHistory() []*AttemptSummary {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *Job) GetDeadAtMs() int64 {
+	if x != nil {
+		return x.DeadAtMs
+	}
+	return 0
+}
+
+func (x *Job) GetDeadReason() string {
+	if x != nil {
+		return x.DeadReason
+	}
+	return ""
+}
+
+func (x *Job) GetRetries() int32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
 }
 
 type SubmitJobRequest struct {
@@ -6572,6 +6613,347 @@ func (x *TenantUsage) GetRefusedRate() uint64 {
 	return 0
 }
 
+// AttemptSummary is what a job keeps of one earlier attempt.
+type AttemptSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempt       int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	LeaseToken    uint64                 `protobuf:"varint,3,opt,name=lease_token,json=leaseToken,proto3" json:"lease_token,omitempty"`
+	StartedAtMs   int64                  `protobuf:"varint,4,opt,name=started_at_ms,json=startedAtMs,proto3" json:"started_at_ms,omitempty"`
+	FinishedAtMs  int64                  `protobuf:"varint,5,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	ExitCode      int32                  `protobuf:"varint,6,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`                             // at most 512 bytes
+	OutputTail    []byte                 `protobuf:"bytes,8,opt,name=output_tail,json=outputTail,proto3" json:"output_tail,omitempty"` // last 256 bytes of the attempt's output
+	LeaseExpired  bool                   `protobuf:"varint,9,opt,name=lease_expired,json=leaseExpired,proto3" json:"lease_expired,omitempty"`
+	Success       bool                   `protobuf:"varint,10,opt,name=success,proto3" json:"success,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttemptSummary) Reset() {
+	*x = AttemptSummary{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttemptSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttemptSummary) ProtoMessage() {}
+
+func (x *AttemptSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttemptSummary.ProtoReflect.Descriptor instead.
+func (*AttemptSummary) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *AttemptSummary) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AttemptSummary) GetLeaseToken() uint64 {
+	if x != nil {
+		return x.LeaseToken
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetStartedAtMs() int64 {
+	if x != nil {
+		return x.StartedAtMs
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *AttemptSummary) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *AttemptSummary) GetOutputTail() []byte {
+	if x != nil {
+		return x.OutputTail
+	}
+	return nil
+}
+
+func (x *AttemptSummary) GetLeaseExpired() bool {
+	if x != nil {
+		return x.LeaseExpired
+	}
+	return false
+}
+
+func (x *AttemptSummary) GetSuccess() bool {
+	if x != nil {
+		return x.Success
+	}
+	return false
+}
+
+type RetryJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string                 `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // optional: a retry of the call returns the first answer
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobRequest) Reset() {
+	*x = RetryJobRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobRequest) ProtoMessage() {}
+
+func (x *RetryJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobRequest.ProtoReflect.Descriptor instead.
+func (*RetryJobRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *RetryJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RetryJobRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type RetryJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobResponse) Reset() {
+	*x = RetryJobResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobResponse) ProtoMessage() {}
+
+func (x *RetryJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobResponse.ProtoReflect.Descriptor instead.
+func (*RetryJobResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *RetryJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type RequeueJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`                        // empty = all tenants
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`                            // empty = all kinds ("shell" = command jobs)
+	SinceMs       int64                  `protobuf:"varint,3,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`      // died at or after (0 = no lower bound)
+	UntilMs       int64                  `protobuf:"varint,4,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`      // died before (0 = no upper bound)
+	Limit         int32                  `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`                         // per call; default 1000, max 10000
+	RequestId     string                 `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // optional: a retry of the call (per shard) returns the first count
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueJobsRequest) Reset() {
+	*x = RequeueJobsRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueJobsRequest) ProtoMessage() {}
+
+func (x *RequeueJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueJobsRequest.ProtoReflect.Descriptor instead.
+func (*RequeueJobsRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *RequeueJobsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RequeueJobsRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RequeueJobsRequest) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *RequeueJobsRequest) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+func (x *RequeueJobsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *RequeueJobsRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type RequeueJobsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requeued      uint32                 `protobuf:"varint,1,opt,name=requeued,proto3" json:"requeued,omitempty"` // summed over the shards asked
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequeueJobsResponse) Reset() {
+	*x = RequeueJobsResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequeueJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequeueJobsResponse) ProtoMessage() {}
+
+func (x *RequeueJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequeueJobsResponse.ProtoReflect.Descriptor instead.
+func (*RequeueJobsResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *RequeueJobsResponse) GetRequeued() uint32 {
+	if x != nil {
+		return x.Requeued
+	}
+	return 0
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -6608,7 +6990,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xef\x04\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xfc\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -6631,7 +7013,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vschedule_id\x18( \x01(\tR\n" +
 	"scheduleId\x12(\n" +
 	"\x10schedule_slot_ms\x18) \x01(\x03R\x0escheduleSlotMs\x12\x1c\n" +
-	"\tunmatched\x18\x1e \x01(\tR\tunmatched\"X\n" +
+	"\tunmatched\x18\x1e \x01(\tR\tunmatched\x122\n" +
+	"\ahistory\x18\x14 \x03(\v2\x18.hodei.v1.AttemptSummaryR\ahistory\x12\x1c\n" +
+	"\n" +
+	"dead_at_ms\x18\x15 \x01(\x03R\bdeadAtMs\x12\x1f\n" +
+	"\vdead_reason\x18\x16 \x01(\tR\n" +
+	"deadReason\x12\x18\n" +
+	"\aretries\x18\x17 \x01(\x05R\aretries\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -7056,14 +7444,45 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\arunning\x18\x02 \x01(\x04R\arunning\x12#\n" +
 	"\rsubmit_tokens\x18\x03 \x01(\x01R\fsubmitTokens\x12%\n" +
 	"\x0erefused_queued\x18\x04 \x01(\x04R\rrefusedQueued\x12!\n" +
-	"\frefused_rate\x18\x05 \x01(\x04R\vrefusedRate*\x9b\x01\n" +
+	"\frefused_rate\x18\x05 \x01(\x04R\vrefusedRate\"\xc5\x02\n" +
+	"\x0eAttemptSummary\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x1f\n" +
+	"\vlease_token\x18\x03 \x01(\x04R\n" +
+	"leaseToken\x12\"\n" +
+	"\rstarted_at_ms\x18\x04 \x01(\x03R\vstartedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\x05 \x01(\x03R\ffinishedAtMs\x12\x1b\n" +
+	"\texit_code\x18\x06 \x01(\x05R\bexitCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12\x1f\n" +
+	"\voutput_tail\x18\b \x01(\fR\n" +
+	"outputTail\x12#\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\x12\x18\n" +
+	"\asuccess\x18\n" +
+	" \x01(\bR\asuccess\"@\n" +
+	"\x0fRetryJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"3\n" +
+	"\x10RetryJobResponse\x12\x1f\n" +
+	"\x03job\x18\x01 \x01(\v2\r.hodei.v1.JobR\x03job\"\xab\x01\n" +
+	"\x12RequeueJobsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x03 \x01(\x03R\asinceMs\x12\x19\n" +
+	"\buntil_ms\x18\x04 \x01(\x03R\auntilMs\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tR\trequestId\"1\n" +
+	"\x13RequeueJobsResponse\x12\x1a\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued*\xaf\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x05*\xa9\x01\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x05\x12\x12\n" +
+	"\x0eJOB_STATE_DEAD\x10\x06*\xa9\x01\n" +
 	"\rOverlapPolicy\x12\x1e\n" +
 	"\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13OVERLAP_POLICY_SKIP\x10\x01\x12\x1d\n" +
@@ -7079,7 +7498,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x10CONSTRAINT_OP_IN\x10\x01\x12\x18\n" +
 	"\x14CONSTRAINT_OP_NOT_IN\x10\x02\x12\x18\n" +
 	"\x14CONSTRAINT_OP_EXISTS\x10\x03\x12\x1c\n" +
-	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x042\xc6\x04\n" +
+	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x042\xd5\x05\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -7091,7 +7510,9 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\tWatchJobs\x12\x1a.hodei.v1.WatchJobsRequest\x1a\x1b.hodei.v1.WatchJobsResponse0\x01\x12G\n" +
 	"\n" +
 	"GetJobLogs\x12\x1b.hodei.v1.GetJobLogsRequest\x1a\x1c.hodei.v1.GetJobLogsResponse\x12R\n" +
-	"\rFollowJobLogs\x12\x1e.hodei.v1.FollowJobLogsRequest\x1a\x1f.hodei.v1.FollowJobLogsResponse0\x012\xb7\x03\n" +
+	"\rFollowJobLogs\x12\x1e.hodei.v1.FollowJobLogsRequest\x1a\x1f.hodei.v1.FollowJobLogsResponse0\x01\x12A\n" +
+	"\bRetryJob\x12\x19.hodei.v1.RetryJobRequest\x1a\x1a.hodei.v1.RetryJobResponse\x12J\n" +
+	"\vRequeueJobs\x12\x1c.hodei.v1.RequeueJobsRequest\x1a\x1d.hodei.v1.RequeueJobsResponse2\xb7\x03\n" +
 	"\rWorkerService\x12?\n" +
 	"\aConnect\x12\x17.hodei.v1.WorkerMessage\x1a\x17.hodei.v1.ServerMessage(\x010\x01\x128\n" +
 	"\x05Lease\x12\x16.hodei.v1.LeaseRequest\x1a\x17.hodei.v1.LeaseResponse\x12M\n" +
@@ -7133,7 +7554,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
@@ -7234,6 +7655,11 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*Constraint)(nil),               // 96: hodei.v1.Constraint
 	(*TenantLimits)(nil),             // 97: hodei.v1.TenantLimits
 	(*TenantUsage)(nil),              // 98: hodei.v1.TenantUsage
+	(*AttemptSummary)(nil),           // 99: hodei.v1.AttemptSummary
+	(*RetryJobRequest)(nil),          // 100: hodei.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),         // 101: hodei.v1.RetryJobResponse
+	(*RequeueJobsRequest)(nil),       // 102: hodei.v1.RequeueJobsRequest
+	(*RequeueJobsResponse)(nil),      // 103: hodei.v1.RequeueJobsResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	4,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -7242,147 +7668,153 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	5,   // 3: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
 	0,   // 4: hodei.v1.Job.state:type_name -> hodei.v1.JobState
 	6,   // 5: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	5,   // 6: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	7,   // 7: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	5,   // 8: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	9,   // 9: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	7,   // 10: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
-	0,   // 11: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	7,   // 12: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	7,   // 13: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	7,   // 14: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	4,   // 15: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	18,  // 16: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	21,  // 17: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	23,  // 18: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	6,   // 19: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	7,   // 20: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	6,   // 21: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
-	0,   // 22: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	27,  // 23: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	28,  // 24: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	4,   // 25: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	27,  // 26: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	21,  // 27: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	31,  // 28: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	32,  // 29: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	33,  // 30: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	34,  // 31: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	91,  // 32: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
-	18,  // 33: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	28,  // 34: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	23,  // 35: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	21,  // 36: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	36,  // 37: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	37,  // 38: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	38,  // 39: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	39,  // 40: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	40,  // 41: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	41,  // 42: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	4,   // 43: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	43,  // 44: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	18,  // 45: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	45,  // 46: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	47,  // 47: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	48,  // 48: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	47,  // 49: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	51,  // 50: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	62,  // 51: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	61,  // 52: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	61,  // 53: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	61,  // 54: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	97,  // 55: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
-	97,  // 56: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
-	98,  // 57: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
-	68,  // 58: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	68,  // 59: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,   // 60: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
-	1,   // 61: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
-	73,  // 62: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
-	73,  // 63: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	73,  // 64: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
-	73,  // 65: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	7,   // 66: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
-	73,  // 67: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	9,   // 68: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
-	89,  // 69: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
-	0,   // 70: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
-	0,   // 71: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
-	7,   // 72: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
-	2,   // 73: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
-	90,  // 74: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
-	90,  // 75: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
-	90,  // 76: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
-	3,   // 77: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
-	8,   // 78: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	10,  // 79: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	12,  // 80: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	14,  // 81: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	16,  // 82: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	87,  // 83: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	92,  // 84: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
-	94,  // 85: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
-	35,  // 86: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	19,  // 87: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	22,  // 88: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	25,  // 89: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	29,  // 90: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	44,  // 91: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	49,  // 92: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	52,  // 93: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	54,  // 94: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	56,  // 95: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	58,  // 96: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	60,  // 97: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	64,  // 98: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	66,  // 99: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	69,  // 100: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	71,  // 101: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	74,  // 102: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	76,  // 103: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	77,  // 104: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	79,  // 105: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	80,  // 106: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	81,  // 107: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	83,  // 108: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	85,  // 109: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	9,   // 110: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	11,  // 111: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	13,  // 112: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	15,  // 113: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	17,  // 114: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	88,  // 115: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	93,  // 116: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
-	95,  // 117: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
-	42,  // 118: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	20,  // 119: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	24,  // 120: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	26,  // 121: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	30,  // 122: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	46,  // 123: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	50,  // 124: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	53,  // 125: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	55,  // 126: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	57,  // 127: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	59,  // 128: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	63,  // 129: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	65,  // 130: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	67,  // 131: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	70,  // 132: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	72,  // 133: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	75,  // 134: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 135: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	78,  // 136: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	75,  // 137: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 138: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	82,  // 139: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	84,  // 140: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	86,  // 141: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	110, // [110:142] is the sub-list for method output_type
-	78,  // [78:110] is the sub-list for method input_type
-	78,  // [78:78] is the sub-list for extension type_name
-	78,  // [78:78] is the sub-list for extension extendee
-	0,   // [0:78] is the sub-list for field type_name
+	99,  // 6: hodei.v1.Job.history:type_name -> hodei.v1.AttemptSummary
+	5,   // 7: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	7,   // 8: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	5,   // 9: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	9,   // 10: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	7,   // 11: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	0,   // 12: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
+	7,   // 13: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	7,   // 14: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	7,   // 15: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	4,   // 16: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	18,  // 17: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	21,  // 18: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	23,  // 19: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	6,   // 20: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	7,   // 21: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	6,   // 22: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	0,   // 23: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
+	27,  // 24: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	28,  // 25: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	4,   // 26: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	27,  // 27: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	21,  // 28: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	31,  // 29: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	32,  // 30: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	33,  // 31: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	34,  // 32: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	91,  // 33: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
+	18,  // 34: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	28,  // 35: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	23,  // 36: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	21,  // 37: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	36,  // 38: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	37,  // 39: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	38,  // 40: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	39,  // 41: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	40,  // 42: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	41,  // 43: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	4,   // 44: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	43,  // 45: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	18,  // 46: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	45,  // 47: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	47,  // 48: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	48,  // 49: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	47,  // 50: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	51,  // 51: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	62,  // 52: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	61,  // 53: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	61,  // 54: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	61,  // 55: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	97,  // 56: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
+	97,  // 57: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
+	98,  // 58: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
+	68,  // 59: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	68,  // 60: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	5,   // 61: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
+	1,   // 62: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
+	73,  // 63: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
+	73,  // 64: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	73,  // 65: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
+	73,  // 66: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	7,   // 67: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
+	73,  // 68: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	9,   // 69: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
+	89,  // 70: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	0,   // 71: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
+	0,   // 72: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
+	7,   // 73: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	2,   // 74: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
+	90,  // 75: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
+	90,  // 76: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	90,  // 77: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	3,   // 78: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
+	7,   // 79: hodei.v1.RetryJobResponse.job:type_name -> hodei.v1.Job
+	8,   // 80: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	10,  // 81: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	12,  // 82: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	14,  // 83: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	16,  // 84: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	87,  // 85: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	92,  // 86: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	94,  // 87: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	100, // 88: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
+	102, // 89: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
+	35,  // 90: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	19,  // 91: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	22,  // 92: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	25,  // 93: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	29,  // 94: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	44,  // 95: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	49,  // 96: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	52,  // 97: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	54,  // 98: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	56,  // 99: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	58,  // 100: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	60,  // 101: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	64,  // 102: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	66,  // 103: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	69,  // 104: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	71,  // 105: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	74,  // 106: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	76,  // 107: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	77,  // 108: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	79,  // 109: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	80,  // 110: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	81,  // 111: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	83,  // 112: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	85,  // 113: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	9,   // 114: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	11,  // 115: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	13,  // 116: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	15,  // 117: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	17,  // 118: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	88,  // 119: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	93,  // 120: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	95,  // 121: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	101, // 122: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
+	103, // 123: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
+	42,  // 124: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	20,  // 125: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	24,  // 126: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	26,  // 127: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	30,  // 128: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	46,  // 129: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	50,  // 130: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	53,  // 131: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	55,  // 132: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	57,  // 133: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	59,  // 134: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	63,  // 135: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	65,  // 136: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	67,  // 137: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	70,  // 138: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	72,  // 139: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	75,  // 140: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 141: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	78,  // 142: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	75,  // 143: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 144: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	82,  // 145: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	84,  // 146: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	86,  // 147: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	114, // [114:148] is the sub-list for method output_type
+	80,  // [80:114] is the sub-list for method input_type
+	80,  // [80:80] is the sub-list for extension type_name
+	80,  // [80:80] is the sub-list for extension extendee
+	0,   // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -7412,7 +7844,7 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   95,
+			NumMessages:   100,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -30,6 +30,8 @@ const (
 	JobService_WatchJobs_FullMethodName     = "/hodei.v1.JobService/WatchJobs"
 	JobService_GetJobLogs_FullMethodName    = "/hodei.v1.JobService/GetJobLogs"
 	JobService_FollowJobLogs_FullMethodName = "/hodei.v1.JobService/FollowJobLogs"
+	JobService_RetryJob_FullMethodName      = "/hodei.v1.JobService/RetryJob"
+	JobService_RequeueJobs_FullMethodName   = "/hodei.v1.JobService/RequeueJobs"
 )
 
 // JobServiceClient is the client API for JobService service.
@@ -56,6 +58,13 @@ type JobServiceClient interface {
 	// FollowJobLogs streams an attempt's lines live until the job ends, then
 	// the stream ends cleanly.
 	FollowJobLogs(ctx context.Context, in *FollowJobLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FollowJobLogsResponse], error)
+	// issue 11 dead
+	// RetryJob puts one DEAD, FAILED or CANCELLED job back to PENDING with a
+	// fresh set of attempts, keeping its history.
+	RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error)
+	// RequeueJobs puts DEAD jobs matching a filter back to PENDING, at most
+	// limit per call (repeat until requeued is 0).
+	RequeueJobs(ctx context.Context, in *RequeueJobsRequest, opts ...grpc.CallOption) (*RequeueJobsResponse, error)
 }
 
 type jobServiceClient struct {
@@ -164,6 +173,26 @@ func (c *jobServiceClient) FollowJobLogs(ctx context.Context, in *FollowJobLogsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_FollowJobLogsClient = grpc.ServerStreamingClient[FollowJobLogsResponse]
 
+func (c *jobServiceClient) RetryJob(ctx context.Context, in *RetryJobRequest, opts ...grpc.CallOption) (*RetryJobResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryJobResponse)
+	err := c.cc.Invoke(ctx, JobService_RetryJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jobServiceClient) RequeueJobs(ctx context.Context, in *RequeueJobsRequest, opts ...grpc.CallOption) (*RequeueJobsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RequeueJobsResponse)
+	err := c.cc.Invoke(ctx, JobService_RequeueJobs_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility.
@@ -188,6 +217,13 @@ type JobServiceServer interface {
 	// FollowJobLogs streams an attempt's lines live until the job ends, then
 	// the stream ends cleanly.
 	FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error
+	// issue 11 dead
+	// RetryJob puts one DEAD, FAILED or CANCELLED job back to PENDING with a
+	// fresh set of attempts, keeping its history.
+	RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error)
+	// RequeueJobs puts DEAD jobs matching a filter back to PENDING, at most
+	// limit per call (repeat until requeued is 0).
+	RequeueJobs(context.Context, *RequeueJobsRequest) (*RequeueJobsResponse, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -221,6 +257,12 @@ func (UnimplementedJobServiceServer) GetJobLogs(context.Context, *GetJobLogsRequ
 }
 func (UnimplementedJobServiceServer) FollowJobLogs(*FollowJobLogsRequest, grpc.ServerStreamingServer[FollowJobLogsResponse]) error {
 	return status.Error(codes.Unimplemented, "method FollowJobLogs not implemented")
+}
+func (UnimplementedJobServiceServer) RetryJob(context.Context, *RetryJobRequest) (*RetryJobResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryJob not implemented")
+}
+func (UnimplementedJobServiceServer) RequeueJobs(context.Context, *RequeueJobsRequest) (*RequeueJobsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RequeueJobs not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 func (UnimplementedJobServiceServer) testEmbeddedByValue()                    {}
@@ -373,6 +415,42 @@ func _JobService_FollowJobLogs_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type JobService_FollowJobLogsServer = grpc.ServerStreamingServer[FollowJobLogsResponse]
 
+func _JobService_RetryJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RetryJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_RetryJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RetryJob(ctx, req.(*RetryJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JobService_RequeueJobs_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RequeueJobsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).RequeueJobs(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JobService_RequeueJobs_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).RequeueJobs(ctx, req.(*RequeueJobsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // JobService_ServiceDesc is the grpc.ServiceDesc for JobService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -403,6 +481,14 @@ var JobService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJobLogs",
 			Handler:    _JobService_GetJobLogs_Handler,
+		},
+		{
+			MethodName: "RetryJob",
+			Handler:    _JobService_RetryJob_Handler,
+		},
+		{
+			MethodName: "RequeueJobs",
+			Handler:    _JobService_RequeueJobs_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

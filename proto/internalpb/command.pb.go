@@ -159,8 +159,10 @@ type Entry struct {
 	// that carries a SetTenantWeight, or fsm.EntryVersionDispatch (3) for one
 	// that carries LeaseBatch, CompleteJobs, a lease with kinds or a job with a
 	// kind or payload, or fsm.EntryVersionSemantics (4) for one with issue 11
-	// commands (SetTenantLimits, a job with constraints) (fsm.EntryVersionFor
-	// chooses); a version newer than a node understands stops that node loudly.
+	// commands (schedules, SetTenantLimits, a job with constraints, RetryJobs)
+	// or, once the whole cluster knows it, completions, expiries and GC (dead
+	// letters; fsm.EntryVersionFor / EntryVersionForCluster choose); a version
+	// newer than a node understands stops that node loudly.
 	Version       uint32     `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NowMs         int64      `protobuf:"varint,2,opt,name=now_ms,json=nowMs,proto3" json:"now_ms,omitempty"`
 	Commands      []*Command `protobuf:"bytes,3,rep,name=commands,proto3" json:"commands,omitempty"`
@@ -243,6 +245,7 @@ type Command struct {
 	//	*Command_DeleteSchedule
 	//	*Command_FireSchedules
 	//	*Command_SetTenantLimits
+	//	*Command_RetryJobs
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -463,6 +466,15 @@ func (x *Command) GetSetTenantLimits() *SetTenantLimits {
 	return nil
 }
 
+func (x *Command) GetRetryJobs() *RetryJobs {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_RetryJobs); ok {
+			return x.RetryJobs
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -544,6 +556,10 @@ type Command_SetTenantLimits struct {
 	SetTenantLimits *SetTenantLimits `protobuf:"bytes,50,opt,name=set_tenant_limits,json=setTenantLimits,proto3,oneof"` // quota (issue 11): only in entries of version >= 4
 }
 
+type Command_RetryJobs struct {
+	RetryJobs *RetryJobs `protobuf:"bytes,40,opt,name=retry_jobs,json=retryJobs,proto3,oneof"` // dead (issue 11): only in entries of version >= 4
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -581,6 +597,8 @@ func (*Command_DeleteSchedule) isCommand_Kind() {}
 func (*Command_FireSchedules) isCommand_Kind() {}
 
 func (*Command_SetTenantLimits) isCommand_Kind() {}
+
+func (*Command_RetryJobs) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2584,6 +2602,94 @@ func (x *TenantQuota) GetRefusedRate() uint64 {
 	return 0
 }
 
+// RetryJobs puts jobs back to PENDING with fresh attempts: the one job_id
+// (DEAD, FAILED or CANCELLED), or else the DEAD jobs matching the filter, in
+// order of death, at most limit. The result is the job (by id) or the
+// count requeued (by filter), so its request record is an ordinary one.
+type RetryJobs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	SinceMs       int64                  `protobuf:"varint,4,opt,name=since_ms,json=sinceMs,proto3" json:"since_ms,omitempty"`
+	UntilMs       int64                  `protobuf:"varint,5,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`
+	Limit         uint32                 `protobuf:"varint,6,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryJobs) Reset() {
+	*x = RetryJobs{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryJobs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryJobs) ProtoMessage() {}
+
+func (x *RetryJobs) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryJobs.ProtoReflect.Descriptor instead.
+func (*RetryJobs) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RetryJobs) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RetryJobs) GetSinceMs() int64 {
+	if x != nil {
+		return x.SinceMs
+	}
+	return 0
+}
+
+func (x *RetryJobs) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
+}
+
+func (x *RetryJobs) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -2592,7 +2698,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xbd\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xfc\n" +
 	"\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
@@ -2619,7 +2725,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x11backfill_schedule\x18! \x01(\v2#.hodei.internal.v1.BackfillScheduleH\x00R\x10backfillSchedule\x12L\n" +
 	"\x0fdelete_schedule\x18\" \x01(\v2!.hodei.internal.v1.DeleteScheduleH\x00R\x0edeleteSchedule\x12I\n" +
 	"\x0efire_schedules\x18# \x01(\v2 .hodei.internal.v1.FireSchedulesH\x00R\rfireSchedules\x12P\n" +
-	"\x11set_tenant_limits\x182 \x01(\v2\".hodei.internal.v1.SetTenantLimitsH\x00R\x0fsetTenantLimitsB\x06\n" +
+	"\x11set_tenant_limits\x182 \x01(\v2\".hodei.internal.v1.SetTenantLimitsH\x00R\x0fsetTenantLimits\x12=\n" +
+	"\n" +
+	"retry_jobs\x18( \x01(\v2\x1c.hodei.internal.v1.RetryJobsH\x00R\tretryJobsB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -2775,7 +2883,14 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\ftokens_micro\x18\x03 \x01(\x03R\vtokensMicro\x12\x1b\n" +
 	"\tbucket_ms\x18\x04 \x01(\x03R\bbucketMs\x12%\n" +
 	"\x0erefused_queued\x18\x05 \x01(\x04R\rrefusedQueued\x12!\n" +
-	"\frefused_rate\x18\x06 \x01(\x04R\vrefusedRate*\x96\x01\n" +
+	"\frefused_rate\x18\x06 \x01(\x04R\vrefusedRate\"\x9a\x01\n" +
+	"\tRetryJobs\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
+	"\bsince_ms\x18\x04 \x01(\x03R\asinceMs\x12\x19\n" +
+	"\buntil_ms\x18\x05 \x01(\x03R\auntilMs\x12\x14\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -2807,7 +2922,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2842,19 +2957,20 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*MetaCommand)(nil),               // 30: hodei.internal.v1.MetaCommand
 	(*SetTenantLimits)(nil),           // 31: hodei.internal.v1.SetTenantLimits
 	(*TenantQuota)(nil),               // 32: hodei.internal.v1.TenantQuota
-	(*hodeiv1.JobSpec)(nil),           // 33: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 34: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 35: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 36: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 37: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 38: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 39: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 40: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 41: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 42: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 43: hodei.v1.CompletionResult
-	(*hodeiv1.Schedule)(nil),          // 44: hodei.v1.Schedule
-	(*hodeiv1.TenantLimits)(nil),      // 45: hodei.v1.TenantLimits
+	(*RetryJobs)(nil),                 // 33: hodei.internal.v1.RetryJobs
+	(*hodeiv1.JobSpec)(nil),           // 34: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 35: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 36: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 37: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 38: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 39: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 40: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 41: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 42: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 43: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 44: hodei.v1.CompletionResult
+	(*hodeiv1.Schedule)(nil),          // 45: hodei.v1.Schedule
+	(*hodeiv1.TenantLimits)(nil),      // 46: hodei.v1.TenantLimits
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -2877,42 +2993,43 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	24, // 17: hodei.internal.v1.Command.delete_schedule:type_name -> hodei.internal.v1.DeleteSchedule
 	25, // 18: hodei.internal.v1.Command.fire_schedules:type_name -> hodei.internal.v1.FireSchedules
 	31, // 19: hodei.internal.v1.Command.set_tenant_limits:type_name -> hodei.internal.v1.SetTenantLimits
-	33, // 20: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	34, // 21: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 22: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	35, // 23: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	36, // 24: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	37, // 25: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	36, // 26: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 27: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	38, // 28: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	39, // 29: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	40, // 30: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	41, // 31: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	42, // 32: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	43, // 33: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	44, // 34: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
-	38, // 35: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
-	18, // 36: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	28, // 37: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	32, // 38: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
-	16, // 39: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 40: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 41: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	44, // 42: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
-	26, // 43: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
-	45, // 44: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
-	27, // 45: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	28, // 46: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	27, // 47: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	28, // 48: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	45, // 49: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
-	45, // 50: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
-	51, // [51:51] is the sub-list for method output_type
-	51, // [51:51] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	33, // 20: hodei.internal.v1.Command.retry_jobs:type_name -> hodei.internal.v1.RetryJobs
+	34, // 21: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	35, // 22: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 23: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	36, // 24: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	37, // 25: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	38, // 26: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	37, // 27: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 28: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	39, // 29: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	40, // 30: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	41, // 31: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	42, // 32: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	43, // 33: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	44, // 34: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	45, // 35: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
+	39, // 36: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
+	18, // 37: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	28, // 38: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	32, // 39: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
+	16, // 40: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 41: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 42: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	45, // 43: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
+	26, // 44: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
+	46, // 45: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
+	27, // 46: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	28, // 47: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	27, // 48: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	28, // 49: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	46, // 50: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
+	46, // 51: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
+	52, // [52:52] is the sub-list for method output_type
+	52, // [52:52] is the sub-list for method input_type
+	52, // [52:52] is the sub-list for extension type_name
+	52, // [52:52] is the sub-list for extension extendee
+	0,  // [0:52] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -2940,6 +3057,7 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_DeleteSchedule)(nil),
 		(*Command_FireSchedules)(nil),
 		(*Command_SetTenantLimits)(nil),
+		(*Command_RetryJobs)(nil),
 	}
 	file_hodei_internal_v1_command_proto_msgTypes[28].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
@@ -2953,7 +3071,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
