@@ -195,9 +195,8 @@ func (m *metrics) event(e fsm.Event) {
 		m.completed.WithLabelValues(e.Tenant, "failed").Inc()
 	case hodeiv1.JobState_JOB_STATE_CANCELLED:
 		m.completed.WithLabelValues(e.Tenant, "cancelled").Inc()
-		m.completed.WithLabelValues("cancelled").Inc()
 	case hodeiv1.JobState_JOB_STATE_DEAD:
-		m.completed.WithLabelValues("dead").Inc()
+		m.completed.WithLabelValues(e.Tenant, "dead").Inc()
 	}
 }
 
