@@ -28,15 +28,25 @@ func run(t *testing.T, args ...string) (string, error) {
 // TestCLIAgainstDevCluster is the README's promise: a local cluster with
 // workers, `job submit -- echo hello`, and `job get` shows SUCCEEDED with
 // the output.
-func TestCLIAgainstDevCluster(t *testing.T) {
+// startTestDev starts a dev cluster for a CLI test (within 60 s; stopped
+// when the test ends) and returns the --addr flag that reaches it.
+func startTestDev(t *testing.T, o devOptions) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 3, workers: 2, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	t.Cleanup(cancel)
+	if o.dataDir == "" {
+		o.dataDir = t.TempDir()
+	}
+	d, err := startDev(ctx, o, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	t.Cleanup(func() { d.Close() })
+	return "--addr=" + strings.Join(d.addrs, ",")
+}
+
+func TestCLIAgainstDevCluster(t *testing.T) {
+	addr := startTestDev(t, devOptions{nodes: 3, workers: 2})
 
 	out, err := run(t, addr, "job", "submit", "--wait", "--", "echo", "hello")
 	if err != nil {
@@ -188,14 +198,7 @@ func TestCLISnapshotRoundTrip(t *testing.T) {
 // tenant list` (text and -o json); bad weights are refused and change
 // nothing.
 func TestCLITenantWeights(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 1, workers: 0, shards: 2, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	addr := startTestDev(t, devOptions{nodes: 1, workers: 0, shards: 2})
 
 	out, err := run(t, addr, "operator", "tenant", "list")
 	if err != nil || !strings.Contains(out, "no tenant settings") {

@@ -1,26 +1,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"log/slog"
 	"strings"
 	"testing"
-	"time"
 )
 
 // `hodei job logs` against a dev cluster: a shell job's stdout and stderr
 // lines, streamed by the dev worker, in text (stdout lines on stdout) and
 // JSON lines; --follow of an ended job prints them and ends.
 func TestCLIJobLogs(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 3, workers: 1, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	addr := startTestDev(t, devOptions{nodes: 3, workers: 1})
 	out, err := run(t, addr, "job", "submit", "--wait", "--shell", "--", "echo one; echo two >&2; echo three")
 	if err != nil || !strings.Contains(out, "SUCCEEDED") {
 		t.Fatalf("submit: %v\n%s", err, out)

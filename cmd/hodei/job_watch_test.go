@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -29,14 +28,7 @@ func runFor(t *testing.T, d time.Duration, args ...string) (string, string, erro
 // TestCLIJobWatch: a watch from now prints its cursor; a later watch from
 // that cursor prints the job's state changes, as text and as JSON lines.
 func TestCLIJobWatch(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 3, workers: 1, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	addr := startTestDev(t, devOptions{nodes: 3, workers: 1})
 	out, _, err := runFor(t, 2*time.Second, addr, "job", "watch", "--tenant", "cli", "-o", "json")
 	if err != nil {
 		t.Fatalf("watch: %v", err)

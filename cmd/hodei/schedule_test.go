@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -12,14 +10,7 @@ import (
 // TestCLISchedules drives `hodei schedule ...` against a dev cluster, in
 // text and json.
 func TestCLISchedules(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 1, workers: 1, shards: 2, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	addr := startTestDev(t, devOptions{nodes: 1, workers: 1, shards: 2})
 
 	out, err := run(t, addr, "schedule", "create", "tick", "--tenant", "acme", "--cron", "@every 1s", "--overlap", "allow-all", "--", "echo", "tick")
 	if err != nil || !strings.Contains(out, "Catch-up window:") || !strings.Contains(out, "1h0m0s") || !strings.Contains(out, "allow-all") {

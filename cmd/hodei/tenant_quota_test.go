@@ -1,26 +1,16 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"log/slog"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestCLITenantQuota: limits through `operator tenant set`, a submit over
 // max-queued refused with ResourceExhausted naming the limit, usage in
 // `tenant list` (text and json), bad limits and constraints refused.
 func TestCLITenantQuota(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	d, err := startDev(ctx, devOptions{nodes: 1, workers: 0, shards: 2, dataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	addr := "--addr=" + strings.Join(d.addrs, ",")
+	addr := startTestDev(t, devOptions{nodes: 1, workers: 0, shards: 2})
 
 	out, err := run(t, addr, "operator", "tenant", "set", "shop", "--max-queued", "2", "--submit-rate", "100/s")
 	if err != nil || !strings.Contains(out, "tenant shop: weight 1, max-queued 2, submit-rate 100/s burst 100 (in effect on shard") {
