@@ -187,7 +187,9 @@ func (n *Node) JoinGroup(ctx context.Context, g uint32, req *hodeiv1.JoinRequest
 		}
 	}
 	target := r.CommitIndex()
-	if err := waitFuture(ctx, r.AddNonvoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
+	if err := configChange(ctx, func(enqueue time.Duration) raft.IndexFuture {
+		return r.AddNonvoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, enqueue)
+	}); err != nil {
 		return fmt.Errorf("add %s as non-voter to group %d: %w", req.GetNodeId(), g, err)
 	}
 	if !req.GetVoter() {
@@ -196,10 +198,37 @@ func (n *Node) JoinGroup(ctx context.Context, g uint32, req *hodeiv1.JoinRequest
 	if err := n.waitCaughtUp(ctx, g, req.GetAddress(), target); err != nil {
 		return err
 	}
-	if err := waitFuture(ctx, r.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, 0)); err != nil {
+	if err := configChange(ctx, func(enqueue time.Duration) raft.IndexFuture {
+		return r.AddVoter(raft.ServerID(req.GetNodeId()), raft.ServerAddress(req.GetAddress()), 0, enqueue)
+	}); err != nil {
 		return fmt.Errorf("promote %s in group %d: %w", req.GetNodeId(), g, err)
 	}
 	return nil
+}
+
+// configChangeAttempt bounds one configuration change on a group leader:
+// queueing it and waiting for it to commit. hashicorp/raft's AddVoter,
+// AddNonvoter and RemoveServer block without limit (they are not context
+// aware) when given no enqueue timeout, and a leader only takes a change
+// once its latest configuration is committed, so a leader that cannot
+// commit (it lost its quorum and has not stepped down yet, or an earlier
+// change is still uncommitted) would hold the caller until its whole
+// deadline. A bounded attempt fails instead, and onGroupLeader retries it on
+// whichever node leads the group by then. Changes are idempotent (JoinGroup
+// and RemoveGroup first look at the current configuration), so a retry after
+// an attempt that did commit late is harmless.
+const configChangeAttempt = 10 * time.Second
+
+// configChange runs one configuration change, bounded by configChangeAttempt
+// and by ctx. change gets the enqueue timeout to pass to raft.
+func configChange(ctx context.Context, change func(enqueue time.Duration) raft.IndexFuture) error {
+	ctx, cancel := context.WithTimeout(ctx, configChangeAttempt)
+	defer cancel()
+	enqueue := configChangeAttempt
+	if dl, ok := ctx.Deadline(); ok {
+		enqueue = max(time.Until(dl), time.Millisecond)
+	}
+	return waitFuture(ctx, change(enqueue))
 }
 
 // waitCaughtUp polls the new node's status until its replica of the group
@@ -308,7 +337,9 @@ func (n *Node) RemoveGroup(ctx context.Context, g uint32, req *hodeiv1.RemoveReq
 	}
 	for _, srv := range cf.Configuration().Servers {
 		if srv.ID == raft.ServerID(req.GetNodeId()) {
-			return waitFuture(ctx, r.RemoveServer(srv.ID, 0, 0))
+			return configChange(ctx, func(enqueue time.Duration) raft.IndexFuture {
+				return r.RemoveServer(srv.ID, 0, enqueue)
+			})
 		}
 	}
 	return nil // already gone
