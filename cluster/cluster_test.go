@@ -89,6 +89,10 @@ func testConfig(t testing.TB, id, dir string, lis net.Listener, peers []Peer, sh
 	// checks that its replicas applied the same log (close fails on a
 	// divergence).
 	cfg.CheckpointEvery = 200 * time.Millisecond
+	// Nodes of a test cluster start one after another on listeners that
+	// exist before they serve: a short probe keeps each start from waiting
+	// out the default second on a peer that is not serving yet.
+	cfg.IdentityProbeTimeout = 100 * time.Millisecond
 	// The test machine is small and shared: looser Raft timing than the
 	// defaults keeps leaders from stepping down under -race load.
 	if looseRaftTiming {

@@ -115,6 +115,12 @@ type Config struct {
 	Keepalive        time.Duration
 	KeepaliveTimeout time.Duration
 
+	// IdentityProbeTimeout bounds each probe of a --peers or --join address
+	// made at start to check the peer list and the data dir's cluster
+	// (identity.go); a peer that does not answer in time is not judged.
+	// 0 skips the probes (the data dir's node id is still checked).
+	IdentityProbeTimeout time.Duration
+
 	// BalanceInterval is how often the meta leader reconciles members and
 	// moves shard leadership towards an even spread.
 	BalanceInterval time.Duration
@@ -178,31 +184,32 @@ type Config struct {
 // cluster's CPU. Measurements: docs/benchmarks.md.
 func DefaultConfig() Config {
 	return Config{
-		GRPCAddr:           "127.0.0.1:7401",
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 500 * time.Millisecond,
-		CommitTimeout:      50 * time.Millisecond,
-		SnapshotInterval:   30 * time.Second,
-		SnapshotThreshold:  16384,
-		TrailingLogs:       10240,
-		ApplyTimeout:       10 * time.Second,
-		BatchMaxCommands:   2048,
-		BatchMaxBytes:      4 << 20,
-		BatchMaxInflight:   8,
-		ProposeWaves:       1,
-		WaveStall:          50 * time.Millisecond,
-		LeaseTTL:           30 * time.Second,
-		Retention:          24 * time.Hour,
-		DeadLetters:        true,
-		TimerTick:          50 * time.Millisecond,
-		CheckpointEvery:    5 * time.Second,
-		Shards:             8,
-		BalanceInterval:    time.Second,
-		Keepalive:          10 * time.Second,
-		KeepaliveTimeout:   5 * time.Second,
-		FSM:                fsm.DefaultConfig(),
-		Watch:              DefaultEventBusConfig(),
+		GRPCAddr:             "127.0.0.1:7401",
+		HeartbeatTimeout:     500 * time.Millisecond,
+		ElectionTimeout:      500 * time.Millisecond,
+		LeaderLeaseTimeout:   500 * time.Millisecond,
+		CommitTimeout:        50 * time.Millisecond,
+		SnapshotInterval:     30 * time.Second,
+		SnapshotThreshold:    16384,
+		TrailingLogs:         10240,
+		ApplyTimeout:         10 * time.Second,
+		BatchMaxCommands:     2048,
+		BatchMaxBytes:        4 << 20,
+		BatchMaxInflight:     8,
+		ProposeWaves:         1,
+		WaveStall:            50 * time.Millisecond,
+		LeaseTTL:             30 * time.Second,
+		Retention:            24 * time.Hour,
+		DeadLetters:          true,
+		TimerTick:            50 * time.Millisecond,
+		CheckpointEvery:      5 * time.Second,
+		Shards:               8,
+		BalanceInterval:      time.Second,
+		Keepalive:            10 * time.Second,
+		KeepaliveTimeout:     5 * time.Second,
+		IdentityProbeTimeout: time.Second,
+		FSM:                  fsm.DefaultConfig(),
+		Watch:                DefaultEventBusConfig(),
 	}
 }
 
@@ -276,6 +283,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Keepalive < 0 || (c.Keepalive > 0 && c.Keepalive < time.Second) {
 		errs = append(errs, fmt.Errorf("keepalive must be 0 (off) or >= 1s, got %v", c.Keepalive))
+	}
+	if c.IdentityProbeTimeout < 0 {
+		errs = append(errs, errors.New("identity probe timeout must be >= 0"))
 	}
 	if c.Keepalive > 0 && c.KeepaliveTimeout <= 0 {
 		errs = append(errs, errors.New("keepalive timeout must be > 0 when keepalive is on"))

@@ -95,6 +95,9 @@ func (n *Node) Join(ctx context.Context, req *hodeiv1.JoinRequest) error {
 	if st.GetNodeId() != req.GetNodeId() {
 		return &fsm.CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: fmt.Sprintf("the node at %s is %q, not %q", req.GetAddress(), st.GetNodeId(), req.GetNodeId())}
 	}
+	if err := checkJoiner(n.ClusterID(), st, req.GetAddress()); err != nil {
+		return err
+	}
 	if len(st.GetShards()) != len(n.shards) {
 		return &fsm.CodeError{C: internalpb.Code_CODE_FAILED_PRECONDITION, Msg: fmt.Sprintf("the node at %s hosts %d shards, the cluster has %d (start it with --shards %d or --join)", req.GetAddress(), len(st.GetShards()), len(n.shards), len(n.shards))}
 	}

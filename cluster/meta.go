@@ -2,11 +2,7 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sort"
 	"sync"
 	"time"
@@ -52,8 +48,9 @@ func openMeta(n *Node, dir string) (*metaGroup, error) {
 		return nil, err
 	}
 	m.raft, m.closeStore = g.raft, g.closeStore
-	m.wg.Add(1)
+	m.wg.Add(2)
 	go m.watchLeadership()
+	go m.keepClusterFile()
 	return m, nil
 }
 
@@ -126,7 +123,7 @@ func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
 // machine's verdict (a *fsm.CodeError for a rejected command). An error
 // from Raft or ctx means the outcome is unknown.
 func (m *metaGroup) proposeCtx(ctx context.Context, cmd *internalpb.MetaCommand) error {
-	cmd.Version = fsm.MetaVersion
+	cmd.Version = fsm.MetaCommandVersion(cmd)
 	cmd.NowMs = m.n.now().UnixMilli()
 	b, err := proto.Marshal(cmd)
 	if err != nil {
@@ -152,6 +149,9 @@ func (m *metaGroup) reconcile(ctx context.Context) {
 			log.Warn("meta: record shard count", "err", err)
 			return
 		}
+	}
+	if m.fsm.ClusterID() == "" {
+		m.recordClusterID(ctx)
 	}
 	cf := m.raft.GetConfiguration()
 	if cf.Error() != nil {
@@ -303,46 +303,6 @@ func (s *shard) hasVoter(id string) bool {
 		}
 	}
 	return false
-}
-
-// clusterFile records facts of the cluster a node must know before it can
-// open its Raft groups.
-type clusterFile struct {
-	Format int `json:"format"`
-	Shards int `json:"shards"`
-}
-
-const clusterFileName = "cluster.json"
-
-// resolveShardCount decides how many shards this node hosts: what its data
-// dir says; else the bootstrap setting; else what the cluster it joins has.
-func resolveShardCount(cfg Config) (int, error) {
-	path := filepath.Join(cfg.DataDir, clusterFileName)
-	if b, err := os.ReadFile(path); err == nil {
-		var cf clusterFile
-		if err := json.Unmarshal(b, &cf); err != nil || cf.Shards < 1 {
-			return 0, fmt.Errorf("%s is corrupt: %v", path, err)
-		}
-		return cf.Shards, nil
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return 0, err
-	}
-	n := cfg.Shards
-	if len(cfg.Bootstrap) == 0 && len(cfg.Join) > 0 {
-		var err error
-		if n, err = discoverShardCount(cfg); err != nil {
-			return 0, err
-		}
-	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
-		return 0, err
-	}
-	b, _ := json.Marshal(clusterFile{Format: 1, Shards: n})
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return 0, err
-	}
-	return n, os.Rename(tmp, path)
 }
 
 // discoverShardCount asks the nodes to join for their shard count.

@@ -36,8 +36,9 @@ import (
 // Node is one server of a Hodei cluster.
 type Node struct {
 	cfg          Config
-	raftLog      *raftLog // every group's raft logger (folds repeats across groups)
-	addr         string   // advertised gRPC (and Raft) address
+	raftLog      *raftLog    // every group's raft logger (folds repeats across groups)
+	addr         string      // advertised gRPC (and Raft) address
+	clusterFile  clusterFile // DATA/cluster.json as read at start (identity.go)
 	lis          net.Listener
 	grpc         *grpc.Server
 	health       *health.Server
@@ -140,12 +141,17 @@ func New(cfg Config) (*Node, error) {
 		lis.Close()
 		return nil, err
 	}
-	count, err := resolveShardCount(cfg)
+	cf, fresh, err := loadClusterFile(cfg)
+	if err == nil {
+		err = checkIdentity(cfg, cf, fresh, n.addr)
+	}
 	if err != nil {
 		lis.Close()
 		n.pool.Close()
 		return nil, err
 	}
+	n.clusterFile = cf
+	count := cf.Shards
 	if !cfg.PerGroupLogStore {
 		if n.logdb, err = logdb.Open(logdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), Logger: cfg.Logger}); err != nil {
 			lis.Close()

@@ -288,6 +288,7 @@ func (n *Node) RestoreGroup(ctx context.Context, g uint32, req *hodeiv1.RestoreG
 			ShardCount:   uint32(len(n.shards)),
 			Members:      cur.GetMembers(),
 			Tenants:      st.GetTenants(),
+			ClusterId:    cur.GetClusterId(), // a restore keeps this cluster's identity
 			AppliedIndex: cur.GetAppliedIndex(),
 		}
 		if payload, err = fsm.EncodeMetaSnapshot(restored); err != nil {

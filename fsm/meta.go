@@ -14,8 +14,33 @@ import (
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
-// MetaVersion is the version of meta commands and snapshots this code understands.
-const MetaVersion = 1
+// MetaVersion is the newest version of meta commands and snapshots this code
+// understands. A command carries the lowest version that has its kind
+// (MetaCommandVersion) and a snapshot the lowest version that has its
+// fields, so that a cluster in a rolling upgrade keeps working with older
+// nodes until a newer feature is used:
+//
+//	1: shard count, members, tenant settings
+//	2: the cluster id (init_cluster_id, MetaState.cluster_id)
+const MetaVersion = 2
+
+// MetaCommandVersion is the version a meta command must carry: the lowest
+// that has its kind.
+func MetaCommandVersion(cmd *internalpb.MetaCommand) uint32 {
+	switch cmd.GetKind().(type) {
+	case *internalpb.MetaCommand_InitClusterId:
+		return 2
+	}
+	return 1
+}
+
+// metaStateVersion is the snapshot version of st: the lowest that has its fields.
+func metaStateVersion(st *internalpb.MetaState) uint32 {
+	if st.GetClusterId() != "" {
+		return 2
+	}
+	return 1
+}
 
 var metaMagic = []byte("HODEIMET")
 
@@ -38,6 +63,13 @@ func (m *MetaFSM) State() *internalpb.MetaState {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return proto.Clone(m.state).(*internalpb.MetaState)
+}
+
+// ClusterID is the cluster's identity ("" before the meta leader records one).
+func (m *MetaFSM) ClusterID() string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.state.GetClusterId()
 }
 
 // ShardCount is the cluster's shard count (0 before it is set).
@@ -83,6 +115,9 @@ func (m *MetaFSM) Apply(l *raft.Log) interface{} {
 	if cmd.GetVersion() == 0 || cmd.GetVersion() > MetaVersion {
 		panic(fmt.Sprintf("fsm: meta entry %d has version %d, this node understands %d: upgrade it", l.Index, cmd.GetVersion(), MetaVersion))
 	}
+	if v := MetaCommandVersion(&cmd); cmd.GetVersion() < v {
+		panic(fmt.Sprintf("fsm: meta entry %d has version %d but a command of version %d", l.Index, cmd.GetVersion(), v))
+	}
 	res := m.apply(l.Index, &cmd)
 	if m.onChange != nil {
 		m.onChange()
@@ -104,6 +139,13 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 			return &CodeError{C: internalpb.Code_CODE_FAILED_PRECONDITION, Msg: fmt.Sprintf("cluster has %d shards, not %d", s.ShardCount, k.InitShards)}
 		}
 		s.ShardCount = k.InitShards
+	case *internalpb.MetaCommand_InitClusterId:
+		if err := ValidateClusterID(k.InitClusterId); err != nil {
+			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: err.Error()}
+		}
+		if s.ClusterId == "" {
+			s.ClusterId = k.InitClusterId
+		}
 	case *internalpb.MetaCommand_PutMember:
 		mem := proto.Clone(k.PutMember).(*internalpb.Member)
 		if mem.GetId() == "" || mem.GetGrpcAddr() == "" {
@@ -155,6 +197,19 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 	return nil
 }
 
+// ValidateClusterID checks a cluster id: 1 to 64 characters of [0-9a-z-].
+func ValidateClusterID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("cluster id must have 1 to 64 characters, got %d", len(id))
+	}
+	for _, r := range id {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r == '-') {
+			return fmt.Errorf("cluster id %q: only 0-9, a-z and '-' are allowed", id)
+		}
+	}
+	return nil
+}
+
 // Snapshot implements raft.FSM.
 func (m *MetaFSM) Snapshot() (raft.FSMSnapshot, error) {
 	m.mu.RLock()
@@ -169,6 +224,10 @@ func (m *MetaFSM) Snapshot() (raft.FSMSnapshot, error) {
 // EncodeMetaSnapshot is the meta snapshot encoding of st: "HODEIMET", the
 // deterministic protobuf encoding, and a CRC-32C of both (big-endian).
 func EncodeMetaSnapshot(st *internalpb.MetaState) ([]byte, error) {
+	if v := metaStateVersion(st); st.GetVersion() != v {
+		st = proto.Clone(st).(*internalpb.MetaState)
+		st.Version = v
+	}
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(st)
 	if err != nil {
 		return nil, err

@@ -1,7 +1,9 @@
 package fsm
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -56,4 +58,77 @@ func TestMetaPutTenant(t *testing.T) {
 	if m.TenantWeight("a") != 2 || changes != 8 {
 		t.Fatalf("weight of a %d, %d change callbacks", m.TenantWeight("a"), changes)
 	}
+}
+
+func TestMetaClusterID(t *testing.T) {
+	m := NewMeta(nil)
+	idx := uint64(0)
+	apply := func(cmd *internalpb.MetaCommand) error {
+		t.Helper()
+		idx++
+		b, err := proto.Marshal(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, _ := m.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: b}).(error)
+		return res
+	}
+	initID := func(id string) *internalpb.MetaCommand {
+		c := &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_InitClusterId{InitClusterId: id}}
+		c.Version = MetaCommandVersion(c)
+		return c
+	}
+	// Without a cluster id the snapshot is version 1: an older node can restore it.
+	enc, err := EncodeMetaSnapshot(m.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := DecodeMetaSnapshot(enc); st.GetVersion() != 1 {
+		t.Fatalf("snapshot without a cluster id has version %d, want 1", st.GetVersion())
+	}
+	for _, bad := range []string{"", "UPPER", "a b", string(make([]byte, 65))} {
+		var ce *CodeError
+		if err := apply(initID(bad)); !errors.As(err, &ce) || ce.Code() != internalpb.Code_CODE_INVALID_ARGUMENT {
+			t.Fatalf("cluster id %q: %v", bad, err)
+		}
+	}
+	if m.ClusterID() != "" {
+		t.Fatal("a rejected cluster id was stored")
+	}
+	if err := apply(initID("0123abcd")); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(initID("ffff")); err != nil { // first writer wins; a second is ignored
+		t.Fatal(err)
+	}
+	if m.ClusterID() != "0123abcd" {
+		t.Fatalf("cluster id %q", m.ClusterID())
+	}
+	enc, err = EncodeMetaSnapshot(m.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2 := NewMeta(nil)
+	if err := m2.Restore(io.NopCloser(bytes.NewReader(enc))); err != nil {
+		t.Fatal(err)
+	}
+	if m2.ClusterID() != "0123abcd" {
+		t.Fatalf("restored cluster id %q", m2.ClusterID())
+	}
+	if st, _ := DecodeMetaSnapshot(enc); st.GetVersion() != 2 {
+		t.Fatalf("snapshot with a cluster id has version %d, want 2", st.GetVersion())
+	}
+	// Old kinds still carry version 1 (older nodes apply them during a rolling upgrade).
+	if v := MetaCommandVersion(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{}}); v != 1 {
+		t.Fatalf("put_tenant needs version %d", v)
+	}
+	// A version-2 kind in a version-1 entry is a corrupt entry: the node stops.
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a cluster id in a version-1 entry was applied")
+		}
+	}()
+	c := initID("abc")
+	c.Version = 1
+	_ = apply(c)
 }

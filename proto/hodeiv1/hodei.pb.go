@@ -3449,8 +3449,14 @@ type StatusResponse struct {
 	MetaServers      []*RaftServer          `protobuf:"bytes,7,rep,name=meta_servers,json=metaServers,proto3" json:"meta_servers,omitempty"`
 	GossipAddress    string                 `protobuf:"bytes,8,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"` // memberlist address ("" when gossip is off)
 	Members          []*Member              `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`                                  // this node's gossip view
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The cluster this node belongs to ("" until the meta group has recorded
+	// one, or when the node has not joined a cluster yet), and the newest meta
+	// command version it understands (the meta leader records a cluster id
+	// only once every voter understands version 2).
+	ClusterId     string `protobuf:"bytes,70,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	MetaVersion   uint32 `protobuf:"varint,71,opt,name=meta_version,json=metaVersion,proto3" json:"meta_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -3544,6 +3550,20 @@ func (x *StatusResponse) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetMetaVersion() uint32 {
+	if x != nil {
+		return x.MetaVersion
+	}
+	return 0
 }
 
 type Member struct {
@@ -7199,7 +7219,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
 	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
 	"\rStatusRequest\x12%\n" +
-	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xec\x02\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xae\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -7209,7 +7229,10 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x12meta_applied_index\x18\x06 \x01(\x04R\x10metaAppliedIndex\x127\n" +
 	"\fmeta_servers\x18\a \x03(\v2\x14.hodei.v1.RaftServerR\vmetaServers\x12%\n" +
 	"\x0egossip_address\x18\b \x01(\tR\rgossipAddress\x12*\n" +
-	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\"x\n" +
+	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18F \x01(\tR\tclusterId\x12!\n" +
+	"\fmeta_version\x18G \x01(\rR\vmetaVersion\"x\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12%\n" +

@@ -2255,12 +2255,15 @@ func (x *TenantSettings) GetLimits() *hodeiv1.TenantLimits {
 
 // MetaState is the whole meta FSM; it is also its snapshot record.
 type MetaState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
-	ShardCount    uint32                 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
-	Members       []*Member              `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"` // sorted by id
-	Tenants       []*TenantSettings      `protobuf:"bytes,4,rep,name=tenants,proto3" json:"tenants,omitempty"` // sorted by tenant
-	AppliedIndex  uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Version      uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	ShardCount   uint32                 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	Members      []*Member              `protobuf:"bytes,3,rep,name=members,proto3" json:"members,omitempty"` // sorted by id
+	Tenants      []*TenantSettings      `protobuf:"bytes,4,rep,name=tenants,proto3" json:"tenants,omitempty"` // sorted by tenant
+	AppliedIndex uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// The cluster's identity (random, set once by the first meta leader whose
+	// voters all understand meta version 2). Only in snapshot version 2.
+	ClusterId     string `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2330,6 +2333,13 @@ func (x *MetaState) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *MetaState) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
 type MetaCommand struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -2340,6 +2350,7 @@ type MetaCommand struct {
 	//	*MetaCommand_PutMember
 	//	*MetaCommand_RemoveMember
 	//	*MetaCommand_PutTenant
+	//	*MetaCommand_InitClusterId
 	Kind          isMetaCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2432,6 +2443,15 @@ func (x *MetaCommand) GetPutTenant() *TenantSettings {
 	return nil
 }
 
+func (x *MetaCommand) GetInitClusterId() string {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_InitClusterId); ok {
+			return x.InitClusterId
+		}
+	}
+	return ""
+}
+
 type isMetaCommand_Kind interface {
 	isMetaCommand_Kind()
 }
@@ -2452,6 +2472,10 @@ type MetaCommand_PutTenant struct {
 	PutTenant *TenantSettings `protobuf:"bytes,13,opt,name=put_tenant,json=putTenant,proto3,oneof"`
 }
 
+type MetaCommand_InitClusterId struct {
+	InitClusterId string `protobuf:"bytes,14,opt,name=init_cluster_id,json=initClusterId,proto3,oneof"` // version >= 2: first writer wins; later values are ignored
+}
+
 func (*MetaCommand_InitShards) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutMember) isMetaCommand_Kind() {}
@@ -2459,6 +2483,8 @@ func (*MetaCommand_PutMember) isMetaCommand_Kind() {}
 func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
+
+func (*MetaCommand_InitClusterId) isMetaCommand_Kind() {}
 
 // SetTenantLimits sets a tenant's quotas in this shard (all fields replace
 // the current ones; zero = unlimited). The meta group's tenant settings are
@@ -2854,14 +2880,16 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0eTenantSettings\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12.\n" +
-	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xdd\x01\n" +
+	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xfc\x01\n" +
 	"\tMetaState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
 	"\vshard_count\x18\x02 \x01(\rR\n" +
 	"shardCount\x123\n" +
 	"\amembers\x18\x03 \x03(\v2\x19.hodei.internal.v1.MemberR\amembers\x12;\n" +
 	"\atenants\x18\x04 \x03(\v2!.hodei.internal.v1.TenantSettingsR\atenants\x12#\n" +
-	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\"\x90\x02\n" +
+	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x06 \x01(\tR\tclusterId\"\xba\x02\n" +
 	"\vMetaCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12!\n" +
@@ -2872,7 +2900,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"put_member\x18\v \x01(\v2\x19.hodei.internal.v1.MemberH\x00R\tputMember\x12%\n" +
 	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
 	"\n" +
-	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenantB\x06\n" +
+	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenant\x12(\n" +
+	"\x0finit_cluster_id\x18\x0e \x01(\tH\x00R\rinitClusterIdB\x06\n" +
 	"\x04kind\"Y\n" +
 	"\x0fSetTenantLimits\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
@@ -3064,6 +3093,7 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*MetaCommand_PutMember)(nil),
 		(*MetaCommand_RemoveMember)(nil),
 		(*MetaCommand_PutTenant)(nil),
+		(*MetaCommand_InitClusterId)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
