@@ -43,7 +43,7 @@ type metaGroup struct {
 func openMeta(n *Node, dir string) (*metaGroup, error) {
 	m := &metaGroup{n: n, notify: make(chan bool, 16), stop: make(chan struct{}), changed: scheduler.NewSignal()}
 	m.fsm = fsm.NewMeta(m.changed.Fire)
-	g, err := openGroup(n, MetaGroup, "meta", dir, m.fsm, m.notify)
+	g, err := openGroup(n, MetaGroup, "meta", dir, timedFSM{FSM: m.fsm, m: n.metrics.snapshots, group: "meta"}, m.notify)
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,10 @@ type metrics struct {
 	applySeconds  prometheus.Histogram
 	entryCommands prometheus.Histogram
 	dead          deadMetrics // issue 11, dead_metrics.go
+	snapshots     *snapshotMetrics
+	// dispatchSeconds: from a job being ready (created, or its delay or
+	// backoff over) to its lease, observed on the shard leader's replica.
+	dispatchSeconds prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
@@ -33,7 +37,11 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "hodei_jobs_finished_total", Help: "Jobs that reached a terminal state, as applied by this node's replicas, by tenant and state."}, []string{"tenant", "state"}),
 		leaseGrants: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hodei_lease_grants_total", Help: "Leases granted (PENDING -> RUNNING), as applied by this node's replicas."}),
-		grpc: newGRPCMetrics(reg),
+		grpc:      newGRPCMetrics(reg),
+		snapshots: newSnapshotMetrics(reg),
+		dispatchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "hodei_dispatch_latency_seconds", Help: "Time from a job being ready (submitted, or its delay or retry backoff over) to its lease, in shards this node leads.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 		leaseExpiries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hodei_lease_expiries_total", Help: "Leases expired by timers of shards this node led."}),
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
@@ -54,7 +62,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			return float64(total)
 		})
 	}
-	reg.MustRegister(newGroupCollector(n), m.leaseGrants)
+	reg.MustRegister(newGroupCollector(n), m.leaseGrants, m.dispatchSeconds)
 	reg.MustRegister(m.submitted, m.completed, m.leaseExpiries, m.leaderChanges, m.applySeconds, m.entryCommands,
 		gauge("hodei_queue_depth", "PENDING jobs (ready and delayed), all shards.", func(s fsm.Stats) int { return s.Ready + s.Delayed }),
 		gauge("hodei_jobs_running", "RUNNING (leased) jobs, all shards.", func(s fsm.Stats) int { return s.Running }),
@@ -181,7 +189,9 @@ func logStoreCounter(n *Node, name, help string, f func(logdb.Stats) float64) pr
 	})
 }
 
-func (m *metrics) event(e fsm.Event) {
+// event counts one applied job state change; leader says whether this
+// node leads the shard that applied it.
+func (m *metrics) event(e fsm.Event, leader bool) {
 	switch e.To {
 	case hodeiv1.JobState_JOB_STATE_PENDING:
 		if e.From == hodeiv1.JobState_JOB_STATE_UNSPECIFIED {
@@ -189,6 +199,9 @@ func (m *metrics) event(e fsm.Event) {
 		}
 	case hodeiv1.JobState_JOB_STATE_RUNNING:
 		m.leaseGrants.Inc()
+		if leader && e.ReadySinceMs > 0 {
+			m.dispatchSeconds.Observe(float64(max(e.NowMs-e.ReadySinceMs, 0)) / 1000)
+		}
 	case hodeiv1.JobState_JOB_STATE_SUCCEEDED:
 		m.completed.WithLabelValues(e.Tenant, "succeeded").Inc()
 	case hodeiv1.JobState_JOB_STATE_FAILED:

@@ -115,6 +115,31 @@ func TestOperatorMetrics(t *testing.T) {
 	if leaders != 1 {
 		t.Errorf("shard %s has %v leaders by hodei_group_leader, want 1", shard["group"], leaders)
 	}
+	// The job's one lease: its dispatch wait observed once, by the shard leader.
+	dispatched := 0.0
+	for _, n := range tc.nodes {
+		v, _ := metricValue(t, n, "hodei_dispatch_latency_seconds", nil)
+		dispatched += v
+	}
+	if dispatched != 1 {
+		t.Errorf("hodei_dispatch_latency_seconds counted %v leases over the cluster, want 1", dispatched)
+	}
+	// A snapshot of the job's shard: captured and persisted, timed.
+	sh := 0
+	if shard["group"] == "1" {
+		sh = 1
+	}
+	if err := tc.nodes[0].shards[sh].raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	for _, phase := range []string{"capture", "persist"} {
+		if v, _ := metricValue(t, tc.nodes[0], "hodei_snapshots_total", map[string]string{"group": "shard", "phase": phase, "outcome": "ok"}); v < 1 {
+			t.Errorf("hodei_snapshots_total{phase=%s,outcome=ok} = %v after a snapshot", phase, v)
+		}
+		if v, _ := metricValue(t, tc.nodes[0], "hodei_snapshot_seconds", map[string]string{"group": "shard", "phase": phase}); v < 1 {
+			t.Errorf("hodei_snapshot_seconds{phase=%s} has %v samples after a snapshot", phase, v)
+		}
+	}
 	submits := 0.0
 	for _, n := range tc.nodes {
 		v, _ := metricValue(t, n, "hodei_grpc_server_handled_total", map[string]string{"service": "hodei.v1.JobService", "method": "SubmitJob", "code": "OK"})

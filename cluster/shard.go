@@ -38,6 +38,9 @@ type shard struct {
 	// Barrier complete: only then does its commit index cover every entry
 	// committed by earlier leaders.
 	readyTerm atomic.Uint64
+	// leading follows raft's leadership notifications (for metrics the
+	// apply path observes only on the leader's replica).
+	leading atomic.Bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -54,7 +57,7 @@ func openShard(n *Node, id uint32, dir string) (*shard, error) {
 		return nil, err
 	}
 	s.fsm = f
-	g, err := openGroup(n, id, fmt.Sprintf("shard %d", id), dir, f, s.notify)
+	g, err := openGroup(n, id, fmt.Sprintf("shard %d", id), dir, timedFSM{FSM: f, m: n.metrics.snapshots, group: "shard"}, s.notify)
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +81,7 @@ func (s *shard) onApply(index uint64, events []fsm.Event) {
 		if e.To == hodeiv1.JobState_JOB_STATE_PENDING {
 			ready = true
 		}
-		s.node.metrics.event(e)
+		s.node.metrics.event(e, s.leading.Load())
 	}
 	s.events.publish(index, events)
 	if d := s.node.dispatch.Load(); d != nil {
@@ -112,6 +115,7 @@ func (s *shard) watchLeadership() {
 			s.stopTimers()
 			return
 		case leader := <-s.notify:
+			s.leading.Store(leader)
 			s.node.metrics.leaderChanges.Inc()
 			if leader {
 				s.becomeLeader()

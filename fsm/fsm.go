@@ -195,6 +195,9 @@ type Event struct {
 	NowMs  int64  // the entry's effective now_ms (monotone)
 	From   hodeiv1.JobState
 	To     hodeiv1.JobState
+	// ReadySinceMs (To RUNNING only): when the job became ready to lease,
+	// max(created, ready_at), so NowMs-ReadySinceMs is its dispatch wait.
+	ReadySinceMs int64
 }
 
 // Options are non-replicated hooks.

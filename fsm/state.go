@@ -142,7 +142,11 @@ func (s *state) setState(j *hodeiv1.Job, to hodeiv1.JobState) {
 	}
 	t.byState[to].ReplaceOrInsert(j.GetSeq())
 	j.State = to
-	s.events = append(s.events, Event{Index: s.curIndex, JobID: j.GetId(), Tenant: t.name, Kind: j.GetSpec().GetKind(), NowMs: s.lastNowMs, From: from, To: to})
+	ev := Event{Index: s.curIndex, JobID: j.GetId(), Tenant: t.name, Kind: j.GetSpec().GetKind(), NowMs: s.lastNowMs, From: from, To: to}
+	if to == hodeiv1.JobState_JOB_STATE_RUNNING {
+		ev.ReadySinceMs = max(j.GetCreatedAtMs(), j.GetReadyAtMs())
+	}
+	s.events = append(s.events, ev)
 }
 
 func isTerminal(st hodeiv1.JobState) bool {
