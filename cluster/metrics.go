@@ -37,7 +37,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) *metrics {
 			Name: "hodei_jobs_finished_total", Help: "Jobs that reached a terminal state, as applied by this node's replicas, by tenant and state."}, []string{"tenant", "state"}),
 		leaseGrants: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "hodei_lease_grants_total", Help: "Leases granted (PENDING -> RUNNING), as applied by this node's replicas."}),
-		grpc:      newGRPCMetrics(reg),
+		grpc:      newGRPCMetrics(reg, n.cfg.Logger),
 		snapshots: newSnapshotMetrics(reg),
 		dispatchSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "hodei_dispatch_latency_seconds", Help: "Time from a job being ready (submitted, or its delay or retry backoff over) to its lease, in shards this node leads.",

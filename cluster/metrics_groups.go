@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -104,10 +106,11 @@ func (c *groupCollector) raftGauges(ch chan<- prometheus.Metric, r *raft.Raft, l
 type grpcMetrics struct {
 	handled *prometheus.CounterVec
 	seconds *prometheus.HistogramVec
+	log     *slog.Logger // refused requests at debug
 }
 
-func newGRPCMetrics(reg prometheus.Registerer) *grpcMetrics {
-	m := &grpcMetrics{
+func newGRPCMetrics(reg prometheus.Registerer, log *slog.Logger) *grpcMetrics {
+	m := &grpcMetrics{log: log,
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hodei_grpc_server_handled_total",
 			Help: "RPCs (and streams) completed by this node's gRPC server, by service, method and gRPC code."},
 			[]string{"service", "method", "code"}),
@@ -131,14 +134,28 @@ func (m *grpcMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	start := time.Now()
 	resp, err := h(ctx, req)
 	svc, meth := splitMethod(info.FullMethod)
-	m.handled.WithLabelValues(svc, meth, status.Code(err).String()).Inc()
+	code := status.Code(err)
+	m.handled.WithLabelValues(svc, meth, code.String()).Inc()
 	m.seconds.WithLabelValues(svc, meth).Observe(time.Since(start).Seconds())
+	m.refused(ctx, svc, meth, code, err)
 	return resp, err
+}
+
+// refused logs a call that did not succeed at debug (its class, service,
+// method and code, are counted in hodei_grpc_server_handled_total).
+func (m *grpcMetrics) refused(ctx context.Context, svc, meth string, code codes.Code, err error) {
+	if err == nil || m.log == nil || !m.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	m.log.LogAttrs(ctx, slog.LevelDebug, "request refused", slog.String("service", svc), slog.String("method", meth),
+		slog.String("code", code.String()), slog.String("err", status.Convert(err).Message()))
 }
 
 func (m *grpcMetrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	err := h(srv, ss)
 	svc, meth := splitMethod(info.FullMethod)
-	m.handled.WithLabelValues(svc, meth, status.Code(err).String()).Inc()
+	code := status.Code(err)
+	m.handled.WithLabelValues(svc, meth, code.String()).Inc()
+	m.refused(ss.Context(), svc, meth, code, err)
 	return err
 }

@@ -1,11 +1,19 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/worker"
@@ -147,5 +155,37 @@ func TestOperatorMetrics(t *testing.T) {
 	}
 	if submits < 1 {
 		t.Errorf("no SubmitJob counted OK by hodei_grpc_server_handled_total")
+	}
+}
+
+// A refused call is counted by code and logged at debug with its class;
+// a successful one is not logged.
+func TestGRPCInterceptorLogsRefusals(t *testing.T) {
+	var buf bytes.Buffer
+	reg := prometheus.NewRegistry()
+	m := newGRPCMetrics(reg, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	info := &grpc.UnaryServerInfo{FullMethod: "/hodei.v1.JobService/SubmitJob"}
+	refuse := func(context.Context, any) (any, error) { return nil, status.Error(codes.InvalidArgument, "spec 0: command is empty") }
+	ok := func(context.Context, any) (any, error) { return "fine", nil }
+	if _, err := m.unary(context.Background(), nil, info, refuse); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("interceptor changed the error: %v", err)
+	}
+	if _, err := m.unary(context.Background(), nil, info, ok); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if strings.Count(out, "request refused") != 1 || !strings.Contains(out, "method=SubmitJob") ||
+		!strings.Contains(out, "code=InvalidArgument") || !strings.Contains(out, `err="spec 0: command is empty"`) {
+		t.Fatalf("log:\n%s", out)
+	}
+	if v := testutil.ToFloat64(m.handled.WithLabelValues("hodei.v1.JobService", "SubmitJob", "InvalidArgument")); v != 1 {
+		t.Fatalf("refused calls counted %v", v)
+	}
+	// At info the refusal is counted, not logged.
+	buf.Reset()
+	m.log = slog.New(slog.NewTextHandler(&buf, nil))
+	_, _ = m.unary(context.Background(), nil, info, refuse)
+	if buf.Len() != 0 {
+		t.Fatalf("logged at info: %s", buf.String())
 	}
 }
