@@ -50,7 +50,7 @@ compose-test:
 	./scripts/compose-test.sh 60
 
 chaos-smoke: build
-	./bin/hodei chaos run --nodes 3 --duration 2m --faults mixed --seed 1 --binary ./bin/hodei --out chaos-report
+	./bin/hodei chaos run --nodes 3 --duration 2m --faults mixed --seed 1 --schedules 3 --binary ./bin/hodei --out chaos-report
 
 clean:
 	rm -rf bin chaos-report

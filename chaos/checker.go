@@ -102,6 +102,10 @@ type FinalJob struct {
 	LeaseExpiresMs  int64  `json:"lease_expires_at_ms,omitempty"`
 	ResultStartedMs int64  `json:"result_started_at_ms,omitempty"`
 	ResultFinishMs  int64  `json:"result_finished_at_ms,omitempty"`
+	// A job a cron schedule made (no client submitted it): the schedule's
+	// id and the slot (ms) it is for (invariant 10, schedules.go).
+	ScheduleID     string `json:"schedule_id,omitempty"`
+	ScheduleSlotMs int64  `json:"schedule_slot_ms,omitempty"`
 }
 
 // DrainResult is what happened after the last fault was healed.
@@ -169,6 +173,9 @@ type Evidence struct {
 	// HODEI_JOB_ID) a violation of invariant 3 instead of a note: the real
 	// worker exports them, so their absence means fencing went unchecked.
 	RequireTokens bool
+	// Schedules: the run's cron schedules (invariant 10); their jobs are
+	// not in Final.
+	Schedules []*ScheduleEvidence
 }
 
 // InvariantResult is the verdict on one invariant.
@@ -335,7 +342,7 @@ func Check(ev *Evidence) CheckResult {
 	if lin.Unknown > 0 {
 		inv8.Note = fmt.Sprintf("%d job histories timed out (Unknown), reported separately", lin.Unknown)
 	}
-	res.Invariants = append(res.Invariants, inv8, checkWorkerFaults(ev, ix))
+	res.Invariants = append(res.Invariants, inv8, checkWorkerFaults(ev, ix), checkSchedules(ev.Schedules, ev.FinalErr))
 	res.Counts = countExecutions(ev, ix)
 	for k := range ix.acked {
 		if _, ok := ix.final[k]; !ok && ev.FinalErr == "" {

@@ -53,13 +53,14 @@ type Report struct {
 		During RateWindow `json:"during_faults"`
 		After  RateWindow `json:"after_last_heal"`
 	} `json:"overall"`
-	Drain       DrainResult `json:"drain"`
-	Check       CheckResult `json:"check"`
-	Notes       []string    `json:"notes,omitempty"`
-	Error       string      `json:"error,omitempty"`
-	RunDir      string      `json:"run_dir"`
-	StartedAt   time.Time   `json:"started_at"`
-	CheckTimeNs int64       `json:"check_time_ns"`
+	Drain       DrainResult         `json:"drain"`
+	Check       CheckResult         `json:"check"`
+	Schedules   []*ScheduleEvidence `json:"schedules,omitempty"`
+	Notes       []string            `json:"notes,omitempty"`
+	Error       string              `json:"error,omitempty"`
+	RunDir      string              `json:"run_dir"`
+	StartedAt   time.Time           `json:"started_at"`
+	CheckTimeNs int64               `json:"check_time_ns"`
 }
 
 // Passed reports whether the run found no violation and did not error.

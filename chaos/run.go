@@ -38,9 +38,12 @@ type Config struct {
 	ElectionTimeout time.Duration
 	DrainBound      time.Duration // 0: lease TTL + 5 election timeouts + 20s
 	OpTimeout       time.Duration
-	ServerArgs      []string
-	WorkerArgs      []string
-	Log             *slog.Logger
+	// Schedules: cron schedules firing every second through the faults
+	// (invariant 10, schedules.go); 0 = none.
+	Schedules  int
+	ServerArgs []string
+	WorkerArgs []string
+	Log        *slog.Logger
 }
 
 // DefaultConfig returns the defaults used by `hodei chaos run`.
@@ -78,6 +81,8 @@ func (c *Config) Validate() error {
 		return errors.New("--clients must be at least 1")
 	case c.Duration < 10*time.Second:
 		return errors.New("--duration must be at least 10s")
+	case c.Schedules < 0 || c.Schedules > 64:
+		return errors.New("--schedules must be within 0..64")
 	case c.Workers < 0 || c.Concurrency < 1:
 		return errors.New("--workers must be >= 0 and --concurrency >= 1")
 	}
@@ -239,6 +244,21 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		wl.Wait(0)
 		return err
 	}
+	var schedules []*ScheduleEvidence
+	if cfg.Schedules > 0 {
+		sapi, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second})
+		if err != nil {
+			wl.Wait(0)
+			return err
+		}
+		schedules, err = createSchedules(ctx, sapi, cfg.Schedules)
+		sapi.Close()
+		if err != nil {
+			wl.Wait(0)
+			return err
+		}
+		log.Info("schedules created", "count", len(schedules), "every", scheduleEvery)
+	}
 	warmup := min(max(cfg.Duration/8, 10*time.Second), 30*time.Second)
 	wl.Start(ctx)
 	log.Info("workload started", "rate", cfg.Rate, "clients", cfg.Clients, "warmup", warmup, "duration", cfg.Duration)
@@ -256,6 +276,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		return err
 	}
 	defer admin.Close()
+	pauseSchedules(ctx, admin, schedules, 30*time.Second, log)
 
 	ops := h.Ops()
 	acked := map[JobKey]bool{}
@@ -270,9 +291,13 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	finalStart := h.Now()
 	final, ferr := listAll(ctx, admin)
 	finalEnd := h.Now()
+	if ferr == nil {
+		final = readSchedules(ctx, admin, schedules, final)
+	}
+	rep.Schedules = schedules
 	// the worker exports HODEI_LEASE_TOKEN: an execution without it means
 	// fencing went unchecked, which must not pass silently
-	ev := &Evidence{Drain: rep.Drain, RequireTokens: true, LeaseTTL: cfg.LeaseTTL,
+	ev := &Evidence{Drain: rep.Drain, RequireTokens: true, LeaseTTL: cfg.LeaseTTL, Schedules: schedules,
 		WorkerFaults: WorkerFaultsOf(events, h.Start().UnixMilli())}
 	if ferr != nil {
 		ev.FinalErr = ferr.Error()
@@ -482,6 +507,7 @@ func list(ctx context.Context, api *client.Client, state hodeiv1.JobState) ([]Fi
 			}
 			f.CreatedAtMs, f.UpdatedAtMs, f.ReadyAtMs = j.GetCreatedAtMs(), j.GetUpdatedAtMs(), j.GetReadyAtMs()
 			f.LeaseWorker, f.LeaseExpiresMs = j.GetLeaseWorker(), j.GetLeaseExpiresAtMs()
+			f.ScheduleID, f.ScheduleSlotMs = j.GetScheduleId(), j.GetScheduleSlotMs()
 			out = append(out, f)
 		}
 		token = resp.GetNextPageToken()

@@ -70,6 +70,7 @@ invariant violation. Partitions need root and network namespaces (ip netns).`,
 	}
 	f := run.Flags()
 	f.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "server processes")
+	f.IntVar(&cfg.Schedules, "schedules", cfg.Schedules, "cron schedules firing every second through the faults, checked for exactly one job per slot (invariant 10)")
 	f.DurationVar(&cfg.Duration, "duration", cfg.Duration, "time under load and faults (then heal, drain, check)")
 	f.StringVar(&cfg.Faults, "faults", cfg.Faults, "mixed|kill-leader|kill-random|pause-leader|partition-leader|partition-majority|partition-ring|workers|membership|clock-skew|disk-full|slow-disk|worker-crash|stream-node|worker-pause|none (membership, clock-skew, disk-full, slow-disk, worker-crash, stream-node and worker-pause are not part of mixed)")
 	f.Int64Var(&cfg.Seed, "seed", cfg.Seed, "seed of the fault schedule and the workload")
