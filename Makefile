@@ -29,6 +29,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzWorkerMessage -fuzztime 30s ./transport
 	$(GO) test -run '^$$' -fuzz FuzzCronSpec -fuzztime 30s ./fsm/cron
 	$(GO) test -run '^$$' -fuzz FuzzConstraint -fuzztime 30s ./fsm
+	$(GO) test -run '^$$' -fuzz FuzzRequestRecord -fuzztime 30s ./fsm
+	$(GO) test -run '^$$' -fuzz FuzzParseWatchCursor -fuzztime 30s ./transport
+	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s ./cluster/gossip
+	$(GO) test -run '^$$' -fuzz FuzzDecodeLog -fuzztime 30s ./cluster/logdb
 
 proto-tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
