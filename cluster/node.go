@@ -397,4 +397,3 @@ func (n *Node) stopDispatcher() {
 		d.Stop()
 	}
 }
-
