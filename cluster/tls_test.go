@@ -419,6 +419,30 @@ func TestTLSRefusals(t *testing.T) {
 		t.Fatalf("a node dialing a client certificate posing as a node: %v, want Unavailable", err)
 	}
 
+	// A node dialing an address known to be n2 verifies the name: n2's
+	// certificate passes, the same address noted as n3 is refused.
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{{"n2", true}, {"n3", false}} {
+		pool := transport.NewSecurePool(transport.PeerTLS(tc.nodes[0].tls))
+		pool.NotePeer(tc.peers[1].Addr, c.name)
+		conn, err := pool.Get(tc.peers[1].Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = hodeiv1.NewAdminServiceClient(conn).Status(cctx, &hodeiv1.StatusRequest{})
+		ccancel()
+		pool.Close()
+		if c.ok && err != nil {
+			t.Fatalf("n1 dialing n2 as n2: %v", err)
+		}
+		if !c.ok && (status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "names another node")) {
+			t.Fatalf("n1 dialing n2 as n3: %v, want Unavailable (names another node)", err)
+		}
+	}
+
 	// A node does not start on a client certificate or on another node's.
 	startWith := func(id string, f tlsutil.Files) error {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -447,5 +471,66 @@ func TestTLSRefusals(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(p.dir, "n7")); err == nil {
 		t.Fatal("a refused node created files")
+	}
+}
+
+// TestTLSJoin: a node joins a TLS cluster (its shard count, Join call and
+// then Raft all over mutual TLS; gossip with the cluster's key), runs a
+// share of the work, and a node with another gossip key stays out of gossip.
+func TestTLSJoin(t *testing.T) {
+	p := newTestPKI(t, "ca")
+	tc := startTLSCluster(t, p, 2)
+	p.party("n4", true)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, "n4", filepath.Join(t.TempDir(), "n4"), l, nil, 0)
+	cfg.Shards = 8 // ignored: a joining node learns the cluster's count
+	cfg.Join = tc.addrs()
+	tlsMod(p)(&cfg)
+	n4, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes = append(tc.nodes, n4)
+	tc.peers = append(tc.peers, Peer{ID: "n4", Addr: n4.Addr()})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := n4.JoinCluster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(n4.shards) != 2 {
+		t.Fatalf("n4 hosts %d shards, want the cluster's 2", len(n4.shards))
+	}
+	waitFor(t, 30*time.Second, "n4 to be ready and seen alive by gossip", func() bool {
+		if n4.Ready() != nil {
+			return false
+		}
+		m, ok := tc.nodes[0].gossipImpl.Member("n4")
+		return ok && m.State == 0 // gossip.Alive
+	})
+	c := tlsClient(t, p.party("alice", false), n4.Addr())
+	startTLSWorker(t, tlsClient(t, p.files("alice"), n4.Addr()))
+	var ids []string
+	for i := 0; i < 10; i++ {
+		r, err := c.Submit(ctx, &hodeiv1.JobSpec{Tenant: "t" + string(rune('a'+i)), Command: []string{"true"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.GetJob().GetId())
+	}
+	waitTLSJobs(t, c, ids)
+	// The pool knows the node behind each shard leader's address (noted by
+	// LeaderOf, which forwarding uses), so a dial there verifies that name.
+	for _, sh := range n4.shards {
+		local, addr := n4.LeaderOf(sh.id)
+		if local {
+			continue
+		}
+		_, leader := sh.raft.LeaderWithID()
+		if got := n4.pool.PeerName(addr); got != string(leader) {
+			t.Errorf("shard %d: n4's pool names %s %q, want the leader %q", sh.id, addr, got, leader)
+		}
 	}
 }
