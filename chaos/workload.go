@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/hodei-io/hodei/client"
-	"github.com/hodei-io/hodei/transport/tlsutil"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )

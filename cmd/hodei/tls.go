@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/hodei-io/hodei/cluster"
 	"github.com/hodei-io/hodei/transport/tlsutil"
@@ -32,11 +31,11 @@ func init() { register(newTLSCmd) }
 // HODEI_TLS_KEY).
 var clientTLSFiles tlsutil.Files
 
-// addClientTLSFlags adds the client TLS flags to the root command's
-// persistent flags. `hodei server` defines flags of the same names for its
+// addClientTLSFlags adds the client TLS flags to root's persistent flags. `hodei server` defines flags of the same names for its
 // own files (addTLSFlags), which take precedence there and have no env
 // defaults: a server's identity is given explicitly.
-func addClientTLSFlags(f *pflag.FlagSet) {
+func addClientTLSFlags(root *cobra.Command) {
+	f := root.PersistentFlags()
 	f.StringVar(&clientTLSFiles.CA, "tls-ca", os.Getenv("HODEI_TLS_CA"), "client TLS: CA bundle (PEM) that signs the nodes' certificates (env HODEI_TLS_CA); with --tls-cert and --tls-key turns mutual TLS on")
 	f.StringVar(&clientTLSFiles.Cert, "tls-cert", os.Getenv("HODEI_TLS_CERT"), "client TLS: this client's certificate (PEM; env HODEI_TLS_CERT)")
 	f.StringVar(&clientTLSFiles.Key, "tls-key", os.Getenv("HODEI_TLS_KEY"), "client TLS: this client's private key (PEM; env HODEI_TLS_KEY)")
