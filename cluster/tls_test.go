@@ -534,3 +534,41 @@ func TestTLSJoin(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSConfigValidate: the TLS fields are checked without reading files.
+func TestTLSConfigValidate(t *testing.T) {
+	base := DefaultConfig()
+	base.NodeID, base.DataDir = "n1", t.TempDir()
+	cases := []struct {
+		name string
+		mod  func(*Config)
+		want string
+	}{
+		{"partial files", func(c *Config) { c.TLS.CA = "/nonexistent/ca.pem" }, "go together"},
+		{"node id not a DNS label", func(c *Config) {
+			c.NodeID = "node_1"
+			c.TLS = tlsutil.Files{CA: "a", Cert: "b", Key: "c"}
+		}, "DNS label"},
+		{"short gossip key", func(c *Config) { c.GossipKeys = [][]byte{[]byte("short")} }, "16, 24 or 32"},
+		{"keys and key file", func(c *Config) {
+			c.GossipKeys = [][]byte{testGossipKey}
+			c.GossipKeyFile = "/nonexistent/gossip.key"
+		}, "exclusive"},
+	}
+	for _, c := range cases {
+		cfg := base
+		c.mod(&cfg)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	ok := base
+	ok.TLS = tlsutil.Files{CA: "/nonexistent/ca.pem", Cert: "/nonexistent/n1.pem", Key: "/nonexistent/n1-key.pem"}
+	ok.GossipKeyFile = "/nonexistent/gossip.key"
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("Validate read files or refused good names: %v", err)
+	}
+	if !ok.TLSEnabled() || !ok.GossipEncrypted() || base.TLSEnabled() || base.GossipEncrypted() {
+		t.Fatal("TLSEnabled/GossipEncrypted disagree with the config")
+	}
+}
