@@ -114,6 +114,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.storeHealth = newStoreHealth(n)
 	n.metrics = newMetrics(reg, n)
+	n.registerTLSMetrics(reg) // tls.go
 
 	n.pool = n.newPool()
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/hodei-io/hodei/transport"
@@ -148,4 +149,34 @@ func (n *Node) logSecurity() {
 		log.Info("mutual TLS on, gossip encrypted", "cert", id.Name, "serial", id.Serial,
 			"not_after", n.tls.Current().Leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
 	}
+}
+
+// registerTLSMetrics exports, with TLS on, when the node's certificate and
+// the first CA of its bundle expire (alert before either passes: an
+// expired certificate stops every new handshake) and how many reloads
+// changed its files.
+func (n *Node) registerTLSMetrics(reg prometheus.Registerer) {
+	if n.tls == nil {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_tls_cert_expiry_timestamp_seconds",
+			Help: "When this node's TLS certificate expires (Unix time)."}, func() float64 {
+			return float64(n.tls.Current().Leaf.NotAfter.Unix())
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "hodei_tls_ca_expiry_timestamp_seconds",
+			Help: "When the first CA of this node's TLS CA bundle expires (Unix time)."}, func() float64 {
+			first := n.tls.Current().CAs[0].NotAfter
+			for _, c := range n.tls.Current().CAs[1:] {
+				if c.NotAfter.Before(first) {
+					first = c.NotAfter
+				}
+			}
+			return float64(first.Unix())
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "hodei_tls_reloads_total",
+			Help: "Reloads that installed changed TLS files (polling or SIGHUP)."}, func() float64 {
+			return float64(n.tls.Generation() - 1)
+		}),
+	)
 }

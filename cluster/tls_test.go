@@ -294,6 +294,28 @@ func TestTLSClusterRotationUnderLoad(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "the restarted node to catch up", func() bool { return tc.nodes[r].Ready() == nil })
 	progress("the restart")
+	// Every node counted its three reloads and exports its new leaf's expiry.
+	for i, n := range tc.nodes {
+		got := map[string]float64{}
+		mfs, err := n.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if m := mf.GetMetric(); len(m) == 1 && strings.HasPrefix(mf.GetName(), "hodei_tls_") {
+				got[mf.GetName()] = m[0].GetGauge().GetValue() + m[0].GetCounter().GetValue()
+			}
+		}
+		if want := float64(n.tls.Current().Leaf.NotAfter.Unix()); got["hodei_tls_cert_expiry_timestamp_seconds"] != want {
+			t.Errorf("node %d: cert expiry metric %v, want %v", i, got["hodei_tls_cert_expiry_timestamp_seconds"], want)
+		}
+		if got["hodei_tls_ca_expiry_timestamp_seconds"] == 0 {
+			t.Errorf("node %d: no CA expiry metric", i)
+		}
+		if i != r && got["hodei_tls_reloads_total"] < 3 {
+			t.Errorf("node %d: %v reloads counted, want >= 3", i, got["hodei_tls_reloads_total"])
+		}
+	}
 
 	stop.Store(true)
 	wg.Wait()
