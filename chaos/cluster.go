@@ -47,6 +47,9 @@ type ClusterConfig struct {
 	ServerArgs  []string // extra flags for every server (e.g. --unsafe-ack-before-commit)
 	WorkerArgs  []string
 	Log         *slog.Logger
+	// TLS, when set, runs every server, worker and harness client with
+	// mutual TLS and every server with encrypted gossip (tls.go).
+	TLS *PKI
 }
 
 // Cluster is a running set of server and worker processes.
@@ -138,10 +141,13 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		args := []string{"worker", "--server", addrs, "--id", fmt.Sprintf("w%d", i),
 			"--concurrency", strconv.Itoa(cfg.Concurrency), "--drain-timeout", "2s"}
 		args = append(args, cfg.WorkerArgs...)
+		if cfg.TLS != nil {
+			args = append(args, cfg.TLS.ClientArgs()...)
+		}
 		c.Workers = append(c.Workers, &Proc{Name: fmt.Sprintf("w%d", i), Path: cfg.Binary, Args: args,
 			LogPath: filepath.Join(dir, fmt.Sprintf("w%d.log", i))})
 	}
-	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1})
+	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1, TLSFiles: c.clientTLS()})
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +166,13 @@ func (c *Cluster) setNodeID(n *Node, id string, extra []string) error {
 	}
 	args := []string{"server", "--id", n.ID, "--data", n.Data, "--grpc", n.GRPC, "--http", n.HTTP}
 	args = append(append(args, extra...), c.cfg.ServerArgs...)
+	if c.cfg.TLS != nil {
+		targs, err := c.cfg.TLS.ServerArgs(id)
+		if err != nil {
+			return err
+		}
+		args = append(args, targs...)
+	}
 	n.Proc = &Proc{Name: n.ID, Path: c.cfg.Binary, Args: args,
 		LogPath: filepath.Join(c.cfg.RunDir, "nodes", n.ID, "server.log")}
 	if c.cfg.Network != nil {

@@ -44,6 +44,9 @@ type Config struct {
 	ServerArgs []string
 	WorkerArgs []string
 	Log        *slog.Logger
+	// TLS runs the cluster, the workers and the harness with mutual TLS
+	// and encrypted gossip (certificates in OUT/tls; tls.go).
+	TLS bool
 }
 
 // DefaultConfig returns the defaults used by `hodei chaos run`.
@@ -193,8 +196,19 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 	// --test-exec-log: the workers also run the handler jobs (ExecKind)
 	workerArgs := append([]string{"--lease-ttl", cfg.LeaseTTL.String(), "--test-exec-log", execLog}, cfg.WorkerArgs...)
+	var pki *PKI
+	if cfg.TLS {
+		if !ServerSupports(cfg.Binary, "--tls-ca") {
+			return fmt.Errorf("--tls: %s has no --tls-ca flag", cfg.Binary)
+		}
+		var err error
+		if pki, err = NewPKI(filepath.Join(out, "tls")); err != nil {
+			return fmt.Errorf("--tls: %w", err)
+		}
+		rep.Notes = append(rep.Notes, "mutual TLS between every party and encrypted gossip (certificates in tls/)")
+	}
 	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
-		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log})
+		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log, TLS: pki})
 	if err != nil {
 		return err
 	}
@@ -233,7 +247,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	h := NewHistory(time.Now())
 	wl, err := NewWorkload(WorkloadConfig{Seed: cfg.Seed, Clients: cfg.Clients, JobRate: cfg.Rate, ReadRate: cfg.ReadRate,
 		ShellRate: cfg.ShellRate, BatchShare: cfg.BatchShare, Tenants: cfg.Tenants,
-		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs()}, h)
+		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs(), TLSFiles: c.clientTLS()}, h)
 	if err != nil {
 		return err
 	}
@@ -246,7 +260,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 	var schedules []*ScheduleEvidence
 	if cfg.Schedules > 0 {
-		sapi, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second})
+		sapi, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS()})
 		if err != nil {
 			wl.Wait(0)
 			return err
@@ -271,7 +285,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 
-	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second})
+	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS()})
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -47,6 +48,8 @@ type WorkloadConfig struct {
 	OpTimeout  time.Duration // one attempt
 	ExecLog    string        // path every job appends its execution line to
 	Addrs      []string
+	// TLSFiles are the clients' TLS files (none: plaintext).
+	TLSFiles tlsutil.Files
 	// NewAPI makes a client; nil means client.New with Addrs, and single
 	// submits through a client.Submitter.
 	NewAPI func(addrs []string, opTimeout time.Duration) (API, error)
@@ -104,7 +107,7 @@ func NewWorkload(cfg WorkloadConfig, h *History) (*Workload, error) {
 	}
 	if cfg.NewAPI == nil {
 		cfg.NewAPI = func(addrs []string, t time.Duration) (API, error) {
-			c, err := client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t})
+			c, err := client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t, TLSFiles: cfg.TLSFiles})
 			if err != nil {
 				return nil, err
 			}

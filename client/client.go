@@ -45,6 +45,7 @@ package client
 import (
 	"context"
 	crand "crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -56,9 +57,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
+
+	"github.com/hodei-io/hodei/transport/tlsutil"
 )
 
 // Defaults of Config.
@@ -89,7 +92,8 @@ type Config struct {
 	// Retry is the total time budget for retrying retryable errors
 	// (default 30s); the caller's context bounds it too. Negative disables retries.
 	Retry time.Duration
-	// DialOptions are added to the client's own (insecure transport credentials).
+	// DialOptions are added to the client's own (its transport
+	// credentials: TLS or TLSFiles, else insecure).
 	DialOptions []grpc.DialOption
 	// Routing chooses where calls of one shard go: RouteLeader (the
 	// default) sends them to the shard's leader, RouteAny to the current node.
@@ -106,6 +110,23 @@ type Config struct {
 	// than every 10s. Negative Keepalive disables the pings.
 	Keepalive        time.Duration
 	KeepaliveTimeout time.Duration
+
+	// ---- TLS (issue 12; tls.go) ----
+	// TLS, when set, is used as is for every connection (it must carry a
+	// client certificate: nodes with TLS on require one). An empty
+	// ServerName is set to tlsutil.ServerRoleName ("server.hodei"), so that
+	// the standard verification refuses any certificate without the server
+	// role (a client certificate posing as a node).
+	TLS *tls.Config
+	// TLSFiles, when set instead, names the CA bundle, client certificate
+	// and key; the client re-reads them when they change (see
+	// TLSReloadInterval) and on ReloadTLS, and verifies each node's
+	// certificate against the bundle current at the handshake, requiring
+	// the server role.
+	TLSFiles tlsutil.Files
+	// TLSReloadInterval: how often TLSFiles are looked at (0: the default
+	// of tlsutil, 2s; negative: only on ReloadTLS).
+	TLSReloadInterval time.Duration
 }
 
 // Validate checks the config after defaults are applied.
@@ -129,6 +150,12 @@ func (c *Config) Validate() error {
 	}
 	if c.KeepaliveTimeout < 0 {
 		return fmt.Errorf("client: negative KeepaliveTimeout %v", c.KeepaliveTimeout)
+	}
+	if c.TLS != nil && c.TLSFiles.Enabled() {
+		return errors.New("client: TLS and TLSFiles are exclusive")
+	}
+	if err := c.TLSFiles.Validate(); err != nil {
+		return fmt.Errorf("client: %w", err)
 	}
 	return nil
 }
@@ -178,6 +205,11 @@ type Client struct {
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
 	bg       sync.WaitGroup
+
+	// creds are the transport credentials of every connection (tls.go);
+	// tlsFiles reloads TLSFiles (nil without).
+	creds    credentials.TransportCredentials
+	tlsFiles *tlsutil.Reloader
 }
 
 // New validates cfg and returns a Client. Connections are dialled lazily.
@@ -188,6 +220,9 @@ func New(cfg Config) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, conns: make(map[string]*grpc.ClientConn), firstLoad: make(chan struct{})}
+	if err := c.setupTLS(); err != nil {
+		return nil, err
+	}
 	c.bgCtx, c.bgCancel = context.WithCancel(context.Background())
 	// Creating the channels checks the addresses; no connection is made
 	// until the first call.
@@ -220,6 +255,9 @@ func (c *Client) Close() error {
 		errs = append(errs, cc.Close())
 	}
 	c.conns = nil
+	if c.tlsFiles != nil {
+		errs = append(errs, c.tlsFiles.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -236,7 +274,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if cc, ok := c.conns[addr]; ok {
 		return cc, nil
 	}
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(c.creds)}
 	if c.cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: c.cfg.Keepalive, Timeout: c.cfg.KeepaliveTimeout}))

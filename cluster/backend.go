@@ -54,7 +54,10 @@ func (n *Node) LeaderOf(id uint32) (bool, string) {
 	if r.State() == raft.Leader {
 		return true, ""
 	}
-	addr, _ := r.LeaderWithID()
+	addr, leader := r.LeaderWithID()
+	// Forwarding dials this address: with TLS the handshake verifies that
+	// the node there is the leader Raft names (transport.Pool.NotePeer).
+	n.pool.NotePeer(string(addr), string(leader))
 	return false, string(addr)
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hodei-io/hodei/cluster/logstore"
 	"github.com/hodei-io/hodei/fsm"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 )
 
 // Peer is one voter of the initial configuration.
@@ -167,6 +168,26 @@ type Config struct {
 	// 16 KiB per line, 1 MiB per job, 256 MiB per node, 1 h retention).
 	LiveLogs logstore.Config
 
+	// ---- TLS (issue 12; cluster/tls.go) ----
+	// TLS names the node's CA bundle, certificate and key. When set, the
+	// node's one gRPC port speaks mutual TLS only (every client, worker and
+	// node must present a certificate signed by the bundle), the node dials
+	// other nodes with its certificate and verifies theirs (server role,
+	// and the node's name when known), and node-only RPCs (Raft, LeaseFor,
+	// group snapshots) need the server role. The certificate must have the
+	// server role and name NodeID, or New refuses to start. The files are
+	// read again on ReloadTLS (SIGHUP) and when they change on disk.
+	TLS tlsutil.Files
+	// TLSReloadInterval is how often the TLS files are looked at for a
+	// change (0: tlsutil.DefaultPollInterval; negative: only ReloadTLS).
+	TLSReloadInterval time.Duration
+	// GossipKeys encrypt gossip (memberlist's keyring, AES-GCM): the first
+	// key encrypts, every key decrypts. GossipKeyFile, read at start and on
+	// ReloadTLS, is the other way to give them (exclusive). Neither:
+	// gossip is plaintext.
+	GossipKeys    [][]byte
+	GossipKeyFile string
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node
 }
@@ -295,6 +316,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, c.validateTLS()...) // tls.go
 	return errors.Join(errs...)
 }
 

@@ -161,7 +161,7 @@ const gossipResolveTimeout = 30 * time.Second
 // startGossip starts memberlist for this node. It runs before the Raft
 // groups open, so that the meta leader's loops (which read n.gossip) never
 // see it change; startGossipJoins starts joining once the groups exist.
-func (n *Node) startGossip() error {
+func (n *Node) startGossip(keys [][]byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), gossipResolveTimeout)
 	defer cancel()
 	bind, adv, err := gossipAddrs(ctx, n.cfg, n.lis.Addr().String(), n.addr, defaultResolve)
@@ -169,7 +169,7 @@ func (n *Node) startGossip() error {
 		return err
 	}
 	g, err := gossip.Start(gossip.Config{Name: n.cfg.NodeID, BindAddr: bind, AdvertiseAddr: adv, Meta: gossip.Meta{GRPCAddr: n.addr, Version: "dev"},
-		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger})
+		DeadNodeReclaimTime: deadNodeReclaim, Logger: n.cfg.Logger, Keys: keys})
 	if err != nil {
 		return fmt.Errorf("start gossip on %s: %w", bind, err)
 	}

@@ -57,7 +57,7 @@ const clusterFileName = "cluster.json"
 // loadClusterFile reads DATA/cluster.json, or creates it on a first start:
 // the shard count is the bootstrap setting, or what the cluster being
 // joined has. fresh says whether it was created now.
-func loadClusterFile(cfg Config) (cf clusterFile, fresh bool, err error) {
+func loadClusterFile(cfg Config, probe probeFunc) (cf clusterFile, fresh bool, err error) {
 	path := filepath.Join(cfg.DataDir, clusterFileName)
 	if b, err := os.ReadFile(path); err == nil {
 		if err := json.Unmarshal(b, &cf); err != nil || cf.Shards < 1 {
@@ -76,7 +76,7 @@ func loadClusterFile(cfg Config) (cf clusterFile, fresh bool, err error) {
 	}
 	n := cfg.Shards
 	if len(cfg.Bootstrap) == 0 && len(cfg.Join) > 0 {
-		if n, err = discoverShardCount(cfg); err != nil {
+		if n, err = discoverShardCount(cfg, probe); err != nil {
 			return cf, false, err
 		}
 	}
@@ -98,8 +98,9 @@ func writeClusterFile(dir string, cf clusterFile) error {
 }
 
 // checkIdentity runs the start-time checks above. advertise is the address
-// this node gives to others.
-func checkIdentity(cfg Config, cf clusterFile, fresh bool, advertise string) error {
+// this node gives to others; probeStatus asks a peer for its status (with
+// the node's credentials).
+func checkIdentity(cfg Config, cf clusterFile, fresh bool, advertise string, probeStatus probeFunc) error {
 	if len(cfg.Bootstrap) > 0 && cfg.Advertise != "" {
 		for _, p := range cfg.Bootstrap {
 			if p.ID == cfg.NodeID && p.Addr != advertise {

@@ -306,12 +306,12 @@ func (s *shard) hasVoter(id string) bool {
 }
 
 // discoverShardCount asks the nodes to join for their shard count.
-func discoverShardCount(cfg Config) (int, error) {
+func discoverShardCount(cfg Config, probe probeFunc) (int, error) {
 	deadline := time.Now().Add(30 * time.Second)
 	var last error
 	for time.Now().Before(deadline) {
 		for _, addr := range cfg.Join {
-			st, err := probeStatus(context.Background(), addr)
+			st, err := probe(context.Background(), addr)
 			if err == nil && len(st.GetShards()) > 0 {
 				return len(st.GetShards()), nil
 			}
@@ -335,15 +335,6 @@ func (n *Node) probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse,
 	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
 }
 
-// probeStatus asks one node for its status over a short-lived connection
-// (before this node's own pool exists).
-func probeStatus(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
-	cc, err := dialOnce(addr)
-	if err != nil {
-		return nil, err
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
-}
+// probeFunc asks the node at addr for its status (Node.probe: over the
+// node's pool, so with the node's TLS credentials).
+type probeFunc func(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error)

@@ -165,7 +165,9 @@ func TestGRPCInterceptorLogsRefusals(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := newGRPCMetrics(reg, slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	info := &grpc.UnaryServerInfo{FullMethod: "/hodei.v1.JobService/SubmitJob"}
-	refuse := func(context.Context, any) (any, error) { return nil, status.Error(codes.InvalidArgument, "spec 0: command is empty") }
+	refuse := func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.InvalidArgument, "spec 0: command is empty")
+	}
 	ok := func(context.Context, any) (any, error) { return "fine", nil }
 	if _, err := m.unary(context.Background(), nil, info, refuse); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("interceptor changed the error: %v", err)

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -31,6 +30,7 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/scheduler"
 	"github.com/hodei-io/hodei/transport"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 )
 
 // Node is one server of a Hodei cluster.
@@ -60,6 +60,7 @@ type Node struct {
 	logs         *nodeLogs                            // live log lines of jobs (logs.go)
 	httpSrv      *http.Server
 	httpLis      net.Listener
+	tls          *tlsutil.Reloader // nil: TLS off (tls.go)
 
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -84,10 +85,21 @@ func New(cfg Config) (*Node, error) {
 	}
 	cfg = cfg.resolved()
 	n := &Node{cfg: cfg, waves: newWaveGate(cfg.ProposeWaves, cfg.WaveStall), raftLog: newRaftLog(cfg.Logger)}
+	// TLS files and gossip keys first: a node whose certificate or keys
+	// are unusable refuses to start before it binds or opens anything.
+	var err error
+	if n.tls, err = openTLS(cfg); err != nil {
+		return nil, err
+	}
+	gkeys, err := gossipKeys(cfg)
+	if err != nil {
+		n.closeTLS()
+		return nil, err
+	}
 	lis := cfg.Listener
 	if lis == nil {
-		var err error
 		if lis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+			n.closeTLS()
 			return nil, fmt.Errorf("listen on %s: %w", cfg.GRPCAddr, err)
 		}
 	}
@@ -103,17 +115,20 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.storeHealth = newStoreHealth(n)
 	n.metrics = newMetrics(reg, n)
+	n.registerTLSMetrics(reg) // tls.go
 
-	n.pool = transport.NewPool(cfg.peerDialOptions()...)
+	n.pool = n.newPool()
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
-	n.grpc = grpc.NewServer(append(cfg.serverOptions(),
-		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream))...)
+	n.grpc = grpc.NewServer(append(append(cfg.serverOptions(),
+		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream)),
+		n.tlsServerOptions()...)...)
 	n.raftNet.Register(n.grpc)
 	api := transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger)
 	logs, err := newNodeLogs(n, cfg.LiveLogs)
 	if err != nil {
 		lis.Close()
 		n.pool.Close()
+		n.closeTLS()
 		return nil, fmt.Errorf("live logs: %w", err)
 	}
 	n.logs = logs
@@ -139,15 +154,17 @@ func New(cfg Config) (*Node, error) {
 		n.raftNet.Close()
 		n.pool.Close()
 		lis.Close()
+		n.closeTLS()
 		return nil, err
 	}
-	cf, fresh, err := loadClusterFile(cfg)
+	cf, fresh, err := loadClusterFile(cfg, n.probe)
 	if err == nil {
-		err = checkIdentity(cfg, cf, fresh, n.addr)
+		err = checkIdentity(cfg, cf, fresh, n.addr, n.probe)
 	}
 	if err != nil {
 		lis.Close()
 		n.pool.Close()
+		n.closeTLS()
 		return nil, err
 	}
 	n.clusterFile = cf
@@ -156,11 +173,12 @@ func New(cfg Config) (*Node, error) {
 		if n.logdb, err = logdb.Open(logdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), Logger: cfg.Logger}); err != nil {
 			lis.Close()
 			n.pool.Close()
+			n.closeTLS()
 			return nil, fmt.Errorf("open log store: %w", err)
 		}
 	}
 	// Gossip first: the meta leader's loops read n.gossip.
-	if err := n.startGossip(); err != nil {
+	if err := n.startGossip(gkeys); err != nil {
 		return fail(err)
 	}
 	if n.meta, err = openMeta(n, filepath.Join(cfg.DataDir, "meta")); err != nil {
@@ -206,7 +224,8 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	n.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	cfg.Logger.Info("node started", "id", cfg.NodeID, "grpc", n.addr, "data", cfg.DataDir)
+	n.logSecurity()
+	cfg.Logger.Info("node started", "id", cfg.NodeID, "grpc", n.addr, "data", cfg.DataDir, "tls", n.tls != nil)
 	return n, nil
 }
 
@@ -338,6 +357,7 @@ func (n *Node) Close() error {
 			errs = append(errs, n.logdb.Close())
 		}
 		errs = append(errs, n.raftNet.Close(), n.pool.Close())
+		n.closeTLS()
 		n.wg.Wait()
 		n.closeErr = errors.Join(errs...)
 	})
@@ -367,6 +387,7 @@ func (n *Node) Kill() error {
 			n.logdb.Close()
 		}
 		n.pool.Close()
+		n.closeTLS()
 		if n.httpSrv != nil {
 			n.httpSrv.Close()
 		}
@@ -382,9 +403,4 @@ func (n *Node) stopDispatcher() {
 		d.Drain("node shutting down")
 		d.Stop()
 	}
-}
-
-// dialOnce opens a client connection for a one-off call (the caller closes it).
-func dialOnce(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }

@@ -176,15 +176,18 @@ func TestJoinAndRemoveUnderLoad(t *testing.T) {
 	// Remove a follower of the meta group, then the node leading it.
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	// Wait for one: on a loaded machine the meta leader can be between
+	// terms at any given instant (seen under the full -race suite).
 	metaLeader := -1
-	for i, n := range tc.nodes {
-		if n.meta.raft.State().String() == "Leader" {
-			metaLeader = i
+	waitFor(t, 20*time.Second, "a meta leader", func() bool {
+		for i, n := range tc.nodes {
+			if n.meta.raft.State().String() == "Leader" {
+				metaLeader = i
+				return true
+			}
 		}
-	}
-	if metaLeader < 0 {
-		t.Fatal("no meta leader")
-	}
+		return false
+	})
 	victim := (metaLeader + 1) % len(tc.nodes)
 	via := (metaLeader + 2) % len(tc.nodes)
 	if err := tc.nodes[via].Remove(ctx, &hodeiv1.RemoveRequest{NodeId: tc.peers[victim].ID}); err != nil {

@@ -35,6 +35,9 @@ for pkg in "${!allowed[@]}"; do
     for a in ${allowed[$pkg]} "$pkg"; do
       [ "$top" = "$a" ] && ok=1
     done
+    # transport/tlsutil is a stdlib-only leaf (checked below): the client
+    # SDK and its users may load and verify certificates with it (issue 12)
+    [ "$rel" = transport/tlsutil ] && ok=1
     # tests of server packages may use the client and worker to drive a real cluster
     if [ $ok = 0 ] && { [ "$top" = client ] || [ "$top" = worker ]; } && \
        go list -f '{{join .TestImports "\n"}}' "./$pkg/..." | grep -qx "$d" && \
@@ -48,6 +51,12 @@ done
 # fsm/cron is pure (the FSM calls it from Apply): it imports none of ours.
 if go list -f '{{join .Imports "\n"}}' ./fsm/cron | grep -q "^$MOD/"; then
   echo "forbidden import: fsm/cron must not import other Hodei packages"; fail=1
+fi
+
+# transport/tlsutil is a leaf: the standard library only.
+if go list -f '{{join .Imports "\n"}}' ./transport/tlsutil | grep -q '\.'; then
+  echo "forbidden import: transport/tlsutil must import the standard library only:"
+  go list -f '{{join .Imports "\n"}}' ./transport/tlsutil | grep '\.'; fail=1
 fi
 
 echo "== generated protobuf code up to date"

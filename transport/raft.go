@@ -278,14 +278,18 @@ func (g *groupTransport) isClosed() bool {
 	return g.closed
 }
 
-// client returns the stub to target, or why none can be used.
-func (g *groupTransport) client(target raft.ServerAddress) (internalpb.RaftTransportClient, error) {
+// client returns the stub to target, or why none can be used. id is the
+// Raft server id raft gives with the target: the pool remembers it, so
+// that with TLS the connection to target verifies that the node there
+// presents that node's certificate (Pool.NotePeer).
+func (g *groupTransport) client(id raft.ServerID, target raft.ServerAddress) (internalpb.RaftTransportClient, error) {
 	if g.isClosed() {
 		return nil, raft.ErrTransportShutdown
 	}
 	if g.net.dropped(target) {
 		return nil, ErrDropped
 	}
+	g.net.pool.NotePeer(string(target), string(id))
 	cc, err := g.net.pool.Get(string(target))
 	if err != nil {
 		return nil, err
@@ -301,8 +305,8 @@ func (g *groupTransport) rpcErr(op string, target raft.ServerAddress, err error)
 }
 
 // AppendEntries implements raft.Transport.
-func (g *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	c, err := g.client(target)
+func (g *groupTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	c, err := g.client(id, target)
 	if err != nil {
 		return err
 	}
@@ -317,8 +321,8 @@ func (g *groupTransport) AppendEntries(_ raft.ServerID, target raft.ServerAddres
 }
 
 // RequestVote implements raft.Transport.
-func (g *groupTransport) RequestVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
-	c, err := g.client(target)
+func (g *groupTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	c, err := g.client(id, target)
 	if err != nil {
 		return err
 	}
@@ -333,8 +337,8 @@ func (g *groupTransport) RequestVote(_ raft.ServerID, target raft.ServerAddress,
 }
 
 // RequestPreVote implements raft.WithPreVote.
-func (g *groupTransport) RequestPreVote(_ raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
-	c, err := g.client(target)
+func (g *groupTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	c, err := g.client(id, target)
 	if err != nil {
 		return err
 	}
@@ -349,8 +353,8 @@ func (g *groupTransport) RequestPreVote(_ raft.ServerID, target raft.ServerAddre
 }
 
 // TimeoutNow implements raft.Transport.
-func (g *groupTransport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
-	c, err := g.client(target)
+func (g *groupTransport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	c, err := g.client(id, target)
 	if err != nil {
 		return err
 	}
@@ -367,8 +371,8 @@ func (g *groupTransport) TimeoutNow(_ raft.ServerID, target raft.ServerAddress, 
 // InstallSnapshot implements raft.Transport. The request header travels in
 // the first message, the data in chunks of snapshotChunkSize; data is read
 // to EOF, or the stream is cancelled and the follower discards the snapshot.
-func (g *groupTransport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
-	c, err := g.client(target)
+func (g *groupTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	c, err := g.client(id, target)
 	if err != nil {
 		return err
 	}
@@ -423,8 +427,8 @@ func (g *groupTransport) InstallSnapshot(_ raft.ServerID, target raft.ServerAddr
 }
 
 // AppendEntriesPipeline implements raft.Transport.
-func (g *groupTransport) AppendEntriesPipeline(_ raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
-	c, err := g.client(target)
+func (g *groupTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	c, err := g.client(id, target)
 	if err != nil {
 		return nil, err
 	}

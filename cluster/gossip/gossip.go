@@ -108,6 +108,11 @@ type Config struct {
 	// after this long (memberlist default 0: only after the dead node has
 	// been reaped by memberlist, GossipToTheDeadTime = 30s on LAN).
 	DeadNodeReclaimTime time.Duration
+
+	// Keys encrypt and authenticate every gossip message (memberlist's
+	// keyring, AES-GCM; keyring.go): the first key encrypts, every key is
+	// tried to decrypt. Each is 16, 24 or 32 bytes. Empty: plaintext.
+	Keys [][]byte
 }
 
 // Validate checks the configuration without binding anything.
@@ -148,7 +153,7 @@ func (c *Config) Validate() error {
 	if c.SuspicionMult < 0 {
 		return errors.New("gossip: SuspicionMult must not be negative")
 	}
-	return nil
+	return validateKeys(c.Keys)
 }
 
 // splitIPPort parses "ip:port". With emptyHostOK an empty host means the
@@ -215,6 +220,8 @@ type Gossip struct {
 	label string
 	// shutdownWait bounds how long Close waits for those goroutines.
 	shutdownWait time.Duration
+	// keyring is memberlist's keyring (nil: gossip is not encrypted).
+	keyring *memberlist.Keyring
 	// nameStolen is set when gossip shows another node using our name;
 	// Close then must not Leave, since the leave message would mark the
 	// other node (same name) as left.
@@ -290,6 +297,10 @@ func (g *Gossip) create() (*memberlist.Memberlist, error) {
 		}
 	}
 	mc.Transport = nt
+	if err := g.setKeyring(mc); err != nil {
+		_ = nt.Shutdown()
+		return nil, err
+	}
 	mc.Logger = stdLog
 	mc.LogOutput = nil
 	mc.Delegate = (*delegate)(g)

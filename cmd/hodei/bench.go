@@ -35,6 +35,7 @@ type benchOptions struct {
 	mode     string
 	shards   int
 	perGroup bool
+	tls      bool // with dev: mutual TLS everywhere (issue 12)
 	waves    int
 	route    string
 	prof     benchProfile
@@ -102,6 +103,9 @@ free loopback ports; otherwise it targets --addr.`,
 			default:
 				return fmt.Errorf("--mode must be submit, e2e, e2e-go, latency, forkexec or idle")
 			}
+			if o.tls && !o.dev {
+				return fmt.Errorf("--tls needs --dev; for a running cluster give --tls-ca, --tls-cert and --tls-key")
+			}
 			if o.mode == "forkexec" {
 				rep, err := benchForkExec(context.Background(), o)
 				if err != nil {
@@ -127,7 +131,7 @@ free loopback ports; otherwise it targets --addr.`,
 			}
 			if o.dev {
 				var err error
-				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup}
+				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup, tls: o.tls}
 				if o.waves >= 0 {
 					do.waves = &o.waves
 				}
@@ -137,6 +141,9 @@ free loopback ports; otherwise it targets --addr.`,
 				}
 				defer d.Close()
 				targets = d.addrs
+				if o.tls {
+					clientTLSFiles = d.clientTLS // the bench's clients use the dev cluster's client certificate
+				}
 			}
 			var nodes []*cluster.Node
 			if o.dev {
@@ -245,6 +252,7 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.jobs, "jobs", 20000, "e2e mode: number of jobs")
 	f.IntVar(&o.cmdBytes, "cmd-bytes", 0, "pad each job's command with an argument of this many bytes")
 	f.BoolVar(&o.dev, "dev", false, "start an in-process cluster instead of using --addr")
+	f.BoolVar(&o.tls, "tls", false, "with --dev: mutual TLS everywhere and encrypted gossip (hodei dev --tls); against --addr give --tls-ca/--tls-cert/--tls-key instead")
 	f.IntVar(&o.nodes, "nodes", 3, "with --dev: nodes")
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/cluster"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 	"github.com/hodei-io/hodei/worker"
 )
 
@@ -29,6 +30,8 @@ type devCluster struct {
 	tmp    bool
 	cancel context.CancelFunc
 	done   chan error
+	// clientTLS: with --tls, the client files for talking to the cluster.
+	clientTLS tlsutil.Files
 }
 
 type devOptions struct {
@@ -42,6 +45,7 @@ type devOptions struct {
 	shards   int
 	perGroup bool
 	waves    *int // Config.ProposeWaves; nil keeps the default
+	tls      bool // mutual TLS everywhere, certificates in DATA/tls (dev_tls.go)
 }
 
 func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
@@ -71,6 +75,18 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		peers = append(peers, cluster.Peer{ID: fmt.Sprintf("n%d", i+1), Addr: l.Addr().String()})
 		d.addrs = append(d.addrs, l.Addr().String())
 	}
+	var devTLS *devPKI
+	if o.tls {
+		var err error
+		if devTLS, err = makeDevPKI(filepath.Join(d.dir, "tls"), peers); err != nil {
+			for _, x := range lis {
+				x.Close()
+			}
+			d.Close()
+			return nil, err
+		}
+		d.clientTLS = devTLS.client
+	}
 	for i := 0; i < o.nodes; i++ {
 		cfg := cluster.DefaultConfig()
 		cfg.NodeID = peers[i].ID
@@ -91,6 +107,9 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 			cfg.HTTPAddr = fmt.Sprintf("127.0.0.1:%d", o.httpBase+i)
 		}
 		cfg.Logger = log.With("node", cfg.NodeID)
+		if devTLS != nil {
+			devTLS.apply(&cfg)
+		}
 		n, err := cluster.New(cfg)
 		if err != nil {
 			for _, x := range lis[i:] {
@@ -125,7 +144,7 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		}
 	}
 	if o.workers > 0 {
-		cl, err := client.New(client.Config{Addrs: d.addrs})
+		cl, err := client.New(client.Config{Addrs: d.addrs, TLSFiles: d.clientTLS})
 		if err != nil {
 			d.Close()
 			return nil, err
@@ -202,6 +221,10 @@ func newDevCmd() *cobra.Command {
 				fmt.Fprintf(out, "node n%d  grpc %s%s\n", i+1, a, http)
 			}
 			fmt.Fprintf(out, "data in %s, %d embedded workers\n", d.dir, o.workers)
+			if o.tls {
+				f := d.clientTLS
+				fmt.Fprintf(out, "mutual TLS on; for the CLI:\n  export HODEI_TLS_CA=%s HODEI_TLS_CERT=%s HODEI_TLS_KEY=%s\n", f.CA, f.Cert, f.Key)
+			}
 			fmt.Fprintf(out, "hodei dev ready: %d nodes at %s (try: hodei job submit -- echo hello)\n", len(d.addrs), strings.Join(d.addrs, ","))
 			<-ctx.Done()
 			fmt.Fprintln(out, "shutting down")
@@ -217,5 +240,6 @@ func newDevCmd() *cobra.Command {
 	f.IntVar(&o.workers, "workers", 8, "concurrency of the embedded worker pool (0: none)")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", 0, "lease TTL (default 30s)")
 	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
+	f.BoolVar(&o.tls, "tls", false, "mutual TLS between every party and encrypted gossip, with a CA and certificates made in DATA/tls (kept with --data)")
 	return cmd
 }

@@ -35,7 +35,8 @@ func newRootCmd() *cobra.Command {
 			default:
 				return fmt.Errorf("--output must be text or json, got %q", global.output)
 			}
-			return nil
+			_, err := clientTLS() // tls.go: all three files or none
+			return err
 		},
 	}
 	defAddr := os.Getenv("HODEI_ADDR")
@@ -45,6 +46,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&global.addr, "addr", defAddr, "comma-separated node gRPC addresses (env HODEI_ADDR)")
 	root.PersistentFlags().StringVarP(&global.output, "output", "o", "text", "output format: text or json")
 	root.PersistentFlags().StringVar(&global.logFmt, "log-format", "text", "log line format of server, dev and worker: text or json (one object per line)")
+	addClientTLSFlags(root) // tls.go (issue 12)
 
 	for _, c := range subcommands {
 		root.AddCommand(c())

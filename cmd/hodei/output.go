@@ -23,7 +23,7 @@ import (
 
 // newAPIClient connects to the --addr nodes.
 func newAPIClient() (*client.Client, error) {
-	return client.New(client.Config{Addrs: addrs()})
+	return client.New(client.Config{Addrs: addrs(), TLSFiles: clientTLSFiles})
 }
 
 // jsonOutput reports whether --output json was asked for.

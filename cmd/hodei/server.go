@@ -42,6 +42,7 @@ func newServerCmd() *cobra.Command {
 	cfg := cluster.DefaultConfig()
 	var bootstrap, join, logLevel string
 	applyDead := func() {}
+	applyTLS := func() error { return nil }
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run one Hodei server node",
@@ -58,6 +59,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			}
 			cfg.Logger = log.With("node", cfg.NodeID)
 			applyDead()
+			if err := applyTLS(); err != nil {
+				return err
+			}
 			if bootstrap != "" {
 				if cfg.Bootstrap, err = cluster.ParsePeers(bootstrap); err != nil {
 					return fmt.Errorf("--bootstrap: %w", err)
@@ -74,9 +78,12 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			if err != nil {
 				return err
 			}
+			stopHUP := onSIGHUP(log, "tls files and gossip keys", n.ReloadTLS) // tls.go
+			defer stopHUP()
 			fmt.Fprintf(cmd.OutOrStdout(), "hodei node %s serving gRPC on %s, HTTP on %s, data in %s\n", cfg.NodeID, n.Addr(), n.HTTPAddr(), cfg.DataDir)
 			if len(cfg.Join) > 0 {
 				if err := n.JoinCluster(ctx); err != nil {
+					stopHUP()
 					n.Close()
 					return err
 				}
@@ -84,6 +91,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			}
 			<-ctx.Done()
 			log.Info("shutting down")
+			stopHUP()
 			return n.Close()
 		},
 	}
@@ -115,6 +123,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.DurationVar(&cfg.ClockOffset, "test-clock-offset", 0, "TEST ONLY: shift this node's clock by this much (the chaos harness's clock-skew fault)")
 	_ = f.MarkHidden("test-clock-offset")
 	applyDead = addDeadServerFlags(cmd, &cfg) // issue 11 dead, job_dead.go
+	applyTLS = addTLSFlags(cmd, &cfg)         // issue 12 tls, tls.go
 	_ = time.Second
 	return cmd
 }

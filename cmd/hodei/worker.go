@@ -55,11 +55,12 @@ SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
 			for _, kv := range kvs {
 				lm[kv.GetKey()] = kv.GetValue()
 			}
-			c, err := client.New(client.Config{Addrs: addrList})
+			c, err := client.New(client.Config{Addrs: addrList, TLSFiles: clientTLSFiles})
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			defer onSIGHUP(log, "tls files", c.ReloadTLS)() // tls.go
 			w, err := worker.New(worker.Config{
 				Client:       c,
 				ID:           id,
