@@ -13,7 +13,9 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 )
 
-func norm(sp *hodeiv1.JobSpec) (*hodeiv1.JobSpec, error) { return fsm.NormalizeSpec(sp, fsm.DefaultConfig()) }
+func norm(sp *hodeiv1.JobSpec) (*hodeiv1.JobSpec, error) {
+	return fsm.NormalizeSpec(sp, fsm.DefaultConfig())
+}
 
 func cmdJob(args ...string) *hodeiv1.JobSpec { return &hodeiv1.JobSpec{Command: args} }
 
