@@ -425,3 +425,19 @@ func (s *state) restorePipelines(recs []*hodeiv1.Pipeline) error {
 	}
 	return nil
 }
+
+// DecodePipeline parses a pipeline file (YAML or JSON) with the FSM's
+// constraint parser (fsm/pipeline.Decode).
+func DecodePipeline(data []byte) (*hodeiv1.PipelineSpec, error) {
+	return pipeline.Decode(data, pipeline.DecodeOptions{ParseConstraint: ParseConstraint})
+}
+
+// ValidatePipeline checks spec exactly as SubmitPipeline will under cfg,
+// and returns the pipeline's tenant (defaulted).
+func ValidatePipeline(spec *hodeiv1.PipelineSpec, cfg Config) (string, error) {
+	plan, err := pipeline.Compile(spec, func(js *hodeiv1.JobSpec) (*hodeiv1.JobSpec, error) { return NormalizeSpec(js, cfg) })
+	if err != nil {
+		return "", err
+	}
+	return plan.Tenant, nil
+}
