@@ -270,13 +270,6 @@ func stepStateName(s hodeiv1.StepState) string {
 	return strings.TrimPrefix(s.String(), "STEP_STATE_")
 }
 
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
 // printPipeline prints a pipeline in the --output format: text is a
 // header and one row per step (state, attempts, runs, job id, reason).
 func printPipeline(w io.Writer, p *hodeiv1.Pipeline) error {
