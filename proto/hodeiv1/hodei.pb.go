@@ -6041,20 +6041,17 @@ func (x *WatchJobsResponse) GetCursor() string {
 // JobEvent is one job state change as applied at (shard, index, position):
 // position is the event's place among the events of that log entry.
 type JobEvent struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Tenant   string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
-	Kind     string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                         // JobSpec.kind ("" for a command job)
-	From     JobState               `protobuf:"varint,4,opt,name=from,proto3,enum=hodei.v1.JobState" json:"from,omitempty"` // UNSPECIFIED for a submit
-	To       JobState               `protobuf:"varint,5,opt,name=to,proto3,enum=hodei.v1.JobState" json:"to,omitempty"`     // UNSPECIFIED when the job was removed (GC)
-	Shard    uint32                 `protobuf:"varint,6,opt,name=shard,proto3" json:"shard,omitempty"`
-	Index    uint64                 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"` // Raft log index of the entry
-	Position uint32                 `protobuf:"varint,8,opt,name=position,proto3" json:"position,omitempty"`
-	TimeMs   int64                  `protobuf:"varint,9,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // the entry's stamped now_ms
-	Job      *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job
-	// pipelines (issue 13): set when the job is a pipeline step's job.
-	PipelineId    string `protobuf:"bytes,20,opt,name=pipeline_id,json=pipelineId,proto3" json:"pipeline_id,omitempty"`
-	PipelineStep  string `protobuf:"bytes,21,opt,name=pipeline_step,json=pipelineStep,proto3" json:"pipeline_step,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`                         // JobSpec.kind ("" for a command job)
+	From          JobState               `protobuf:"varint,4,opt,name=from,proto3,enum=hodei.v1.JobState" json:"from,omitempty"` // UNSPECIFIED for a submit
+	To            JobState               `protobuf:"varint,5,opt,name=to,proto3,enum=hodei.v1.JobState" json:"to,omitempty"`     // UNSPECIFIED when the job was removed (GC)
+	Shard         uint32                 `protobuf:"varint,6,opt,name=shard,proto3" json:"shard,omitempty"`
+	Index         uint64                 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"` // Raft log index of the entry
+	Position      uint32                 `protobuf:"varint,8,opt,name=position,proto3" json:"position,omitempty"`
+	TimeMs        int64                  `protobuf:"varint,9,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // the entry's stamped now_ms
+	Job           *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job (a step job's Job names its pipeline and step)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6157,20 +6154,6 @@ func (x *JobEvent) GetJob() *Job {
 		return x.Job
 	}
 	return nil
-}
-
-func (x *JobEvent) GetPipelineId() string {
-	if x != nil {
-		return x.PipelineId
-	}
-	return ""
-}
-
-func (x *JobEvent) GetPipelineStep() string {
-	if x != nil {
-		return x.PipelineStep
-	}
-	return ""
 }
 
 // LogLine is one line (or one cut piece of a long line) of a job attempt's
@@ -8505,7 +8488,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x11WatchJobsResponse\x12(\n" +
 	"\x05event\x18\x01 \x01(\v2\x12.hodei.v1.JobEventR\x05event\x12\x1a\n" +
 	"\bbookmark\x18\x02 \x01(\bR\bbookmark\x12\x16\n" +
-	"\x06cursor\x18\x03 \x01(\tR\x06cursor\"\xe1\x02\n" +
+	"\x06cursor\x18\x03 \x01(\tR\x06cursor\"\x9b\x02\n" +
 	"\bJobEvent\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -8517,10 +8500,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\bposition\x18\b \x01(\rR\bposition\x12\x17\n" +
 	"\atime_ms\x18\t \x01(\x03R\x06timeMs\x12\x1f\n" +
 	"\x03job\x18\n" +
-	" \x01(\v2\r.hodei.v1.JobR\x03job\x12\x1f\n" +
-	"\vpipeline_id\x18\x14 \x01(\tR\n" +
-	"pipelineId\x12#\n" +
-	"\rpipeline_step\x18\x15 \x01(\tR\fpipelineStep\"\xfa\x01\n" +
+	" \x01(\v2\r.hodei.v1.JobR\x03job\"\xfa\x01\n" +
 	"\aLogLine\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\x04R\x05token\x12\x10\n" +
