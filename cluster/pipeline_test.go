@@ -187,10 +187,17 @@ func TestPipeline200StepsThroughLeaderKill(t *testing.T) {
 	if ld < 0 {
 		t.Fatal("no leader")
 	}
+	// A snapshot first: the killed node, restarted from its data dir,
+	// restores the pipeline from it (derived counters rebuilt) and then
+	// applies the rest of the run from the log.
+	if err := tc.nodes[ld].shards[0].raft.Snapshot().Error(); err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
 	t.Logf("killing shard leader n%d with the pipeline at step c10", ld+1)
 	tc.nodes[ld].Kill()
 	tc.nodes[ld] = nil
 	waitFor(t, 30*time.Second, "a new leader", func() bool { return tc.leader() >= 0 })
+	tc.restart(ld)
 	close(gate)
 
 	p = waitPipelineState(t, ctx, c, id, 90*time.Second, "the pipeline to end", func(p *hodeiv1.Pipeline) bool {
@@ -227,6 +234,14 @@ func TestPipeline200StepsThroughLeaderKill(t *testing.T) {
 	}
 	if p.GetSucceeded() != 199 || p.GetSkipped() != 1 {
 		t.Fatalf("counters: %d succeeded, %d skipped", p.GetSucceeded(), p.GetSkipped())
+	}
+	// The restarted replica holds the same pipeline once it caught up.
+	leader := tc.nodes[tc.leader()].shards[0]
+	idx := leader.fsm.AppliedIndex()
+	waitFor(t, 30*time.Second, "the restarted replica to catch up", func() bool { return tc.nodes[ld].shards[0].fsm.AppliedIndex() >= idx })
+	rp, ok := tc.nodes[ld].shards[0].fsm.GetPipeline(id, false)
+	if !ok || rp.GetState() != hodeiv1.PipelineState_PIPELINE_STATE_SUCCEEDED || rp.GetSucceeded() != 199 {
+		t.Fatalf("restarted replica: %v %v", ok, rp.GetState())
 	}
 }
 

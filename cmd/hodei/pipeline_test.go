@@ -74,6 +74,11 @@ steps:
 			t.Fatalf("step %+v", s)
 		}
 	}
+	jobID := got.Steps[0].JobID
+	out, err = run(t, addr, "job", "get", jobID)
+	if err != nil || !strings.Contains(out, "Pipeline:") || !strings.Contains(out, id+", step fetch") {
+		t.Fatalf("job get of a step job: %v\n%s", err, out)
+	}
 	out, err = run(t, addr, "pipeline", "list")
 	if err != nil || !strings.Contains(out, id) || !strings.Contains(out, "hello") {
 		t.Fatalf("list: %v\n%s", err, out)
