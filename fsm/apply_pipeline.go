@@ -278,7 +278,7 @@ func (s *state) applyCancelPipeline(now int64, c *internalpb.CancelPipeline) *in
 			s.skipStep(p, int32(i), "pipeline cancelled", now)
 		}
 	}
-	for i, st := range p.rec.Steps {
+	for _, st := range p.rec.Steps {
 		if st.GetState() != hodeiv1.StepState_STEP_STATE_PENDING {
 			continue
 		}
@@ -287,8 +287,7 @@ func (s *state) applyCancelPipeline(now int64, c *internalpb.CancelPipeline) *in
 			panic(fmt.Sprintf("fsm: pipeline %s step %s is PENDING but its job %s is gone or ended", p.rec.GetId(), st.GetId(), st.GetJobId()))
 		}
 		j.CancelReason = "pipeline " + p.rec.GetId() + " cancelled: " + p.cancelReason
-		s.finish(j, hodeiv1.JobState_JOB_STATE_CANCELLED, now) // the hook marks step i CANCELLED
-		_ = i
+		s.finish(j, hodeiv1.JobState_JOB_STATE_CANCELLED, now) // the hook marks the step CANCELLED
 	}
 	s.maybeEndPipeline(p, now) // when no step was released
 	p.cancelling, p.cancelReason = false, ""

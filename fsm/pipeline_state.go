@@ -329,6 +329,9 @@ func (f *FSM) GetPipeline(id string, includeSpecs bool) (*hodeiv1.Pipeline, bool
 // > afterSeq, in seq order, of one tenant ("" = all) and state
 // (UNSPECIFIED = all), and the seq to continue after (0 = no more).
 func (f *FSM) ListPipelines(tenant string, state hodeiv1.PipelineState, afterSeq uint64, limit int) ([]*hodeiv1.Pipeline, uint64) {
+	if limit <= 0 {
+		return nil, 0
+	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	idx := f.st.pipes.all
