@@ -33,6 +33,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseWatchCursor -fuzztime 30s ./transport
 	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s ./cluster/gossip
 	$(GO) test -run '^$$' -fuzz FuzzDecodeLog -fuzztime 30s ./cluster/logdb
+	$(GO) test -run '^$$' -fuzz FuzzDecodeCompile -fuzztime 30s ./fsm/pipeline
 
 proto-tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

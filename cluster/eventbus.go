@@ -241,9 +241,10 @@ func (b *eventBus) subscribe(shards []uint32, f transport.WatchFilter, from []tr
 			p := from[i]
 			switch {
 			case p.Less(r.floor):
+				floor := r.floor.Index // read under the lock: publish moves the floor
 				r.mu.RUnlock()
 				return nil, fmt.Errorf("%w (shard %d: the cursor is at index %d, this node retains events from index %d)",
-					transport.ErrWatchResync, sh, p.Index, r.floor.Index)
+					transport.ErrWatchResync, sh, p.Index, floor)
 			case p.Index > lastIndex(sh)+1:
 				r.mu.RUnlock()
 				return nil, fmt.Errorf("%w: shard %d: the cursor is at index %d, ahead of the shard's log (last index %d)",

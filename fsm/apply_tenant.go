@@ -38,6 +38,11 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 	v := uint32(EntryVersion)
 	for _, c := range cmds {
+		if isPipelineCommand(c) {
+			return EntryVersionPipelines
+		}
+	}
+	for _, c := range cmds {
 		if needsSemanticsVersion(c) {
 			return EntryVersionSemantics
 		}

@@ -112,7 +112,7 @@ func changedBySemantics(c *internalpb.Command) bool {
 func EntryVersionForCluster(cmds []*internalpb.Command, semantics bool) uint32 {
 	v := EntryVersionFor(cmds)
 	for _, c := range cmds {
-		if semantics && changedBySemantics(c) {
+		if semantics && changedBySemantics(c) && v < EntryVersionSemantics {
 			return EntryVersionSemantics
 		}
 	}
@@ -196,6 +196,9 @@ func (s *state) die(j *hodeiv1.Job, reason string, now int64) {
 	if j.GetScheduleId() != "" {
 		s.scheduledJobFinished(j, now) // a buffer-one slot waits for this run
 	}
+	if j.GetPipelineId() != "" {
+		s.pipelineJobFinished(j, now) // the step fails (apply_pipeline.go)
+	}
 	k := timeKey{now, j.GetSeq()}
 	s.dead.ReplaceOrInsert(k)
 	t := s.tenant(j.GetSpec().GetTenant(), false)
@@ -270,6 +273,10 @@ func (s *state) applyRetryJobs(now int64, c *internalpb.RetryJobs) *internalpb.C
 		if !ok {
 			return errResult(internalpb.Code_CODE_NOT_FOUND, "job %s not found", id)
 		}
+		if pipelineJob(j) {
+			return errResult(internalpb.Code_CODE_FAILED_PRECONDITION, "job %s is step %s of pipeline %s: retry the pipeline (hodei pipeline retry %s --from %s)",
+				j.GetId(), j.GetPipelineStep(), j.GetPipelineId(), j.GetPipelineId(), j.GetPipelineStep())
+		}
 		if !retryable(j.GetState()) {
 			return errResult(internalpb.Code_CODE_FAILED_PRECONDITION, "job %s is %s: only DEAD, FAILED or CANCELLED jobs can be retried", j.GetId(), stateName(j.GetState()))
 		}
@@ -291,6 +298,9 @@ func (s *state) applyRetryJobs(now int64, c *internalpb.RetryJobs) *internalpb.C
 	tl.AscendGreaterOrEqual(timeKey{c.GetSinceMs(), 0}, func(k timeKey) bool {
 		if c.GetUntilMs() != 0 && k.at >= c.GetUntilMs() {
 			return false
+		}
+		if pipelineJob(s.jobs[k.seq]) {
+			return true // retried through its pipeline only
 		}
 		if kind := c.GetKind(); kind == "" || JobKind(s.jobs[k.seq].GetSpec()) == kind {
 			picked = append(picked, k.seq)

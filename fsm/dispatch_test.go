@@ -206,7 +206,8 @@ func TestCloneJobCopiesEveryField(t *testing.T) {
 		CreatedAtMs: 5, UpdatedAtMs: 6, ReadyAtMs: 7, LeaseToken: 8, LeaseWorker: "w", LeaseExpiresAtMs: 9,
 		LastResult: &hodeiv1.JobResult{ExitCode: 1}, FinishedAtMs: 10, CancelReason: "r",
 		ScheduleId: "s", ScheduleSlotMs: 11, Unmatched: "u",
-		History: []*hodeiv1.AttemptSummary{{Attempt: 1}}, DeadAtMs: 11, DeadReason: "d", Retries: 12}
+		History: []*hodeiv1.AttemptSummary{{Attempt: 1}}, DeadAtMs: 11, DeadReason: "d", Retries: 12,
+		PipelineId: "p0-1", PipelineStep: "a"}
 	fields := j.ProtoReflect().Descriptor().Fields()
 	set := 0
 	j.ProtoReflect().Range(func(protoreflect.FieldDescriptor, protoreflect.Value) bool { set++; return true })

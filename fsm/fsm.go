@@ -57,9 +57,14 @@ const (
 	// the whole cluster runs a binary that knows it (EntryVersionForCluster);
 	// in an older entry the same commands apply exactly as before.
 	EntryVersionSemantics = 4
+	// EntryVersionPipelines is the version of entries that carry the
+	// issue 13 pipeline commands (SubmitPipeline, CancelPipeline,
+	// RetryPipeline); everything of version 4 stays valid in it. In an
+	// older entry the commands are rejected, changing nothing.
+	EntryVersionPipelines = 5
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
-	MaxEntryVersion = EntryVersionSemantics
+	MaxEntryVersion = EntryVersionPipelines
 )
 
 // Snapshot format versions. Restore accepts versions 1 to snapshotVersionSemantics.
@@ -87,8 +92,13 @@ const (
 	// after the request records), tenant quotas (header.quotas), or a job
 	// with DEAD state, attempt history or retries (Job fields, no section).
 	snapshotVersionSemantics = 4
+	// snapshotVersionPipelines (5) is written when the state has a
+	// pipeline or ever had one (header.next_pipeline_seq > 1): the
+	// header.pipeline_count hodeiv1.Pipeline records follow the schedule
+	// records, and jobs may carry pipeline fields.
+	snapshotVersionPipelines = 5
 	// maxSnapshotVersion is the newest version Restore reads.
-	maxSnapshotVersion = snapshotVersionSemantics
+	maxSnapshotVersion = snapshotVersionPipelines
 )
 
 // Config holds the replicated-state knobs. All replicas of a shard must use

@@ -109,6 +109,12 @@ func fuzzSeedEntries() []*internalpb.Entry {
 		{Version: EntryVersionSemantics, NowMs: 6000, Commands: []*internalpb.Command{
 			leaseCmd("w", 2), completeCmd("0-1", 2, false, false), retryCmd("0-1"), requeueCmd("", "", 0, 0, 5),
 			withRID("rq", requeueCmd("default", "shell", 1, 7000, 1)), retryCmd("0-9"), gcCmd(0, 3)}},
+		// pipelines (issue 13): submit, run, fail, cancel, retry
+		{Version: EntryVersionPipelines, NowMs: 7000, Commands: []*internalpb.Command{
+			withRID("pp", submitPipelineCmd(&hodeiv1.PipelineSpec{Steps: []*hodeiv1.PipelineStepSpec{
+				pstep("a", 0), pstep("b", ruleOneFailed, "a"), {Id: "c", DependsOn: []string{"a"}, ForEach: []string{"x", "y"}, Job: spec("c", "{{item}}")}}})),
+			leaseCmd("w", 5), completeCmd("0-4", 3, false, false), retryPipelineCmd("p0-1", "a"), cancelPipelineCmd("p0-1", "stop"),
+			retryPipelineCmd("p0-1", ""), gcCmd(100000, 5)}},
 		{Version: MaxEntryVersion + 1},
 	}
 }

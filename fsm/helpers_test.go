@@ -22,7 +22,8 @@ type harness struct {
 	f     *FSM
 	index uint64
 	now   int64
-	log   []*internalpb.Entry // every entry applied, for replays
+	log   []*internalpb.Entry       // every entry applied, for replays
+	held  map[string]*hodeiv1.Lease // pipeline tests: leases held by step id
 }
 
 func newHarness(t testing.TB) *harness {

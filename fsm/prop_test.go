@@ -25,6 +25,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 		t.Fatalf("invariant: "+format, args...)
 	}
 	checkScheduleInvariants(t, s) // cron (issue 11)
+	checkPipelineInvariants(t, s) // pipelines (issue 13)
 	var perState [numStates]int
 	perTenant := map[string]int{}
 	ready := 0

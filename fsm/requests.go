@@ -214,7 +214,7 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 	var c compactRecord
 	set := 0
 	for _, has := range []bool{len(r.GetSubmitted()) > 0, r.GetJob() != nil, len(r.GetLeases()) > 0,
-		len(r.GetExtended()) > 0, r.GetCount() != 0, len(r.GetGrants()) > 0, len(r.GetCompleted()) > 0} {
+		len(r.GetExtended()) > 0, r.GetCount() != 0, len(r.GetGrants()) > 0, len(r.GetCompleted()) > 0, r.GetPipeline() != nil} {
 		if has {
 			set++
 		}
@@ -333,6 +333,12 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 		}
 	case r.GetCount() != 0:
 		c.kind, c.count = internalpb.RequestKind_REQUEST_KIND_COUNT, r.GetCount()
+	case r.GetPipeline() != nil:
+		// pipelines (issue 13): the pipeline's seq, not a job's.
+		if r.GetPipeline().GetSeq() == 0 {
+			return c, fmt.Errorf("pipeline %q without a sequence number", r.GetPipeline().GetId())
+		}
+		c.kind, c.seqs = internalpb.RequestKind_REQUEST_KIND_PIPELINE, []uint64{r.GetPipeline().GetSeq()}
 	default:
 		c.kind = internalpb.RequestKind_REQUEST_KIND_EMPTY
 	}
@@ -594,6 +600,10 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		if n != 1 {
 			return bad("not one job")
 		}
+	case internalpb.RequestKind_REQUEST_KIND_PIPELINE:
+		if n != 1 {
+			return bad("not one pipeline")
+		}
 	case internalpb.RequestKind_REQUEST_KIND_EXTEND, internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS:
 		rs, err := parseRefusals(m.GetMessage())
 		if err != nil {
@@ -677,6 +687,11 @@ func (s *state) replay(rec *reqRecord, cmd *internalpb.Command, now int64) *inte
 		}
 	case internalpb.RequestKind_REQUEST_KIND_JOB:
 		out.Job = s.jobNow(c.seqs[0])
+	case internalpb.RequestKind_REQUEST_KIND_PIPELINE:
+		// The pipeline as it is now (nil once GC removed it).
+		if p := s.pipes.bySeq[c.seqs[0]]; p != nil {
+			out.Pipeline = s.pipelineView(p, true, false)
+		}
 	case internalpb.RequestKind_REQUEST_KIND_EXTEND:
 		refs := cmd.GetExtend().GetLeases()
 		out.Extended = make([]*hodeiv1.ExtendResult, c.items())

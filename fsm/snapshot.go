@@ -71,7 +71,10 @@ func (s *state) encodeSnapshot() []byte {
 	}
 	version := uint32(snapshotVersionNoWeights)
 	schedKeys := s.sortedScheduleKeys()
+	pipeSeqs := s.sortedPipelineSeqs()
 	switch {
+	case len(pipeSeqs) > 0 || s.pipes.nextSeq > 1: // issue 13: pipelines
+		version = snapshotVersionPipelines
 	case len(schedKeys) > 0 || len(quotas) > 0 || semantics: // issue 11: schedules, quotas, dead-letter state
 		version = snapshotVersionSemantics
 	case nreqs > 0:
@@ -94,6 +97,10 @@ func (s *state) encodeSnapshot() []byte {
 		Weights:       weights,
 		ScheduleCount: uint64(len(schedKeys)),
 		Quotas:        quotas,
+	}
+	if version >= snapshotVersionPipelines {
+		hdr.PipelineCount = uint64(len(pipeSeqs))
+		hdr.NextPipelineSeq = s.pipes.nextSeq
 	}
 	for _, n := range names {
 		hdr.Deficits = append(hdr.Deficits, &internalpb.TenantDeficit{Tenant: n, Deficit: s.tenants[n].deficit})
@@ -130,6 +137,10 @@ func (s *state) encodeSnapshot() []byte {
 	// cron (issue 11): the schedules, by (tenant, id).
 	for _, k := range schedKeys {
 		writeRec(s.schedules[k].sc)
+	}
+	// pipelines (issue 13): the records, by seq.
+	for _, seq := range pipeSeqs {
+		writeRec(s.pipes.bySeq[seq].rec)
 	}
 	binary.BigEndian.PutUint32(b4[:], crc32.Checksum(buf.Bytes(), castagnoli))
 	buf.Write(b4[:])
@@ -244,7 +255,13 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 	if version < snapshotVersionSemantics && hdr.GetScheduleCount() > 0 {
 		return nil, corrupt("schedules in a version %d snapshot", version)
 	}
-	if hdr.GetJobCount() > uint64(len(rest)) || hdr.GetRequestCount() > uint64(len(rest)) || hdr.GetScheduleCount() > uint64(len(rest)) {
+	if version < snapshotVersionPipelines && (hdr.GetPipelineCount() > 0 || hdr.GetNextPipelineSeq() != 0) {
+		return nil, corrupt("pipelines in a version %d snapshot", version)
+	}
+	if version >= snapshotVersionPipelines && hdr.GetNextPipelineSeq() == 0 {
+		return nil, corrupt("next_pipeline_seq is 0 in a version %d snapshot", version)
+	}
+	if hdr.GetJobCount() > uint64(len(rest)) || hdr.GetRequestCount() > uint64(len(rest)) || hdr.GetScheduleCount() > uint64(len(rest)) || hdr.GetPipelineCount() > uint64(len(rest)) {
 		return nil, corrupt("record counts exceed the data")
 	}
 	jobs := make([]*hodeiv1.Job, hdr.GetJobCount())
@@ -268,6 +285,13 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 			return nil, err
 		}
 	}
+	pipes := make([]*hodeiv1.Pipeline, hdr.GetPipelineCount())
+	for i := range pipes {
+		pipes[i] = &hodeiv1.Pipeline{}
+		if err := next(pipes[i]); err != nil {
+			return nil, err
+		}
+	}
 	if len(rest) != 0 {
 		return nil, corrupt("%d trailing bytes", len(rest))
 	}
@@ -276,6 +300,9 @@ func decodeSnapshot(data []byte, cfg Config) (*state, error) {
 		return nil, err
 	}
 	if err := st.restoreSchedules(scheds); err != nil {
+		return nil, err
+	}
+	if err := st.restorePipelines(pipes); err != nil {
 		return nil, err
 	}
 	return st, nil
@@ -291,6 +318,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 	s.appliedIndex = hdr.GetAppliedIndex()
 	s.chain = hdr.GetApplyChain()
 	s.sched.cursor = hdr.GetRrCursor()
+	if hdr.GetNextPipelineSeq() > 0 {
+		s.pipes.nextSeq = hdr.GetNextPipelineSeq()
+	}
 	if s.nextSeq == 0 {
 		return nil, corrupt("next_seq is 0")
 	}
@@ -311,6 +341,9 @@ func rebuildState(cfg Config, version uint32, hdr *internalpb.SnapshotHeader, jo
 		st := j.GetState()
 		if st <= hodeiv1.JobState_JOB_STATE_UNSPECIFIED || int(st) >= numStates {
 			return nil, corrupt("job %s has state %v", j.GetId(), st)
+		}
+		if version < snapshotVersionPipelines && pipelineJob(j) {
+			return nil, corrupt("job %s has pipeline fields in a version %d snapshot", j.GetId(), version)
 		}
 		if version < snapshotVersionSemantics && hasSemanticsState(j) {
 			return nil, corrupt("job %s has dead-letter state in a version %d snapshot", j.GetId(), version)
@@ -415,6 +448,12 @@ func (s *state) compactOfSnapshot(version uint32, r *internalpb.RequestRecord) (
 	}
 	if err != nil {
 		return c, err
+	}
+	if c.kind == internalpb.RequestKind_REQUEST_KIND_PIPELINE {
+		if version < snapshotVersionPipelines || c.seqs[0] >= s.pipes.nextSeq {
+			return c, fmt.Errorf("pipeline seq %d >= next_pipeline_seq %d (snapshot version %d)", c.seqs[0], s.pipes.nextSeq, version)
+		}
+		return c, nil
 	}
 	for _, seq := range c.seqs {
 		if seq >= s.nextSeq {

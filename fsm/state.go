@@ -65,6 +65,9 @@ type state struct {
 	schedules map[string]*schedEntry
 	schedDue  *btree.BTreeG[dueKey]
 
+	// pipelines (issue 13): pipeline_state.go, apply_pipeline.go.
+	pipes pipelineState
+
 	// per-entry scratch
 	curIndex   uint64
 	curVersion uint32 // the entry's version
@@ -89,6 +92,7 @@ func newState(cfg Config) *state {
 		schedules: make(map[string]*schedEntry),
 		schedDue:  newDueTree(),
 		quotas:    make(map[string]*tenantQuota),
+		pipes:     newPipelineState(),
 	}
 	for i := range s.byState {
 		s.byState[i] = newSeqTree()
@@ -227,6 +231,12 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		if s.curVersion >= EntryVersionSemantics && r.GetCode() == internalpb.Code_CODE_OK {
 			r.Count += s.gcDead(now, k.Gc.GetMax())
 		}
+		if r.GetCode() == internalpb.Code_CODE_OK {
+			// Ended pipelines share the finished jobs' retention. Not keyed
+			// on the entry version: a replica holding a pipeline applied a
+			// version 5 entry, so every replica of this shard knows them.
+			r.Count += s.gcPipelines(k.Gc.GetFinishedBeforeMs(), k.Gc.GetMax())
+		}
 	case *internalpb.Command_RetryJobs:
 		r = s.applyRetryJobs(now, k.RetryJobs)
 	case *internalpb.Command_SetTenantWeight:
@@ -236,6 +246,8 @@ func (s *state) applyCommand(now int64, c *internalpb.Command) *internalpb.Comma
 		r = s.applySchedule(now, c)
 	case *internalpb.Command_SetTenantLimits:
 		r = s.applySetTenantLimits(now, k.SetTenantLimits)
+	case *internalpb.Command_SubmitPipeline, *internalpb.Command_CancelPipeline, *internalpb.Command_RetryPipeline:
+		r = s.applyPipeline(now, c)
 	case *internalpb.Command_Checkpoint:
 		// Verified by the FSM wrapper against its local chain record; it
 		// changes no replicated state.
@@ -288,6 +300,8 @@ func cloneJob(j *hodeiv1.Job) *hodeiv1.Job {
 		DeadAtMs:         j.GetDeadAtMs(),
 		DeadReason:       j.GetDeadReason(),
 		Retries:          j.GetRetries(),
+		PipelineId:       j.GetPipelineId(),
+		PipelineStep:     j.GetPipelineStep(),
 	}
 }
 
@@ -315,6 +329,9 @@ func (s *state) finish(j *hodeiv1.Job, to hodeiv1.JobState, now int64) {
 	s.finished.ReplaceOrInsert(timeKey{now, j.GetSeq()})
 	if j.GetScheduleId() != "" {
 		s.scheduledJobFinished(j, now)
+	}
+	if j.GetPipelineId() != "" {
+		s.pipelineJobFinished(j, now) // its step ends; children are decided (apply_pipeline.go)
 	}
 }
 

@@ -36,6 +36,9 @@ type State interface {
 	OldestFinishedAt() (int64, bool)
 	// OldestDeadAt is when the longest-dead DEAD job died (issue 11).
 	OldestDeadAt() (int64, bool)
+	// OldestPipelineEndedAt is when the earliest-ended pipeline ended
+	// (issue 13): ended pipelines share the finished jobs' retention.
+	OldestPipelineEndedAt() (int64, bool)
 	// LastChain is the newest applied index and apply-chain hash, for
 	// replica consistency checkpoints (see fsm/chain.go).
 	LastChain() (index, chain uint64, ok bool)
@@ -154,6 +157,9 @@ func (t *Timers) run(ctx context.Context) {
 			due := false
 			if at, ok := t.s.OldestFinishedAt(); ok && at < cutoff {
 				due = true
+			}
+			if at, ok := t.s.OldestPipelineEndedAt(); ok && at < cutoff {
+				due = true // the same GC command removes them (fsm/pipeline_state.go)
 			}
 			if at, ok := t.s.OldestDeadAt(); ok && t.cfg.DeadRetention > 0 && at < now.Add(-t.cfg.DeadRetention).UnixMilli() {
 				due = true // the same GC command removes them (fsm/dead.go)

@@ -52,6 +52,10 @@ done
 if go list -f '{{join .Imports "\n"}}' ./fsm/cron | grep -q "^$MOD/"; then
   echo "forbidden import: fsm/cron must not import other Hodei packages"; fail=1
 fi
+# fsm/pipeline is pure too (Compile and Decide run in Apply): proto only.
+if go list -f '{{join .Imports "\n"}}' ./fsm/pipeline | grep "^$MOD/" | grep -qv "^$MOD/proto/"; then
+  echo "forbidden import: fsm/pipeline may import only Hodei's proto packages"; fail=1
+fi
 
 # transport/tlsutil is a leaf: the standard library only.
 if go list -f '{{join .Imports "\n"}}' ./transport/tlsutil | grep -q '\.'; then

@@ -121,6 +121,9 @@ func (a *API) Register(s *grpc.Server) {
 	if sb, ok := a.b.(ScheduleBackend); ok { // issue 11 cron
 		hodeiv1.RegisterScheduleServiceServer(s, &scheduleService{a: a, b: sb})
 	}
+	if pb, ok := a.b.(PipelineBackend); ok { // issue 13 pipelines
+		hodeiv1.RegisterPipelineServiceServer(s, &pipelineService{a: a, b: pb})
+	}
 }
 
 func isForwarded(ctx context.Context) bool {

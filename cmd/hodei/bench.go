@@ -40,6 +40,7 @@ type benchOptions struct {
 	route    string
 	prof     benchProfile
 	goJobs   bool // jobs are no-op Go-handler jobs (e2e-go, latency)
+	steps    int  // pipeline modes: steps (0 = the mode's default)
 }
 
 type benchReport struct {
@@ -68,6 +69,9 @@ type benchReport struct {
 	StartP99Ms float64 `json:"start_p99_ms,omitempty"`
 	// e2e-go: handler calls (>= completed: a job can run twice).
 	HandlerCalls int64 `json:"handler_calls,omitempty"`
+	// pipeline modes (issue 13): the pipeline, and wall time per step.
+	PipelineID string  `json:"pipeline_id,omitempty"`
+	PerStepMs  float64 `json:"per_step_ms,omitempty"`
 }
 
 func newBenchCmd() *cobra.Command {
@@ -90,6 +94,10 @@ func newBenchCmd() *cobra.Command {
   --mode forkexec no cluster: --clients goroutines run "true" for --duration; the machine's
                   raw fork/exec rate, the physical limit of shell jobs.
   --mode idle     submit nothing for --duration: with --dev, the CPU an idle cluster uses.
+  --mode pipeline-fan    one pipeline of --steps (default 1000) no-op steps fanned out, then
+                  one fan-in step; reports the wall time from submit to SUCCEEDED.
+  --mode pipeline-chain  one pipeline, a chain of --steps (default 100) no-op steps; reports
+                  the wall time and the time per step (needs shell workers, as e2e).
 
 With --dev the command starts its own in-process cluster (--nodes, --workers) on
 free loopback ports; otherwise it targets --addr.`,
@@ -99,9 +107,9 @@ free loopback ports; otherwise it targets --addr.`,
 				return fmt.Errorf("--clients, --batch and --tenants must be >= 1")
 			}
 			switch o.mode {
-			case "submit", "e2e", "e2e-go", "latency", "forkexec", "idle":
+			case "submit", "e2e", "e2e-go", "latency", "forkexec", "idle", "pipeline-fan", "pipeline-chain":
 			default:
-				return fmt.Errorf("--mode must be submit, e2e, e2e-go, latency, forkexec or idle")
+				return fmt.Errorf("--mode must be submit, e2e, e2e-go, latency, forkexec, idle, pipeline-fan or pipeline-chain")
 			}
 			if o.tls && !o.dev {
 				return fmt.Errorf("--tls needs --dev; for a running cluster give --tls-ca, --tls-cert and --tls-key")
@@ -187,6 +195,10 @@ free loopback ports; otherwise it targets --addr.`,
 				rep, err = benchE2EGo(ctx, c, o, targets)
 			case "latency":
 				rep, err = benchLatency(ctx, c, o, targets)
+			case "pipeline-fan":
+				rep, err = benchPipeline(ctx, c, o, "fan")
+			case "pipeline-chain":
+				rep, err = benchPipeline(ctx, c, o, "chain")
 			case "idle":
 				rep = benchReport{Mode: "idle"}
 				select {
@@ -206,7 +218,7 @@ free loopback ports; otherwise it targets --addr.`,
 			}
 			rep.CPUUserSec, rep.CPUSysSec = (u1 - u0).Seconds(), (s1 - s0).Seconds()
 			jobs := rep.Submitted
-			if rep.Mode == "e2e" || rep.Mode == "e2e-go" {
+			if rep.Mode == "e2e" || rep.Mode == "e2e-go" || rep.PipelineID != "" {
 				jobs = rep.Completed
 			}
 			if jobs > 0 {
@@ -222,6 +234,13 @@ free loopback ports; otherwise it targets --addr.`,
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
 			}
 			out := cmd.OutOrStdout()
+			if rep.PipelineID != "" {
+				fmt.Fprintf(out, "mode=%s pipeline %s: %d steps SUCCEEDED in %.2fs from submit (submit acknowledged in %.1f ms): %.2f ms per step, %.0f steps/s\n",
+					rep.Mode, rep.PipelineID, rep.Completed, rep.E2ESeconds, rep.Seconds*1000, rep.PerStepMs, rep.JobsPerSec)
+				fmt.Fprintf(out, "cpu (process and its children, measured phase): user %.2fs sys %.2fs = %.2f cores, %.3f ms per step\n",
+					rep.CPUUserSec, rep.CPUSysSec, (rep.CPUUserSec+rep.CPUSysSec)/el.Seconds(), rep.CPUMsPerJob)
+				return nil
+			}
 			fmt.Fprintf(out, "mode=%s clients=%d batch=%d tenants=%d\n", rep.Mode, rep.Clients, rep.Batch, rep.Tenants)
 			fmt.Fprintf(out, "submitted %d jobs in %.2fs: %.0f acknowledged submits/s, latency p50 %.2f ms p99 %.2f ms, %d errors\n",
 				rep.Submitted, rep.Seconds, rep.SubmitsPerSec, rep.P50Ms, rep.P99Ms, rep.Errors)
@@ -244,7 +263,8 @@ free loopback ports; otherwise it targets --addr.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.mode, "mode", "submit", "submit, e2e, e2e-go, latency, forkexec or idle")
+	f.StringVar(&o.mode, "mode", "submit", "submit, e2e, e2e-go, latency, forkexec, idle, pipeline-fan or pipeline-chain")
+	f.IntVar(&o.steps, "steps", 0, "pipeline modes: steps (default 1000 fanned out for pipeline-fan, 100 for pipeline-chain)")
 	f.IntVar(&o.clients, "clients", 64, "concurrent submitters")
 	f.DurationVar(&o.duration, "duration", 10*time.Second, "submit and idle modes: how long to run")
 	f.IntVar(&o.batch, "batch", 1, "jobs per SubmitJobs call (1 = SubmitJob)")

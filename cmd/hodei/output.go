@@ -165,6 +165,9 @@ func printJobText(w io.Writer, job *hodeiv1.Job) error {
 	})
 	rowIf(job.GetFinishedAtMs() > 0, "Finished", func() string { return fmtMillis(job.GetFinishedAtMs()) })
 	rowIf(job.GetCancelReason() != "", "Cancel reason", job.GetCancelReason)
+	rowIf(job.GetPipelineId() != "", "Pipeline", func() string { // issue 13
+		return fmt.Sprintf("%s, step %s", job.GetPipelineId(), job.GetPipelineStep())
+	})
 	rowIf(job.GetScheduleId() != "", "Schedule", func() string { // issue 11 cron
 		return fmt.Sprintf("%s, slot %s", job.GetScheduleId(), fmtMillis(job.GetScheduleSlotMs()))
 	})

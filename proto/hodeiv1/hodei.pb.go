@@ -253,6 +253,234 @@ func (ConstraintOp) EnumDescriptor() ([]byte, []int) {
 	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{3}
 }
 
+type PipelineState int32
+
+const (
+	PipelineState_PIPELINE_STATE_UNSPECIFIED PipelineState = 0
+	PipelineState_PIPELINE_STATE_RUNNING     PipelineState = 1
+	PipelineState_PIPELINE_STATE_SUCCEEDED   PipelineState = 2 // every step ended; none failed or was cancelled
+	PipelineState_PIPELINE_STATE_FAILED      PipelineState = 3 // a step failed (DEAD/FAILED) or its job was cancelled
+	PipelineState_PIPELINE_STATE_CANCELLED   PipelineState = 4 // CancelPipeline
+)
+
+// Enum value maps for PipelineState.
+var (
+	PipelineState_name = map[int32]string{
+		0: "PIPELINE_STATE_UNSPECIFIED",
+		1: "PIPELINE_STATE_RUNNING",
+		2: "PIPELINE_STATE_SUCCEEDED",
+		3: "PIPELINE_STATE_FAILED",
+		4: "PIPELINE_STATE_CANCELLED",
+	}
+	PipelineState_value = map[string]int32{
+		"PIPELINE_STATE_UNSPECIFIED": 0,
+		"PIPELINE_STATE_RUNNING":     1,
+		"PIPELINE_STATE_SUCCEEDED":   2,
+		"PIPELINE_STATE_FAILED":      3,
+		"PIPELINE_STATE_CANCELLED":   4,
+	}
+)
+
+func (x PipelineState) Enum() *PipelineState {
+	p := new(PipelineState)
+	*p = x
+	return p
+}
+
+func (x PipelineState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PipelineState) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[4].Descriptor()
+}
+
+func (PipelineState) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[4]
+}
+
+func (x PipelineState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PipelineState.Descriptor instead.
+func (PipelineState) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{4}
+}
+
+type StepState int32
+
+const (
+	StepState_STEP_STATE_UNSPECIFIED StepState = 0
+	StepState_STEP_STATE_WAITING     StepState = 1 // its trigger rule is not decided yet
+	StepState_STEP_STATE_PENDING     StepState = 2 // released: its job exists and waits for a worker
+	StepState_STEP_STATE_RUNNING     StepState = 3 // its job is leased (shown on reads; stored as PENDING)
+	StepState_STEP_STATE_SUCCEEDED   StepState = 4
+	StepState_STEP_STATE_FAILED      StepState = 5 // its job ended DEAD or FAILED
+	StepState_STEP_STATE_CANCELLED   StepState = 6 // its job was cancelled
+	StepState_STEP_STATE_SKIPPED     StepState = 7 // its rule can no longer be satisfied, or fail-fast
+)
+
+// Enum value maps for StepState.
+var (
+	StepState_name = map[int32]string{
+		0: "STEP_STATE_UNSPECIFIED",
+		1: "STEP_STATE_WAITING",
+		2: "STEP_STATE_PENDING",
+		3: "STEP_STATE_RUNNING",
+		4: "STEP_STATE_SUCCEEDED",
+		5: "STEP_STATE_FAILED",
+		6: "STEP_STATE_CANCELLED",
+		7: "STEP_STATE_SKIPPED",
+	}
+	StepState_value = map[string]int32{
+		"STEP_STATE_UNSPECIFIED": 0,
+		"STEP_STATE_WAITING":     1,
+		"STEP_STATE_PENDING":     2,
+		"STEP_STATE_RUNNING":     3,
+		"STEP_STATE_SUCCEEDED":   4,
+		"STEP_STATE_FAILED":      5,
+		"STEP_STATE_CANCELLED":   6,
+		"STEP_STATE_SKIPPED":     7,
+	}
+)
+
+func (x StepState) Enum() *StepState {
+	p := new(StepState)
+	*p = x
+	return p
+}
+
+func (x StepState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StepState) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[5].Descriptor()
+}
+
+func (StepState) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[5]
+}
+
+func (x StepState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StepState.Descriptor instead.
+func (StepState) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{5}
+}
+
+// TriggerRule decides when a step runs, from its parents' outcomes
+// (Airflow's names; fsm/pipeline.Decide).
+type TriggerRule int32
+
+const (
+	TriggerRule_TRIGGER_RULE_UNSPECIFIED TriggerRule = 0 // = ALL_SUCCESS
+	TriggerRule_TRIGGER_RULE_ALL_SUCCESS TriggerRule = 1 // every parent succeeded
+	TriggerRule_TRIGGER_RULE_ALL_DONE    TriggerRule = 2 // every parent ended, whatever the outcome
+	TriggerRule_TRIGGER_RULE_ONE_SUCCESS TriggerRule = 3 // at least one parent succeeded (runs at the first)
+	TriggerRule_TRIGGER_RULE_ONE_FAILED  TriggerRule = 4 // at least one parent failed (runs at the first)
+	TriggerRule_TRIGGER_RULE_NONE_FAILED TriggerRule = 5 // every parent ended and none failed (succeeded or skipped)
+)
+
+// Enum value maps for TriggerRule.
+var (
+	TriggerRule_name = map[int32]string{
+		0: "TRIGGER_RULE_UNSPECIFIED",
+		1: "TRIGGER_RULE_ALL_SUCCESS",
+		2: "TRIGGER_RULE_ALL_DONE",
+		3: "TRIGGER_RULE_ONE_SUCCESS",
+		4: "TRIGGER_RULE_ONE_FAILED",
+		5: "TRIGGER_RULE_NONE_FAILED",
+	}
+	TriggerRule_value = map[string]int32{
+		"TRIGGER_RULE_UNSPECIFIED": 0,
+		"TRIGGER_RULE_ALL_SUCCESS": 1,
+		"TRIGGER_RULE_ALL_DONE":    2,
+		"TRIGGER_RULE_ONE_SUCCESS": 3,
+		"TRIGGER_RULE_ONE_FAILED":  4,
+		"TRIGGER_RULE_NONE_FAILED": 5,
+	}
+)
+
+func (x TriggerRule) Enum() *TriggerRule {
+	p := new(TriggerRule)
+	*p = x
+	return p
+}
+
+func (x TriggerRule) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TriggerRule) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[6].Descriptor()
+}
+
+func (TriggerRule) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[6]
+}
+
+func (x TriggerRule) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TriggerRule.Descriptor instead.
+func (TriggerRule) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{6}
+}
+
+type FailurePolicy int32
+
+const (
+	FailurePolicy_FAILURE_POLICY_UNSPECIFIED FailurePolicy = 0 // = FAIL_FAST
+	FailurePolicy_FAILURE_POLICY_FAIL_FAST   FailurePolicy = 1 // after a step fails no new step is released; released ones finish
+	FailurePolicy_FAILURE_POLICY_CONTINUE    FailurePolicy = 2 // the other branches go on by their trigger rules
+)
+
+// Enum value maps for FailurePolicy.
+var (
+	FailurePolicy_name = map[int32]string{
+		0: "FAILURE_POLICY_UNSPECIFIED",
+		1: "FAILURE_POLICY_FAIL_FAST",
+		2: "FAILURE_POLICY_CONTINUE",
+	}
+	FailurePolicy_value = map[string]int32{
+		"FAILURE_POLICY_UNSPECIFIED": 0,
+		"FAILURE_POLICY_FAIL_FAST":   1,
+		"FAILURE_POLICY_CONTINUE":    2,
+	}
+)
+
+func (x FailurePolicy) Enum() *FailurePolicy {
+	p := new(FailurePolicy)
+	*p = x
+	return p
+}
+
+func (x FailurePolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailurePolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_hodei_v1_hodei_proto_enumTypes[7].Descriptor()
+}
+
+func (FailurePolicy) Type() protoreflect.EnumType {
+	return &file_hodei_v1_hodei_proto_enumTypes[7]
+}
+
+func (x FailurePolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailurePolicy.Descriptor instead.
+func (FailurePolicy) EnumDescriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{7}
+}
+
 type KeyValue struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -608,10 +836,15 @@ type Job struct {
 	// ---- dead (issue 11) ----
 	// Earlier attempts, oldest first (the latest finished attempt is
 	// last_result, in full): a bounded summary each, at most 32 kept.
-	History       []*AttemptSummary `protobuf:"bytes,20,rep,name=history,proto3" json:"history,omitempty"`
-	DeadAtMs      int64             `protobuf:"varint,21,opt,name=dead_at_ms,json=deadAtMs,proto3" json:"dead_at_ms,omitempty"`    // DEAD: when the job died (the dead retention runs from here)
-	DeadReason    string            `protobuf:"bytes,22,opt,name=dead_reason,json=deadReason,proto3" json:"dead_reason,omitempty"` // DEAD: "attempts exhausted", "not retryable", "lease expired on the last attempt"
-	Retries       int32             `protobuf:"varint,23,opt,name=retries,proto3" json:"retries,omitempty"`                        // times RetryJob/RequeueJobs put the job back
+	History    []*AttemptSummary `protobuf:"bytes,20,rep,name=history,proto3" json:"history,omitempty"`
+	DeadAtMs   int64             `protobuf:"varint,21,opt,name=dead_at_ms,json=deadAtMs,proto3" json:"dead_at_ms,omitempty"`    // DEAD: when the job died (the dead retention runs from here)
+	DeadReason string            `protobuf:"bytes,22,opt,name=dead_reason,json=deadReason,proto3" json:"dead_reason,omitempty"` // DEAD: "attempts exhausted", "not retryable", "lease expired on the last attempt"
+	Retries    int32             `protobuf:"varint,23,opt,name=retries,proto3" json:"retries,omitempty"`                        // times RetryJob/RequeueJobs put the job back
+	// ---- pipelines (issue 13) ----
+	// Set on a job a pipeline step created: the pipeline's id and the step's
+	// (instance) id, so that step jobs are recognised in lists and watches.
+	PipelineId    string `protobuf:"bytes,50,opt,name=pipeline_id,json=pipelineId,proto3" json:"pipeline_id,omitempty"`
+	PipelineStep  string `protobuf:"bytes,51,opt,name=pipeline_step,json=pipelineStep,proto3" json:"pipeline_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -798,6 +1031,20 @@ func (x *Job) GetRetries() int32 {
 		return x.Retries
 	}
 	return 0
+}
+
+func (x *Job) GetPipelineId() string {
+	if x != nil {
+		return x.PipelineId
+	}
+	return ""
+}
+
+func (x *Job) GetPipelineStep() string {
+	if x != nil {
+		return x.PipelineStep
+	}
+	return ""
 }
 
 type SubmitJobRequest struct {
@@ -5824,7 +6071,7 @@ type JobEvent struct {
 	Index         uint64                 `protobuf:"varint,7,opt,name=index,proto3" json:"index,omitempty"` // Raft log index of the entry
 	Position      uint32                 `protobuf:"varint,8,opt,name=position,proto3" json:"position,omitempty"`
 	TimeMs        int64                  `protobuf:"varint,9,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"` // the entry's stamped now_ms
-	Job           *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job
+	Job           *Job                   `protobuf:"bytes,10,opt,name=job,proto3" json:"job,omitempty"`                     // with include_job (a step job's Job names its pipeline and step)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6974,6 +7221,873 @@ func (x *RequeueJobsResponse) GetRequeued() uint32 {
 	return 0
 }
 
+// PipelineStepSpec is one step of a submitted pipeline.
+type PipelineStepSpec struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                                // [A-Za-z0-9._-]+, at most 128 bytes, unique
+	DependsOn   []string               `protobuf:"bytes,2,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"` // step ids (a fan-out step's id = all its instances; "id[i]" = one)
+	TriggerRule TriggerRule            `protobuf:"varint,3,opt,name=trigger_rule,json=triggerRule,proto3,enum=hodei.v1.TriggerRule" json:"trigger_rule,omitempty"`
+	Job         *JobSpec               `protobuf:"bytes,4,opt,name=job,proto3" json:"job,omitempty"` // the job template (tenant = the pipeline's; no idempotency_key)
+	// for_each fans the step out: one instance per item, with id "id[i]";
+	// "{{item}}" in the command, env values and payload is replaced by the item.
+	ForEach       []string `protobuf:"bytes,5,rep,name=for_each,json=forEach,proto3" json:"for_each,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineStepSpec) Reset() {
+	*x = PipelineStepSpec{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineStepSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineStepSpec) ProtoMessage() {}
+
+func (x *PipelineStepSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineStepSpec.ProtoReflect.Descriptor instead.
+func (*PipelineStepSpec) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *PipelineStepSpec) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PipelineStepSpec) GetDependsOn() []string {
+	if x != nil {
+		return x.DependsOn
+	}
+	return nil
+}
+
+func (x *PipelineStepSpec) GetTriggerRule() TriggerRule {
+	if x != nil {
+		return x.TriggerRule
+	}
+	return TriggerRule_TRIGGER_RULE_UNSPECIFIED
+}
+
+func (x *PipelineStepSpec) GetJob() *JobSpec {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *PipelineStepSpec) GetForEach() []string {
+	if x != nil {
+		return x.ForEach
+	}
+	return nil
+}
+
+// PipelineSpec is what a client submits (hodei pipeline submit FILE).
+type PipelineSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"` // default "default"
+	FailurePolicy FailurePolicy          `protobuf:"varint,3,opt,name=failure_policy,json=failurePolicy,proto3,enum=hodei.v1.FailurePolicy" json:"failure_policy,omitempty"`
+	Steps         []*PipelineStepSpec    `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineSpec) Reset() {
+	*x = PipelineSpec{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineSpec) ProtoMessage() {}
+
+func (x *PipelineSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineSpec.ProtoReflect.Descriptor instead.
+func (*PipelineSpec) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *PipelineSpec) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PipelineSpec) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *PipelineSpec) GetFailurePolicy() FailurePolicy {
+	if x != nil {
+		return x.FailurePolicy
+	}
+	return FailurePolicy_FAILURE_POLICY_UNSPECIFIED
+}
+
+func (x *PipelineSpec) GetSteps() []*PipelineStepSpec {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+// PipelineStep is one (expanded) step with its state.
+type PipelineStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                                // instance id ("id" or "id[i]")
+	DependsOn     []string               `protobuf:"bytes,2,rep,name=depends_on,json=dependsOn,proto3" json:"depends_on,omitempty"` // expanded parent ids
+	TriggerRule   TriggerRule            `protobuf:"varint,3,opt,name=trigger_rule,json=triggerRule,proto3,enum=hodei.v1.TriggerRule" json:"trigger_rule,omitempty"`
+	Job           *JobSpec               `protobuf:"bytes,4,opt,name=job,proto3" json:"job,omitempty"`   // normalized template (GetPipeline: only with include_specs)
+	Item          string                 `protobuf:"bytes,5,opt,name=item,proto3" json:"item,omitempty"` // fan-out: the item
+	State         StepState              `protobuf:"varint,10,opt,name=state,proto3,enum=hodei.v1.StepState" json:"state,omitempty"`
+	JobId         string                 `protobuf:"bytes,11,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"` // the step's latest job
+	Attempts      int32                  `protobuf:"varint,12,opt,name=attempts,proto3" json:"attempts,omitempty"`       // attempts of that job
+	Runs          int32                  `protobuf:"varint,13,opt,name=runs,proto3" json:"runs,omitempty"`               // times the step was released as a job
+	Reason        string                 `protobuf:"bytes,14,opt,name=reason,proto3" json:"reason,omitempty"`            // why it was skipped, failed or cancelled
+	ReleasedAtMs  int64                  `protobuf:"varint,15,opt,name=released_at_ms,json=releasedAtMs,proto3" json:"released_at_ms,omitempty"`
+	FinishedAtMs  int64                  `protobuf:"varint,16,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineStep) Reset() {
+	*x = PipelineStep{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineStep) ProtoMessage() {}
+
+func (x *PipelineStep) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineStep.ProtoReflect.Descriptor instead.
+func (*PipelineStep) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *PipelineStep) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *PipelineStep) GetDependsOn() []string {
+	if x != nil {
+		return x.DependsOn
+	}
+	return nil
+}
+
+func (x *PipelineStep) GetTriggerRule() TriggerRule {
+	if x != nil {
+		return x.TriggerRule
+	}
+	return TriggerRule_TRIGGER_RULE_UNSPECIFIED
+}
+
+func (x *PipelineStep) GetJob() *JobSpec {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *PipelineStep) GetItem() string {
+	if x != nil {
+		return x.Item
+	}
+	return ""
+}
+
+func (x *PipelineStep) GetState() StepState {
+	if x != nil {
+		return x.State
+	}
+	return StepState_STEP_STATE_UNSPECIFIED
+}
+
+func (x *PipelineStep) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *PipelineStep) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *PipelineStep) GetRuns() int32 {
+	if x != nil {
+		return x.Runs
+	}
+	return 0
+}
+
+func (x *PipelineStep) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PipelineStep) GetReleasedAtMs() int64 {
+	if x != nil {
+		return x.ReleasedAtMs
+	}
+	return 0
+}
+
+func (x *PipelineStep) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+type Pipeline struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"` // "p<shard>-<seq>"
+	Tenant        string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	State         PipelineState          `protobuf:"varint,4,opt,name=state,proto3,enum=hodei.v1.PipelineState" json:"state,omitempty"`
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"` // why it ended (or is ending) as it did
+	FailurePolicy FailurePolicy          `protobuf:"varint,6,opt,name=failure_policy,json=failurePolicy,proto3,enum=hodei.v1.FailurePolicy" json:"failure_policy,omitempty"`
+	Shard         uint32                 `protobuf:"varint,7,opt,name=shard,proto3" json:"shard,omitempty"`
+	Seq           uint64                 `protobuf:"varint,8,opt,name=seq,proto3" json:"seq,omitempty"`
+	CreatedAtMs   int64                  `protobuf:"varint,9,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	UpdatedAtMs   int64                  `protobuf:"varint,10,opt,name=updated_at_ms,json=updatedAtMs,proto3" json:"updated_at_ms,omitempty"`
+	FinishedAtMs  int64                  `protobuf:"varint,11,opt,name=finished_at_ms,json=finishedAtMs,proto3" json:"finished_at_ms,omitempty"`
+	Retries       int32                  `protobuf:"varint,12,opt,name=retries,proto3" json:"retries,omitempty"` // times RetryPipeline ran it again
+	Steps         []*PipelineStep        `protobuf:"bytes,13,rep,name=steps,proto3" json:"steps,omitempty"`      // in file order (fan-out instances in item order)
+	StepCount     uint32                 `protobuf:"varint,14,opt,name=step_count,json=stepCount,proto3" json:"step_count,omitempty"`
+	// Counts of steps by state (as stored: RUNNING steps count as PENDING).
+	Succeeded     uint32 `protobuf:"varint,15,opt,name=succeeded,proto3" json:"succeeded,omitempty"`
+	Failed        uint32 `protobuf:"varint,16,opt,name=failed,proto3" json:"failed,omitempty"`
+	Skipped       uint32 `protobuf:"varint,17,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Cancelled     uint32 `protobuf:"varint,18,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pipeline) Reset() {
+	*x = Pipeline{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pipeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pipeline) ProtoMessage() {}
+
+func (x *Pipeline) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pipeline.ProtoReflect.Descriptor instead.
+func (*Pipeline) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{103}
+}
+
+func (x *Pipeline) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Pipeline) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Pipeline) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Pipeline) GetState() PipelineState {
+	if x != nil {
+		return x.State
+	}
+	return PipelineState_PIPELINE_STATE_UNSPECIFIED
+}
+
+func (x *Pipeline) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Pipeline) GetFailurePolicy() FailurePolicy {
+	if x != nil {
+		return x.FailurePolicy
+	}
+	return FailurePolicy_FAILURE_POLICY_UNSPECIFIED
+}
+
+func (x *Pipeline) GetShard() uint32 {
+	if x != nil {
+		return x.Shard
+	}
+	return 0
+}
+
+func (x *Pipeline) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Pipeline) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *Pipeline) GetUpdatedAtMs() int64 {
+	if x != nil {
+		return x.UpdatedAtMs
+	}
+	return 0
+}
+
+func (x *Pipeline) GetFinishedAtMs() int64 {
+	if x != nil {
+		return x.FinishedAtMs
+	}
+	return 0
+}
+
+func (x *Pipeline) GetRetries() int32 {
+	if x != nil {
+		return x.Retries
+	}
+	return 0
+}
+
+func (x *Pipeline) GetSteps() []*PipelineStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *Pipeline) GetStepCount() uint32 {
+	if x != nil {
+		return x.StepCount
+	}
+	return 0
+}
+
+func (x *Pipeline) GetSucceeded() uint32 {
+	if x != nil {
+		return x.Succeeded
+	}
+	return 0
+}
+
+func (x *Pipeline) GetFailed() uint32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *Pipeline) GetSkipped() uint32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *Pipeline) GetCancelled() uint32 {
+	if x != nil {
+		return x.Cancelled
+	}
+	return 0
+}
+
+type SubmitPipelineRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *PipelineSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// source: the pipeline file (YAML or JSON) instead of spec; the server decodes it.
+	Source        []byte `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // optional: a retry of the call returns the first pipeline
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitPipelineRequest) Reset() {
+	*x = SubmitPipelineRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitPipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitPipelineRequest) ProtoMessage() {}
+
+func (x *SubmitPipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitPipelineRequest.ProtoReflect.Descriptor instead.
+func (*SubmitPipelineRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{104}
+}
+
+func (x *SubmitPipelineRequest) GetSpec() *PipelineSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *SubmitPipelineRequest) GetSource() []byte {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *SubmitPipelineRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type PipelineResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pipeline      *Pipeline              `protobuf:"bytes,1,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PipelineResponse) Reset() {
+	*x = PipelineResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PipelineResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PipelineResponse) ProtoMessage() {}
+
+func (x *PipelineResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PipelineResponse.ProtoReflect.Descriptor instead.
+func (*PipelineResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *PipelineResponse) GetPipeline() *Pipeline {
+	if x != nil {
+		return x.Pipeline
+	}
+	return nil
+}
+
+type GetPipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	IncludeSpecs  bool                   `protobuf:"varint,2,opt,name=include_specs,json=includeSpecs,proto3" json:"include_specs,omitempty"` // include each step's job template
+	Stale         bool                   `protobuf:"varint,3,opt,name=stale,proto3" json:"stale,omitempty"`                                   // serve from any replica
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPipelineRequest) Reset() {
+	*x = GetPipelineRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPipelineRequest) ProtoMessage() {}
+
+func (x *GetPipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPipelineRequest.ProtoReflect.Descriptor instead.
+func (*GetPipelineRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *GetPipelineRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetPipelineRequest) GetIncludeSpecs() bool {
+	if x != nil {
+		return x.IncludeSpecs
+	}
+	return false
+}
+
+func (x *GetPipelineRequest) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+type ListPipelinesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`                            // empty = every tenant
+	State         PipelineState          `protobuf:"varint,2,opt,name=state,proto3,enum=hodei.v1.PipelineState" json:"state,omitempty"` // UNSPECIFIED = every state
+	Limit         int32                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`                             // default 100, max 1000
+	PageToken     string                 `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPipelinesRequest) Reset() {
+	*x = ListPipelinesRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[107]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPipelinesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPipelinesRequest) ProtoMessage() {}
+
+func (x *ListPipelinesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[107]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPipelinesRequest.ProtoReflect.Descriptor instead.
+func (*ListPipelinesRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{107}
+}
+
+func (x *ListPipelinesRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ListPipelinesRequest) GetState() PipelineState {
+	if x != nil {
+		return x.State
+	}
+	return PipelineState_PIPELINE_STATE_UNSPECIFIED
+}
+
+func (x *ListPipelinesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListPipelinesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListPipelinesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pipelines     []*Pipeline            `protobuf:"bytes,1,rep,name=pipelines,proto3" json:"pipelines,omitempty"` // without steps (step_count and counts only)
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPipelinesResponse) Reset() {
+	*x = ListPipelinesResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[108]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPipelinesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPipelinesResponse) ProtoMessage() {}
+
+func (x *ListPipelinesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[108]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPipelinesResponse.ProtoReflect.Descriptor instead.
+func (*ListPipelinesResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{108}
+}
+
+func (x *ListPipelinesResponse) GetPipelines() []*Pipeline {
+	if x != nil {
+		return x.Pipelines
+	}
+	return nil
+}
+
+func (x *ListPipelinesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CancelPipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelPipelineRequest) Reset() {
+	*x = CancelPipelineRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[109]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelPipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelPipelineRequest) ProtoMessage() {}
+
+func (x *CancelPipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[109]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelPipelineRequest.ProtoReflect.Descriptor instead.
+func (*CancelPipelineRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{109}
+}
+
+func (x *CancelPipelineRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CancelPipelineRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CancelPipelineRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type RetryPipelineRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	FromStep      string                 `protobuf:"bytes,2,opt,name=from_step,json=fromStep,proto3" json:"from_step,omitempty"` // re-run this step (a fan-out id: all its instances) and everything downstream
+	RequestId     string                 `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPipelineRequest) Reset() {
+	*x = RetryPipelineRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[110]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPipelineRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPipelineRequest) ProtoMessage() {}
+
+func (x *RetryPipelineRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[110]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPipelineRequest.ProtoReflect.Descriptor instead.
+func (*RetryPipelineRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{110}
+}
+
+func (x *RetryPipelineRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RetryPipelineRequest) GetFromStep() string {
+	if x != nil {
+		return x.FromStep
+	}
+	return ""
+}
+
+func (x *RetryPipelineRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -7010,7 +8124,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vlease_token\x18\a \x01(\x04R\n" +
 	"leaseToken\x12\x18\n" +
 	"\aattempt\x18\b \x01(\x05R\aattempt\x12#\n" +
-	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xfc\x05\n" +
+	"\rlease_expired\x18\t \x01(\bR\fleaseExpired\"\xc2\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x04spec\x18\x02 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12(\n" +
@@ -7039,7 +8153,10 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"dead_at_ms\x18\x15 \x01(\x03R\bdeadAtMs\x12\x1f\n" +
 	"\vdead_reason\x18\x16 \x01(\tR\n" +
 	"deadReason\x12\x18\n" +
-	"\aretries\x18\x17 \x01(\x05R\aretries\"X\n" +
+	"\aretries\x18\x17 \x01(\x05R\aretries\x12\x1f\n" +
+	"\vpipeline_id\x182 \x01(\tR\n" +
+	"pipelineId\x12#\n" +
+	"\rpipeline_step\x183 \x01(\tR\fpipelineStep\"X\n" +
 	"\x10SubmitJobRequest\x12%\n" +
 	"\x04spec\x18\x01 \x01(\v2\x11.hodei.v1.JobSpecR\x04spec\x12\x1d\n" +
 	"\n" +
@@ -7497,7 +8614,85 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\"1\n" +
 	"\x13RequeueJobsResponse\x12\x1a\n" +
-	"\brequeued\x18\x01 \x01(\rR\brequeued*\xaf\x01\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued\"\xbb\x01\n" +
+	"\x10PipelineStepSpec\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"depends_on\x18\x02 \x03(\tR\tdependsOn\x128\n" +
+	"\ftrigger_rule\x18\x03 \x01(\x0e2\x15.hodei.v1.TriggerRuleR\vtriggerRule\x12#\n" +
+	"\x03job\x18\x04 \x01(\v2\x11.hodei.v1.JobSpecR\x03job\x12\x19\n" +
+	"\bfor_each\x18\x05 \x03(\tR\aforEach\"\xac\x01\n" +
+	"\fPipelineSpec\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12>\n" +
+	"\x0efailure_policy\x18\x03 \x01(\x0e2\x17.hodei.v1.FailurePolicyR\rfailurePolicy\x120\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1a.hodei.v1.PipelineStepSpecR\x05steps\"\x86\x03\n" +
+	"\fPipelineStep\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"depends_on\x18\x02 \x03(\tR\tdependsOn\x128\n" +
+	"\ftrigger_rule\x18\x03 \x01(\x0e2\x15.hodei.v1.TriggerRuleR\vtriggerRule\x12#\n" +
+	"\x03job\x18\x04 \x01(\v2\x11.hodei.v1.JobSpecR\x03job\x12\x12\n" +
+	"\x04item\x18\x05 \x01(\tR\x04item\x12)\n" +
+	"\x05state\x18\n" +
+	" \x01(\x0e2\x13.hodei.v1.StepStateR\x05state\x12\x15\n" +
+	"\x06job_id\x18\v \x01(\tR\x05jobId\x12\x1a\n" +
+	"\battempts\x18\f \x01(\x05R\battempts\x12\x12\n" +
+	"\x04runs\x18\r \x01(\x05R\x04runs\x12\x16\n" +
+	"\x06reason\x18\x0e \x01(\tR\x06reason\x12$\n" +
+	"\x0ereleased_at_ms\x18\x0f \x01(\x03R\freleasedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\x10 \x01(\x03R\ffinishedAtMs\"\xb8\x04\n" +
+	"\bPipeline\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12-\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x17.hodei.v1.PipelineStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12>\n" +
+	"\x0efailure_policy\x18\x06 \x01(\x0e2\x17.hodei.v1.FailurePolicyR\rfailurePolicy\x12\x14\n" +
+	"\x05shard\x18\a \x01(\rR\x05shard\x12\x10\n" +
+	"\x03seq\x18\b \x01(\x04R\x03seq\x12\"\n" +
+	"\rcreated_at_ms\x18\t \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rupdated_at_ms\x18\n" +
+	" \x01(\x03R\vupdatedAtMs\x12$\n" +
+	"\x0efinished_at_ms\x18\v \x01(\x03R\ffinishedAtMs\x12\x18\n" +
+	"\aretries\x18\f \x01(\x05R\aretries\x12,\n" +
+	"\x05steps\x18\r \x03(\v2\x16.hodei.v1.PipelineStepR\x05steps\x12\x1d\n" +
+	"\n" +
+	"step_count\x18\x0e \x01(\rR\tstepCount\x12\x1c\n" +
+	"\tsucceeded\x18\x0f \x01(\rR\tsucceeded\x12\x16\n" +
+	"\x06failed\x18\x10 \x01(\rR\x06failed\x12\x18\n" +
+	"\askipped\x18\x11 \x01(\rR\askipped\x12\x1c\n" +
+	"\tcancelled\x18\x12 \x01(\rR\tcancelled\"z\n" +
+	"\x15SubmitPipelineRequest\x12*\n" +
+	"\x04spec\x18\x01 \x01(\v2\x16.hodei.v1.PipelineSpecR\x04spec\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\fR\x06source\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"B\n" +
+	"\x10PipelineResponse\x12.\n" +
+	"\bpipeline\x18\x01 \x01(\v2\x12.hodei.v1.PipelineR\bpipeline\"_\n" +
+	"\x12GetPipelineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
+	"\rinclude_specs\x18\x02 \x01(\bR\fincludeSpecs\x12\x14\n" +
+	"\x05stale\x18\x03 \x01(\bR\x05stale\"\x92\x01\n" +
+	"\x14ListPipelinesRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12-\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x17.hodei.v1.PipelineStateR\x05state\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"q\n" +
+	"\x15ListPipelinesResponse\x120\n" +
+	"\tpipelines\x18\x01 \x03(\v2\x12.hodei.v1.PipelineR\tpipelines\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"^\n" +
+	"\x15CancelPipelineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"b\n" +
+	"\x14RetryPipelineRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tfrom_step\x18\x02 \x01(\tR\bfromStep\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId*\xaf\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -7521,7 +8716,33 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x10CONSTRAINT_OP_IN\x10\x01\x12\x18\n" +
 	"\x14CONSTRAINT_OP_NOT_IN\x10\x02\x12\x18\n" +
 	"\x14CONSTRAINT_OP_EXISTS\x10\x03\x12\x1c\n" +
-	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x042\xd5\x05\n" +
+	"\x18CONSTRAINT_OP_NOT_EXISTS\x10\x04*\xa2\x01\n" +
+	"\rPipelineState\x12\x1e\n" +
+	"\x1aPIPELINE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16PIPELINE_STATE_RUNNING\x10\x01\x12\x1c\n" +
+	"\x18PIPELINE_STATE_SUCCEEDED\x10\x02\x12\x19\n" +
+	"\x15PIPELINE_STATE_FAILED\x10\x03\x12\x1c\n" +
+	"\x18PIPELINE_STATE_CANCELLED\x10\x04*\xd2\x01\n" +
+	"\tStepState\x12\x1a\n" +
+	"\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12STEP_STATE_WAITING\x10\x01\x12\x16\n" +
+	"\x12STEP_STATE_PENDING\x10\x02\x12\x16\n" +
+	"\x12STEP_STATE_RUNNING\x10\x03\x12\x18\n" +
+	"\x14STEP_STATE_SUCCEEDED\x10\x04\x12\x15\n" +
+	"\x11STEP_STATE_FAILED\x10\x05\x12\x18\n" +
+	"\x14STEP_STATE_CANCELLED\x10\x06\x12\x16\n" +
+	"\x12STEP_STATE_SKIPPED\x10\a*\xbd\x01\n" +
+	"\vTriggerRule\x12\x1c\n" +
+	"\x18TRIGGER_RULE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18TRIGGER_RULE_ALL_SUCCESS\x10\x01\x12\x19\n" +
+	"\x15TRIGGER_RULE_ALL_DONE\x10\x02\x12\x1c\n" +
+	"\x18TRIGGER_RULE_ONE_SUCCESS\x10\x03\x12\x1b\n" +
+	"\x17TRIGGER_RULE_ONE_FAILED\x10\x04\x12\x1c\n" +
+	"\x18TRIGGER_RULE_NONE_FAILED\x10\x05*j\n" +
+	"\rFailurePolicy\x12\x1e\n" +
+	"\x1aFAILURE_POLICY_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18FAILURE_POLICY_FAIL_FAST\x10\x01\x12\x1b\n" +
+	"\x17FAILURE_POLICY_CONTINUE\x10\x022\xd5\x05\n" +
 	"\n" +
 	"JobService\x12D\n" +
 	"\tSubmitJob\x12\x1a.hodei.v1.SubmitJobRequest\x1a\x1b.hodei.v1.SubmitJobResponse\x12G\n" +
@@ -7562,7 +8783,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0eResumeSchedule\x12\x1f.hodei.v1.ResumeScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12V\n" +
 	"\x0fTriggerSchedule\x12 .hodei.v1.TriggerScheduleRequest\x1a!.hodei.v1.TriggerScheduleResponse\x12Y\n" +
 	"\x10BackfillSchedule\x12!.hodei.v1.BackfillScheduleRequest\x1a\".hodei.v1.BackfillScheduleResponse\x12S\n" +
-	"\x0eDeleteSchedule\x12\x1f.hodei.v1.DeleteScheduleRequest\x1a .hodei.v1.DeleteScheduleResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\x0eDeleteSchedule\x12\x1f.hodei.v1.DeleteScheduleRequest\x1a .hodei.v1.DeleteScheduleResponse2\x97\x03\n" +
+	"\x0fPipelineService\x12M\n" +
+	"\x0eSubmitPipeline\x12\x1f.hodei.v1.SubmitPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse\x12G\n" +
+	"\vGetPipeline\x12\x1c.hodei.v1.GetPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse\x12P\n" +
+	"\rListPipelines\x12\x1e.hodei.v1.ListPipelinesRequest\x1a\x1f.hodei.v1.ListPipelinesResponse\x12M\n" +
+	"\x0eCancelPipeline\x12\x1f.hodei.v1.CancelPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse\x12K\n" +
+	"\rRetryPipeline\x12\x1e.hodei.v1.RetryPipelineRequest\x1a\x1a.hodei.v1.PipelineResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -7576,268 +8803,307 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 	return file_hodei_v1_hodei_proto_rawDescData
 }
 
-var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
+var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 111)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
 	(LogStream)(0),                   // 2: hodei.v1.LogStream
 	(ConstraintOp)(0),                // 3: hodei.v1.ConstraintOp
-	(*KeyValue)(nil),                 // 4: hodei.v1.KeyValue
-	(*JobSpec)(nil),                  // 5: hodei.v1.JobSpec
-	(*JobResult)(nil),                // 6: hodei.v1.JobResult
-	(*Job)(nil),                      // 7: hodei.v1.Job
-	(*SubmitJobRequest)(nil),         // 8: hodei.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),        // 9: hodei.v1.SubmitJobResponse
-	(*SubmitJobsRequest)(nil),        // 10: hodei.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),       // 11: hodei.v1.SubmitJobsResponse
-	(*GetJobRequest)(nil),            // 12: hodei.v1.GetJobRequest
-	(*GetJobResponse)(nil),           // 13: hodei.v1.GetJobResponse
-	(*ListJobsRequest)(nil),          // 14: hodei.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 15: hodei.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),         // 16: hodei.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),        // 17: hodei.v1.CancelJobResponse
-	(*Lease)(nil),                    // 18: hodei.v1.Lease
-	(*LeaseRequest)(nil),             // 19: hodei.v1.LeaseRequest
-	(*LeaseResponse)(nil),            // 20: hodei.v1.LeaseResponse
-	(*LeaseRef)(nil),                 // 21: hodei.v1.LeaseRef
-	(*ExtendLeasesRequest)(nil),      // 22: hodei.v1.ExtendLeasesRequest
-	(*ExtendResult)(nil),             // 23: hodei.v1.ExtendResult
-	(*ExtendLeasesResponse)(nil),     // 24: hodei.v1.ExtendLeasesResponse
-	(*CompleteJobRequest)(nil),       // 25: hodei.v1.CompleteJobRequest
-	(*CompleteJobResponse)(nil),      // 26: hodei.v1.CompleteJobResponse
-	(*Completion)(nil),               // 27: hodei.v1.Completion
-	(*CompletionResult)(nil),         // 28: hodei.v1.CompletionResult
-	(*CompleteJobsRequest)(nil),      // 29: hodei.v1.CompleteJobsRequest
-	(*CompleteJobsResponse)(nil),     // 30: hodei.v1.CompleteJobsResponse
-	(*WorkerHello)(nil),              // 31: hodei.v1.WorkerHello
-	(*WorkerSlots)(nil),              // 32: hodei.v1.WorkerSlots
-	(*WorkerCompletions)(nil),        // 33: hodei.v1.WorkerCompletions
-	(*WorkerExtend)(nil),             // 34: hodei.v1.WorkerExtend
-	(*WorkerMessage)(nil),            // 35: hodei.v1.WorkerMessage
-	(*ServerWelcome)(nil),            // 36: hodei.v1.ServerWelcome
-	(*ServerLeases)(nil),             // 37: hodei.v1.ServerLeases
-	(*ServerCompletions)(nil),        // 38: hodei.v1.ServerCompletions
-	(*ServerExtended)(nil),           // 39: hodei.v1.ServerExtended
-	(*ServerCancel)(nil),             // 40: hodei.v1.ServerCancel
-	(*ServerDrain)(nil),              // 41: hodei.v1.ServerDrain
-	(*ServerMessage)(nil),            // 42: hodei.v1.ServerMessage
-	(*LeaseDemand)(nil),              // 43: hodei.v1.LeaseDemand
-	(*LeaseForRequest)(nil),          // 44: hodei.v1.LeaseForRequest
-	(*LeaseGrant)(nil),               // 45: hodei.v1.LeaseGrant
-	(*LeaseForResponse)(nil),         // 46: hodei.v1.LeaseForResponse
-	(*RaftServer)(nil),               // 47: hodei.v1.RaftServer
-	(*ShardStatus)(nil),              // 48: hodei.v1.ShardStatus
-	(*StatusRequest)(nil),            // 49: hodei.v1.StatusRequest
-	(*StatusResponse)(nil),           // 50: hodei.v1.StatusResponse
-	(*Member)(nil),                   // 51: hodei.v1.Member
-	(*JoinRequest)(nil),              // 52: hodei.v1.JoinRequest
-	(*JoinResponse)(nil),             // 53: hodei.v1.JoinResponse
-	(*RemoveRequest)(nil),            // 54: hodei.v1.RemoveRequest
-	(*RemoveResponse)(nil),           // 55: hodei.v1.RemoveResponse
-	(*TransferLeaderRequest)(nil),    // 56: hodei.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil),   // 57: hodei.v1.TransferLeaderResponse
-	(*SnapshotSaveRequest)(nil),      // 58: hodei.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),            // 59: hodei.v1.SnapshotChunk
-	(*SnapshotRestoreRequest)(nil),   // 60: hodei.v1.SnapshotRestoreRequest
-	(*GroupSnapshotInfo)(nil),        // 61: hodei.v1.GroupSnapshotInfo
-	(*SnapshotArchiveHeader)(nil),    // 62: hodei.v1.SnapshotArchiveHeader
-	(*SnapshotRestoreResponse)(nil),  // 63: hodei.v1.SnapshotRestoreResponse
-	(*GroupSnapshotRequest)(nil),     // 64: hodei.v1.GroupSnapshotRequest
-	(*GroupSnapshotChunk)(nil),       // 65: hodei.v1.GroupSnapshotChunk
-	(*RestoreGroupRequest)(nil),      // 66: hodei.v1.RestoreGroupRequest
-	(*RestoreGroupResponse)(nil),     // 67: hodei.v1.RestoreGroupResponse
-	(*TenantStatus)(nil),             // 68: hodei.v1.TenantStatus
-	(*SetTenantRequest)(nil),         // 69: hodei.v1.SetTenantRequest
-	(*SetTenantResponse)(nil),        // 70: hodei.v1.SetTenantResponse
-	(*ListTenantsRequest)(nil),       // 71: hodei.v1.ListTenantsRequest
-	(*ListTenantsResponse)(nil),      // 72: hodei.v1.ListTenantsResponse
-	(*Schedule)(nil),                 // 73: hodei.v1.Schedule
-	(*CreateScheduleRequest)(nil),    // 74: hodei.v1.CreateScheduleRequest
-	(*ScheduleResponse)(nil),         // 75: hodei.v1.ScheduleResponse
-	(*GetScheduleRequest)(nil),       // 76: hodei.v1.GetScheduleRequest
-	(*ListSchedulesRequest)(nil),     // 77: hodei.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),    // 78: hodei.v1.ListSchedulesResponse
-	(*PauseScheduleRequest)(nil),     // 79: hodei.v1.PauseScheduleRequest
-	(*ResumeScheduleRequest)(nil),    // 80: hodei.v1.ResumeScheduleRequest
-	(*TriggerScheduleRequest)(nil),   // 81: hodei.v1.TriggerScheduleRequest
-	(*TriggerScheduleResponse)(nil),  // 82: hodei.v1.TriggerScheduleResponse
-	(*BackfillScheduleRequest)(nil),  // 83: hodei.v1.BackfillScheduleRequest
-	(*BackfillScheduleResponse)(nil), // 84: hodei.v1.BackfillScheduleResponse
-	(*DeleteScheduleRequest)(nil),    // 85: hodei.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil),   // 86: hodei.v1.DeleteScheduleResponse
-	(*WatchJobsRequest)(nil),         // 87: hodei.v1.WatchJobsRequest
-	(*WatchJobsResponse)(nil),        // 88: hodei.v1.WatchJobsResponse
-	(*JobEvent)(nil),                 // 89: hodei.v1.JobEvent
-	(*LogLine)(nil),                  // 90: hodei.v1.LogLine
-	(*WorkerLogs)(nil),               // 91: hodei.v1.WorkerLogs
-	(*GetJobLogsRequest)(nil),        // 92: hodei.v1.GetJobLogsRequest
-	(*GetJobLogsResponse)(nil),       // 93: hodei.v1.GetJobLogsResponse
-	(*FollowJobLogsRequest)(nil),     // 94: hodei.v1.FollowJobLogsRequest
-	(*FollowJobLogsResponse)(nil),    // 95: hodei.v1.FollowJobLogsResponse
-	(*Constraint)(nil),               // 96: hodei.v1.Constraint
-	(*TenantLimits)(nil),             // 97: hodei.v1.TenantLimits
-	(*TenantUsage)(nil),              // 98: hodei.v1.TenantUsage
-	(*AttemptSummary)(nil),           // 99: hodei.v1.AttemptSummary
-	(*RetryJobRequest)(nil),          // 100: hodei.v1.RetryJobRequest
-	(*RetryJobResponse)(nil),         // 101: hodei.v1.RetryJobResponse
-	(*RequeueJobsRequest)(nil),       // 102: hodei.v1.RequeueJobsRequest
-	(*RequeueJobsResponse)(nil),      // 103: hodei.v1.RequeueJobsResponse
+	(PipelineState)(0),               // 4: hodei.v1.PipelineState
+	(StepState)(0),                   // 5: hodei.v1.StepState
+	(TriggerRule)(0),                 // 6: hodei.v1.TriggerRule
+	(FailurePolicy)(0),               // 7: hodei.v1.FailurePolicy
+	(*KeyValue)(nil),                 // 8: hodei.v1.KeyValue
+	(*JobSpec)(nil),                  // 9: hodei.v1.JobSpec
+	(*JobResult)(nil),                // 10: hodei.v1.JobResult
+	(*Job)(nil),                      // 11: hodei.v1.Job
+	(*SubmitJobRequest)(nil),         // 12: hodei.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),        // 13: hodei.v1.SubmitJobResponse
+	(*SubmitJobsRequest)(nil),        // 14: hodei.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),       // 15: hodei.v1.SubmitJobsResponse
+	(*GetJobRequest)(nil),            // 16: hodei.v1.GetJobRequest
+	(*GetJobResponse)(nil),           // 17: hodei.v1.GetJobResponse
+	(*ListJobsRequest)(nil),          // 18: hodei.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),         // 19: hodei.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),         // 20: hodei.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),        // 21: hodei.v1.CancelJobResponse
+	(*Lease)(nil),                    // 22: hodei.v1.Lease
+	(*LeaseRequest)(nil),             // 23: hodei.v1.LeaseRequest
+	(*LeaseResponse)(nil),            // 24: hodei.v1.LeaseResponse
+	(*LeaseRef)(nil),                 // 25: hodei.v1.LeaseRef
+	(*ExtendLeasesRequest)(nil),      // 26: hodei.v1.ExtendLeasesRequest
+	(*ExtendResult)(nil),             // 27: hodei.v1.ExtendResult
+	(*ExtendLeasesResponse)(nil),     // 28: hodei.v1.ExtendLeasesResponse
+	(*CompleteJobRequest)(nil),       // 29: hodei.v1.CompleteJobRequest
+	(*CompleteJobResponse)(nil),      // 30: hodei.v1.CompleteJobResponse
+	(*Completion)(nil),               // 31: hodei.v1.Completion
+	(*CompletionResult)(nil),         // 32: hodei.v1.CompletionResult
+	(*CompleteJobsRequest)(nil),      // 33: hodei.v1.CompleteJobsRequest
+	(*CompleteJobsResponse)(nil),     // 34: hodei.v1.CompleteJobsResponse
+	(*WorkerHello)(nil),              // 35: hodei.v1.WorkerHello
+	(*WorkerSlots)(nil),              // 36: hodei.v1.WorkerSlots
+	(*WorkerCompletions)(nil),        // 37: hodei.v1.WorkerCompletions
+	(*WorkerExtend)(nil),             // 38: hodei.v1.WorkerExtend
+	(*WorkerMessage)(nil),            // 39: hodei.v1.WorkerMessage
+	(*ServerWelcome)(nil),            // 40: hodei.v1.ServerWelcome
+	(*ServerLeases)(nil),             // 41: hodei.v1.ServerLeases
+	(*ServerCompletions)(nil),        // 42: hodei.v1.ServerCompletions
+	(*ServerExtended)(nil),           // 43: hodei.v1.ServerExtended
+	(*ServerCancel)(nil),             // 44: hodei.v1.ServerCancel
+	(*ServerDrain)(nil),              // 45: hodei.v1.ServerDrain
+	(*ServerMessage)(nil),            // 46: hodei.v1.ServerMessage
+	(*LeaseDemand)(nil),              // 47: hodei.v1.LeaseDemand
+	(*LeaseForRequest)(nil),          // 48: hodei.v1.LeaseForRequest
+	(*LeaseGrant)(nil),               // 49: hodei.v1.LeaseGrant
+	(*LeaseForResponse)(nil),         // 50: hodei.v1.LeaseForResponse
+	(*RaftServer)(nil),               // 51: hodei.v1.RaftServer
+	(*ShardStatus)(nil),              // 52: hodei.v1.ShardStatus
+	(*StatusRequest)(nil),            // 53: hodei.v1.StatusRequest
+	(*StatusResponse)(nil),           // 54: hodei.v1.StatusResponse
+	(*Member)(nil),                   // 55: hodei.v1.Member
+	(*JoinRequest)(nil),              // 56: hodei.v1.JoinRequest
+	(*JoinResponse)(nil),             // 57: hodei.v1.JoinResponse
+	(*RemoveRequest)(nil),            // 58: hodei.v1.RemoveRequest
+	(*RemoveResponse)(nil),           // 59: hodei.v1.RemoveResponse
+	(*TransferLeaderRequest)(nil),    // 60: hodei.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil),   // 61: hodei.v1.TransferLeaderResponse
+	(*SnapshotSaveRequest)(nil),      // 62: hodei.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),            // 63: hodei.v1.SnapshotChunk
+	(*SnapshotRestoreRequest)(nil),   // 64: hodei.v1.SnapshotRestoreRequest
+	(*GroupSnapshotInfo)(nil),        // 65: hodei.v1.GroupSnapshotInfo
+	(*SnapshotArchiveHeader)(nil),    // 66: hodei.v1.SnapshotArchiveHeader
+	(*SnapshotRestoreResponse)(nil),  // 67: hodei.v1.SnapshotRestoreResponse
+	(*GroupSnapshotRequest)(nil),     // 68: hodei.v1.GroupSnapshotRequest
+	(*GroupSnapshotChunk)(nil),       // 69: hodei.v1.GroupSnapshotChunk
+	(*RestoreGroupRequest)(nil),      // 70: hodei.v1.RestoreGroupRequest
+	(*RestoreGroupResponse)(nil),     // 71: hodei.v1.RestoreGroupResponse
+	(*TenantStatus)(nil),             // 72: hodei.v1.TenantStatus
+	(*SetTenantRequest)(nil),         // 73: hodei.v1.SetTenantRequest
+	(*SetTenantResponse)(nil),        // 74: hodei.v1.SetTenantResponse
+	(*ListTenantsRequest)(nil),       // 75: hodei.v1.ListTenantsRequest
+	(*ListTenantsResponse)(nil),      // 76: hodei.v1.ListTenantsResponse
+	(*Schedule)(nil),                 // 77: hodei.v1.Schedule
+	(*CreateScheduleRequest)(nil),    // 78: hodei.v1.CreateScheduleRequest
+	(*ScheduleResponse)(nil),         // 79: hodei.v1.ScheduleResponse
+	(*GetScheduleRequest)(nil),       // 80: hodei.v1.GetScheduleRequest
+	(*ListSchedulesRequest)(nil),     // 81: hodei.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),    // 82: hodei.v1.ListSchedulesResponse
+	(*PauseScheduleRequest)(nil),     // 83: hodei.v1.PauseScheduleRequest
+	(*ResumeScheduleRequest)(nil),    // 84: hodei.v1.ResumeScheduleRequest
+	(*TriggerScheduleRequest)(nil),   // 85: hodei.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),  // 86: hodei.v1.TriggerScheduleResponse
+	(*BackfillScheduleRequest)(nil),  // 87: hodei.v1.BackfillScheduleRequest
+	(*BackfillScheduleResponse)(nil), // 88: hodei.v1.BackfillScheduleResponse
+	(*DeleteScheduleRequest)(nil),    // 89: hodei.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),   // 90: hodei.v1.DeleteScheduleResponse
+	(*WatchJobsRequest)(nil),         // 91: hodei.v1.WatchJobsRequest
+	(*WatchJobsResponse)(nil),        // 92: hodei.v1.WatchJobsResponse
+	(*JobEvent)(nil),                 // 93: hodei.v1.JobEvent
+	(*LogLine)(nil),                  // 94: hodei.v1.LogLine
+	(*WorkerLogs)(nil),               // 95: hodei.v1.WorkerLogs
+	(*GetJobLogsRequest)(nil),        // 96: hodei.v1.GetJobLogsRequest
+	(*GetJobLogsResponse)(nil),       // 97: hodei.v1.GetJobLogsResponse
+	(*FollowJobLogsRequest)(nil),     // 98: hodei.v1.FollowJobLogsRequest
+	(*FollowJobLogsResponse)(nil),    // 99: hodei.v1.FollowJobLogsResponse
+	(*Constraint)(nil),               // 100: hodei.v1.Constraint
+	(*TenantLimits)(nil),             // 101: hodei.v1.TenantLimits
+	(*TenantUsage)(nil),              // 102: hodei.v1.TenantUsage
+	(*AttemptSummary)(nil),           // 103: hodei.v1.AttemptSummary
+	(*RetryJobRequest)(nil),          // 104: hodei.v1.RetryJobRequest
+	(*RetryJobResponse)(nil),         // 105: hodei.v1.RetryJobResponse
+	(*RequeueJobsRequest)(nil),       // 106: hodei.v1.RequeueJobsRequest
+	(*RequeueJobsResponse)(nil),      // 107: hodei.v1.RequeueJobsResponse
+	(*PipelineStepSpec)(nil),         // 108: hodei.v1.PipelineStepSpec
+	(*PipelineSpec)(nil),             // 109: hodei.v1.PipelineSpec
+	(*PipelineStep)(nil),             // 110: hodei.v1.PipelineStep
+	(*Pipeline)(nil),                 // 111: hodei.v1.Pipeline
+	(*SubmitPipelineRequest)(nil),    // 112: hodei.v1.SubmitPipelineRequest
+	(*PipelineResponse)(nil),         // 113: hodei.v1.PipelineResponse
+	(*GetPipelineRequest)(nil),       // 114: hodei.v1.GetPipelineRequest
+	(*ListPipelinesRequest)(nil),     // 115: hodei.v1.ListPipelinesRequest
+	(*ListPipelinesResponse)(nil),    // 116: hodei.v1.ListPipelinesResponse
+	(*CancelPipelineRequest)(nil),    // 117: hodei.v1.CancelPipelineRequest
+	(*RetryPipelineRequest)(nil),     // 118: hodei.v1.RetryPipelineRequest
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
-	4,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
-	4,   // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
-	96,  // 2: hodei.v1.JobSpec.constraints:type_name -> hodei.v1.Constraint
-	5,   // 3: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
+	8,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
+	8,   // 1: hodei.v1.JobSpec.labels:type_name -> hodei.v1.KeyValue
+	100, // 2: hodei.v1.JobSpec.constraints:type_name -> hodei.v1.Constraint
+	9,   // 3: hodei.v1.Job.spec:type_name -> hodei.v1.JobSpec
 	0,   // 4: hodei.v1.Job.state:type_name -> hodei.v1.JobState
-	6,   // 5: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
-	99,  // 6: hodei.v1.Job.history:type_name -> hodei.v1.AttemptSummary
-	5,   // 7: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
-	7,   // 8: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
-	5,   // 9: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
-	9,   // 10: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
-	7,   // 11: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
+	10,  // 5: hodei.v1.Job.last_result:type_name -> hodei.v1.JobResult
+	103, // 6: hodei.v1.Job.history:type_name -> hodei.v1.AttemptSummary
+	9,   // 7: hodei.v1.SubmitJobRequest.spec:type_name -> hodei.v1.JobSpec
+	11,  // 8: hodei.v1.SubmitJobResponse.job:type_name -> hodei.v1.Job
+	9,   // 9: hodei.v1.SubmitJobsRequest.specs:type_name -> hodei.v1.JobSpec
+	13,  // 10: hodei.v1.SubmitJobsResponse.results:type_name -> hodei.v1.SubmitJobResponse
+	11,  // 11: hodei.v1.GetJobResponse.job:type_name -> hodei.v1.Job
 	0,   // 12: hodei.v1.ListJobsRequest.state:type_name -> hodei.v1.JobState
-	7,   // 13: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
-	7,   // 14: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
-	7,   // 15: hodei.v1.Lease.job:type_name -> hodei.v1.Job
-	4,   // 16: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
-	18,  // 17: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
-	21,  // 18: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
-	23,  // 19: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
-	6,   // 20: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
-	7,   // 21: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
-	6,   // 22: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
+	11,  // 13: hodei.v1.ListJobsResponse.jobs:type_name -> hodei.v1.Job
+	11,  // 14: hodei.v1.CancelJobResponse.job:type_name -> hodei.v1.Job
+	11,  // 15: hodei.v1.Lease.job:type_name -> hodei.v1.Job
+	8,   // 16: hodei.v1.LeaseRequest.labels:type_name -> hodei.v1.KeyValue
+	22,  // 17: hodei.v1.LeaseResponse.leases:type_name -> hodei.v1.Lease
+	25,  // 18: hodei.v1.ExtendLeasesRequest.leases:type_name -> hodei.v1.LeaseRef
+	27,  // 19: hodei.v1.ExtendLeasesResponse.results:type_name -> hodei.v1.ExtendResult
+	10,  // 20: hodei.v1.CompleteJobRequest.result:type_name -> hodei.v1.JobResult
+	11,  // 21: hodei.v1.CompleteJobResponse.job:type_name -> hodei.v1.Job
+	10,  // 22: hodei.v1.Completion.result:type_name -> hodei.v1.JobResult
 	0,   // 23: hodei.v1.CompletionResult.state:type_name -> hodei.v1.JobState
-	27,  // 24: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
-	28,  // 25: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
-	4,   // 26: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
-	27,  // 27: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
-	21,  // 28: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
-	31,  // 29: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
-	32,  // 30: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
-	33,  // 31: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
-	34,  // 32: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
-	91,  // 33: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
-	18,  // 34: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
-	28,  // 35: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
-	23,  // 36: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
-	21,  // 37: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
-	36,  // 38: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
-	37,  // 39: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
-	38,  // 40: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
-	39,  // 41: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
-	40,  // 42: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
-	41,  // 43: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
-	4,   // 44: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
-	43,  // 45: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
-	18,  // 46: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
-	45,  // 47: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
-	47,  // 48: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
-	48,  // 49: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
-	47,  // 50: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
-	51,  // 51: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
-	62,  // 52: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
-	61,  // 53: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
-	61,  // 54: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
-	61,  // 55: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
-	97,  // 56: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
-	97,  // 57: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
-	98,  // 58: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
-	68,  // 59: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
-	68,  // 60: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
-	5,   // 61: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
+	31,  // 24: hodei.v1.CompleteJobsRequest.completions:type_name -> hodei.v1.Completion
+	32,  // 25: hodei.v1.CompleteJobsResponse.results:type_name -> hodei.v1.CompletionResult
+	8,   // 26: hodei.v1.WorkerHello.labels:type_name -> hodei.v1.KeyValue
+	31,  // 27: hodei.v1.WorkerCompletions.completions:type_name -> hodei.v1.Completion
+	25,  // 28: hodei.v1.WorkerExtend.leases:type_name -> hodei.v1.LeaseRef
+	35,  // 29: hodei.v1.WorkerMessage.hello:type_name -> hodei.v1.WorkerHello
+	36,  // 30: hodei.v1.WorkerMessage.slots:type_name -> hodei.v1.WorkerSlots
+	37,  // 31: hodei.v1.WorkerMessage.completions:type_name -> hodei.v1.WorkerCompletions
+	38,  // 32: hodei.v1.WorkerMessage.extend:type_name -> hodei.v1.WorkerExtend
+	95,  // 33: hodei.v1.WorkerMessage.logs:type_name -> hodei.v1.WorkerLogs
+	22,  // 34: hodei.v1.ServerLeases.leases:type_name -> hodei.v1.Lease
+	32,  // 35: hodei.v1.ServerCompletions.results:type_name -> hodei.v1.CompletionResult
+	27,  // 36: hodei.v1.ServerExtended.results:type_name -> hodei.v1.ExtendResult
+	25,  // 37: hodei.v1.ServerCancel.leases:type_name -> hodei.v1.LeaseRef
+	40,  // 38: hodei.v1.ServerMessage.welcome:type_name -> hodei.v1.ServerWelcome
+	41,  // 39: hodei.v1.ServerMessage.leases:type_name -> hodei.v1.ServerLeases
+	42,  // 40: hodei.v1.ServerMessage.completions:type_name -> hodei.v1.ServerCompletions
+	43,  // 41: hodei.v1.ServerMessage.extended:type_name -> hodei.v1.ServerExtended
+	44,  // 42: hodei.v1.ServerMessage.cancel:type_name -> hodei.v1.ServerCancel
+	45,  // 43: hodei.v1.ServerMessage.drain:type_name -> hodei.v1.ServerDrain
+	8,   // 44: hodei.v1.LeaseDemand.labels:type_name -> hodei.v1.KeyValue
+	47,  // 45: hodei.v1.LeaseForRequest.demands:type_name -> hodei.v1.LeaseDemand
+	22,  // 46: hodei.v1.LeaseGrant.leases:type_name -> hodei.v1.Lease
+	49,  // 47: hodei.v1.LeaseForResponse.grants:type_name -> hodei.v1.LeaseGrant
+	51,  // 48: hodei.v1.ShardStatus.servers:type_name -> hodei.v1.RaftServer
+	52,  // 49: hodei.v1.StatusResponse.shards:type_name -> hodei.v1.ShardStatus
+	51,  // 50: hodei.v1.StatusResponse.meta_servers:type_name -> hodei.v1.RaftServer
+	55,  // 51: hodei.v1.StatusResponse.members:type_name -> hodei.v1.Member
+	66,  // 52: hodei.v1.SnapshotRestoreResponse.header:type_name -> hodei.v1.SnapshotArchiveHeader
+	65,  // 53: hodei.v1.SnapshotRestoreResponse.groups:type_name -> hodei.v1.GroupSnapshotInfo
+	65,  // 54: hodei.v1.GroupSnapshotChunk.info:type_name -> hodei.v1.GroupSnapshotInfo
+	65,  // 55: hodei.v1.RestoreGroupRequest.info:type_name -> hodei.v1.GroupSnapshotInfo
+	101, // 56: hodei.v1.TenantStatus.limits:type_name -> hodei.v1.TenantLimits
+	101, // 57: hodei.v1.TenantStatus.shard_limits:type_name -> hodei.v1.TenantLimits
+	102, // 58: hodei.v1.TenantStatus.usage:type_name -> hodei.v1.TenantUsage
+	72,  // 59: hodei.v1.SetTenantResponse.tenant:type_name -> hodei.v1.TenantStatus
+	72,  // 60: hodei.v1.ListTenantsResponse.tenants:type_name -> hodei.v1.TenantStatus
+	9,   // 61: hodei.v1.Schedule.template:type_name -> hodei.v1.JobSpec
 	1,   // 62: hodei.v1.Schedule.overlap:type_name -> hodei.v1.OverlapPolicy
-	73,  // 63: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
-	73,  // 64: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	73,  // 65: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
-	73,  // 66: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	7,   // 67: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
-	73,  // 68: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
-	9,   // 69: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
-	89,  // 70: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
+	77,  // 63: hodei.v1.CreateScheduleRequest.schedule:type_name -> hodei.v1.Schedule
+	77,  // 64: hodei.v1.ScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	77,  // 65: hodei.v1.ListSchedulesResponse.schedules:type_name -> hodei.v1.Schedule
+	77,  // 66: hodei.v1.TriggerScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	11,  // 67: hodei.v1.TriggerScheduleResponse.job:type_name -> hodei.v1.Job
+	77,  // 68: hodei.v1.BackfillScheduleResponse.schedule:type_name -> hodei.v1.Schedule
+	13,  // 69: hodei.v1.BackfillScheduleResponse.jobs:type_name -> hodei.v1.SubmitJobResponse
+	93,  // 70: hodei.v1.WatchJobsResponse.event:type_name -> hodei.v1.JobEvent
 	0,   // 71: hodei.v1.JobEvent.from:type_name -> hodei.v1.JobState
 	0,   // 72: hodei.v1.JobEvent.to:type_name -> hodei.v1.JobState
-	7,   // 73: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
+	11,  // 73: hodei.v1.JobEvent.job:type_name -> hodei.v1.Job
 	2,   // 74: hodei.v1.LogLine.stream:type_name -> hodei.v1.LogStream
-	90,  // 75: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
-	90,  // 76: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
-	90,  // 77: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	94,  // 75: hodei.v1.WorkerLogs.lines:type_name -> hodei.v1.LogLine
+	94,  // 76: hodei.v1.GetJobLogsResponse.lines:type_name -> hodei.v1.LogLine
+	94,  // 77: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
 	3,   // 78: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
-	7,   // 79: hodei.v1.RetryJobResponse.job:type_name -> hodei.v1.Job
-	8,   // 80: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	10,  // 81: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	12,  // 82: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	14,  // 83: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	16,  // 84: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	87,  // 85: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	92,  // 86: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
-	94,  // 87: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
-	100, // 88: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
-	102, // 89: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
-	35,  // 90: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	19,  // 91: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	22,  // 92: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	25,  // 93: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	29,  // 94: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	44,  // 95: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	49,  // 96: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	52,  // 97: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	54,  // 98: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	56,  // 99: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	58,  // 100: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	60,  // 101: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	64,  // 102: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	66,  // 103: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	69,  // 104: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	71,  // 105: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	74,  // 106: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	76,  // 107: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	77,  // 108: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	79,  // 109: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	80,  // 110: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	81,  // 111: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	83,  // 112: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	85,  // 113: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	9,   // 114: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	11,  // 115: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	13,  // 116: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	15,  // 117: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	17,  // 118: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	88,  // 119: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	93,  // 120: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
-	95,  // 121: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
-	101, // 122: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
-	103, // 123: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
-	42,  // 124: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	20,  // 125: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	24,  // 126: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	26,  // 127: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	30,  // 128: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	46,  // 129: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	50,  // 130: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	53,  // 131: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	55,  // 132: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	57,  // 133: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	59,  // 134: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	63,  // 135: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	65,  // 136: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	67,  // 137: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	70,  // 138: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	72,  // 139: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	75,  // 140: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 141: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	78,  // 142: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	75,  // 143: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 144: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	82,  // 145: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	84,  // 146: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	86,  // 147: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	114, // [114:148] is the sub-list for method output_type
-	80,  // [80:114] is the sub-list for method input_type
-	80,  // [80:80] is the sub-list for extension type_name
-	80,  // [80:80] is the sub-list for extension extendee
-	0,   // [0:80] is the sub-list for field type_name
+	11,  // 79: hodei.v1.RetryJobResponse.job:type_name -> hodei.v1.Job
+	6,   // 80: hodei.v1.PipelineStepSpec.trigger_rule:type_name -> hodei.v1.TriggerRule
+	9,   // 81: hodei.v1.PipelineStepSpec.job:type_name -> hodei.v1.JobSpec
+	7,   // 82: hodei.v1.PipelineSpec.failure_policy:type_name -> hodei.v1.FailurePolicy
+	108, // 83: hodei.v1.PipelineSpec.steps:type_name -> hodei.v1.PipelineStepSpec
+	6,   // 84: hodei.v1.PipelineStep.trigger_rule:type_name -> hodei.v1.TriggerRule
+	9,   // 85: hodei.v1.PipelineStep.job:type_name -> hodei.v1.JobSpec
+	5,   // 86: hodei.v1.PipelineStep.state:type_name -> hodei.v1.StepState
+	4,   // 87: hodei.v1.Pipeline.state:type_name -> hodei.v1.PipelineState
+	7,   // 88: hodei.v1.Pipeline.failure_policy:type_name -> hodei.v1.FailurePolicy
+	110, // 89: hodei.v1.Pipeline.steps:type_name -> hodei.v1.PipelineStep
+	109, // 90: hodei.v1.SubmitPipelineRequest.spec:type_name -> hodei.v1.PipelineSpec
+	111, // 91: hodei.v1.PipelineResponse.pipeline:type_name -> hodei.v1.Pipeline
+	4,   // 92: hodei.v1.ListPipelinesRequest.state:type_name -> hodei.v1.PipelineState
+	111, // 93: hodei.v1.ListPipelinesResponse.pipelines:type_name -> hodei.v1.Pipeline
+	12,  // 94: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	14,  // 95: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	16,  // 96: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	18,  // 97: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	20,  // 98: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	91,  // 99: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	96,  // 100: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	98,  // 101: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	104, // 102: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
+	106, // 103: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
+	39,  // 104: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	23,  // 105: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	26,  // 106: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	29,  // 107: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	33,  // 108: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	48,  // 109: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	53,  // 110: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	56,  // 111: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	58,  // 112: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	60,  // 113: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	62,  // 114: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	64,  // 115: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	68,  // 116: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	70,  // 117: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	73,  // 118: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	75,  // 119: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	78,  // 120: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	80,  // 121: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	81,  // 122: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	83,  // 123: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	84,  // 124: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	85,  // 125: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	87,  // 126: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	89,  // 127: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	112, // 128: hodei.v1.PipelineService.SubmitPipeline:input_type -> hodei.v1.SubmitPipelineRequest
+	114, // 129: hodei.v1.PipelineService.GetPipeline:input_type -> hodei.v1.GetPipelineRequest
+	115, // 130: hodei.v1.PipelineService.ListPipelines:input_type -> hodei.v1.ListPipelinesRequest
+	117, // 131: hodei.v1.PipelineService.CancelPipeline:input_type -> hodei.v1.CancelPipelineRequest
+	118, // 132: hodei.v1.PipelineService.RetryPipeline:input_type -> hodei.v1.RetryPipelineRequest
+	13,  // 133: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	15,  // 134: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	17,  // 135: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	19,  // 136: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	21,  // 137: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	92,  // 138: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	97,  // 139: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	99,  // 140: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	105, // 141: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
+	107, // 142: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
+	46,  // 143: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	24,  // 144: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	28,  // 145: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	30,  // 146: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	34,  // 147: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	50,  // 148: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	54,  // 149: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	57,  // 150: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	59,  // 151: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	61,  // 152: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	63,  // 153: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	67,  // 154: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	69,  // 155: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	71,  // 156: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	74,  // 157: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	76,  // 158: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	79,  // 159: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	79,  // 160: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	82,  // 161: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	79,  // 162: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	79,  // 163: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	86,  // 164: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	88,  // 165: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	90,  // 166: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	113, // 167: hodei.v1.PipelineService.SubmitPipeline:output_type -> hodei.v1.PipelineResponse
+	113, // 168: hodei.v1.PipelineService.GetPipeline:output_type -> hodei.v1.PipelineResponse
+	116, // 169: hodei.v1.PipelineService.ListPipelines:output_type -> hodei.v1.ListPipelinesResponse
+	113, // 170: hodei.v1.PipelineService.CancelPipeline:output_type -> hodei.v1.PipelineResponse
+	113, // 171: hodei.v1.PipelineService.RetryPipeline:output_type -> hodei.v1.PipelineResponse
+	133, // [133:172] is the sub-list for method output_type
+	94,  // [94:133] is the sub-list for method input_type
+	94,  // [94:94] is the sub-list for extension type_name
+	94,  // [94:94] is the sub-list for extension extendee
+	0,   // [0:94] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -7866,10 +9132,10 @@ func file_hodei_v1_hodei_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   100,
+			NumEnums:      8,
+			NumMessages:   111,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_hodei_v1_hodei_proto_goTypes,
 		DependencyIndexes: file_hodei_v1_hodei_proto_depIdxs,

@@ -1635,3 +1635,273 @@ var ScheduleService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "hodei/v1/hodei.proto",
 }
+
+const (
+	PipelineService_SubmitPipeline_FullMethodName = "/hodei.v1.PipelineService/SubmitPipeline"
+	PipelineService_GetPipeline_FullMethodName    = "/hodei.v1.PipelineService/GetPipeline"
+	PipelineService_ListPipelines_FullMethodName  = "/hodei.v1.PipelineService/ListPipelines"
+	PipelineService_CancelPipeline_FullMethodName = "/hodei.v1.PipelineService/CancelPipeline"
+	PipelineService_RetryPipeline_FullMethodName  = "/hodei.v1.PipelineService/RetryPipeline"
+)
+
+// PipelineServiceClient is the client API for PipelineService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// PipelineService submits, reads, cancels and retries pipelines. Every node
+// serves it; writes are forwarded to the leader of the tenant's shard.
+type PipelineServiceClient interface {
+	SubmitPipeline(ctx context.Context, in *SubmitPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error)
+	GetPipeline(ctx context.Context, in *GetPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error)
+	ListPipelines(ctx context.Context, in *ListPipelinesRequest, opts ...grpc.CallOption) (*ListPipelinesResponse, error)
+	// CancelPipeline cancels every pending and running step job (running
+	// ones get a cancel notice over their worker stream) and ends the
+	// pipeline CANCELLED.
+	CancelPipeline(ctx context.Context, in *CancelPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error)
+	// RetryPipeline re-runs the steps that did not succeed (and, with
+	// from_step, that step and everything downstream of it).
+	RetryPipeline(ctx context.Context, in *RetryPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error)
+}
+
+type pipelineServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewPipelineServiceClient(cc grpc.ClientConnInterface) PipelineServiceClient {
+	return &pipelineServiceClient{cc}
+}
+
+func (c *pipelineServiceClient) SubmitPipeline(ctx context.Context, in *SubmitPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PipelineResponse)
+	err := c.cc.Invoke(ctx, PipelineService_SubmitPipeline_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pipelineServiceClient) GetPipeline(ctx context.Context, in *GetPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PipelineResponse)
+	err := c.cc.Invoke(ctx, PipelineService_GetPipeline_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pipelineServiceClient) ListPipelines(ctx context.Context, in *ListPipelinesRequest, opts ...grpc.CallOption) (*ListPipelinesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListPipelinesResponse)
+	err := c.cc.Invoke(ctx, PipelineService_ListPipelines_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pipelineServiceClient) CancelPipeline(ctx context.Context, in *CancelPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PipelineResponse)
+	err := c.cc.Invoke(ctx, PipelineService_CancelPipeline_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *pipelineServiceClient) RetryPipeline(ctx context.Context, in *RetryPipelineRequest, opts ...grpc.CallOption) (*PipelineResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PipelineResponse)
+	err := c.cc.Invoke(ctx, PipelineService_RetryPipeline_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// PipelineServiceServer is the server API for PipelineService service.
+// All implementations must embed UnimplementedPipelineServiceServer
+// for forward compatibility.
+//
+// PipelineService submits, reads, cancels and retries pipelines. Every node
+// serves it; writes are forwarded to the leader of the tenant's shard.
+type PipelineServiceServer interface {
+	SubmitPipeline(context.Context, *SubmitPipelineRequest) (*PipelineResponse, error)
+	GetPipeline(context.Context, *GetPipelineRequest) (*PipelineResponse, error)
+	ListPipelines(context.Context, *ListPipelinesRequest) (*ListPipelinesResponse, error)
+	// CancelPipeline cancels every pending and running step job (running
+	// ones get a cancel notice over their worker stream) and ends the
+	// pipeline CANCELLED.
+	CancelPipeline(context.Context, *CancelPipelineRequest) (*PipelineResponse, error)
+	// RetryPipeline re-runs the steps that did not succeed (and, with
+	// from_step, that step and everything downstream of it).
+	RetryPipeline(context.Context, *RetryPipelineRequest) (*PipelineResponse, error)
+	mustEmbedUnimplementedPipelineServiceServer()
+}
+
+// UnimplementedPipelineServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedPipelineServiceServer struct{}
+
+func (UnimplementedPipelineServiceServer) SubmitPipeline(context.Context, *SubmitPipelineRequest) (*PipelineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitPipeline not implemented")
+}
+func (UnimplementedPipelineServiceServer) GetPipeline(context.Context, *GetPipelineRequest) (*PipelineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPipeline not implemented")
+}
+func (UnimplementedPipelineServiceServer) ListPipelines(context.Context, *ListPipelinesRequest) (*ListPipelinesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListPipelines not implemented")
+}
+func (UnimplementedPipelineServiceServer) CancelPipeline(context.Context, *CancelPipelineRequest) (*PipelineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelPipeline not implemented")
+}
+func (UnimplementedPipelineServiceServer) RetryPipeline(context.Context, *RetryPipelineRequest) (*PipelineResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryPipeline not implemented")
+}
+func (UnimplementedPipelineServiceServer) mustEmbedUnimplementedPipelineServiceServer() {}
+func (UnimplementedPipelineServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafePipelineServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to PipelineServiceServer will
+// result in compilation errors.
+type UnsafePipelineServiceServer interface {
+	mustEmbedUnimplementedPipelineServiceServer()
+}
+
+func RegisterPipelineServiceServer(s grpc.ServiceRegistrar, srv PipelineServiceServer) {
+	// If the following call panics, it indicates UnimplementedPipelineServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&PipelineService_ServiceDesc, srv)
+}
+
+func _PipelineService_SubmitPipeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitPipelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PipelineServiceServer).SubmitPipeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PipelineService_SubmitPipeline_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PipelineServiceServer).SubmitPipeline(ctx, req.(*SubmitPipelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PipelineService_GetPipeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPipelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PipelineServiceServer).GetPipeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PipelineService_GetPipeline_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PipelineServiceServer).GetPipeline(ctx, req.(*GetPipelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PipelineService_ListPipelines_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListPipelinesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PipelineServiceServer).ListPipelines(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PipelineService_ListPipelines_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PipelineServiceServer).ListPipelines(ctx, req.(*ListPipelinesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PipelineService_CancelPipeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelPipelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PipelineServiceServer).CancelPipeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PipelineService_CancelPipeline_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PipelineServiceServer).CancelPipeline(ctx, req.(*CancelPipelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _PipelineService_RetryPipeline_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryPipelineRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PipelineServiceServer).RetryPipeline(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: PipelineService_RetryPipeline_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PipelineServiceServer).RetryPipeline(ctx, req.(*RetryPipelineRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// PipelineService_ServiceDesc is the grpc.ServiceDesc for PipelineService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var PipelineService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "hodei.v1.PipelineService",
+	HandlerType: (*PipelineServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "SubmitPipeline",
+			Handler:    _PipelineService_SubmitPipeline_Handler,
+		},
+		{
+			MethodName: "GetPipeline",
+			Handler:    _PipelineService_GetPipeline_Handler,
+		},
+		{
+			MethodName: "ListPipelines",
+			Handler:    _PipelineService_ListPipelines_Handler,
+		},
+		{
+			MethodName: "CancelPipeline",
+			Handler:    _PipelineService_CancelPipeline_Handler,
+		},
+		{
+			MethodName: "RetryPipeline",
+			Handler:    _PipelineService_RetryPipeline_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "hodei/v1/hodei.proto",
+}

@@ -95,6 +95,7 @@ const (
 	RequestKind_REQUEST_KIND_COMPLETE_JOBS RequestKind = 6
 	RequestKind_REQUEST_KIND_COUNT         RequestKind = 7 // expire, promote, gc
 	RequestKind_REQUEST_KIND_EMPTY         RequestKind = 8 // checkpoint, tenant weight
+	RequestKind_REQUEST_KIND_PIPELINE      RequestKind = 9 // pipelines (issue 13): the pipeline in seqs[0] (its pipeline seq)
 )
 
 // Enum value maps for RequestKind.
@@ -109,6 +110,7 @@ var (
 		6: "REQUEST_KIND_COMPLETE_JOBS",
 		7: "REQUEST_KIND_COUNT",
 		8: "REQUEST_KIND_EMPTY",
+		9: "REQUEST_KIND_PIPELINE",
 	}
 	RequestKind_value = map[string]int32{
 		"REQUEST_KIND_UNSPECIFIED":   0,
@@ -120,6 +122,7 @@ var (
 		"REQUEST_KIND_COMPLETE_JOBS": 6,
 		"REQUEST_KIND_COUNT":         7,
 		"REQUEST_KIND_EMPTY":         8,
+		"REQUEST_KIND_PIPELINE":      9,
 	}
 )
 
@@ -246,6 +249,9 @@ type Command struct {
 	//	*Command_FireSchedules
 	//	*Command_SetTenantLimits
 	//	*Command_RetryJobs
+	//	*Command_SubmitPipeline
+	//	*Command_CancelPipeline
+	//	*Command_RetryPipeline
 	Kind          isCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -475,6 +481,33 @@ func (x *Command) GetRetryJobs() *RetryJobs {
 	return nil
 }
 
+func (x *Command) GetSubmitPipeline() *SubmitPipeline {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_SubmitPipeline); ok {
+			return x.SubmitPipeline
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetCancelPipeline() *CancelPipeline {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_CancelPipeline); ok {
+			return x.CancelPipeline
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRetryPipeline() *RetryPipeline {
+	if x != nil {
+		if x, ok := x.Kind.(*Command_RetryPipeline); ok {
+			return x.RetryPipeline
+		}
+	}
+	return nil
+}
+
 type isCommand_Kind interface {
 	isCommand_Kind()
 }
@@ -560,6 +593,19 @@ type Command_RetryJobs struct {
 	RetryJobs *RetryJobs `protobuf:"bytes,40,opt,name=retry_jobs,json=retryJobs,proto3,oneof"` // dead (issue 11): only in entries of version >= 4
 }
 
+type Command_SubmitPipeline struct {
+	// pipelines (issue 13): only in entries of version >= 5
+	SubmitPipeline *SubmitPipeline `protobuf:"bytes,60,opt,name=submit_pipeline,json=submitPipeline,proto3,oneof"`
+}
+
+type Command_CancelPipeline struct {
+	CancelPipeline *CancelPipeline `protobuf:"bytes,61,opt,name=cancel_pipeline,json=cancelPipeline,proto3,oneof"`
+}
+
+type Command_RetryPipeline struct {
+	RetryPipeline *RetryPipeline `protobuf:"bytes,62,opt,name=retry_pipeline,json=retryPipeline,proto3,oneof"`
+}
+
 func (*Command_Submit) isCommand_Kind() {}
 
 func (*Command_Lease) isCommand_Kind() {}
@@ -599,6 +645,12 @@ func (*Command_FireSchedules) isCommand_Kind() {}
 func (*Command_SetTenantLimits) isCommand_Kind() {}
 
 func (*Command_RetryJobs) isCommand_Kind() {}
+
+func (*Command_SubmitPipeline) isCommand_Kind() {}
+
+func (*Command_CancelPipeline) isCommand_Kind() {}
+
+func (*Command_RetryPipeline) isCommand_Kind() {}
 
 type SubmitJobs struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1269,6 +1321,7 @@ type CommandResult struct {
 	Completed     []*hodeiv1.CompletionResult  `protobuf:"bytes,9,rep,name=completed,proto3" json:"completed,omitempty"`                            // CompleteJobs: one per item
 	Schedule      *hodeiv1.Schedule            `protobuf:"bytes,20,opt,name=schedule,proto3" json:"schedule,omitempty"`                             // cron: the schedule after the command
 	ScheduleJobs  []*hodeiv1.SubmitJobResponse `protobuf:"bytes,21,rep,name=schedule_jobs,json=scheduleJobs,proto3" json:"schedule_jobs,omitempty"` // cron: jobs a trigger/backfill/fire created
+	Pipeline      *hodeiv1.Pipeline            `protobuf:"bytes,30,opt,name=pipeline,proto3" json:"pipeline,omitempty"`                             // pipelines: the pipeline after the command
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1380,6 +1433,13 @@ func (x *CommandResult) GetScheduleJobs() []*hodeiv1.SubmitJobResponse {
 	return nil
 }
 
+func (x *CommandResult) GetPipeline() *hodeiv1.Pipeline {
+	if x != nil {
+		return x.Pipeline
+	}
+	return nil
+}
+
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Version       uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -1405,9 +1465,15 @@ type SnapshotHeader struct {
 	// quota (issue 11): per-tenant limits, token buckets and refusal
 	// counters, sorted by tenant. Only in snapshot version 4, written only
 	// when there is one.
-	Quotas        []*TenantQuota `protobuf:"bytes,40,rep,name=quotas,proto3" json:"quotas,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Quotas []*TenantQuota `protobuf:"bytes,40,rep,name=quotas,proto3" json:"quotas,omitempty"`
+	// pipelines (issue 13): the number of hodei.v1.Pipeline records (with
+	// their steps) that follow the schedule records, in seq order, and the
+	// seq of the next pipeline. Only in snapshot version 5, written only
+	// when there is a pipeline or one was ever submitted.
+	PipelineCount   uint64 `protobuf:"varint,50,opt,name=pipeline_count,json=pipelineCount,proto3" json:"pipeline_count,omitempty"`
+	NextPipelineSeq uint64 `protobuf:"varint,51,opt,name=next_pipeline_seq,json=nextPipelineSeq,proto3" json:"next_pipeline_seq,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SnapshotHeader) Reset() {
@@ -1543,6 +1609,20 @@ func (x *SnapshotHeader) GetQuotas() []*TenantQuota {
 		return x.Quotas
 	}
 	return nil
+}
+
+func (x *SnapshotHeader) GetPipelineCount() uint64 {
+	if x != nil {
+		return x.PipelineCount
+	}
+	return 0
+}
+
+func (x *SnapshotHeader) GetNextPipelineSeq() uint64 {
+	if x != nil {
+		return x.NextPipelineSeq
+	}
+	return 0
 }
 
 type TenantDeficit struct {
@@ -2716,6 +2796,161 @@ func (x *RetryJobs) GetLimit() uint32 {
 	return 0
 }
 
+// SubmitPipeline validates and stores a pipeline, and creates the jobs of
+// its root steps. Invalid: INVALID_ARGUMENT naming every problem, nothing
+// stored. Only valid in an entry of version >= 5.
+type SubmitPipeline struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *hodeiv1.PipelineSpec  `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitPipeline) Reset() {
+	*x = SubmitPipeline{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitPipeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitPipeline) ProtoMessage() {}
+
+func (x *SubmitPipeline) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitPipeline.ProtoReflect.Descriptor instead.
+func (*SubmitPipeline) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *SubmitPipeline) GetSpec() *hodeiv1.PipelineSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// CancelPipeline cancels every released, unfinished step job and skips the
+// steps not released; the pipeline ends CANCELLED in the same apply.
+type CancelPipeline struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelPipeline) Reset() {
+	*x = CancelPipeline{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelPipeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelPipeline) ProtoMessage() {}
+
+func (x *CancelPipeline) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelPipeline.ProtoReflect.Descriptor instead.
+func (*CancelPipeline) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CancelPipeline) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CancelPipeline) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RetryPipeline re-runs an ended pipeline's steps that did not succeed, and
+// with from_step also that step and everything downstream of it.
+type RetryPipeline struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	FromStep      string                 `protobuf:"bytes,2,opt,name=from_step,json=fromStep,proto3" json:"from_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPipeline) Reset() {
+	*x = RetryPipeline{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPipeline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPipeline) ProtoMessage() {}
+
+func (x *RetryPipeline) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPipeline.ProtoReflect.Descriptor instead.
+func (*RetryPipeline) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RetryPipeline) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RetryPipeline) GetFromStep() string {
+	if x != nil {
+		return x.FromStep
+	}
+	return ""
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -2724,8 +2959,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05Entry\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x126\n" +
-	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xfc\n" +
-	"\n" +
+	"\bcommands\x18\x03 \x03(\v2\x1a.hodei.internal.v1.CommandR\bcommands\"\xe3\f\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x127\n" +
@@ -2753,7 +2987,10 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0efire_schedules\x18# \x01(\v2 .hodei.internal.v1.FireSchedulesH\x00R\rfireSchedules\x12P\n" +
 	"\x11set_tenant_limits\x182 \x01(\v2\".hodei.internal.v1.SetTenantLimitsH\x00R\x0fsetTenantLimits\x12=\n" +
 	"\n" +
-	"retry_jobs\x18( \x01(\v2\x1c.hodei.internal.v1.RetryJobsH\x00R\tretryJobsB\x06\n" +
+	"retry_jobs\x18( \x01(\v2\x1c.hodei.internal.v1.RetryJobsH\x00R\tretryJobs\x12L\n" +
+	"\x0fsubmit_pipeline\x18< \x01(\v2!.hodei.internal.v1.SubmitPipelineH\x00R\x0esubmitPipeline\x12L\n" +
+	"\x0fcancel_pipeline\x18= \x01(\v2!.hodei.internal.v1.CancelPipelineH\x00R\x0ecancelPipeline\x12I\n" +
+	"\x0eretry_pipeline\x18> \x01(\v2 .hodei.internal.v1.RetryPipelineH\x00R\rretryPipelineB\x06\n" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
@@ -2794,7 +3031,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x05chain\x18\x02 \x01(\x04R\x05chain\"A\n" +
 	"\x0fSetTenantWeight\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xff\x03\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\xaf\x04\n" +
 	"\rCommandResult\x12+\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x17.hodei.internal.v1.CodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x129\n" +
@@ -2806,7 +3043,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x06grants\x18\b \x03(\v2\x14.hodei.v1.LeaseGrantR\x06grants\x128\n" +
 	"\tcompleted\x18\t \x03(\v2\x1a.hodei.v1.CompletionResultR\tcompleted\x12.\n" +
 	"\bschedule\x18\x14 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12@\n" +
-	"\rschedule_jobs\x18\x15 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\fscheduleJobs\"\xc1\x04\n" +
+	"\rschedule_jobs\x18\x15 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\fscheduleJobs\x12.\n" +
+	"\bpipeline\x18\x1e \x01(\v2\x12.hodei.v1.PipelineR\bpipeline\"\x94\x05\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\rR\x05shard\x12\x19\n" +
@@ -2825,7 +3063,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"applyChain\x12;\n" +
 	"\aweights\x18\r \x03(\v2!.hodei.internal.v1.TenantSettingsR\aweights\x12%\n" +
 	"\x0eschedule_count\x18\x14 \x01(\x04R\rscheduleCount\x126\n" +
-	"\x06quotas\x18( \x03(\v2\x1e.hodei.internal.v1.TenantQuotaR\x06quotas\"A\n" +
+	"\x06quotas\x18( \x03(\v2\x1e.hodei.internal.v1.TenantQuotaR\x06quotas\x12%\n" +
+	"\x0epipeline_count\x182 \x01(\x04R\rpipelineCount\x12*\n" +
+	"\x11next_pipeline_seq\x183 \x01(\x04R\x0fnextPipelineSeq\"A\n" +
 	"\rTenantDeficit\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x18\n" +
 	"\adeficit\x18\x02 \x01(\x03R\adeficit\"\x84\x03\n" +
@@ -2919,14 +3159,22 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
 	"\bsince_ms\x18\x04 \x01(\x03R\asinceMs\x12\x19\n" +
 	"\buntil_ms\x18\x05 \x01(\x03R\auntilMs\x12\x14\n" +
-	"\x05limit\x18\x06 \x01(\rR\x05limit*\x96\x01\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\"<\n" +
+	"\x0eSubmitPipeline\x12*\n" +
+	"\x04spec\x18\x01 \x01(\v2\x16.hodei.v1.PipelineSpecR\x04spec\"8\n" +
+	"\x0eCancelPipeline\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
+	"\rRetryPipeline\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tfrom_step\x18\x02 \x01(\tR\bfromStep*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
 	"\x0eCODE_NOT_FOUND\x10\x02\x12\x1c\n" +
 	"\x18CODE_FAILED_PRECONDITION\x10\x03\x12\x17\n" +
 	"\x13CODE_ALREADY_EXISTS\x10\x04\x12\x1b\n" +
-	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05*\xf9\x01\n" +
+	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05*\x94\x02\n" +
 	"\vRequestKind\x12\x1c\n" +
 	"\x18REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REQUEST_KIND_SUBMIT\x10\x01\x12\x16\n" +
@@ -2936,7 +3184,8 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x13REQUEST_KIND_EXTEND\x10\x05\x12\x1e\n" +
 	"\x1aREQUEST_KIND_COMPLETE_JOBS\x10\x06\x12\x16\n" +
 	"\x12REQUEST_KIND_COUNT\x10\a\x12\x16\n" +
-	"\x12REQUEST_KIND_EMPTY\x10\bB7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
+	"\x12REQUEST_KIND_EMPTY\x10\b\x12\x19\n" +
+	"\x15REQUEST_KIND_PIPELINE\x10\tB7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
 
 var (
 	file_hodei_internal_v1_command_proto_rawDescOnce sync.Once
@@ -2951,7 +3200,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -2987,19 +3236,24 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*SetTenantLimits)(nil),           // 31: hodei.internal.v1.SetTenantLimits
 	(*TenantQuota)(nil),               // 32: hodei.internal.v1.TenantQuota
 	(*RetryJobs)(nil),                 // 33: hodei.internal.v1.RetryJobs
-	(*hodeiv1.JobSpec)(nil),           // 34: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 35: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 36: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 37: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 38: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 39: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 40: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 41: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 42: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 43: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 44: hodei.v1.CompletionResult
-	(*hodeiv1.Schedule)(nil),          // 45: hodei.v1.Schedule
-	(*hodeiv1.TenantLimits)(nil),      // 46: hodei.v1.TenantLimits
+	(*SubmitPipeline)(nil),            // 34: hodei.internal.v1.SubmitPipeline
+	(*CancelPipeline)(nil),            // 35: hodei.internal.v1.CancelPipeline
+	(*RetryPipeline)(nil),             // 36: hodei.internal.v1.RetryPipeline
+	(*hodeiv1.JobSpec)(nil),           // 37: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 38: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 39: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 40: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 41: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 42: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 43: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 44: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 45: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 46: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 47: hodei.v1.CompletionResult
+	(*hodeiv1.Schedule)(nil),          // 48: hodei.v1.Schedule
+	(*hodeiv1.Pipeline)(nil),          // 49: hodei.v1.Pipeline
+	(*hodeiv1.TenantLimits)(nil),      // 50: hodei.v1.TenantLimits
+	(*hodeiv1.PipelineSpec)(nil),      // 51: hodei.v1.PipelineSpec
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -3023,42 +3277,47 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	25, // 18: hodei.internal.v1.Command.fire_schedules:type_name -> hodei.internal.v1.FireSchedules
 	31, // 19: hodei.internal.v1.Command.set_tenant_limits:type_name -> hodei.internal.v1.SetTenantLimits
 	33, // 20: hodei.internal.v1.Command.retry_jobs:type_name -> hodei.internal.v1.RetryJobs
-	34, // 21: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	35, // 22: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
-	5,  // 23: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	36, // 24: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	37, // 25: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	38, // 26: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	37, // 27: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
-	0,  // 28: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	39, // 29: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	40, // 30: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	41, // 31: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	42, // 32: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	43, // 33: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	44, // 34: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	45, // 35: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
-	39, // 36: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
-	18, // 37: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
-	28, // 38: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
-	32, // 39: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
-	16, // 40: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
-	1,  // 41: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
-	0,  // 42: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	45, // 43: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
-	26, // 44: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
-	46, // 45: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
-	27, // 46: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
-	28, // 47: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	27, // 48: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	28, // 49: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	46, // 50: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
-	46, // 51: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
-	52, // [52:52] is the sub-list for method output_type
-	52, // [52:52] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	34, // 21: hodei.internal.v1.Command.submit_pipeline:type_name -> hodei.internal.v1.SubmitPipeline
+	35, // 22: hodei.internal.v1.Command.cancel_pipeline:type_name -> hodei.internal.v1.CancelPipeline
+	36, // 23: hodei.internal.v1.Command.retry_pipeline:type_name -> hodei.internal.v1.RetryPipeline
+	37, // 24: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	38, // 25: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	5,  // 26: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
+	39, // 27: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	40, // 28: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	41, // 29: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	40, // 30: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	0,  // 31: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
+	42, // 32: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	43, // 33: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	44, // 34: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	45, // 35: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	46, // 36: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	47, // 37: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	48, // 38: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
+	42, // 39: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
+	49, // 40: hodei.internal.v1.CommandResult.pipeline:type_name -> hodei.v1.Pipeline
+	18, // 41: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
+	28, // 42: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
+	32, // 43: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
+	16, // 44: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
+	1,  // 45: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
+	0,  // 46: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
+	48, // 47: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
+	26, // 48: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
+	50, // 49: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
+	27, // 50: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
+	28, // 51: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
+	27, // 52: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	28, // 53: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	50, // 54: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
+	50, // 55: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
+	51, // 56: hodei.internal.v1.SubmitPipeline.spec:type_name -> hodei.v1.PipelineSpec
+	57, // [57:57] is the sub-list for method output_type
+	57, // [57:57] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -3087,6 +3346,9 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*Command_FireSchedules)(nil),
 		(*Command_SetTenantLimits)(nil),
 		(*Command_RetryJobs)(nil),
+		(*Command_SubmitPipeline)(nil),
+		(*Command_CancelPipeline)(nil),
+		(*Command_RetryPipeline)(nil),
 	}
 	file_hodei_internal_v1_command_proto_msgTypes[28].OneofWrappers = []any{
 		(*MetaCommand_InitShards)(nil),
@@ -3101,7 +3363,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
