@@ -187,6 +187,26 @@ func ValidateSchedule(in *hodeiv1.Schedule, cfg Config) (*hodeiv1.Schedule, *cro
 
 // isScheduleCommand reports whether c is one of the schedule commands
 // (entry version 4).
+// scheduleOfCommand is the (tenant, id) a schedule write names.
+func scheduleOfCommand(c *internalpb.Command) (tenant, id string) {
+	switch k := c.GetKind().(type) {
+	case *internalpb.Command_CreateSchedule:
+		tenant, id = k.CreateSchedule.GetSchedule().GetTenant(), k.CreateSchedule.GetSchedule().GetId()
+	case *internalpb.Command_PauseSchedule:
+		tenant, id = k.PauseSchedule.GetTenant(), k.PauseSchedule.GetId()
+	case *internalpb.Command_TriggerSchedule:
+		tenant, id = k.TriggerSchedule.GetTenant(), k.TriggerSchedule.GetId()
+	case *internalpb.Command_BackfillSchedule:
+		tenant, id = k.BackfillSchedule.GetTenant(), k.BackfillSchedule.GetId()
+	case *internalpb.Command_DeleteSchedule:
+		tenant, id = k.DeleteSchedule.GetTenant(), k.DeleteSchedule.GetId()
+	}
+	if tenant == "" {
+		tenant = DefaultTenant
+	}
+	return tenant, id
+}
+
 func isScheduleCommand(c *internalpb.Command) bool {
 	switch c.GetKind().(type) {
 	case *internalpb.Command_CreateSchedule, *internalpb.Command_PauseSchedule, *internalpb.Command_TriggerSchedule,

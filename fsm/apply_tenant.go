@@ -38,7 +38,7 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 	v := uint32(EntryVersion)
 	for _, c := range cmds {
-		if isPipelineCommand(c) {
+		if isPipelineCommand(c) || scheduleWriteWithRequestID(c) {
 			return EntryVersionPipelines
 		}
 	}
@@ -55,6 +55,14 @@ func EntryVersionFor(cmds []*internalpb.Command) uint32 {
 		}
 	}
 	return v
+}
+
+// scheduleWriteWithRequestID reports whether c is a schedule write (not
+// the leader's FireSchedules) with a request id: its request record keeps
+// the schedule and the jobs it made (REQUEST_KIND_SCHEDULE), which only
+// entries of version 5 do.
+func scheduleWriteWithRequestID(c *internalpb.Command) bool {
+	return c.GetRequestId() != "" && isScheduleCommand(c) && c.GetFireSchedules() == nil
 }
 
 // needsSemanticsVersion reports whether c uses anything of entry version 4

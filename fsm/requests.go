@@ -87,6 +87,17 @@ func (r *reqRecord) id() string { return r.buf[:r.idLen] }
 // data is the compact record, as RequestRecord fields 4-11.
 func (r *reqRecord) data() string { return r.buf[r.idLen:] }
 
+// kind is the record's kind (the first field encodeCompact writes).
+func (r *reqRecord) kind() internalpb.RequestKind {
+	d := []byte(r.data())
+	if num, typ, n := protowire.ConsumeTag(d); n > 0 && num == recFieldKind && typ == protowire.VarintType {
+		if v, m := protowire.ConsumeVarint(d[n:]); m > 0 {
+			return internalpb.RequestKind(v)
+		}
+	}
+	return internalpb.RequestKind_REQUEST_KIND_UNSPECIFIED
+}
+
 // requestTable holds the records in insertion order, which is also at_ms
 // order since replicated time is monotone; eviction takes the oldest. The
 // records are in a ring buffer (no pointer per record) and the map holds
@@ -210,11 +221,19 @@ func (c *compactRecord) items() int { return len(c.seqs) + len(c.refused) }
 // compactOf makes the compact record of a command's result. It looks at
 // the result alone (not the command), so that a record converted from an
 // old snapshot's full result is the one the live path made.
-func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error) {
+//
+// schedules says whether a schedule result is recorded as such
+// (REQUEST_KIND_SCHEDULE, entries of version >= 5); in older entries it was
+// recorded as EMPTY, and replaying those must make the same record.
+func compactOf(r *internalpb.CommandResult, shard uint32, schedules bool) (compactRecord, error) {
 	var c compactRecord
+	if !schedules && r.GetSchedule() != nil {
+		r = &internalpb.CommandResult{Code: r.GetCode(), Message: r.GetMessage(), Count: r.GetCount()}
+	}
 	set := 0
 	for _, has := range []bool{len(r.GetSubmitted()) > 0, r.GetJob() != nil, len(r.GetLeases()) > 0,
-		len(r.GetExtended()) > 0, r.GetCount() != 0, len(r.GetGrants()) > 0, len(r.GetCompleted()) > 0, r.GetPipeline() != nil} {
+		len(r.GetExtended()) > 0, r.GetCount() != 0, len(r.GetGrants()) > 0, len(r.GetCompleted()) > 0, r.GetPipeline() != nil,
+		r.GetSchedule() != nil} {
 		if has {
 			set++
 		}
@@ -330,6 +349,28 @@ func compactOf(r *internalpb.CommandResult, shard uint32) (compactRecord, error)
 				return c, err
 			}
 			c.seqs = append(c.seqs, seq)
+		}
+	case r.GetSchedule() != nil:
+		// cron: the schedule is rebuilt from the command; the jobs of a
+		// trigger or backfill are kept, each slot that made none (a quota
+		// refused it) as a refusal.
+		c.kind = internalpb.RequestKind_REQUEST_KIND_SCHEDULE
+		for i, sr := range r.GetScheduleJobs() {
+			if sr.GetJob() == nil {
+				c.refused = append(c.refused, refusal{item: uint32(i), code: validUTF8(sr.GetCode()), reason: validUTF8(sr.GetReason())})
+				continue
+			}
+			seq, err := jobSeq(sr.GetJob())
+			if err != nil {
+				return c, err
+			}
+			c.seqs = append(c.seqs, seq)
+			if sr.GetDuplicate() {
+				for len(c.dups) <= i/8 {
+					c.dups = append(c.dups, 0)
+				}
+				c.dups[i/8] |= 1 << (i % 8)
+			}
 		}
 	case r.GetCount() != 0:
 		c.kind, c.count = internalpb.RequestKind_REQUEST_KIND_COUNT, r.GetCount()
@@ -543,10 +584,10 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		c.msg = m.GetMessage()
 		return c, nil
 	}
-	if k := c.kind; k != internalpb.RequestKind_REQUEST_KIND_EXTEND && k != internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS && k != internalpb.RequestKind_REQUEST_KIND_SUBMIT && m.GetMessage() != "" {
+	if k := c.kind; k != internalpb.RequestKind_REQUEST_KIND_EXTEND && k != internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS && k != internalpb.RequestKind_REQUEST_KIND_SUBMIT && k != internalpb.RequestKind_REQUEST_KIND_SCHEDULE && m.GetMessage() != "" {
 		return bad("a message")
 	}
-	if c.kind != internalpb.RequestKind_REQUEST_KIND_SUBMIT && len(c.dups) > 0 {
+	if c.kind != internalpb.RequestKind_REQUEST_KIND_SUBMIT && c.kind != internalpb.RequestKind_REQUEST_KIND_SCHEDULE && len(c.dups) > 0 {
 		return bad("a duplicates bitmap")
 	}
 	lease := c.kind == internalpb.RequestKind_REQUEST_KIND_LEASE || c.kind == internalpb.RequestKind_REQUEST_KIND_LEASE_BATCH
@@ -604,6 +645,25 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		if n != 1 {
 			return bad("not one pipeline")
 		}
+	case internalpb.RequestKind_REQUEST_KIND_SCHEDULE:
+		rs, err := parseRefusals(m.GetMessage())
+		if err != nil {
+			return bad(err.Error())
+		}
+		c.refused = rs
+		n = c.items()
+		if len(rs) > 0 && int(rs[len(rs)-1].item) >= n {
+			return bad("refused items out of range")
+		}
+		if len(c.dups) > (n+7)/8 {
+			return bad("a bitmap longer than the jobs")
+		}
+		if k := len(c.dups); k > 0 {
+			last, bits := c.dups[k-1], n-8*(k-1)
+			if last == 0 || (bits < 8 && last>>bits != 0) {
+				return bad("a bitmap with trailing zeros or bits beyond the jobs")
+			}
+		}
 	case internalpb.RequestKind_REQUEST_KIND_EXTEND, internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS:
 		rs, err := parseRefusals(m.GetMessage())
 		if err != nil {
@@ -639,7 +699,7 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 // represent (tokens of one lease not consecutive, an error result with
 // content) is an impossible internal state.
 func (s *state) requestRecord(id string, at int64, r *internalpb.CommandResult) reqRecord {
-	c, err := compactOf(r, s.cfg.Shard)
+	c, err := compactOf(r, s.cfg.Shard, s.curVersion >= EntryVersionPipelines)
 	if err != nil {
 		panic(fmt.Sprintf("fsm: request record %q: %v", id, err))
 	}
@@ -687,6 +747,24 @@ func (s *state) replay(rec *reqRecord, cmd *internalpb.Command, now int64) *inte
 		}
 	case internalpb.RequestKind_REQUEST_KIND_JOB:
 		out.Job = s.jobNow(c.seqs[0])
+	case internalpb.RequestKind_REQUEST_KIND_SCHEDULE:
+		// The schedule as it is now (nil once deleted), and the jobs the
+		// first answer had, as they are now.
+		tenant, id := scheduleOfCommand(cmd)
+		if e := s.schedules[schedKey(tenant, id)]; e != nil {
+			out.Schedule = cloneSchedule(e.sc)
+		}
+		if c.items() > 0 {
+			out.ScheduleJobs = make([]*hodeiv1.SubmitJobResponse, c.items())
+			s.eachItem(&c, func(i int, seq uint64, ref *refusal) {
+				if ref != nil {
+					out.ScheduleJobs[i] = &hodeiv1.SubmitJobResponse{Code: ref.code, Reason: ref.reason}
+					return
+				}
+				dup := i/8 < len(c.dups) && c.dups[i/8]&(1<<(i%8)) != 0
+				out.ScheduleJobs[i] = &hodeiv1.SubmitJobResponse{Job: s.jobNow(seq), Duplicate: dup}
+			})
+		}
 	case internalpb.RequestKind_REQUEST_KIND_PIPELINE:
 		// The pipeline as it is now (nil once GC removed it).
 		if p := s.pipes.bySeq[c.seqs[0]]; p != nil {

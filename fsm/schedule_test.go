@@ -435,3 +435,65 @@ func TestScheduleReplicasAgree(t *testing.T) {
 	checkInvariants(t, h.f)
 	checkInvariants(t, g)
 }
+
+// Schedule writes with a request id go in version 5 entries, and a retry
+// gets the first answer: a retried trigger does not run the job twice, a
+// retried create is not AlreadyExists, a retried delete is not NotFound.
+// In a version 4 entry the record stays what the previous release made.
+func TestScheduleWritesRetriedWithRequestID(t *testing.T) {
+	h := newHarness(t)
+	h.now = 1_000_000
+	create := withRID("c1", schedCmd(every1s("s", 0)))
+	if v := EntryVersionFor([]*internalpb.Command{create}); v != EntryVersionPipelines {
+		t.Fatalf("a schedule write with a request id goes in version %d entries", v)
+	}
+	if v := EntryVersionFor([]*internalpb.Command{schedCmd(every1s("s", 0))}); v != EntryVersionSemantics {
+		t.Fatalf("without a request id: version %d", v)
+	}
+	first := h.applyNew(create)[0]
+	h.now += 10
+	again := h.applyNew(create)[0]
+	if ResultError(again) != nil || again.GetSchedule().GetId() != "s" || again.GetSchedule().GetNextFireMs() != first.GetSchedule().GetNextFireMs() {
+		t.Fatalf("retried create: %v (first %v)", again, first)
+	}
+	trig := withRID("t1", &internalpb.Command{Kind: &internalpb.Command_TriggerSchedule{TriggerSchedule: &internalpb.TriggerSchedule{Id: "s"}}})
+	r1 := h.applyNew(trig)[0]
+	h.now += 500
+	r2 := h.applyNew(trig)[0]
+	if len(r1.GetScheduleJobs()) != 1 || len(r2.GetScheduleJobs()) != 1 || r1.GetScheduleJobs()[0].GetJob().GetId() != r2.GetScheduleJobs()[0].GetJob().GetId() {
+		t.Fatalf("retried trigger made another job: %v / %v", r1.GetScheduleJobs(), r2.GetScheduleJobs())
+	}
+	if got := h.sched("s").GetFired(); got != 1 {
+		t.Fatalf("fired %d after a retried trigger", got)
+	}
+	bf := withRID("b1", backfillCmd("s", 990_000, 993_000))
+	b1 := h.applyNew(bf)[0]
+	b2 := h.applyNew(bf)[0]
+	if len(b1.GetScheduleJobs()) != 4 || len(b2.GetScheduleJobs()) != 4 || b2.GetScheduleJobs()[3].GetJob().GetId() != b1.GetScheduleJobs()[3].GetJob().GetId() {
+		t.Fatalf("retried backfill: %v / %v", b1.GetScheduleJobs(), b2.GetScheduleJobs())
+	}
+	// The records survive a snapshot (version 5) and answer the same after it.
+	data := snapshotBytes(t, h.f)
+	if v := snapshotVersionOf(data); v != snapshotVersionPipelines {
+		t.Fatalf("snapshot with schedule records has version %d", v)
+	}
+	g := restoreInto(t, data)
+	res := g.ApplyEntry(h.index+1, &internalpb.Entry{Version: EntryVersionPipelines, NowMs: h.now + 1000, Commands: []*internalpb.Command{trig}})
+	if len(res[0].GetScheduleJobs()) != 1 || res[0].GetScheduleJobs()[0].GetJob().GetId() != r1.GetScheduleJobs()[0].GetJob().GetId() {
+		t.Fatalf("after restore, the retried trigger answered %v", res[0])
+	}
+	del := withRID("d1", &internalpb.Command{Kind: &internalpb.Command_DeleteSchedule{DeleteSchedule: &internalpb.DeleteSchedule{Id: "s"}}})
+	if r := h.applyNew(del)[0]; ResultError(r) != nil {
+		t.Fatal(ResultError(r))
+	}
+	if r := h.applyNew(del)[0]; ResultError(r) != nil {
+		t.Fatalf("retried delete: %v", ResultError(r))
+	}
+	// A version 4 entry with a request id: the old (empty) record.
+	h4 := newHarness(t)
+	h4.now = 1_000_000
+	h4.applyV(EntryVersionSemantics, withRID("c1", schedCmd(every1s("s", 0))))
+	if r := h4.applyV(EntryVersionSemantics, withRID("c1", schedCmd(every1s("s", 0))))[0]; ResultError(r) != nil || r.GetSchedule() != nil {
+		t.Fatalf("version 4 retry answered %v, want the old empty answer", r)
+	}
+}

@@ -72,8 +72,14 @@ func (s *state) encodeSnapshot() []byte {
 	version := uint32(snapshotVersionNoWeights)
 	schedKeys := s.sortedScheduleKeys()
 	pipeSeqs := s.sortedPipelineSeqs()
+	scheduleRecords := false // records of schedule writes (entries of version 5)
+	if len(schedKeys) > 0 {
+		s.reqs.each(func(r *reqRecord) {
+			scheduleRecords = scheduleRecords || r.kind() == internalpb.RequestKind_REQUEST_KIND_SCHEDULE
+		})
+	}
 	switch {
-	case len(pipeSeqs) > 0 || s.pipes.nextSeq > 1: // issue 13: pipelines
+	case len(pipeSeqs) > 0 || s.pipes.nextSeq > 1 || scheduleRecords: // issue 13: pipelines; version-5 schedule records
 		version = snapshotVersionPipelines
 	case len(schedKeys) > 0 || len(quotas) > 0 || semantics: // issue 11: schedules, quotas, dead-letter state
 		version = snapshotVersionSemantics
@@ -439,7 +445,7 @@ func (s *state) compactOfSnapshot(version uint32, r *internalpb.RequestRecord) (
 		if r.GetResult() == nil || hasCompact {
 			return c, fmt.Errorf("a version %d record needs a whole result and nothing else", version)
 		}
-		c, err = compactOf(r.GetResult(), s.cfg.Shard)
+		c, err = compactOf(r.GetResult(), s.cfg.Shard, false) // versions 1-2: no schedules
 	} else {
 		if r.GetResult() != nil {
 			return c, fmt.Errorf("a whole result in a version %d snapshot", version)
@@ -448,6 +454,9 @@ func (s *state) compactOfSnapshot(version uint32, r *internalpb.RequestRecord) (
 	}
 	if err != nil {
 		return c, err
+	}
+	if c.kind == internalpb.RequestKind_REQUEST_KIND_SCHEDULE && version < snapshotVersionPipelines {
+		return c, fmt.Errorf("a schedule record in a version %d snapshot", version)
 	}
 	if c.kind == internalpb.RequestKind_REQUEST_KIND_PIPELINE {
 		if version < snapshotVersionPipelines || c.seqs[0] >= s.pipes.nextSeq {

@@ -5065,6 +5065,7 @@ type Schedule struct {
 	UpdatedAtMs    int64  `protobuf:"varint,19,opt,name=updated_at_ms,json=updatedAtMs,proto3" json:"updated_at_ms,omitempty"`
 	LastJobId      string `protobuf:"bytes,20,opt,name=last_job_id,json=lastJobId,proto3" json:"last_job_id,omitempty"`                 // the most recent run
 	BufferedSlotMs int64  `protobuf:"varint,21,opt,name=buffered_slot_ms,json=bufferedSlotMs,proto3" json:"buffered_slot_ms,omitempty"` // buffer-one: the slot waiting for the previous run (0 = none)
+	Refused        uint64 `protobuf:"varint,22,opt,name=refused,proto3" json:"refused,omitempty"`                                       // slots whose job a tenant quota refused (max-queued, submit rate; entries of version >= 5)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -5246,9 +5247,19 @@ func (x *Schedule) GetBufferedSlotMs() int64 {
 	return 0
 }
 
+func (x *Schedule) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+// request_id (optional, all schedule writes): a retry of the call returns the
+// first answer (a trigger is not run twice, a create is not AlreadyExists).
 type CreateScheduleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5288,6 +5299,13 @@ func (x *CreateScheduleRequest) GetSchedule() *Schedule {
 		return x.Schedule
 	}
 	return nil
+}
+
+func (x *CreateScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type ScheduleResponse struct {
@@ -5479,6 +5497,7 @@ type PauseScheduleRequest struct {
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	Note          string                 `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5534,10 +5553,18 @@ func (x *PauseScheduleRequest) GetNote() string {
 	return ""
 }
 
+func (x *PauseScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type ResumeScheduleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5586,10 +5613,18 @@ func (x *ResumeScheduleRequest) GetId() string {
 	return ""
 }
 
+func (x *ResumeScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type TriggerScheduleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5634,6 +5669,13 @@ func (x *TriggerScheduleRequest) GetTenant() string {
 func (x *TriggerScheduleRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *TriggerScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -5696,6 +5738,7 @@ type BackfillScheduleRequest struct {
 	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	FromMs        int64                  `protobuf:"varint,3,opt,name=from_ms,json=fromMs,proto3" json:"from_ms,omitempty"`
 	ToMs          int64                  `protobuf:"varint,4,opt,name=to_ms,json=toMs,proto3" json:"to_ms,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5758,6 +5801,13 @@ func (x *BackfillScheduleRequest) GetToMs() int64 {
 	return 0
 }
 
+func (x *BackfillScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type BackfillScheduleResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
@@ -5814,6 +5864,7 @@ type DeleteScheduleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tenant        string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	RequestId     string                 `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5858,6 +5909,13 @@ func (x *DeleteScheduleRequest) GetTenant() string {
 func (x *DeleteScheduleRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteScheduleRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
 	}
 	return ""
 }
@@ -8436,7 +8494,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\x96\x05\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\xb0\x05\n" +
 	"\bSchedule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -8462,9 +8520,13 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rcreated_at_ms\x18\x12 \x01(\x03R\vcreatedAtMs\x12\"\n" +
 	"\rupdated_at_ms\x18\x13 \x01(\x03R\vupdatedAtMs\x12\x1e\n" +
 	"\vlast_job_id\x18\x14 \x01(\tR\tlastJobId\x12(\n" +
-	"\x10buffered_slot_ms\x18\x15 \x01(\x03R\x0ebufferedSlotMs\"G\n" +
+	"\x10buffered_slot_ms\x18\x15 \x01(\x03R\x0ebufferedSlotMs\x12\x18\n" +
+	"\arefused\x18\x16 \x01(\x04R\arefused\"f\n" +
 	"\x15CreateScheduleRequest\x12.\n" +
-	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\"B\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"B\n" +
 	"\x10ScheduleResponse\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\"<\n" +
 	"\x12GetScheduleRequest\x12\x16\n" +
@@ -8473,31 +8535,46 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x14ListSchedulesRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"I\n" +
 	"\x15ListSchedulesResponse\x120\n" +
-	"\tschedules\x18\x01 \x03(\v2\x12.hodei.v1.ScheduleR\tschedules\"R\n" +
+	"\tschedules\x18\x01 \x03(\v2\x12.hodei.v1.ScheduleR\tschedules\"q\n" +
 	"\x14PauseScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x12\n" +
-	"\x04note\x18\x03 \x01(\tR\x04note\"?\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"^\n" +
 	"\x15ResumeScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"@\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"_\n" +
 	"\x16TriggerScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"j\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"j\n" +
 	"\x17TriggerScheduleResponse\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12\x1f\n" +
-	"\x03job\x18\x02 \x01(\v2\r.hodei.v1.JobR\x03job\"o\n" +
+	"\x03job\x18\x02 \x01(\v2\r.hodei.v1.JobR\x03job\"\x8e\x01\n" +
 	"\x17BackfillScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x17\n" +
 	"\afrom_ms\x18\x03 \x01(\x03R\x06fromMs\x12\x13\n" +
-	"\x05to_ms\x18\x04 \x01(\x03R\x04toMs\"{\n" +
+	"\x05to_ms\x18\x04 \x01(\x03R\x04toMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"{\n" +
 	"\x18BackfillScheduleResponse\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12/\n" +
-	"\x04jobs\x18\x02 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\x04jobs\"?\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x1b.hodei.v1.SubmitJobResponseR\x04jobs\"^\n" +
 	"\x15DeleteScheduleRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x0e\n" +
-	"\x02id\x18\x02 \x01(\tR\x02id\"\x18\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"\x18\n" +
 	"\x16DeleteScheduleResponse\"\xdb\x01\n" +
 	"\x10WatchJobsRequest\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x15\n" +

@@ -96,21 +96,26 @@ const (
 	RequestKind_REQUEST_KIND_COUNT         RequestKind = 7 // expire, promote, gc
 	RequestKind_REQUEST_KIND_EMPTY         RequestKind = 8 // checkpoint, tenant weight
 	RequestKind_REQUEST_KIND_PIPELINE      RequestKind = 9 // pipelines (issue 13): the pipeline in seqs[0] (its pipeline seq)
+	// cron, entries of version >= 5: the schedule (rebuilt from the command's
+	// tenant and id) and the jobs its trigger or backfill created, in seqs,
+	// or refused (quota) in message, like COMPLETE_JOBS.
+	RequestKind_REQUEST_KIND_SCHEDULE RequestKind = 10
 )
 
 // Enum value maps for RequestKind.
 var (
 	RequestKind_name = map[int32]string{
-		0: "REQUEST_KIND_UNSPECIFIED",
-		1: "REQUEST_KIND_SUBMIT",
-		2: "REQUEST_KIND_LEASE",
-		3: "REQUEST_KIND_LEASE_BATCH",
-		4: "REQUEST_KIND_JOB",
-		5: "REQUEST_KIND_EXTEND",
-		6: "REQUEST_KIND_COMPLETE_JOBS",
-		7: "REQUEST_KIND_COUNT",
-		8: "REQUEST_KIND_EMPTY",
-		9: "REQUEST_KIND_PIPELINE",
+		0:  "REQUEST_KIND_UNSPECIFIED",
+		1:  "REQUEST_KIND_SUBMIT",
+		2:  "REQUEST_KIND_LEASE",
+		3:  "REQUEST_KIND_LEASE_BATCH",
+		4:  "REQUEST_KIND_JOB",
+		5:  "REQUEST_KIND_EXTEND",
+		6:  "REQUEST_KIND_COMPLETE_JOBS",
+		7:  "REQUEST_KIND_COUNT",
+		8:  "REQUEST_KIND_EMPTY",
+		9:  "REQUEST_KIND_PIPELINE",
+		10: "REQUEST_KIND_SCHEDULE",
 	}
 	RequestKind_value = map[string]int32{
 		"REQUEST_KIND_UNSPECIFIED":   0,
@@ -123,6 +128,7 @@ var (
 		"REQUEST_KIND_COUNT":         7,
 		"REQUEST_KIND_EMPTY":         8,
 		"REQUEST_KIND_PIPELINE":      9,
+		"REQUEST_KIND_SCHEDULE":      10,
 	}
 )
 
@@ -3174,7 +3180,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0eCODE_NOT_FOUND\x10\x02\x12\x1c\n" +
 	"\x18CODE_FAILED_PRECONDITION\x10\x03\x12\x17\n" +
 	"\x13CODE_ALREADY_EXISTS\x10\x04\x12\x1b\n" +
-	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05*\x94\x02\n" +
+	"\x17CODE_RESOURCE_EXHAUSTED\x10\x05*\xaf\x02\n" +
 	"\vRequestKind\x12\x1c\n" +
 	"\x18REQUEST_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REQUEST_KIND_SUBMIT\x10\x01\x12\x16\n" +
@@ -3185,7 +3191,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x1aREQUEST_KIND_COMPLETE_JOBS\x10\x06\x12\x16\n" +
 	"\x12REQUEST_KIND_COUNT\x10\a\x12\x16\n" +
 	"\x12REQUEST_KIND_EMPTY\x10\b\x12\x19\n" +
-	"\x15REQUEST_KIND_PIPELINE\x10\tB7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
+	"\x15REQUEST_KIND_PIPELINE\x10\t\x12\x19\n" +
+	"\x15REQUEST_KIND_SCHEDULE\x10\n" +
+	"B7Z5github.com/hodei-io/hodei/proto/internalpb;internalpbb\x06proto3"
 
 var (
 	file_hodei_internal_v1_command_proto_rawDescOnce sync.Once
