@@ -5065,7 +5065,6 @@ type Schedule struct {
 	UpdatedAtMs    int64  `protobuf:"varint,19,opt,name=updated_at_ms,json=updatedAtMs,proto3" json:"updated_at_ms,omitempty"`
 	LastJobId      string `protobuf:"bytes,20,opt,name=last_job_id,json=lastJobId,proto3" json:"last_job_id,omitempty"`                 // the most recent run
 	BufferedSlotMs int64  `protobuf:"varint,21,opt,name=buffered_slot_ms,json=bufferedSlotMs,proto3" json:"buffered_slot_ms,omitempty"` // buffer-one: the slot waiting for the previous run (0 = none)
-	Refused        uint64 `protobuf:"varint,22,opt,name=refused,proto3" json:"refused,omitempty"`                                       // slots whose job a tenant quota refused (max-queued, submit rate; entries of version >= 5)
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -5243,13 +5242,6 @@ func (x *Schedule) GetLastJobId() string {
 func (x *Schedule) GetBufferedSlotMs() int64 {
 	if x != nil {
 		return x.BufferedSlotMs
-	}
-	return 0
-}
-
-func (x *Schedule) GetRefused() uint64 {
-	if x != nil {
-		return x.Refused
 	}
 	return 0
 }
@@ -8494,7 +8486,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x06tenant\x18\x01 \x01(\v2\x16.hodei.v1.TenantStatusR\x06tenant\"\x14\n" +
 	"\x12ListTenantsRequest\"G\n" +
 	"\x13ListTenantsResponse\x120\n" +
-	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\xb0\x05\n" +
+	"\atenants\x18\x01 \x03(\v2\x16.hodei.v1.TenantStatusR\atenants\"\x96\x05\n" +
 	"\bSchedule\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x12\n" +
@@ -8520,8 +8512,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rcreated_at_ms\x18\x12 \x01(\x03R\vcreatedAtMs\x12\"\n" +
 	"\rupdated_at_ms\x18\x13 \x01(\x03R\vupdatedAtMs\x12\x1e\n" +
 	"\vlast_job_id\x18\x14 \x01(\tR\tlastJobId\x12(\n" +
-	"\x10buffered_slot_ms\x18\x15 \x01(\x03R\x0ebufferedSlotMs\x12\x18\n" +
-	"\arefused\x18\x16 \x01(\x04R\arefused\"f\n" +
+	"\x10buffered_slot_ms\x18\x15 \x01(\x03R\x0ebufferedSlotMs\"f\n" +
 	"\x15CreateScheduleRequest\x12.\n" +
 	"\bschedule\x18\x01 \x01(\v2\x12.hodei.v1.ScheduleR\bschedule\x12\x1d\n" +
 	"\n" +

@@ -97,8 +97,8 @@ const (
 	RequestKind_REQUEST_KIND_EMPTY         RequestKind = 8 // checkpoint, tenant weight
 	RequestKind_REQUEST_KIND_PIPELINE      RequestKind = 9 // pipelines (issue 13): the pipeline in seqs[0] (its pipeline seq)
 	// cron, entries of version >= 5: the schedule (rebuilt from the command's
-	// tenant and id) and the jobs its trigger or backfill created, in seqs,
-	// or refused (quota) in message, like COMPLETE_JOBS.
+	// tenant and id) and the jobs its trigger or backfill created, in seqs
+	// (a slot without a job would be a refusal in message, as for SUBMIT).
 	RequestKind_REQUEST_KIND_SCHEDULE RequestKind = 10
 )
 
