@@ -26,11 +26,16 @@ func scheduleCall[R any](c *Client, ctx context.Context, tenant string, call fun
 	return resp, err
 }
 
+// The writes carry a request id (one per call, kept across the client's
+// retries): a retry after a lost answer gets the first answer, so a
+// trigger never runs twice and a create is not AlreadyExists.
+
 // CreateSchedule creates a schedule; the reply has its first next_fire_ms
 // and the defaults filled in (overlap, catch-up window).
 func (c *Client) CreateSchedule(ctx context.Context, sc *hodeiv1.Schedule) (*hodeiv1.Schedule, error) {
+	req := &hodeiv1.CreateScheduleRequest{Schedule: sc, RequestId: NewRequestID()}
 	r, err := scheduleCall(c, ctx, sc.GetTenant(), func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
-		return s.CreateSchedule(ctx, &hodeiv1.CreateScheduleRequest{Schedule: sc})
+		return s.CreateSchedule(ctx, req)
 	})
 	return r.GetSchedule(), err
 }
@@ -57,39 +62,44 @@ func (c *Client) ListSchedules(ctx context.Context, tenant string) ([]*hodeiv1.S
 
 // PauseSchedule stops a schedule's fires, with a note saying why.
 func (c *Client) PauseSchedule(ctx context.Context, tenant, id, note string) (*hodeiv1.Schedule, error) {
+	req := &hodeiv1.PauseScheduleRequest{Tenant: tenant, Id: id, Note: note, RequestId: NewRequestID()}
 	r, err := scheduleCall(c, ctx, tenant, func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
-		return s.PauseSchedule(ctx, &hodeiv1.PauseScheduleRequest{Tenant: tenant, Id: id, Note: note})
+		return s.PauseSchedule(ctx, req)
 	})
 	return r.GetSchedule(), err
 }
 
 // ResumeSchedule resumes a paused schedule from its first slot after now.
 func (c *Client) ResumeSchedule(ctx context.Context, tenant, id string) (*hodeiv1.Schedule, error) {
+	req := &hodeiv1.ResumeScheduleRequest{Tenant: tenant, Id: id, RequestId: NewRequestID()}
 	r, err := scheduleCall(c, ctx, tenant, func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
-		return s.ResumeSchedule(ctx, &hodeiv1.ResumeScheduleRequest{Tenant: tenant, Id: id})
+		return s.ResumeSchedule(ctx, req)
 	})
 	return r.GetSchedule(), err
 }
 
 // TriggerSchedule runs the schedule's job now, outside its slots.
 func (c *Client) TriggerSchedule(ctx context.Context, tenant, id string) (*hodeiv1.TriggerScheduleResponse, error) {
+	req := &hodeiv1.TriggerScheduleRequest{Tenant: tenant, Id: id, RequestId: NewRequestID()}
 	return scheduleCall(c, ctx, tenant, func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.TriggerScheduleResponse, error) {
-		return s.TriggerSchedule(ctx, &hodeiv1.TriggerScheduleRequest{Tenant: tenant, Id: id})
+		return s.TriggerSchedule(ctx, req)
 	})
 }
 
 // BackfillSchedule creates the jobs of the slots in [fromMs, toMs] (at
 // most 1000); slots that already have their job are not run again.
 func (c *Client) BackfillSchedule(ctx context.Context, tenant, id string, fromMs, toMs int64) (*hodeiv1.BackfillScheduleResponse, error) {
+	req := &hodeiv1.BackfillScheduleRequest{Tenant: tenant, Id: id, FromMs: fromMs, ToMs: toMs, RequestId: NewRequestID()}
 	return scheduleCall(c, ctx, tenant, func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.BackfillScheduleResponse, error) {
-		return s.BackfillSchedule(ctx, &hodeiv1.BackfillScheduleRequest{Tenant: tenant, Id: id, FromMs: fromMs, ToMs: toMs})
+		return s.BackfillSchedule(ctx, req)
 	})
 }
 
 // DeleteSchedule removes a schedule (the jobs it created stay).
 func (c *Client) DeleteSchedule(ctx context.Context, tenant, id string) error {
+	req := &hodeiv1.DeleteScheduleRequest{Tenant: tenant, Id: id, RequestId: NewRequestID()}
 	_, err := scheduleCall(c, ctx, tenant, func(ctx context.Context, s hodeiv1.ScheduleServiceClient) (*hodeiv1.DeleteScheduleResponse, error) {
-		return s.DeleteSchedule(ctx, &hodeiv1.DeleteScheduleRequest{Tenant: tenant, Id: id})
+		return s.DeleteSchedule(ctx, req)
 	})
 	return err
 }

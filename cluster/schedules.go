@@ -23,16 +23,16 @@ func (n *Node) ValidateSchedule(sc *hodeiv1.Schedule) error {
 	return err
 }
 
-func (n *Node) CreateSchedule(ctx context.Context, id uint32, sc *hodeiv1.Schedule) (*hodeiv1.Schedule, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_CreateSchedule{CreateSchedule: &internalpb.CreateSchedule{Schedule: sc}}})
+func (n *Node) CreateSchedule(ctx context.Context, id uint32, sc *hodeiv1.Schedule, requestID string) (*hodeiv1.Schedule, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_CreateSchedule{CreateSchedule: &internalpb.CreateSchedule{Schedule: sc}}})
 	if err != nil {
 		return nil, err
 	}
 	return res.GetSchedule(), nil
 }
 
-func (n *Node) PauseSchedule(ctx context.Context, id uint32, tenant, sid string, paused bool, note string) (*hodeiv1.Schedule, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_PauseSchedule{PauseSchedule: &internalpb.PauseSchedule{
+func (n *Node) PauseSchedule(ctx context.Context, id uint32, tenant, sid string, paused bool, note, requestID string) (*hodeiv1.Schedule, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_PauseSchedule{PauseSchedule: &internalpb.PauseSchedule{
 		Tenant: tenant, Id: sid, Paused: paused, Note: note}}})
 	if err != nil {
 		return nil, err
@@ -40,8 +40,8 @@ func (n *Node) PauseSchedule(ctx context.Context, id uint32, tenant, sid string,
 	return res.GetSchedule(), nil
 }
 
-func (n *Node) TriggerSchedule(ctx context.Context, id uint32, tenant, sid string) (*hodeiv1.Schedule, *hodeiv1.Job, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_TriggerSchedule{TriggerSchedule: &internalpb.TriggerSchedule{Tenant: tenant, Id: sid}}})
+func (n *Node) TriggerSchedule(ctx context.Context, id uint32, tenant, sid, requestID string) (*hodeiv1.Schedule, *hodeiv1.Job, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_TriggerSchedule{TriggerSchedule: &internalpb.TriggerSchedule{Tenant: tenant, Id: sid}}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -52,8 +52,8 @@ func (n *Node) TriggerSchedule(ctx context.Context, id uint32, tenant, sid strin
 	return res.GetSchedule(), job, nil
 }
 
-func (n *Node) BackfillSchedule(ctx context.Context, id uint32, tenant, sid string, fromMs, toMs int64) (*hodeiv1.Schedule, []*hodeiv1.SubmitJobResponse, error) {
-	res, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_BackfillSchedule{BackfillSchedule: &internalpb.BackfillSchedule{
+func (n *Node) BackfillSchedule(ctx context.Context, id uint32, tenant, sid string, fromMs, toMs int64, requestID string) (*hodeiv1.Schedule, []*hodeiv1.SubmitJobResponse, error) {
+	res, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_BackfillSchedule{BackfillSchedule: &internalpb.BackfillSchedule{
 		Tenant: tenant, Id: sid, FromMs: fromMs, ToMs: toMs}}})
 	if err != nil {
 		return nil, nil, err
@@ -61,8 +61,8 @@ func (n *Node) BackfillSchedule(ctx context.Context, id uint32, tenant, sid stri
 	return res.GetSchedule(), res.GetScheduleJobs(), nil
 }
 
-func (n *Node) DeleteSchedule(ctx context.Context, id uint32, tenant, sid string) error {
-	_, err := n.propose(ctx, id, &internalpb.Command{Kind: &internalpb.Command_DeleteSchedule{DeleteSchedule: &internalpb.DeleteSchedule{Tenant: tenant, Id: sid}}})
+func (n *Node) DeleteSchedule(ctx context.Context, id uint32, tenant, sid, requestID string) error {
+	_, err := n.propose(ctx, id, &internalpb.Command{RequestId: requestID, Kind: &internalpb.Command_DeleteSchedule{DeleteSchedule: &internalpb.DeleteSchedule{Tenant: tenant, Id: sid}}})
 	return err
 }
 

@@ -19,11 +19,13 @@ import (
 // shard leader; reads use the local replica after ReadIndex.
 type ScheduleBackend interface {
 	ValidateSchedule(sc *hodeiv1.Schedule) error
-	CreateSchedule(ctx context.Context, shard uint32, sc *hodeiv1.Schedule) (*hodeiv1.Schedule, error)
-	PauseSchedule(ctx context.Context, shard uint32, tenant, id string, paused bool, note string) (*hodeiv1.Schedule, error)
-	TriggerSchedule(ctx context.Context, shard uint32, tenant, id string) (*hodeiv1.Schedule, *hodeiv1.Job, error)
-	BackfillSchedule(ctx context.Context, shard uint32, tenant, id string, fromMs, toMs int64) (*hodeiv1.Schedule, []*hodeiv1.SubmitJobResponse, error)
-	DeleteSchedule(ctx context.Context, shard uint32, tenant, id string) error
+	// The writes take the caller's request id ("" = none): a retry with it
+	// gets the first answer.
+	CreateSchedule(ctx context.Context, shard uint32, sc *hodeiv1.Schedule, requestID string) (*hodeiv1.Schedule, error)
+	PauseSchedule(ctx context.Context, shard uint32, tenant, id string, paused bool, note, requestID string) (*hodeiv1.Schedule, error)
+	TriggerSchedule(ctx context.Context, shard uint32, tenant, id, requestID string) (*hodeiv1.Schedule, *hodeiv1.Job, error)
+	BackfillSchedule(ctx context.Context, shard uint32, tenant, id string, fromMs, toMs int64, requestID string) (*hodeiv1.Schedule, []*hodeiv1.SubmitJobResponse, error)
+	DeleteSchedule(ctx context.Context, shard uint32, tenant, id, requestID string) error
 	GetSchedule(shard uint32, tenant, id string) (*hodeiv1.Schedule, bool)
 	ListSchedules(shard uint32, tenant string) []*hodeiv1.Schedule
 }
@@ -60,7 +62,7 @@ func (s *scheduleService) CreateSchedule(ctx context.Context, req *hodeiv1.Creat
 	if done {
 		return resp, err
 	}
-	out, err := s.b.CreateSchedule(ctx, sh, sc)
+	out, err := s.b.CreateSchedule(ctx, sh, sc, req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -132,7 +134,7 @@ func (s *scheduleService) ListSchedules(ctx context.Context, req *hodeiv1.ListSc
 	return out, nil
 }
 
-func (s *scheduleService) pause(ctx context.Context, tenant, id string, paused bool, note string,
+func (s *scheduleService) pause(ctx context.Context, tenant, id string, paused bool, note, requestID string,
 	fwd func(context.Context, hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error)) (*hodeiv1.ScheduleResponse, error) {
 	if err := needID(id); err != nil {
 		return nil, err
@@ -144,7 +146,7 @@ func (s *scheduleService) pause(ctx context.Context, tenant, id string, paused b
 	if done {
 		return resp, err
 	}
-	sc, err := s.b.PauseSchedule(ctx, sh, tenantOr(tenant), id, paused, note)
+	sc, err := s.b.PauseSchedule(ctx, sh, tenantOr(tenant), id, paused, note, requestID)
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -152,13 +154,13 @@ func (s *scheduleService) pause(ctx context.Context, tenant, id string, paused b
 }
 
 func (s *scheduleService) PauseSchedule(ctx context.Context, req *hodeiv1.PauseScheduleRequest) (*hodeiv1.ScheduleResponse, error) {
-	return s.pause(ctx, req.GetTenant(), req.GetId(), true, req.GetNote(), func(ctx context.Context, c hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
+	return s.pause(ctx, req.GetTenant(), req.GetId(), true, req.GetNote(), req.GetRequestId(), func(ctx context.Context, c hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
 		return c.PauseSchedule(ctx, req)
 	})
 }
 
 func (s *scheduleService) ResumeSchedule(ctx context.Context, req *hodeiv1.ResumeScheduleRequest) (*hodeiv1.ScheduleResponse, error) {
-	return s.pause(ctx, req.GetTenant(), req.GetId(), false, "", func(ctx context.Context, c hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
+	return s.pause(ctx, req.GetTenant(), req.GetId(), false, "", req.GetRequestId(), func(ctx context.Context, c hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error) {
 		return c.ResumeSchedule(ctx, req)
 	})
 }
@@ -174,7 +176,7 @@ func (s *scheduleService) TriggerSchedule(ctx context.Context, req *hodeiv1.Trig
 	if done {
 		return resp, err
 	}
-	sc, job, err := s.b.TriggerSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId())
+	sc, job, err := s.b.TriggerSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -195,7 +197,7 @@ func (s *scheduleService) BackfillSchedule(ctx context.Context, req *hodeiv1.Bac
 	if done {
 		return resp, err
 	}
-	sc, jobs, err := s.b.BackfillSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId(), req.GetFromMs(), req.GetToMs())
+	sc, jobs, err := s.b.BackfillSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId(), req.GetFromMs(), req.GetToMs(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -213,7 +215,7 @@ func (s *scheduleService) DeleteSchedule(ctx context.Context, req *hodeiv1.Delet
 	if done {
 		return resp, err
 	}
-	if err := s.b.DeleteSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId()); err != nil {
+	if err := s.b.DeleteSchedule(ctx, sh, tenantOr(req.GetTenant()), req.GetId(), req.GetRequestId()); err != nil {
 		return nil, ToStatus(err)
 	}
 	return &hodeiv1.DeleteScheduleResponse{}, nil
