@@ -281,19 +281,18 @@ func compactOf(r *internalpb.CommandResult, shard uint32, schedules bool) (compa
 		}
 		return nil
 	}
-	switch {
-	case len(r.GetSubmitted()) > 0:
-		c.kind = internalpb.RequestKind_REQUEST_KIND_SUBMIT
-		c.seqs = make([]uint64, 0, len(r.GetSubmitted()))
-		for i, sr := range r.GetSubmitted() {
+	// addSubmitted appends submit answers: a job (its seq, and the
+	// duplicate bit), or a refusal (a tenant limit refused it: no job).
+	addSubmitted := func(items []*hodeiv1.SubmitJobResponse) error {
+		c.seqs = make([]uint64, 0, len(items))
+		for i, sr := range items {
 			if sr.GetCode() != "" {
-				// Refused by a tenant limit (quota, issue 11): no job.
 				c.refused = append(c.refused, refusal{item: uint32(i), code: validUTF8(sr.GetCode()), reason: validUTF8(sr.GetReason())})
 				continue
 			}
 			seq, err := jobSeq(sr.GetJob())
 			if err != nil {
-				return c, err
+				return err
 			}
 			c.seqs = append(c.seqs, seq)
 			if sr.GetDuplicate() {
@@ -302,6 +301,14 @@ func compactOf(r *internalpb.CommandResult, shard uint32, schedules bool) (compa
 				}
 				c.dups[i/8] |= 1 << (i % 8)
 			}
+		}
+		return nil
+	}
+	switch {
+	case len(r.GetSubmitted()) > 0:
+		c.kind = internalpb.RequestKind_REQUEST_KIND_SUBMIT
+		if err := addSubmitted(r.GetSubmitted()); err != nil {
+			return c, err
 		}
 	case len(r.GetLeases()) > 0:
 		c.kind = internalpb.RequestKind_REQUEST_KIND_LEASE
@@ -355,22 +362,8 @@ func compactOf(r *internalpb.CommandResult, shard uint32, schedules bool) (compa
 		// trigger or backfill are kept, each slot that made none (a quota
 		// refused it) as a refusal.
 		c.kind = internalpb.RequestKind_REQUEST_KIND_SCHEDULE
-		for i, sr := range r.GetScheduleJobs() {
-			if sr.GetJob() == nil {
-				c.refused = append(c.refused, refusal{item: uint32(i), code: validUTF8(sr.GetCode()), reason: validUTF8(sr.GetReason())})
-				continue
-			}
-			seq, err := jobSeq(sr.GetJob())
-			if err != nil {
-				return c, err
-			}
-			c.seqs = append(c.seqs, seq)
-			if sr.GetDuplicate() {
-				for len(c.dups) <= i/8 {
-					c.dups = append(c.dups, 0)
-				}
-				c.dups[i/8] |= 1 << (i % 8)
-			}
+		if err := addSubmitted(r.GetScheduleJobs()); err != nil {
+			return c, err
 		}
 	case r.GetCount() != 0:
 		c.kind, c.count = internalpb.RequestKind_REQUEST_KIND_COUNT, r.GetCount()
@@ -601,9 +594,11 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		return bad("a count")
 	}
 	switch c.kind {
-	case internalpb.RequestKind_REQUEST_KIND_SUBMIT:
+	case internalpb.RequestKind_REQUEST_KIND_SUBMIT, internalpb.RequestKind_REQUEST_KIND_SCHEDULE:
 		// Refused specs (quota, issue 11) are in the message, as for
-		// EXTEND; the bitmap is over all items.
+		// EXTEND; the bitmap is over all items. A submit has at least one
+		// item; a schedule write has the jobs its trigger or backfill made
+		// (none for the others).
 		rs, err := parseRefusals(m.GetMessage())
 		if err != nil {
 			return bad(err.Error())
@@ -613,7 +608,7 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 		if len(rs) > 0 && int(rs[len(rs)-1].item) >= n {
 			return bad("refused items out of range")
 		}
-		if n == 0 || len(c.dups) > (n+7)/8 {
+		if (n == 0 && c.kind == internalpb.RequestKind_REQUEST_KIND_SUBMIT) || len(c.dups) > (n+7)/8 {
 			return bad("no job, or a bitmap longer than the jobs")
 		}
 		if k := len(c.dups); k > 0 {
@@ -644,25 +639,6 @@ func compactFromProto(m *internalpb.RequestRecord) (compactRecord, error) {
 	case internalpb.RequestKind_REQUEST_KIND_PIPELINE:
 		if n != 1 {
 			return bad("not one pipeline")
-		}
-	case internalpb.RequestKind_REQUEST_KIND_SCHEDULE:
-		rs, err := parseRefusals(m.GetMessage())
-		if err != nil {
-			return bad(err.Error())
-		}
-		c.refused = rs
-		n = c.items()
-		if len(rs) > 0 && int(rs[len(rs)-1].item) >= n {
-			return bad("refused items out of range")
-		}
-		if len(c.dups) > (n+7)/8 {
-			return bad("a bitmap longer than the jobs")
-		}
-		if k := len(c.dups); k > 0 {
-			last, bits := c.dups[k-1], n-8*(k-1)
-			if last == 0 || (bits < 8 && last>>bits != 0) {
-				return bad("a bitmap with trailing zeros or bits beyond the jobs")
-			}
 		}
 	case internalpb.RequestKind_REQUEST_KIND_EXTEND, internalpb.RequestKind_REQUEST_KIND_COMPLETE_JOBS:
 		rs, err := parseRefusals(m.GetMessage())
@@ -722,15 +698,7 @@ func (s *state) replay(rec *reqRecord, cmd *internalpb.Command, now int64) *inte
 	out := &internalpb.CommandResult{Code: c.code, Message: c.msg}
 	switch c.kind {
 	case internalpb.RequestKind_REQUEST_KIND_SUBMIT:
-		out.Submitted = make([]*hodeiv1.SubmitJobResponse, c.items())
-		s.eachItem(&c, func(i int, seq uint64, ref *refusal) {
-			if ref != nil {
-				out.Submitted[i] = &hodeiv1.SubmitJobResponse{Code: ref.code, Reason: ref.reason}
-				return
-			}
-			dup := i/8 < len(c.dups) && c.dups[i/8]&(1<<(i%8)) != 0
-			out.Submitted[i] = &hodeiv1.SubmitJobResponse{Job: s.jobNow(seq), Duplicate: dup}
-		})
+		out.Submitted = s.submittedNow(&c)
 	case internalpb.RequestKind_REQUEST_KIND_LEASE:
 		out.Leases = s.validLeases(c.seqs, c.firstToken, now)
 	case internalpb.RequestKind_REQUEST_KIND_LEASE_BATCH:
@@ -755,15 +723,7 @@ func (s *state) replay(rec *reqRecord, cmd *internalpb.Command, now int64) *inte
 			out.Schedule = cloneSchedule(e.sc)
 		}
 		if c.items() > 0 {
-			out.ScheduleJobs = make([]*hodeiv1.SubmitJobResponse, c.items())
-			s.eachItem(&c, func(i int, seq uint64, ref *refusal) {
-				if ref != nil {
-					out.ScheduleJobs[i] = &hodeiv1.SubmitJobResponse{Code: ref.code, Reason: ref.reason}
-					return
-				}
-				dup := i/8 < len(c.dups) && c.dups[i/8]&(1<<(i%8)) != 0
-				out.ScheduleJobs[i] = &hodeiv1.SubmitJobResponse{Job: s.jobNow(seq), Duplicate: dup}
-			})
+			out.ScheduleJobs = s.submittedNow(&c)
 		}
 	case internalpb.RequestKind_REQUEST_KIND_PIPELINE:
 		// The pipeline as it is now (nil once GC removed it).
@@ -831,6 +791,21 @@ func (s *state) eachItem(c *compactRecord, fn func(i int, seq uint64, r *refusal
 		fn(i, c.seqs[next], nil)
 		next++
 	}
+}
+
+// submittedNow rebuilds the submit answers of a SUBMIT or SCHEDULE record:
+// each job as it is now (with its duplicate bit), or the refusal.
+func (s *state) submittedNow(c *compactRecord) []*hodeiv1.SubmitJobResponse {
+	out := make([]*hodeiv1.SubmitJobResponse, c.items())
+	s.eachItem(c, func(i int, seq uint64, ref *refusal) {
+		if ref != nil {
+			out[i] = &hodeiv1.SubmitJobResponse{Code: ref.code, Reason: ref.reason}
+			return
+		}
+		dup := i/8 < len(c.dups) && c.dups[i/8]&(1<<(i%8)) != 0
+		out[i] = &hodeiv1.SubmitJobResponse{Job: s.jobNow(seq), Duplicate: dup}
+	})
+	return out
 }
 
 // jobNow is a copy of job seq as it is now, or Job{id} if it is gone.
