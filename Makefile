@@ -29,6 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzWorkerMessage -fuzztime 30s ./transport
 	$(GO) test -run '^$$' -fuzz FuzzCronSpec -fuzztime 30s ./fsm/cron
 	$(GO) test -run '^$$' -fuzz FuzzConstraint -fuzztime 30s ./fsm
+	$(GO) test -run '^$$' -fuzz FuzzParseToken -fuzztime 30s ./fsm
 
 proto-tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

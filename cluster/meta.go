@@ -126,7 +126,7 @@ func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
 // machine's verdict (a *fsm.CodeError for a rejected command). An error
 // from Raft or ctx means the outcome is unknown.
 func (m *metaGroup) proposeCtx(ctx context.Context, cmd *internalpb.MetaCommand) error {
-	cmd.Version = fsm.MetaVersion
+	cmd.Version = fsm.MetaVersionFor(cmd)
 	cmd.NowMs = m.n.now().UnixMilli()
 	b, err := proto.Marshal(cmd)
 	if err != nil {

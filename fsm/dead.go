@@ -112,7 +112,7 @@ func changedBySemantics(c *internalpb.Command) bool {
 func EntryVersionForCluster(cmds []*internalpb.Command, semantics bool) uint32 {
 	v := EntryVersionFor(cmds)
 	for _, c := range cmds {
-		if semantics && changedBySemantics(c) {
+		if semantics && changedBySemantics(c) && v < EntryVersionSemantics {
 			return EntryVersionSemantics
 		}
 	}

@@ -57,9 +57,14 @@ const (
 	// the whole cluster runs a binary that knows it (EntryVersionForCluster);
 	// in an older entry the same commands apply exactly as before.
 	EntryVersionSemantics = 4
+	// EntryVersionTenantLeases (auth, issue 12) is the version of entries
+	// carrying a lease demand limited to tenants (LeaseJobs.tenants, from a
+	// worker token): a binary that predates it would drop the limit and
+	// lease other tenants' jobs. In an older entry such a demand is rejected.
+	EntryVersionTenantLeases = 5
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
-	MaxEntryVersion = EntryVersionSemantics
+	MaxEntryVersion = EntryVersionTenantLeases
 )
 
 // Snapshot format versions. Restore accepts versions 1 to snapshotVersionSemantics.

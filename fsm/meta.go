@@ -14,8 +14,10 @@ import (
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
-// MetaVersion is the version of meta commands and snapshots this code understands.
-const MetaVersion = 1
+// MetaVersion is the newest version of meta commands and snapshots this
+// code understands (MetaVersionTokens: tokens, issue 12). Commands and
+// snapshots carry the oldest version that represents them (MetaVersionFor).
+const MetaVersion = MetaVersionTokens
 
 var metaMagic = []byte("HODEIMET")
 
@@ -26,11 +28,12 @@ type MetaFSM struct {
 	state *internalpb.MetaState
 	// OnChange, if set, is called after every apply (outside the lock).
 	onChange func()
+	tokenGen uint64 // bumped on token changes and restores (meta_tokens.go)
 }
 
 // NewMeta returns an empty meta state machine.
 func NewMeta(onChange func()) *MetaFSM {
-	return &MetaFSM{state: &internalpb.MetaState{Version: MetaVersion}, onChange: onChange}
+	return &MetaFSM{state: &internalpb.MetaState{Version: 1}, onChange: onChange}
 }
 
 // State returns a copy of the meta state.
@@ -95,6 +98,9 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 	defer m.mu.Unlock()
 	s := m.state
 	s.AppliedIndex = index
+	if handled, err := m.applyToken(cmd); handled { // auth (issue 12)
+		return err
+	}
 	switch k := cmd.GetKind().(type) {
 	case *internalpb.MetaCommand_InitShards:
 		if k.InitShards == 0 {
@@ -211,6 +217,7 @@ func (m *MetaFSM) Restore(rc io.ReadCloser) error {
 	}
 	m.mu.Lock()
 	m.state = st
+	m.tokenGen++
 	m.mu.Unlock()
 	if m.onChange != nil {
 		m.onChange()

@@ -2936,12 +2936,15 @@ func (*ServerMessage_Cancel) isServerMessage_Msg() {}
 func (*ServerMessage_Drain) isServerMessage_Msg() {}
 
 type LeaseDemand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
-	Labels        []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
-	Kinds         []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
-	TtlMs         int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the request's ttl_ms
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Capacity int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
+	Labels   []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
+	Kinds    []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	TtlMs    int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the request's ttl_ms
+	// auth (issue 12): tenants this demand may be leased (from the worker's
+	// token); empty = every tenant.
+	Tenants       []string `protobuf:"bytes,20,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3009,6 +3012,13 @@ func (x *LeaseDemand) GetTtlMs() int64 {
 		return x.TtlMs
 	}
 	return 0
+}
+
+func (x *LeaseDemand) GetTenants() []string {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
 }
 
 type LeaseForRequest struct {
@@ -3449,6 +3459,7 @@ type StatusResponse struct {
 	MetaServers      []*RaftServer          `protobuf:"bytes,7,rep,name=meta_servers,json=metaServers,proto3" json:"meta_servers,omitempty"`
 	GossipAddress    string                 `protobuf:"bytes,8,opt,name=gossip_address,json=gossipAddress,proto3" json:"gossip_address,omitempty"` // memberlist address ("" when gossip is off)
 	Members          []*Member              `protobuf:"bytes,9,rep,name=members,proto3" json:"members,omitempty"`                                  // this node's gossip view
+	AuthEnabled      bool                   `protobuf:"varint,50,opt,name=auth_enabled,json=authEnabled,proto3" json:"auth_enabled,omitempty"`     // auth (issue 12): bearer tokens are required
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -3544,6 +3555,13 @@ func (x *StatusResponse) GetMembers() []*Member {
 		return x.Members
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetAuthEnabled() bool {
+	if x != nil {
+		return x.AuthEnabled
+	}
+	return false
 }
 
 type Member struct {
@@ -6954,6 +6972,405 @@ func (x *RequeueJobsResponse) GetRequeued() uint32 {
 	return 0
 }
 
+// TokenInfo describes a token; the secret is never in it.
+type TokenInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Roles         []string               `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	CreatedAtMs   int64                  `protobuf:"varint,4,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	ExpiresAtMs   int64                  `protobuf:"varint,5,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"` // 0 = never
+	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedAtMs   int64                  `protobuf:"varint,7,opt,name=revoked_at_ms,json=revokedAtMs,proto3" json:"revoked_at_ms,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	RevokedBy     string                 `protobuf:"bytes,9,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenInfo) Reset() {
+	*x = TokenInfo{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenInfo) ProtoMessage() {}
+
+func (x *TokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
+func (*TokenInfo) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *TokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *TokenInfo) GetRevokedAtMs() int64 {
+	if x != nil {
+		return x.RevokedAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+type TokenCreateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // [A-Za-z0-9._-]{1,64}
+	// Roles: "admin", "tenant:<name>:submit", "tenant:<name>:read", "worker",
+	// "worker:tenants=a,b", "worker:tenants=a;kinds=x,y" (docs/security.md).
+	Roles         []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	TtlMs         int64    `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the token never expires
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenCreateRequest) Reset() {
+	*x = TokenCreateRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenCreateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenCreateRequest) ProtoMessage() {}
+
+func (x *TokenCreateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenCreateRequest.ProtoReflect.Descriptor instead.
+func (*TokenCreateRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *TokenCreateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenCreateRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *TokenCreateRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type TokenCreateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *TokenInfo             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Secret        string                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"` // the whole bearer token "hodei_<id>_<secret>": shown once, not stored
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenCreateResponse) Reset() {
+	*x = TokenCreateResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenCreateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenCreateResponse) ProtoMessage() {}
+
+func (x *TokenCreateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenCreateResponse.ProtoReflect.Descriptor instead.
+func (*TokenCreateResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *TokenCreateResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *TokenCreateResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type TokenListRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IncludeRevoked bool                   `protobuf:"varint,1,opt,name=include_revoked,json=includeRevoked,proto3" json:"include_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TokenListRequest) Reset() {
+	*x = TokenListRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenListRequest) ProtoMessage() {}
+
+func (x *TokenListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenListRequest.ProtoReflect.Descriptor instead.
+func (*TokenListRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{103}
+}
+
+func (x *TokenListRequest) GetIncludeRevoked() bool {
+	if x != nil {
+		return x.IncludeRevoked
+	}
+	return false
+}
+
+type TokenListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*TokenInfo           `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"` // sorted by id
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenListResponse) Reset() {
+	*x = TokenListResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenListResponse) ProtoMessage() {}
+
+func (x *TokenListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenListResponse.ProtoReflect.Descriptor instead.
+func (*TokenListResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{104}
+}
+
+func (x *TokenListResponse) GetTokens() []*TokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type TokenRevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRevokeRequest) Reset() {
+	*x = TokenRevokeRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRevokeRequest) ProtoMessage() {}
+
+func (x *TokenRevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRevokeRequest.ProtoReflect.Descriptor instead.
+func (*TokenRevokeRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *TokenRevokeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TokenRevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *TokenInfo             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRevokeResponse) Reset() {
+	*x = TokenRevokeResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRevokeResponse) ProtoMessage() {}
+
+func (x *TokenRevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRevokeResponse.ProtoReflect.Descriptor instead.
+func (*TokenRevokeResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *TokenRevokeResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -7156,13 +7573,14 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\bextended\x18\x04 \x01(\v2\x18.hodei.v1.ServerExtendedH\x00R\bextended\x120\n" +
 	"\x06cancel\x18\x05 \x01(\v2\x16.hodei.v1.ServerCancelH\x00R\x06cancel\x12-\n" +
 	"\x05drain\x18\x06 \x01(\v2\x15.hodei.v1.ServerDrainH\x00R\x05drainB\x05\n" +
-	"\x03msg\"\x9f\x01\n" +
+	"\x03msg\"\xb9\x01\n" +
 	"\vLeaseDemand\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
 	"\x05kinds\x18\x04 \x03(\tR\x05kinds\x12\x15\n" +
-	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"\x92\x01\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\x12\x18\n" +
+	"\atenants\x18\x14 \x03(\tR\atenants\"\x92\x01\n" +
 	"\x0fLeaseForRequest\x12/\n" +
 	"\ademands\x18\x01 \x03(\v2\x15.hodei.v1.LeaseDemandR\ademands\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
@@ -7199,7 +7617,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
 	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
 	"\rStatusRequest\x12%\n" +
-	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xec\x02\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\x8f\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -7209,7 +7627,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x12meta_applied_index\x18\x06 \x01(\x04R\x10metaAppliedIndex\x127\n" +
 	"\fmeta_servers\x18\a \x03(\v2\x14.hodei.v1.RaftServerR\vmetaServers\x12%\n" +
 	"\x0egossip_address\x18\b \x01(\tR\rgossipAddress\x12*\n" +
-	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\"x\n" +
+	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\x12!\n" +
+	"\fauth_enabled\x182 \x01(\bR\vauthEnabled\"x\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12%\n" +
@@ -7474,7 +7893,34 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\"1\n" +
 	"\x13RequeueJobsResponse\x12\x1a\n" +
-	"\brequeued\x18\x01 \x01(\rR\brequeued*\xaf\x01\n" +
+	"\brequeued\x18\x01 \x01(\rR\brequeued\"\x89\x02\n" +
+	"\tTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\"\n" +
+	"\rcreated_at_ms\x18\x04 \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rexpires_at_ms\x18\x05 \x01(\x03R\vexpiresAtMs\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12\"\n" +
+	"\rrevoked_at_ms\x18\a \x01(\x03R\vrevokedAtMs\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\t \x01(\tR\trevokedBy\"U\n" +
+	"\x12TokenCreateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"X\n" +
+	"\x13TokenCreateResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.hodei.v1.TokenInfoR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\";\n" +
+	"\x10TokenListRequest\x12'\n" +
+	"\x0finclude_revoked\x18\x01 \x01(\bR\x0eincludeRevoked\"@\n" +
+	"\x11TokenListResponse\x12+\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x13.hodei.v1.TokenInfoR\x06tokens\"$\n" +
+	"\x12TokenRevokeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"@\n" +
+	"\x13TokenRevokeResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.hodei.v1.TokenInfoR\x05token*\xaf\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -7539,7 +7985,12 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x0eResumeSchedule\x12\x1f.hodei.v1.ResumeScheduleRequest\x1a\x1a.hodei.v1.ScheduleResponse\x12V\n" +
 	"\x0fTriggerSchedule\x12 .hodei.v1.TriggerScheduleRequest\x1a!.hodei.v1.TriggerScheduleResponse\x12Y\n" +
 	"\x10BackfillSchedule\x12!.hodei.v1.BackfillScheduleRequest\x1a\".hodei.v1.BackfillScheduleResponse\x12S\n" +
-	"\x0eDeleteSchedule\x12\x1f.hodei.v1.DeleteScheduleRequest\x1a .hodei.v1.DeleteScheduleResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\x0eDeleteSchedule\x12\x1f.hodei.v1.DeleteScheduleRequest\x1a .hodei.v1.DeleteScheduleResponse2\xec\x01\n" +
+	"\vAuthService\x12J\n" +
+	"\vCreateToken\x12\x1c.hodei.v1.TokenCreateRequest\x1a\x1d.hodei.v1.TokenCreateResponse\x12E\n" +
+	"\n" +
+	"ListTokens\x12\x1a.hodei.v1.TokenListRequest\x1a\x1b.hodei.v1.TokenListResponse\x12J\n" +
+	"\vRevokeToken\x12\x1c.hodei.v1.TokenRevokeRequest\x1a\x1d.hodei.v1.TokenRevokeResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -7554,7 +8005,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 100)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 107)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
@@ -7660,6 +8111,13 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*RetryJobResponse)(nil),         // 101: hodei.v1.RetryJobResponse
 	(*RequeueJobsRequest)(nil),       // 102: hodei.v1.RequeueJobsRequest
 	(*RequeueJobsResponse)(nil),      // 103: hodei.v1.RequeueJobsResponse
+	(*TokenInfo)(nil),                // 104: hodei.v1.TokenInfo
+	(*TokenCreateRequest)(nil),       // 105: hodei.v1.TokenCreateRequest
+	(*TokenCreateResponse)(nil),      // 106: hodei.v1.TokenCreateResponse
+	(*TokenListRequest)(nil),         // 107: hodei.v1.TokenListRequest
+	(*TokenListResponse)(nil),        // 108: hodei.v1.TokenListResponse
+	(*TokenRevokeRequest)(nil),       // 109: hodei.v1.TokenRevokeRequest
+	(*TokenRevokeResponse)(nil),      // 110: hodei.v1.TokenRevokeResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	4,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -7742,79 +8200,88 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	90,  // 77: hodei.v1.FollowJobLogsResponse.lines:type_name -> hodei.v1.LogLine
 	3,   // 78: hodei.v1.Constraint.op:type_name -> hodei.v1.ConstraintOp
 	7,   // 79: hodei.v1.RetryJobResponse.job:type_name -> hodei.v1.Job
-	8,   // 80: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	10,  // 81: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	12,  // 82: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	14,  // 83: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	16,  // 84: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	87,  // 85: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	92,  // 86: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
-	94,  // 87: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
-	100, // 88: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
-	102, // 89: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
-	35,  // 90: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	19,  // 91: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	22,  // 92: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	25,  // 93: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	29,  // 94: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	44,  // 95: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	49,  // 96: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	52,  // 97: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	54,  // 98: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	56,  // 99: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	58,  // 100: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	60,  // 101: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	64,  // 102: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	66,  // 103: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	69,  // 104: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	71,  // 105: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	74,  // 106: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	76,  // 107: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	77,  // 108: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	79,  // 109: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	80,  // 110: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	81,  // 111: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	83,  // 112: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	85,  // 113: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	9,   // 114: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	11,  // 115: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	13,  // 116: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	15,  // 117: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	17,  // 118: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	88,  // 119: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	93,  // 120: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
-	95,  // 121: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
-	101, // 122: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
-	103, // 123: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
-	42,  // 124: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	20,  // 125: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	24,  // 126: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	26,  // 127: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	30,  // 128: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	46,  // 129: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	50,  // 130: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	53,  // 131: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	55,  // 132: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	57,  // 133: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	59,  // 134: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	63,  // 135: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	65,  // 136: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	67,  // 137: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	70,  // 138: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	72,  // 139: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	75,  // 140: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 141: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	78,  // 142: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	75,  // 143: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	75,  // 144: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	82,  // 145: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	84,  // 146: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	86,  // 147: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	114, // [114:148] is the sub-list for method output_type
-	80,  // [80:114] is the sub-list for method input_type
-	80,  // [80:80] is the sub-list for extension type_name
-	80,  // [80:80] is the sub-list for extension extendee
-	0,   // [0:80] is the sub-list for field type_name
+	104, // 80: hodei.v1.TokenCreateResponse.token:type_name -> hodei.v1.TokenInfo
+	104, // 81: hodei.v1.TokenListResponse.tokens:type_name -> hodei.v1.TokenInfo
+	104, // 82: hodei.v1.TokenRevokeResponse.token:type_name -> hodei.v1.TokenInfo
+	8,   // 83: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	10,  // 84: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	12,  // 85: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	14,  // 86: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	16,  // 87: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	87,  // 88: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	92,  // 89: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	94,  // 90: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	100, // 91: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
+	102, // 92: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
+	35,  // 93: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	19,  // 94: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	22,  // 95: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	25,  // 96: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	29,  // 97: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	44,  // 98: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	49,  // 99: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	52,  // 100: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	54,  // 101: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	56,  // 102: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	58,  // 103: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	60,  // 104: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	64,  // 105: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	66,  // 106: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	69,  // 107: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	71,  // 108: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	74,  // 109: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	76,  // 110: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	77,  // 111: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	79,  // 112: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	80,  // 113: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	81,  // 114: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	83,  // 115: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	85,  // 116: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	105, // 117: hodei.v1.AuthService.CreateToken:input_type -> hodei.v1.TokenCreateRequest
+	107, // 118: hodei.v1.AuthService.ListTokens:input_type -> hodei.v1.TokenListRequest
+	109, // 119: hodei.v1.AuthService.RevokeToken:input_type -> hodei.v1.TokenRevokeRequest
+	9,   // 120: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	11,  // 121: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	13,  // 122: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	15,  // 123: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	17,  // 124: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	88,  // 125: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	93,  // 126: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	95,  // 127: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	101, // 128: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
+	103, // 129: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
+	42,  // 130: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	20,  // 131: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	24,  // 132: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	26,  // 133: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	30,  // 134: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	46,  // 135: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	50,  // 136: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	53,  // 137: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	55,  // 138: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	57,  // 139: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	59,  // 140: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	63,  // 141: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	65,  // 142: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	67,  // 143: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	70,  // 144: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	72,  // 145: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	75,  // 146: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 147: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	78,  // 148: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	75,  // 149: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	75,  // 150: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	82,  // 151: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	84,  // 152: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	86,  // 153: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	106, // 154: hodei.v1.AuthService.CreateToken:output_type -> hodei.v1.TokenCreateResponse
+	108, // 155: hodei.v1.AuthService.ListTokens:output_type -> hodei.v1.TokenListResponse
+	110, // 156: hodei.v1.AuthService.RevokeToken:output_type -> hodei.v1.TokenRevokeResponse
+	120, // [120:157] is the sub-list for method output_type
+	83,  // [83:120] is the sub-list for method input_type
+	83,  // [83:83] is the sub-list for extension type_name
+	83,  // [83:83] is the sub-list for extension extendee
+	0,   // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -7844,9 +8311,9 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   100,
+			NumMessages:   107,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_hodei_v1_hodei_proto_goTypes,
 		DependencyIndexes: file_hodei_v1_hodei_proto_depIdxs,
