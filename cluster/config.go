@@ -161,6 +161,9 @@ type Config struct {
 	// 16 KiB per line, 1 MiB per job, 256 MiB per node, 1 h retention).
 	LiveLogs logstore.Config
 
+	// Auth: bearer tokens and roles (issue 12, auth.go); off by default.
+	Auth AuthConfig
+
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node
 }
@@ -279,6 +282,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Keepalive > 0 && c.KeepaliveTimeout <= 0 {
 		errs = append(errs, errors.New("keepalive timeout must be > 0 when keepalive is on"))
+	}
+	if err := c.Auth.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Watch != (EventBusConfig{}) { // zero: the defaults (resolved)
 		if err := c.Watch.Validate(); err != nil {

@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/hodei-io/hodei/fsm"
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 	"github.com/hodei-io/hodei/scheduler"
+	"github.com/hodei-io/hodei/transport"
 )
 
 // metaGroup is the small Raft group that holds the member list, the shard
@@ -179,6 +181,7 @@ func (m *metaGroup) reconcile(ctx context.Context) {
 			}
 		}
 	}
+	m.n.ensureBootstrapToken(ctx) // auth (issue 12)
 	m.n.removeDeadNodes(ctx)
 	m.balance(ctx, cf.Configuration())
 }
@@ -351,7 +354,7 @@ func discoverShardCount(cfg Config) (int, error) {
 	var last error
 	for time.Now().Before(deadline) {
 		for _, addr := range cfg.Join {
-			st, err := probeStatus(context.Background(), addr)
+			st, err := probeStatus(context.Background(), addr, nodeCredential(cfg)...)
 			if err == nil && len(st.GetShards()) > 0 {
 				return len(st.GetShards()), nil
 			}
@@ -370,15 +373,17 @@ func (n *Node) probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse,
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// The node's own credential, not a caller's token: the probed node may
+	// be joining, its meta replica not yet holding any token.
+	ctx, cancel := context.WithTimeout(transport.AsNode(ctx), 2*time.Second)
 	defer cancel()
 	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
 }
 
 // probeStatus asks one node for its status over a short-lived connection
 // (before this node's own pool exists).
-func probeStatus(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
-	cc, err := dialOnce(addr)
+func probeStatus(ctx context.Context, addr string, opts ...grpc.DialOption) (*hodeiv1.StatusResponse, error) {
+	cc, err := dialOnce(addr, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -57,6 +57,9 @@ type Node struct {
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	logs         *nodeLogs                            // live log lines of jobs (logs.go)
+	auth         *transport.Auth        // interceptors (auth.go, issue 12)
+	tokens       *tokenCache            // verified bearer tokens
+	auditEvents  *prometheus.CounterVec // hodei_audit_events_total
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
@@ -103,10 +106,12 @@ func New(cfg Config) (*Node, error) {
 	n.storeHealth = newStoreHealth(n)
 	n.metrics = newMetrics(reg, n)
 
-	n.pool = transport.NewPool(cfg.peerDialOptions()...)
+	n.auth = n.newAuth(reg) // issue 12: before the pool and the server, which use it
+	n.pool = transport.NewPool(append(cfg.peerDialOptions(), n.auth.DialOptions()...)...)
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
-	n.grpc = grpc.NewServer(append(cfg.serverOptions(),
-		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream))...)
+	n.grpc = grpc.NewServer(append(append(cfg.serverOptions(),
+		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream)),
+		n.auth.ServerOptions()...)...) // metrics first: they count refusals too
 	n.raftNet.Register(n.grpc)
 	api := transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger)
 	logs, err := newNodeLogs(n, cfg.LiveLogs)
@@ -117,6 +122,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.logs = logs
 	api.SetLogs(logs)
+	api.SetAuth(&authBackend{n: n})
 	api.Register(n.grpc)
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpc, n.health)
@@ -379,6 +385,6 @@ func (n *Node) stopDispatcher() {
 }
 
 // dialOnce opens a client connection for a one-off call (the caller closes it).
-func dialOnce(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func dialOnce(addr string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 }
