@@ -57,9 +57,9 @@ type Node struct {
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	logs         *nodeLogs                            // live log lines of jobs (logs.go)
-	auth         *transport.Auth        // interceptors (auth.go, issue 12)
-	tokens       *tokenCache            // verified bearer tokens
-	auditEvents  *prometheus.CounterVec // hodei_audit_events_total
+	auth         *transport.Auth                      // interceptors (auth.go, issue 12)
+	tokens       *tokenCache                          // verified bearer tokens
+	auditEvents  *prometheus.CounterVec               // hodei_audit_events_total
 	httpSrv      *http.Server
 	httpLis      net.Listener
 
