@@ -47,6 +47,7 @@ type ClusterConfig struct {
 	ServerArgs  []string // extra flags for every server (e.g. --unsafe-ack-before-commit)
 	WorkerArgs  []string
 	Log         *slog.Logger
+	Token       string // bearer token of the harness's clients (auth on)
 }
 
 // Cluster is a running set of server and worker processes.
@@ -141,7 +142,7 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		c.Workers = append(c.Workers, &Proc{Name: fmt.Sprintf("w%d", i), Path: cfg.Binary, Args: args,
 			LogPath: filepath.Join(dir, fmt.Sprintf("w%d.log", i))})
 	}
-	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1})
+	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1, Token: cfg.Token})
 	if err != nil {
 		return nil, err
 	}

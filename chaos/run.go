@@ -40,7 +40,10 @@ type Config struct {
 	OpTimeout       time.Duration
 	ServerArgs      []string
 	WorkerArgs      []string
-	Log             *slog.Logger
+	// Auth runs the servers with tokens on (issue 12): a node secret and an
+	// admin token chosen by the harness, used by every client and worker.
+	Auth bool
+	Log  *slog.Logger
 }
 
 // DefaultConfig returns the defaults used by `hodei chaos run`.
@@ -188,8 +191,19 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 	// --test-exec-log: the workers also run the handler jobs (ExecKind)
 	workerArgs := append([]string{"--lease-ttl", cfg.LeaseTTL.String(), "--test-exec-log", execLog}, cfg.WorkerArgs...)
+	token := ""
+	if cfg.Auth {
+		var authServer, authWorker []string
+		var aerr error
+		if token, authServer, authWorker, aerr = authFiles(out); aerr != nil {
+			return aerr
+		}
+		serverArgs = append(serverArgs, authServer...)
+		workerArgs = append(workerArgs, authWorker...)
+		rep.Notes = append(rep.Notes, "auth on: servers require tokens; clients and workers use the harness's admin token")
+	}
 	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
-		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log})
+		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log, Token: token})
 	if err != nil {
 		return err
 	}
@@ -228,7 +242,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	h := NewHistory(time.Now())
 	wl, err := NewWorkload(WorkloadConfig{Seed: cfg.Seed, Clients: cfg.Clients, JobRate: cfg.Rate, ReadRate: cfg.ReadRate,
 		ShellRate: cfg.ShellRate, BatchShare: cfg.BatchShare, Tenants: cfg.Tenants,
-		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs()}, h)
+		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs(), Token: token}, h)
 	if err != nil {
 		return err
 	}
@@ -251,7 +265,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 
-	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second})
+	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, Token: token})
 	if err != nil {
 		return err
 	}

@@ -106,6 +106,10 @@ type Config struct {
 	// than every 10s. Negative Keepalive disables the pings.
 	Keepalive        time.Duration
 	KeepaliveTimeout time.Duration
+	// Token is the bearer token ("hodei_<id>_<secret>") sent with every
+	// call as `authorization: Bearer <token>` (auth, issue 12); empty sends
+	// none (a cluster with auth off).
+	Token string
 }
 
 // Validate checks the config after defaults are applied.
@@ -129,6 +133,9 @@ func (c *Config) Validate() error {
 	}
 	if c.KeepaliveTimeout < 0 {
 		return fmt.Errorf("client: negative KeepaliveTimeout %v", c.KeepaliveTimeout)
+	}
+	if err := validToken(c.Token); err != nil {
+		return err
 	}
 	return nil
 }
@@ -240,6 +247,9 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if c.cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: c.cfg.Keepalive, Timeout: c.cfg.KeepaliveTimeout}))
+	}
+	if c.cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
 	}
 	opts = append(opts, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)

@@ -48,6 +48,11 @@ type AuthConfig struct {
 	// NodePeer is the mTLS hook (transport.AuthConfig.NodePeer): whether a
 	// call's peer presented a verified server certificate, and its node.
 	NodePeer func(ctx context.Context) (nodeID string, ok bool)
+	// BootstrapToken, when set ("hodei_<id>_<secret>", the same on every
+	// bootstrap node), is the first admin token instead of a random one
+	// written to DATA/bootstrap-token: an operator (or a harness) that
+	// provisions its secrets chooses it.
+	BootstrapToken string
 }
 
 // BootstrapTokenFile is where the meta leader writes the first admin token
@@ -66,6 +71,11 @@ func (c AuthConfig) Validate() error {
 	}
 	if c.NodeSecret != "" && len(c.NodeSecret) < minNodeSecret {
 		return fmt.Errorf("the node secret is %d characters, at least %d are needed", len(c.NodeSecret), minNodeSecret)
+	}
+	if c.BootstrapToken != "" {
+		if _, _, err := fsm.ParseToken(c.BootstrapToken); err != nil {
+			return fmt.Errorf("bootstrap token: %w (want hodei_<16 hex>_<64 hex>)", err)
+		}
 	}
 	return nil
 }
@@ -361,22 +371,27 @@ func (b *authBackend) JobTenant(sh uint32, id string) (string, bool) {
 // and no token at all in the meta group — a new cluster, or one that just
 // turned auth on — it creates an admin token "bootstrap" and writes it to
 // DATA/bootstrap-token (0600) before committing it, so that a token that
-// exists was always shown. The secret is never logged. An operator reads
+// exists was always shown (or uses AuthConfig.BootstrapToken). The secret
+// is never logged. An operator reads
 // the file once, creates their own tokens and revokes this one.
 func (n *Node) ensureBootstrapToken(ctx context.Context) {
 	if !n.cfg.Auth.Enabled || len(n.meta.fsm.Tokens()) > 0 {
 		return
 	}
-	id, secret := randHex(fsm.TokenIDLen/2), randHex(fsm.TokenSecretLen/2)
-	path := filepath.Join(n.cfg.DataDir, BootstrapTokenFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(fsm.FormatToken(id, secret)+"\n"), 0o600); err != nil {
-		n.cfg.Logger.Error("auth: cannot write the bootstrap admin token", "path", path, "err", err)
-		return
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		n.cfg.Logger.Error("auth: cannot write the bootstrap admin token", "path", path, "err", err)
-		return
+	path := "(given by the operator)"
+	id, secret, err := fsm.ParseToken(n.cfg.Auth.BootstrapToken) // validated by Config.Validate
+	if err != nil {
+		id, secret = randHex(fsm.TokenIDLen/2), randHex(fsm.TokenSecretLen/2)
+		path = filepath.Join(n.cfg.DataDir, BootstrapTokenFile)
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, []byte(fsm.FormatToken(id, secret)+"\n"), 0o600); err != nil {
+			n.cfg.Logger.Error("auth: cannot write the bootstrap admin token", "path", path, "err", err)
+			return
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			n.cfg.Logger.Error("auth: cannot write the bootstrap admin token", "path", path, "err", err)
+			return
+		}
 	}
 	rec := &internalpb.AuthToken{Id: id, Name: "bootstrap", Roles: []string{"admin"}, SecretSha256: fsm.HashSecret(secret), CreatedBy: "bootstrap (node " + n.cfg.NodeID + ")"}
 	if err := n.meta.proposeCtx(ctx, &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutToken{PutToken: rec}}); err != nil {

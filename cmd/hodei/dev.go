@@ -29,6 +29,8 @@ type devCluster struct {
 	tmp    bool
 	cancel context.CancelFunc
 	done   chan error
+	// adminToken is the bootstrap admin token when auth is on (issue 12).
+	adminToken string
 }
 
 type devOptions struct {
@@ -42,6 +44,7 @@ type devOptions struct {
 	shards   int
 	perGroup bool
 	waves    *int // Config.ProposeWaves; nil keeps the default
+	auth     bool // issue 12: tokens on, a fresh node secret shared by the nodes
 }
 
 func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
@@ -71,8 +74,13 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		peers = append(peers, cluster.Peer{ID: fmt.Sprintf("n%d", i+1), Addr: l.Addr().String()})
 		d.addrs = append(d.addrs, l.Addr().String())
 	}
+	nodeSecret := ""
+	if o.auth {
+		nodeSecret = cluster.NewNodeSecret()
+	}
 	for i := 0; i < o.nodes; i++ {
 		cfg := cluster.DefaultConfig()
+		cfg.Auth = cluster.AuthConfig{Enabled: o.auth, NodeSecret: nodeSecret}
 		cfg.NodeID = peers[i].ID
 		cfg.DataDir = filepath.Join(d.dir, peers[i].ID)
 		cfg.Listener = lis[i]
@@ -124,8 +132,26 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	workerToken := ""
+	if o.auth {
+		var dirs []string
+		for _, p := range peers {
+			dirs = append(dirs, filepath.Join(d.dir, p.ID))
+		}
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		tok, err := readBootstrapToken(tctx, dirs)
+		if err == nil && o.workers > 0 {
+			workerToken, err = devWorkerToken(tctx, d.addrs, tok)
+		}
+		cancel()
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.adminToken = tok
+	}
 	if o.workers > 0 {
-		cl, err := client.New(client.Config{Addrs: d.addrs})
+		cl, err := client.New(client.Config{Addrs: d.addrs, Token: workerToken})
 		if err != nil {
 			d.Close()
 			return nil, err
@@ -202,6 +228,12 @@ func newDevCmd() *cobra.Command {
 				fmt.Fprintf(out, "node n%d  grpc %s%s\n", i+1, a, http)
 			}
 			fmt.Fprintf(out, "data in %s, %d embedded workers\n", d.dir, o.workers)
+			if o.auth {
+				fmt.Fprintf(out, "auth on; admin token (also in %s under the first meta leader's data dir): %s\n", cluster.BootstrapTokenFile, d.adminToken)
+				fmt.Fprintf(out, "  export HODEI_TOKEN=%s\n", d.adminToken)
+			} else {
+				fmt.Fprintln(out, "auth is OFF (start with --auth for tokens and roles)")
+			}
 			fmt.Fprintf(out, "hodei dev ready: %d nodes at %s (try: hodei job submit -- echo hello)\n", len(d.addrs), strings.Join(d.addrs, ","))
 			<-ctx.Done()
 			fmt.Fprintln(out, "shutting down")
@@ -217,5 +249,6 @@ func newDevCmd() *cobra.Command {
 	f.IntVar(&o.workers, "workers", 8, "concurrency of the embedded worker pool (0: none)")
 	f.DurationVar(&o.leaseTTL, "lease-ttl", 0, "lease TTL (default 30s)")
 	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
+	f.BoolVar(&o.auth, "auth", false, "require bearer tokens; prints the bootstrap admin token")
 	return cmd
 }

@@ -45,6 +45,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVar(&global.addr, "addr", defAddr, "comma-separated node gRPC addresses (env HODEI_ADDR)")
 	root.PersistentFlags().StringVarP(&global.output, "output", "o", "text", "output format: text or json")
 	root.PersistentFlags().StringVar(&global.logFmt, "log-format", "text", "log line format of server, dev and worker: text or json (one object per line)")
+	addAuthFlags(root) // --token, --token-file (token.go)
 
 	for _, c := range subcommands {
 		root.AddCommand(c())

@@ -137,7 +137,11 @@ func newMembersCmd() *cobra.Command {
 
 // probe asks one node for its status directly.
 func probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
-	c, err := client.New(client.Config{Addrs: []string{addr}, Retry: time.Millisecond})
+	tok, err := clientToken()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.Config{Addrs: []string{addr}, Retry: time.Millisecond, Token: tok})
 	if err != nil {
 		return nil, err
 	}

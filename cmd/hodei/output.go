@@ -23,7 +23,11 @@ import (
 
 // newAPIClient connects to the --addr nodes.
 func newAPIClient() (*client.Client, error) {
-	return client.New(client.Config{Addrs: addrs()})
+	tok, err := clientToken()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(client.Config{Addrs: addrs(), Token: tok})
 }
 
 // jsonOutput reports whether --output json was asked for.

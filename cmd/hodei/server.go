@@ -42,6 +42,7 @@ func newServerCmd() *cobra.Command {
 	cfg := cluster.DefaultConfig()
 	var bootstrap, join, logLevel string
 	applyDead := func() {}
+	applyAuth := func() error { return nil }
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run one Hodei server node",
@@ -58,6 +59,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			}
 			cfg.Logger = log.With("node", cfg.NodeID)
 			applyDead()
+			if err := applyAuth(); err != nil {
+				return err
+			}
 			if bootstrap != "" {
 				if cfg.Bootstrap, err = cluster.ParsePeers(bootstrap); err != nil {
 					return fmt.Errorf("--bootstrap: %w", err)
@@ -75,6 +79,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "hodei node %s serving gRPC on %s, HTTP on %s, data in %s\n", cfg.NodeID, n.Addr(), n.HTTPAddr(), cfg.DataDir)
+			if !cfg.Auth.Enabled {
+				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: auth is off: anyone who reaches this node can do anything (start with --auth)")
+			}
 			if len(cfg.Join) > 0 {
 				if err := n.JoinCluster(ctx); err != nil {
 					n.Close()
@@ -115,6 +122,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	f.DurationVar(&cfg.ClockOffset, "test-clock-offset", 0, "TEST ONLY: shift this node's clock by this much (the chaos harness's clock-skew fault)")
 	_ = f.MarkHidden("test-clock-offset")
 	applyDead = addDeadServerFlags(cmd, &cfg) // issue 11 dead, job_dead.go
+	applyAuth = addAuthServerFlags(cmd, &cfg) // issue 12 auth, auth_server.go
 	_ = time.Second
 	return cmd
 }
