@@ -326,15 +326,22 @@ func (n *Node) proposeToken(ctx context.Context, name string, roles []string, ex
 	return fsm.FormatToken(id, secret), t, nil
 }
 
-func (b *authBackend) ListTokens(_ context.Context, includeRevoked bool) ([]*hodeiv1.TokenInfo, error) {
-	var out []*hodeiv1.TokenInfo
-	for _, t := range b.n.meta.fsm.Tokens() {
-		if t.GetRevoked() && !includeRevoked {
-			continue
+// ListTokens reads the meta leader's replica, which holds every token
+// change acknowledged so far (a list right after a create shows it).
+func (b *authBackend) ListTokens(ctx context.Context, includeRevoked bool) ([]*hodeiv1.TokenInfo, error) {
+	return onMetaLeader(ctx, b.n, func() ([]*hodeiv1.TokenInfo, error) {
+		var out []*hodeiv1.TokenInfo
+		for _, t := range b.n.meta.fsm.Tokens() {
+			if t.GetRevoked() && !includeRevoked {
+				continue
+			}
+			out = append(out, tokenInfo(t))
 		}
-		out = append(out, tokenInfo(t))
-	}
-	return out, nil
+		return out, nil
+	}, func(ctx context.Context, c hodeiv1.AuthServiceClient) ([]*hodeiv1.TokenInfo, error) {
+		resp, err := c.ListTokens(ctx, &hodeiv1.TokenListRequest{IncludeRevoked: includeRevoked})
+		return resp.GetTokens(), err
+	})
 }
 
 func (b *authBackend) RevokeToken(ctx context.Context, id string) (*hodeiv1.TokenInfo, error) {

@@ -11,8 +11,8 @@ import (
 
 // AuthBackend serves AuthService and the job lookups of the tenant checks
 // (issue 12); the cluster implements it. Tokens live in the meta group:
-// CreateToken and RevokeToken run on its leader (the backend reaches it),
-// ListTokens reads this node's replica.
+// CreateToken, RevokeToken and ListTokens run on its leader (the backend
+// reaches it).
 type AuthBackend interface {
 	CreateToken(ctx context.Context, req *hodeiv1.TokenCreateRequest) (*hodeiv1.TokenCreateResponse, error)
 	ListTokens(ctx context.Context, includeRevoked bool) ([]*hodeiv1.TokenInfo, error)
