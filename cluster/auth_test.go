@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -687,5 +688,61 @@ func TestAuthBootstrapTokenFileAndAudit(t *testing.T) {
 	// The bootstrap token itself and the reader's.
 	if okCreates != 2 || denied != 1 {
 		t.Fatalf("audit: %v token creations ok, %v tenant settings denied", okCreates, denied)
+	}
+}
+
+// A node joins a cluster with auth on by its node credential alone: it
+// learns the shard count, is added to every group (Raft traffic carries
+// the credential), and then verifies tokens from its own meta replica.
+func TestAuthJoinWithNodeCredential(t *testing.T) {
+	tc := startAuthCluster(t, 3, 2)
+	secret := tc.nodes[0].cfg.Auth.NodeSecret
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, "n4", filepath.Join(t.TempDir(), "n4"), l, nil, 0)
+	cfg.Shards = 2 // validated; a joining node learns the count from the cluster
+	cfg.Join = tc.addrs()
+	cfg.Auth = AuthConfig{Enabled: true, NodeSecret: secret}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes = append(tc.nodes, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := n.JoinCluster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := fsm.ParseToken(testAdminToken)
+	waitFor(t, 20*time.Second, "the new node to hold the tokens", func() bool { _, ok := n.meta.fsm.Token(id); return ok })
+	cc := rawConn(t, n.Addr())
+	if _, err := hodeiv1.NewAdminServiceClient(cc).Status(withBearer(ctx, testAdminToken), &hodeiv1.StatusRequest{}); err != nil {
+		t.Fatalf("admin on the new node: %v", err)
+	}
+	if _, err := hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no token on the new node: %v", err)
+	}
+	// A node with another secret cannot join.
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg2 := testConfig(t, "n5", filepath.Join(t.TempDir(), "n5"), l2, nil, 0)
+	cfg2.Shards = 2
+	cfg2.Auth = AuthConfig{Enabled: true, NodeSecret: NewNodeSecret()}
+	n5, err := New(cfg2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n5.Close()
+	cc5, err := n5.pool.Get(tc.addrs()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = hodeiv1.NewAdminServiceClient(cc5).Join(ctx, &hodeiv1.JoinRequest{NodeId: "n5", Address: n5.Addr(), Voter: true})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("join with a wrong node secret: %v, want Unauthenticated", err)
 	}
 }
