@@ -65,7 +65,8 @@ func (c *Client) ListTokens(ctx context.Context, includeRevoked bool) ([]*hodeiv
 }
 
 // RevokeToken revokes a token by id; revoking a revoked token is a no-op.
-// Each node refuses the token once its meta replica applied the revocation.
+// Each node refuses the token once its meta replica applied the revocation;
+// the call returns once every reachable member did (waiting at most 3 s).
 // Admin only.
 func (c *Client) RevokeToken(ctx context.Context, id string) (*hodeiv1.TokenInfo, error) {
 	var resp *hodeiv1.TokenRevokeResponse

@@ -323,7 +323,44 @@ func (n *Node) proposeToken(ctx context.Context, name string, roles []string, ex
 	if !ok {
 		return "", nil, fmt.Errorf("token %s committed but not in the meta state", id)
 	}
+	n.waitMetaApplied(ctx, n.meta.raft.AppliedIndex())
 	return fsm.FormatToken(id, secret), t, nil
+}
+
+// tokenSpreadWait bounds how long a token change waits for the other
+// members' meta replicas before it answers.
+const tokenSpreadWait = 3 * time.Second
+
+// waitMetaApplied waits, at most tokenSpreadWait, until every member of the
+// meta group reports (Status) a meta applied index of at least index, so
+// that a token change answered to the caller is in force on every node
+// that answers: a new token works, a revoked one is refused, wherever the
+// next call goes. A member that does not confirm in time (down, slow) is
+// logged; it applies the change when it catches up.
+func (n *Node) waitMetaApplied(ctx context.Context, index uint64) {
+	cf := n.meta.raft.GetConfiguration()
+	if cf.Error() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, tokenSpreadWait)
+	defer cancel()
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == n.cfg.NodeID {
+			continue
+		}
+		for {
+			st, err := n.probe(ctx, string(srv.Address))
+			if err == nil && st.GetMetaAppliedIndex() >= index {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				n.cfg.Logger.Warn("auth: a member has not applied the token change yet", "member", srv.ID, "index", index)
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // ListTokens reads the meta leader's replica, which holds every token
@@ -353,6 +390,7 @@ func (b *authBackend) RevokeToken(ctx context.Context, id string) (*hodeiv1.Toke
 		if err := b.n.meta.proposeCtx(ctx, &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_RevokeToken{RevokeToken: &internalpb.AuthTokenRevoke{Id: id, By: by}}}); err != nil {
 			return nil, err
 		}
+		b.n.waitMetaApplied(ctx, b.n.meta.raft.AppliedIndex())
 		t, ok := b.n.meta.fsm.Token(id)
 		if !ok {
 			return nil, fmt.Errorf("token %s revoked but not in the meta state", id)
