@@ -231,11 +231,11 @@ func WithPrincipal(ctx context.Context, p *Principal, bearer string) context.Con
 }
 
 func unauthenticated(reason string) error {
-	return status.Error(codes.Unauthenticated, "unauthenticated: "+reason)
+	return status.Error(codes.Unauthenticated, reason)
 }
 
 func permissionDenied(p *Principal, what string) error {
-	return status.Errorf(codes.PermissionDenied, "permission denied: %s may not %s", p.Who(), what)
+	return status.Errorf(codes.PermissionDenied, "%s may not %s", p.Who(), what)
 }
 
 // authenticate finds the caller of ctx. The bearer token wins over a node
@@ -288,7 +288,7 @@ func (a *Auth) authorize(ctx context.Context, method string) (context.Context, e
 	rule, ok := Rules[method]
 	if !ok {
 		a.log.Error("auth: refused a method without an authorization rule", "method", method)
-		return nil, status.Errorf(codes.PermissionDenied, "permission denied: %s has no authorization rule", method)
+		return nil, status.Errorf(codes.PermissionDenied, "%s has no authorization rule", method)
 	}
 	if rule.Need == NeedPublic {
 		return ctx, nil
