@@ -20,8 +20,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"log/slog"
+	"net"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -187,6 +190,49 @@ var AuditedMethods = map[string]string{
 type Auth struct {
 	cfg AuthConfig
 	log *slog.Logger
+
+	// Refusal log lines are folded: one line per (caller, method, peer
+	// host) per refusalLogEvery, with the number folded into it, so that a
+	// misconfigured node retrying Raft heartbeats cannot flood the log.
+	rmu      sync.Mutex
+	refusals map[string]*refusalLog
+}
+
+type refusalLog struct {
+	last       time.Time
+	suppressed int
+}
+
+const (
+	refusalLogEvery = 10 * time.Second
+	maxRefusalKeys  = 1024
+)
+
+// logRefusal logs a refused call unless the same one was logged recently.
+func (a *Auth) logRefusal(method, who, from string, err error) {
+	host := from
+	if h, _, e := net.SplitHostPort(from); e == nil {
+		host = h
+	}
+	key := who + "|" + method + "|" + host
+	now := time.Now()
+	a.rmu.Lock()
+	r := a.refusals[key]
+	if r == nil {
+		if len(a.refusals) >= maxRefusalKeys {
+			clear(a.refusals)
+		}
+		r = &refusalLog{}
+		a.refusals[key] = r
+	} else if now.Sub(r.last) < refusalLogEvery {
+		r.suppressed++
+		a.rmu.Unlock()
+		return
+	}
+	folded := r.suppressed
+	r.last, r.suppressed = now, 0
+	a.rmu.Unlock()
+	a.log.Warn("auth: refused", "method", method, "caller", who, "peer", from, "err", status.Convert(err).Message(), "folded", folded)
 }
 
 // NewAuth returns the interceptors for cfg.
@@ -195,7 +241,7 @@ func NewAuth(cfg AuthConfig) *Auth {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Auth{cfg: cfg, log: log}
+	return &Auth{cfg: cfg, log: log, refusals: map[string]*refusalLog{}}
 }
 
 // Enabled reports whether calls are authenticated.
@@ -306,7 +352,7 @@ func (a *Auth) authorize(ctx context.Context, method string) (context.Context, e
 		if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
 			from = pr.Addr.String()
 		}
-		a.log.Warn("auth: refused", "method", method, "caller", who, "peer", from, "err", status.Convert(err).Message())
+		a.logRefusal(method, who, from, err)
 		if c != nil { // known but not allowed: the audit records who
 			return context.WithValue(ctx, callerKey{}, c), err
 		}

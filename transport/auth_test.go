@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -135,5 +136,34 @@ func TestAuthPrincipalTenants(t *testing.T) {
 	}
 	if _, _, err := workerLimits(ctx, []string{"y"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("limits of a worker naming y: %v", err)
+	}
+}
+
+type countHandler struct{ n *int }
+
+func (h countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h countHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "auth: refused" {
+		*h.n++
+	}
+	return nil
+}
+func (h countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h countHandler) WithGroup(string) slog.Handler      { return h }
+
+// Repeated refusals of the same caller and method are folded into one line.
+func TestAuthRefusalLogFolded(t *testing.T) {
+	lines := 0
+	a := NewAuth(AuthConfig{Enabled: true, Tokens: fakeVerifier{}, Logger: slog.New(countHandler{&lines})})
+	for i := 0; i < 5; i++ {
+		if _, err := a.authorize(incoming(), hodeiv1.JobService_GetJob_FullMethodName); status.Code(err) != codes.Unauthenticated {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.authorize(incoming(), hodeiv1.JobService_ListJobs_FullMethodName); status.Code(err) != codes.Unauthenticated {
+		t.Fatal(err)
+	}
+	if lines != 2 {
+		t.Fatalf("%d refusal lines for 6 refusals of 2 methods, want 2", lines)
 	}
 }
