@@ -34,6 +34,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeMeta -fuzztime 30s ./cluster/gossip
 	$(GO) test -run '^$$' -fuzz FuzzDecodeLog -fuzztime 30s ./cluster/logdb
 	$(GO) test -run '^$$' -fuzz FuzzDecodeCompile -fuzztime 30s ./fsm/pipeline
+	$(GO) test -run '^$$' -fuzz FuzzParseToken -fuzztime 30s ./fsm
 
 proto-tools:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

@@ -50,6 +50,7 @@ type ClusterConfig struct {
 	// TLS, when set, runs every server, worker and harness client with
 	// mutual TLS and every server with encrypted gossip (tls.go).
 	TLS *PKI
+	Token       string // bearer token of the harness's clients (auth on)
 }
 
 // Cluster is a running set of server and worker processes.
@@ -147,7 +148,7 @@ func NewCluster(cfg ClusterConfig) (*Cluster, error) {
 		c.Workers = append(c.Workers, &Proc{Name: fmt.Sprintf("w%d", i), Path: cfg.Binary, Args: args,
 			LogPath: filepath.Join(dir, fmt.Sprintf("w%d.log", i))})
 	}
-	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1, TLSFiles: c.clientTLS()})
+	cl, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 2 * time.Second, Retry: -1, TLSFiles: c.clientTLS(), Token: cfg.Token})
 	if err != nil {
 		return nil, err
 	}

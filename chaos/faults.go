@@ -565,7 +565,7 @@ func (f *Faults) replaceMember(ctx context.Context, hold time.Duration) FaultEve
 	for _, m := range members {
 		maddrs = append(maddrs, m.GRPC)
 	}
-	admin, err := client.New(client.Config{Addrs: maddrs, CallTimeout: 30 * time.Second, Retry: -1, TLSFiles: f.c.clientTLS()})
+	admin, err := client.New(client.Config{Addrs: maddrs, CallTimeout: 30 * time.Second, Retry: -1, TLSFiles: f.c.clientTLS(), Token: f.c.cfg.Token})
 	if err != nil {
 		return fail("admin client", err)
 	}

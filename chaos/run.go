@@ -47,6 +47,9 @@ type Config struct {
 	// TLS runs the cluster, the workers and the harness with mutual TLS
 	// and encrypted gossip (certificates in OUT/tls; tls.go).
 	TLS bool
+	// Auth runs the servers with tokens on (issue 12): a node secret and an
+	// admin token chosen by the harness, used by every client and worker.
+	Auth bool
 }
 
 // DefaultConfig returns the defaults used by `hodei chaos run`.
@@ -207,8 +210,19 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		}
 		rep.Notes = append(rep.Notes, "mutual TLS between every party and encrypted gossip (certificates in tls/)")
 	}
+	token := ""
+	if cfg.Auth {
+		var authServer, authWorker []string
+		var aerr error
+		if token, authServer, authWorker, aerr = authFiles(out); aerr != nil {
+			return aerr
+		}
+		serverArgs = append(serverArgs, authServer...)
+		workerArgs = append(workerArgs, authWorker...)
+		rep.Notes = append(rep.Notes, "auth on: servers require tokens; clients and workers use the harness's admin token")
+	}
 	c, err := NewCluster(ClusterConfig{Binary: cfg.Binary, RunDir: out, Nodes: cfg.Nodes, Workers: cfg.Workers,
-		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log, TLS: pki})
+		Concurrency: cfg.Concurrency, Network: nw, Spares: spares, ServerArgs: serverArgs, WorkerArgs: workerArgs, Log: log, TLS: pki, Token: token})
 	if err != nil {
 		return err
 	}
@@ -247,7 +261,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	h := NewHistory(time.Now())
 	wl, err := NewWorkload(WorkloadConfig{Seed: cfg.Seed, Clients: cfg.Clients, JobRate: cfg.Rate, ReadRate: cfg.ReadRate,
 		ShellRate: cfg.ShellRate, BatchShare: cfg.BatchShare, Tenants: cfg.Tenants,
-		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs(), TLSFiles: c.clientTLS()}, h)
+		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs(), TLSFiles: c.clientTLS(), Token: token}, h)
 	if err != nil {
 		return err
 	}
@@ -285,7 +299,7 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 
-	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS()})
+	admin, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS(), Token: token})
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ type WorkloadConfig struct {
 	// NewAPI makes a client; nil means client.New with Addrs, and single
 	// submits through a client.Submitter.
 	NewAPI func(addrs []string, opTimeout time.Duration) (API, error)
+	Token  string // bearer token (auth on); used by the default NewAPI
 }
 
 // submitterAPI is a Client whose single submits go through a Submitter.
@@ -107,7 +108,7 @@ func NewWorkload(cfg WorkloadConfig, h *History) (*Workload, error) {
 	}
 	if cfg.NewAPI == nil {
 		cfg.NewAPI = func(addrs []string, t time.Duration) (API, error) {
-			c, err := client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t, TLSFiles: cfg.TLSFiles})
+			c, err := client.New(client.Config{Addrs: addrs, CallTimeout: t, Retry: t, TLSFiles: cfg.TLSFiles, Token: cfg.Token})
 			if err != nil {
 				return nil, err
 			}

@@ -127,6 +127,10 @@ type Config struct {
 	// TLSReloadInterval: how often TLSFiles are looked at (0: the default
 	// of tlsutil, 2s; negative: only on ReloadTLS).
 	TLSReloadInterval time.Duration
+	// Token is the bearer token ("hodei_<id>_<secret>") sent with every
+	// call as `authorization: Bearer <token>` (auth, issue 12); empty sends
+	// none (a cluster with auth off).
+	Token string
 }
 
 // Validate checks the config after defaults are applied.
@@ -156,6 +160,9 @@ func (c *Config) Validate() error {
 	}
 	if err := c.TLSFiles.Validate(); err != nil {
 		return fmt.Errorf("client: %w", err)
+	}
+	if err := validToken(c.Token); err != nil {
+		return err
 	}
 	return nil
 }
@@ -278,6 +285,9 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if c.cfg.Keepalive > 0 {
 		opts = append(opts, grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time: c.cfg.Keepalive, Timeout: c.cfg.KeepaliveTimeout}))
+	}
+	if c.cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(c.cfg.Token)))
 	}
 	opts = append(opts, c.cfg.DialOptions...)
 	cc, err := grpc.NewClient(addr, opts...)

@@ -170,7 +170,7 @@ func (n *Node) ListJobs(id uint32, tenant string, state hodeiv1.JobState, after 
 }
 
 func (n *Node) Status(ctx context.Context, req *hodeiv1.StatusRequest) (*hodeiv1.StatusResponse, error) {
-	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev", ClusterId: n.ClusterID(), MetaVersion: fsm.MetaVersion}
+	resp := &hodeiv1.StatusResponse{NodeId: n.cfg.NodeID, Address: n.addr, Version: "dev", ClusterId: n.ClusterID(), MetaVersion: fsm.MetaVersion, AuthEnabled: n.cfg.Auth.Enabled}
 	if n.gossipImpl != nil {
 		resp.GossipAddress = n.gossipImpl.LocalAddr()
 		for _, m := range n.gossipImpl.Members() {

@@ -187,6 +187,8 @@ type Config struct {
 	// gossip is plaintext.
 	GossipKeys    [][]byte
 	GossipKeyFile string
+	// Auth: bearer tokens and roles (issue 12, auth.go); off by default.
+	Auth AuthConfig
 
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer // nil: a fresh registry per node
@@ -310,6 +312,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Keepalive > 0 && c.KeepaliveTimeout <= 0 {
 		errs = append(errs, errors.New("keepalive timeout must be > 0 when keepalive is on"))
+	}
+	if err := c.Auth.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Watch != (EventBusConfig{}) { // zero: the defaults (resolved)
 		if err := c.Watch.Validate(); err != nil {

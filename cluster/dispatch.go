@@ -58,12 +58,12 @@ func (b *dispatchBackend) Ready(sh uint32) int {
 	return s.fsm.ReadyCount()
 }
 
-func (b *dispatchBackend) ReadyFor(sh uint32, labels []*hodeiv1.KeyValue, kinds []string) bool {
+func (b *dispatchBackend) ReadyFor(sh uint32, labels []*hodeiv1.KeyValue, kinds []string, tenants []string) bool {
 	s, err := b.n.shard(sh)
 	if err != nil {
 		return false
 	}
-	return s.fsm.HasReadyFor(labels, kinds)
+	return s.fsm.HasReadyForTenants(labels, kinds, tenants)
 }
 
 // leaseResultHook, test-only and nil outside tests, sees (and may change)
@@ -163,7 +163,7 @@ func (n *Node) leaseFor(ctx context.Context, sh uint32, req *hodeiv1.LeaseForReq
 	if !req.GetResolve() {
 		any := false
 		for _, d := range ds {
-			if s.fsm.HasReadyFor(d.GetLabels(), d.GetKinds()) {
+			if s.fsm.HasReadyForTenants(d.GetLabels(), d.GetKinds(), d.GetTenants()) {
 				any = true
 				break
 			}
@@ -186,7 +186,7 @@ func (n *Node) leaseFor(ctx context.Context, sh uint32, req *hodeiv1.LeaseForReq
 		if t == 0 {
 			t = ttl
 		}
-		cmd.Demands[i] = &internalpb.LeaseJobs{WorkerId: d.GetWorkerId(), Capacity: d.GetCapacity(), Labels: d.GetLabels(), Kinds: d.GetKinds(), TtlMs: t}
+		cmd.Demands[i] = &internalpb.LeaseJobs{WorkerId: d.GetWorkerId(), Capacity: d.GetCapacity(), Labels: d.GetLabels(), Kinds: d.GetKinds(), TtlMs: t, Tenants: d.GetTenants()}
 	}
 	res, err := n.propose(ctx, sh, &internalpb.Command{RequestId: req.GetRequestId(), Kind: &internalpb.Command_LeaseBatch{LeaseBatch: cmd}})
 	if err != nil {
@@ -225,24 +225,24 @@ func (w *workerBackend) dispatcher() (*scheduler.Dispatcher, error) {
 
 func (w *workerBackend) MaxSlots() int { return scheduler.DefaultDispatcherConfig().MaxSlots }
 
-func (w *workerBackend) Connect(h *hodeiv1.WorkerHello) (transport.WorkerSession, error) {
+func (w *workerBackend) Connect(h *hodeiv1.WorkerHello, tenants []string) (transport.WorkerSession, error) {
 	d, err := w.dispatcher()
 	if err != nil {
 		return nil, err
 	}
-	s, err := d.Connect(scheduler.WorkerInfo{ID: h.GetWorkerId(), Labels: h.GetLabels(), Kinds: h.GetKinds(), TTL: msDuration(h.GetTtlMs())}, int(h.GetSlots()))
+	s, err := d.Connect(scheduler.WorkerInfo{ID: h.GetWorkerId(), Labels: h.GetLabels(), Kinds: h.GetKinds(), TTL: msDuration(h.GetTtlMs()), Tenants: tenants}, int(h.GetSlots()))
 	if err != nil {
 		return nil, workerErr(err)
 	}
 	return session{s}, nil
 }
 
-func (w *workerBackend) Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration) ([]*hodeiv1.Lease, error) {
+func (w *workerBackend) Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration, tenants []string) ([]*hodeiv1.Lease, error) {
 	d, err := w.dispatcher()
 	if err != nil {
 		return nil, err
 	}
-	leases, err := d.LeaseOnce(ctx, scheduler.WorkerInfo{ID: req.GetWorkerId(), Labels: req.GetLabels(), Kinds: req.GetKinds(), TTL: msDuration(req.GetTtlMs())}, int(req.GetCapacity()), wait)
+	leases, err := d.LeaseOnce(ctx, scheduler.WorkerInfo{ID: req.GetWorkerId(), Labels: req.GetLabels(), Kinds: req.GetKinds(), TTL: msDuration(req.GetTtlMs()), Tenants: tenants}, int(req.GetCapacity()), wait)
 	return leases, workerErr(err)
 }
 

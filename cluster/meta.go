@@ -14,6 +14,7 @@ import (
 	"github.com/hodei-io/hodei/proto/hodeiv1"
 	"github.com/hodei-io/hodei/proto/internalpb"
 	"github.com/hodei-io/hodei/scheduler"
+	"github.com/hodei-io/hodei/transport"
 )
 
 // metaGroup is the small Raft group that holds the member list, the shard
@@ -123,7 +124,7 @@ func (m *metaGroup) propose(cmd *internalpb.MetaCommand) error {
 // machine's verdict (a *fsm.CodeError for a rejected command). An error
 // from Raft or ctx means the outcome is unknown.
 func (m *metaGroup) proposeCtx(ctx context.Context, cmd *internalpb.MetaCommand) error {
-	cmd.Version = fsm.MetaCommandVersion(cmd)
+	cmd.Version = fsm.MetaVersionFor(cmd)
 	cmd.NowMs = m.n.now().UnixMilli()
 	b, err := proto.Marshal(cmd)
 	if err != nil {
@@ -179,6 +180,7 @@ func (m *metaGroup) reconcile(ctx context.Context) {
 			}
 		}
 	}
+	m.n.ensureBootstrapToken(ctx) // auth (issue 12)
 	m.n.removeDeadNodes(ctx)
 	m.balance(ctx, cf.Configuration())
 }
@@ -330,7 +332,9 @@ func (n *Node) probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse,
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	// The node's own credential, not a caller's token: the probed node may
+	// be joining, its meta replica not yet holding any token.
+	ctx, cancel := context.WithTimeout(transport.AsNode(ctx), 2*time.Second)
 	defer cancel()
 	return hodeiv1.NewAdminServiceClient(cc).Status(ctx, &hodeiv1.StatusRequest{})
 }

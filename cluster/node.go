@@ -58,6 +58,9 @@ type Node struct {
 	waves        *waveGate                            // nil: waves off (Config.ProposeWaves)
 	storeHealth  *storeHealth                         // log-store write health (storehealth.go)
 	logs         *nodeLogs                            // live log lines of jobs (logs.go)
+	auth         *transport.Auth                      // interceptors (auth.go, issue 12)
+	tokens       *tokenCache                          // verified bearer tokens
+	auditEvents  *prometheus.CounterVec               // hodei_audit_events_total
 	httpSrv      *http.Server
 	httpLis      net.Listener
 	tls          *tlsutil.Reloader // nil: TLS off (tls.go)
@@ -117,11 +120,13 @@ func New(cfg Config) (*Node, error) {
 	n.metrics = newMetrics(reg, n)
 	n.registerTLSMetrics(reg) // tls.go
 
-	n.pool = n.newPool()
+	n.auth = n.newAuth(reg) // issue 12: before the pool and the server, which use it
+	n.pool = n.newPool(n.auth.DialOptions()...)
 	n.raftNet = transport.NewRaftNetwork(transport.RaftConfig{LocalAddr: n.addr, Logger: cfg.Logger}, n.pool)
-	n.grpc = grpc.NewServer(append(append(cfg.serverOptions(),
+	n.grpc = grpc.NewServer(append(append(append(cfg.serverOptions(),
 		grpc.ChainUnaryInterceptor(n.metrics.grpc.unary), grpc.ChainStreamInterceptor(n.metrics.grpc.stream)),
-		n.tlsServerOptions()...)...)
+		n.tlsServerOptions()...), // metrics first: they count refusals too
+		n.auth.ServerOptions()...)...)
 	n.raftNet.Register(n.grpc)
 	api := transport.NewAPI(n, &workerBackend{n: n}, n.pool, cfg.Logger)
 	logs, err := newNodeLogs(n, cfg.LiveLogs)
@@ -133,6 +138,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.logs = logs
 	api.SetLogs(logs)
+	api.SetAuth(&authBackend{n: n})
 	api.Register(n.grpc)
 	n.health = health.NewServer()
 	healthpb.RegisterHealthServer(n.grpc, n.health)

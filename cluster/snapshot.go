@@ -283,13 +283,17 @@ func (n *Node) RestoreGroup(ctx context.Context, g uint32, req *hodeiv1.RestoreG
 			return nil, failedPrecondition("the archive's meta group has %d shards, this cluster has %d", c, len(n.shards))
 		}
 		cur := n.meta.fsm.State()
+		// The target keeps its own tokens (issue 12), like its members: a
+		// restore neither locks its operators out nor brings back tokens
+		// revoked here; the version is the one that represents them.
 		restored := &internalpb.MetaState{
-			Version:      fsm.MetaVersion,
+			Version:      max(1, cur.GetVersion()),
 			ShardCount:   uint32(len(n.shards)),
 			Members:      cur.GetMembers(),
 			Tenants:      st.GetTenants(),
 			ClusterId:    cur.GetClusterId(), // a restore keeps this cluster's identity
 			AppliedIndex: cur.GetAppliedIndex(),
+			Tokens:       cur.GetTokens(),
 		}
 		if payload, err = fsm.EncodeMetaSnapshot(restored); err != nil {
 			return nil, err

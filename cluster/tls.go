@@ -76,12 +76,13 @@ func (n *Node) tlsServerOptions() []grpc.ServerOption {
 }
 
 // newPool makes the node's connection pool: mutual TLS to other nodes when
-// TLS is on.
-func (n *Node) newPool() *transport.Pool {
+// TLS is on; extra are more dial options (the node's auth credential).
+func (n *Node) newPool(extra ...grpc.DialOption) *transport.Pool {
+	opts := append(n.cfg.peerDialOptions(), extra...)
 	if n.tls == nil {
-		return transport.NewPool(n.cfg.peerDialOptions()...)
+		return transport.NewPool(opts...)
 	}
-	return transport.NewSecurePool(transport.PeerTLS(n.tls), n.cfg.peerDialOptions()...)
+	return transport.NewSecurePool(transport.PeerTLS(n.tls), opts...)
 }
 
 // TLSEnabled reports whether the node serves mutual TLS.

@@ -43,7 +43,7 @@ func (s *state) checkLease(c *internalpb.LeaseJobs) *internalpb.CommandResult {
 			return errResult(internalpb.Code_CODE_INVALID_ARGUMENT, "lease: %v", err)
 		}
 	}
-	return nil
+	return s.checkLeaseTenants(c) // auth (issue 12), meta_tokens.go
 }
 
 // applyLease pops up to capacity ready jobs the worker may run, by fair
@@ -81,7 +81,7 @@ func (s *state) applyLeaseBatch(now int64, c *internalpb.LeaseBatch) *internalpb
 // grant leases up to c.capacity ready jobs to c's worker.
 func (s *state) grant(now int64, c *internalpb.LeaseJobs) []*hodeiv1.Lease {
 	ttl := s.leaseTTL(c.GetTtlMs())
-	picked := s.pickReady(int(c.GetCapacity()), newMatcher(c.GetLabels(), c.GetKinds()))
+	picked := s.pickReady(int(c.GetCapacity()), newMatcher(c.GetLabels(), c.GetKinds()).withTenants(c.GetTenants()))
 	out := make([]*hodeiv1.Lease, 0, len(picked))
 	for _, j := range picked {
 		s.nextToken++

@@ -36,6 +36,9 @@ func ValidateTenantWeight(tenant string, weight uint32) error {
 // oldest that understands all of them, so that ordinary entries stay
 // readable by the previous release during a rolling upgrade.
 func EntryVersionFor(cmds []*internalpb.Command) uint32 {
+	if needsTenantLeaseVersion(cmds) { // auth (issue 12)
+		return EntryVersionTenantLeases
+	}
 	v := uint32(EntryVersion)
 	for _, c := range cmds {
 		if isPipelineCommand(c) || scheduleWriteWithRequestID(c) {

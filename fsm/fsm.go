@@ -59,9 +59,16 @@ const (
 	EntryVersionSemantics = 4
 	// EntryVersionPipelines is the version of entries that carry the
 	// issue 13 pipeline commands (SubmitPipeline, CancelPipeline,
-	// RetryPipeline); everything of version 4 stays valid in it. In an
-	// older entry the commands are rejected, changing nothing.
+	// RetryPipeline) and schedule writes with a request id; everything of
+	// version 4 stays valid in it. In an older entry the commands are
+	// rejected, changing nothing.
 	EntryVersionPipelines = 5
+	// EntryVersionTenantLeases (auth, issue 12) is the version of entries
+	// carrying a lease demand limited to tenants (LeaseJobs.tenants, from a
+	// worker token): a binary that predates it would drop the limit and
+	// lease other tenants' jobs. In an older entry such a demand is
+	// rejected. The same release as EntryVersionPipelines.
+	EntryVersionTenantLeases = 5
 	// MaxEntryVersion is the newest entry version this binary understands.
 	// An entry with a larger (or unset) version makes Apply panic.
 	MaxEntryVersion = EntryVersionPipelines

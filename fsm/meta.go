@@ -14,32 +14,24 @@ import (
 	"github.com/hodei-io/hodei/proto/internalpb"
 )
 
-// MetaVersion is the newest version of meta commands and snapshots this code
-// understands. A command carries the lowest version that has its kind
-// (MetaCommandVersion) and a snapshot the lowest version that has its
-// fields, so that a cluster in a rolling upgrade keeps working with older
-// nodes until a newer feature is used:
+// MetaVersion is the newest version of meta commands and snapshots this
+// code understands. A command carries the lowest version that has its kind
+// (MetaVersionFor) and a snapshot the lowest version that has its fields,
+// so that a cluster in a rolling upgrade keeps working with older nodes
+// until a newer feature is used:
 //
 //	1: shard count, members, tenant settings
-//	2: the cluster id (init_cluster_id, MetaState.cluster_id)
-const MetaVersion = 2
+//	2 (MetaVersionTokens): tokens (issue 12) and the cluster id
+const MetaVersion = MetaVersionTokens
 
-// MetaCommandVersion is the version a meta command must carry: the lowest
-// that has its kind.
-func MetaCommandVersion(cmd *internalpb.MetaCommand) uint32 {
-	switch cmd.GetKind().(type) {
-	case *internalpb.MetaCommand_InitClusterId:
-		return 2
-	}
-	return 1
-}
-
-// metaStateVersion is the snapshot version of st: the lowest that has its fields.
+// metaStateVersion is the snapshot version of st: the lowest that has its
+// fields (never lower than the version the state already has: a state that
+// held tokens stays at 2).
 func metaStateVersion(st *internalpb.MetaState) uint32 {
-	if st.GetClusterId() != "" {
-		return 2
+	if st.GetClusterId() != "" || len(st.GetTokens()) > 0 {
+		return max(st.GetVersion(), MetaVersionTokens)
 	}
-	return 1
+	return max(st.GetVersion(), 1)
 }
 
 var metaMagic = []byte("HODEIMET")
@@ -51,11 +43,12 @@ type MetaFSM struct {
 	state *internalpb.MetaState
 	// OnChange, if set, is called after every apply (outside the lock).
 	onChange func()
+	tokenGen uint64 // bumped on token changes and restores (meta_tokens.go)
 }
 
 // NewMeta returns an empty meta state machine.
 func NewMeta(onChange func()) *MetaFSM {
-	return &MetaFSM{state: &internalpb.MetaState{Version: MetaVersion}, onChange: onChange}
+	return &MetaFSM{state: &internalpb.MetaState{Version: 1}, onChange: onChange}
 }
 
 // State returns a copy of the meta state.
@@ -115,9 +108,6 @@ func (m *MetaFSM) Apply(l *raft.Log) interface{} {
 	if cmd.GetVersion() == 0 || cmd.GetVersion() > MetaVersion {
 		panic(fmt.Sprintf("fsm: meta entry %d has version %d, this node understands %d: upgrade it", l.Index, cmd.GetVersion(), MetaVersion))
 	}
-	if v := MetaCommandVersion(&cmd); cmd.GetVersion() < v {
-		panic(fmt.Sprintf("fsm: meta entry %d has version %d but a command of version %d", l.Index, cmd.GetVersion(), v))
-	}
 	res := m.apply(l.Index, &cmd)
 	if m.onChange != nil {
 		m.onChange()
@@ -130,6 +120,9 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 	defer m.mu.Unlock()
 	s := m.state
 	s.AppliedIndex = index
+	if handled, err := m.applyToken(cmd); handled { // auth (issue 12)
+		return err
+	}
 	switch k := cmd.GetKind().(type) {
 	case *internalpb.MetaCommand_InitShards:
 		if k.InitShards == 0 {
@@ -140,6 +133,9 @@ func (m *MetaFSM) apply(index uint64, cmd *internalpb.MetaCommand) error {
 		}
 		s.ShardCount = k.InitShards
 	case *internalpb.MetaCommand_InitClusterId:
+		if cmd.GetVersion() < MetaVersionTokens {
+			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: fmt.Sprintf("init_cluster_id needs meta version %d", MetaVersionTokens)}
+		}
 		if err := ValidateClusterID(k.InitClusterId); err != nil {
 			return &CodeError{C: internalpb.Code_CODE_INVALID_ARGUMENT, Msg: err.Error()}
 		}
@@ -270,6 +266,7 @@ func (m *MetaFSM) Restore(rc io.ReadCloser) error {
 	}
 	m.mu.Lock()
 	m.state = st
+	m.tokenGen++
 	m.mu.Unlock()
 	if m.onChange != nil {
 		m.onChange()

@@ -75,7 +75,7 @@ func TestMetaClusterID(t *testing.T) {
 	}
 	initID := func(id string) *internalpb.MetaCommand {
 		c := &internalpb.MetaCommand{Kind: &internalpb.MetaCommand_InitClusterId{InitClusterId: id}}
-		c.Version = MetaCommandVersion(c)
+		c.Version = MetaVersionFor(c)
 		return c
 	}
 	// Without a cluster id the snapshot is version 1: an older node can restore it.
@@ -119,16 +119,16 @@ func TestMetaClusterID(t *testing.T) {
 		t.Fatalf("snapshot with a cluster id has version %d, want 2", st.GetVersion())
 	}
 	// Old kinds still carry version 1 (older nodes apply them during a rolling upgrade).
-	if v := MetaCommandVersion(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{}}); v != 1 {
+	if v := MetaVersionFor(&internalpb.MetaCommand{Kind: &internalpb.MetaCommand_PutTenant{}}); v != 1 {
 		t.Fatalf("put_tenant needs version %d", v)
 	}
-	// A version-2 kind in a version-1 entry is a corrupt entry: the node stops.
-	defer func() {
-		if recover() == nil {
-			t.Fatal("a cluster id in a version-1 entry was applied")
-		}
-	}()
+	// A version-2 kind in a version-1 entry is refused, changing nothing.
+	m3 := NewMeta(nil)
 	c := initID("abc")
 	c.Version = 1
-	_ = apply(c)
+	b, _ := proto.Marshal(c)
+	var ce *CodeError
+	if err, _ := m3.Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: b}).(error); !errors.As(err, &ce) || m3.ClusterID() != "" {
+		t.Fatalf("a cluster id in a version-1 entry: %v, id %q", err, m3.ClusterID())
+	}
 }

@@ -109,6 +109,29 @@ const ShellKind = "shell"
 type matcher struct {
 	labels map[string]string
 	kinds  map[string]struct{} // nil = every kind
+	// tenants the worker's token allows (auth, issue 12); nil = every tenant.
+	// pickReady and hasReadyFor pass over the other tenants' queues.
+	tenants map[string]struct{}
+}
+
+// withTenants limits m to the given tenants (none given: no limit).
+func (m matcher) withTenants(tenants []string) matcher {
+	if len(tenants) > 0 {
+		m.tenants = make(map[string]struct{}, len(tenants))
+		for _, t := range tenants {
+			m.tenants[t] = struct{}{}
+		}
+	}
+	return m
+}
+
+// allowsTenant reports whether m may be leased jobs of tenant t.
+func (m matcher) allowsTenant(t string) bool {
+	if m.tenants == nil {
+		return true
+	}
+	_, ok := m.tenants[t]
+	return ok
 }
 
 func newMatcher(kvs []*hodeiv1.KeyValue, kinds []string) matcher {
@@ -191,6 +214,13 @@ func (s *state) pickReady(max int, ls matcher) []*hodeiv1.Job {
 	for len(out) < max && sc.active.Len() > 0 && idle < sc.active.Len() {
 		name, _ := sc.nextActive()
 		t := s.tenants[name]
+		if !ls.allowsTenant(name) {
+			// A tenant the worker's token does not allow is passed over
+			// without touching its credit (auth, issue 12).
+			idle++
+			sc.cursor = name + "\x00"
+			continue
+		}
 		if t.deficit <= 0 {
 			t.deficit += sc.quantum(t)
 		}
@@ -244,6 +274,9 @@ func (s *state) hasReadyFor(ls matcher) bool {
 	found := false
 	s.sched.active.Ascend(func(name string) bool {
 		t := s.tenants[name]
+		if !ls.allowsTenant(name) {
+			return true // not the worker's tenant (auth, issue 12)
+		}
 		if s.runningCap(t) == 0 {
 			return true // at its max-running: pickReady skips it
 		}

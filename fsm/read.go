@@ -130,7 +130,13 @@ func (f *FSM) ReadyCount() int {
 // every kind) would be leased a job now. Bounded: at most maxSkipScan queue
 // entries per tenant with ready jobs, the same bound LeaseJobs uses.
 func (f *FSM) HasReadyFor(labels []*hodeiv1.KeyValue, kinds []string) bool {
-	ls := newMatcher(labels, kinds)
+	return f.HasReadyForTenants(labels, kinds, nil)
+}
+
+// HasReadyForTenants is HasReadyFor for a worker limited to tenants (nil or
+// empty: every tenant), as a worker token limits it (auth, issue 12).
+func (f *FSM) HasReadyForTenants(labels []*hodeiv1.KeyValue, kinds []string, tenants []string) bool {
+	ls := newMatcher(labels, kinds).withTenants(tenants)
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.st.hasReadyFor(ls)

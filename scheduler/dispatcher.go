@@ -63,7 +63,8 @@ type DispatchBackend interface {
 	Ready(shard uint32) int
 	// ReadyFor reports whether this node's replica of shard has a leasable
 	// job for a worker with these labels and kinds (a hint).
-	ReadyFor(shard uint32, labels []*hodeiv1.KeyValue, kinds []string) bool
+	// tenants (auth, issue 12) limits the jobs to those tenants; nil = all.
+	ReadyFor(shard uint32, labels []*hodeiv1.KeyValue, kinds []string, tenants []string) bool
 	// Lease leases for every demand under req.request_id (a retry with the
 	// same id returns the first grant). Errors wrap ErrNotProposed or
 	// ErrRejected when they know; any other error means the outcome is
@@ -301,6 +302,11 @@ type WorkerInfo struct {
 	Labels []*hodeiv1.KeyValue
 	Kinds  []string
 	TTL    time.Duration // 0 = the default
+	// Tenants limits the jobs the worker is leased to these tenants (its
+	// token's limit, auth issue 12); nil = every tenant. The limit travels
+	// in every lease demand made for it, and the FSM's lease decision
+	// passes over the other tenants, as it does for labels and kinds.
+	Tenants []string
 }
 
 // Connect opens a session for a worker with slots free slots. A worker id
@@ -410,6 +416,13 @@ func signature(info WorkerInfo) string {
 		b.WriteString(k)
 		b.WriteByte(0)
 	}
+	if info.Tenants != nil {
+		b.WriteByte(2)
+		for _, t := range info.Tenants {
+			b.WriteString(t)
+			b.WriteByte(0)
+		}
+	}
 	return b.String()
 }
 
@@ -507,6 +520,19 @@ func (s *Session) push(f func(*Outbox)) {
 	case s.ready <- struct{}{}:
 	default:
 	}
+}
+
+// Refuse answers completions and extensions that the transport refused
+// before they reached the dispatcher (auth: another tenant's job), through
+// the session's outbox like every other outcome.
+func (s *Session) Refuse(completed []*hodeiv1.CompletionResult, extended []*hodeiv1.ExtendResult) {
+	if len(completed) == 0 && len(extended) == 0 {
+		return
+	}
+	s.push(func(o *Outbox) {
+		o.Completed = append(o.Completed, completed...)
+		o.Extended = append(o.Extended, extended...)
+	})
 }
 
 // AddSlots gives the session n more free slots.
@@ -656,7 +682,7 @@ func (d *Dispatcher) reserve(sh uint32, max int, local bool) []demand {
 		}
 		ok, seen := can[s.sig]
 		if !seen {
-			ok = d.b.ReadyFor(sh, s.info.Labels, s.info.Kinds)
+			ok = d.b.ReadyFor(sh, s.info.Labels, s.info.Kinds, s.info.Tenants)
 			if ok && !local {
 				busyHere[s.sig] = d.localWorkFor(s)
 				ok = !busyHere[s.sig]
@@ -681,7 +707,7 @@ func (d *Dispatcher) reserve(sh uint32, max int, local bool) []demand {
 // Callers hold d.mu.
 func (d *Dispatcher) localWorkFor(s *Session) bool {
 	for i := range d.lease {
-		if local, _ := d.b.Leader(uint32(i)); local && d.b.ReadyFor(uint32(i), s.info.Labels, s.info.Kinds) {
+		if local, _ := d.b.Leader(uint32(i)); local && d.b.ReadyFor(uint32(i), s.info.Labels, s.info.Kinds, s.info.Tenants) {
 			return true
 		}
 	}
@@ -821,7 +847,7 @@ func (l *lane) round() bool {
 	}
 	req := &hodeiv1.LeaseForRequest{RequestId: d.requestID(l.shard), Demands: make([]*hodeiv1.LeaseDemand, len(ds))}
 	for i, dm := range ds {
-		req.Demands[i] = &hodeiv1.LeaseDemand{WorkerId: dm.s.info.ID, Capacity: int32(dm.n), Labels: dm.s.info.Labels, Kinds: dm.s.info.Kinds, TtlMs: dm.s.ttl.Milliseconds()}
+		req.Demands[i] = &hodeiv1.LeaseDemand{WorkerId: dm.s.info.ID, Capacity: int32(dm.n), Labels: dm.s.info.Labels, Kinds: dm.s.info.Kinds, TtlMs: dm.s.ttl.Milliseconds(), Tenants: dm.s.info.Tenants}
 	}
 	grants := l.lease(req)
 	d.settle(ds, grants)

@@ -80,7 +80,7 @@ func (f *fakeShards) Ready(sh uint32) int {
 	defer f.mu.Unlock()
 	return len(f.queue[sh])
 }
-func (f *fakeShards) ReadyFor(sh uint32, _ []*hodeiv1.KeyValue, _ []string) bool {
+func (f *fakeShards) ReadyFor(sh uint32, _ []*hodeiv1.KeyValue, _ []string, _ []string) bool {
 	return f.Ready(sh) > 0
 }
 func (f *fakeShards) ShardOfJob(id string) (uint32, error) {

@@ -101,6 +101,7 @@ type API struct {
 	b       Backend
 	workers WorkerBackend // the worker stream and batched worker calls
 	logs    LogBackend    // live logs (api_logs.go); nil: not served
+	auth    AuthBackend   // tokens and job tenants (api_auth.go); nil: AuthService not served
 	pool    *Pool
 	log     *slog.Logger
 }
@@ -123,6 +124,9 @@ func (a *API) Register(s *grpc.Server) {
 	}
 	if pb, ok := a.b.(PipelineBackend); ok { // issue 13 pipelines
 		hodeiv1.RegisterPipelineServiceServer(s, &pipelineService{a: a, b: pb})
+	}
+	if a.auth != nil { // issue 12 auth
+		hodeiv1.RegisterAuthServiceServer(s, &authService{a: a})
 	}
 }
 
@@ -258,6 +262,9 @@ func (a *API) submit(ctx context.Context, specs []*hodeiv1.JobSpec, requestID st
 		if sp == nil {
 			return nil, invalid("spec %d is empty", i)
 		}
+		if err := requireSubmit(ctx, sp.GetTenant()); err != nil { // auth: before anything changes
+			return nil, err
+		}
 		if err := a.b.ValidateSpec(sp); err != nil {
 			if len(specs) == 1 {
 				return nil, invalid("%v", err)
@@ -321,7 +328,13 @@ func (s *jobService) GetJob(ctx context.Context, req *hodeiv1.GetJobRequest) (*h
 			return hodeiv1.NewJobServiceClient(cc).GetJob(ctx, req)
 		})
 		if done {
-			return resp, err
+			if err == nil {
+				err = readableJob(ctx, req.GetId(), resp.GetJob()) // the leader checked too
+			}
+			if err != nil {
+				return nil, err
+			}
+			return resp, nil
 		}
 		if err := a.b.ReadIndex(ctx, sh); err != nil {
 			return nil, ToStatus(err)
@@ -329,7 +342,10 @@ func (s *jobService) GetJob(ctx context.Context, req *hodeiv1.GetJobRequest) (*h
 	}
 	job, ok := a.b.GetJob(sh, req.GetId())
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "job %s not found", req.GetId())
+		return nil, jobNotFound(req.GetId())
+	}
+	if err := readableJob(ctx, req.GetId(), job); err != nil { // auth: another tenant's job is not found
+		return nil, err
 	}
 	return &hodeiv1.GetJobResponse{Job: job}, nil
 }
@@ -377,6 +393,11 @@ func (s *jobService) ListJobs(ctx context.Context, req *hodeiv1.ListJobsRequest)
 	startShard, after, err := parsePageToken(req.GetPageToken())
 	if err != nil {
 		return nil, invalid("%v", err)
+	}
+	if req.GetTenant() != "" {
+		if err := requireRead(ctx, req.GetTenant()); err != nil {
+			return nil, err
+		}
 	}
 	// A forwarded list is pinned to one shard.
 	if sh, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
@@ -435,6 +456,9 @@ func (a *API) listShard(ctx context.Context, sh uint32, req *hodeiv1.ListJobsReq
 			return hodeiv1.NewJobServiceClient(cc).ListJobs(ctx, fwd)
 		})
 		if done {
+			if resp != nil {
+				resp.Jobs = readableJobs(ctx, resp.Jobs) // the leader filtered too
+			}
 			return resp, err
 		}
 		if err := a.b.ReadIndex(ctx, sh); err != nil {
@@ -442,6 +466,7 @@ func (a *API) listShard(ctx context.Context, sh uint32, req *hodeiv1.ListJobsReq
 		}
 	}
 	jobs, next := a.b.ListJobs(sh, req.GetTenant(), req.GetState(), after, limit)
+	jobs = readableJobs(ctx, jobs) // auth: a wildcard list shows only the caller's tenants
 	resp := &hodeiv1.ListJobsResponse{Jobs: jobs}
 	if next != 0 {
 		resp.NextPageToken = fmt.Sprintf("%d:%d", sh, next)
@@ -460,6 +485,9 @@ func (s *jobService) CancelJob(ctx context.Context, req *hodeiv1.CancelJobReques
 	})
 	if done {
 		return resp, err
+	}
+	if err := a.leaderJobWritable(ctx, sh, req.GetId()); err != nil {
+		return nil, err
 	}
 	job, err := a.b.Cancel(ctx, sh, req.GetId(), req.GetReason(), req.GetRequestId())
 	if err != nil {

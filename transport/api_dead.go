@@ -36,6 +36,9 @@ func (s *jobService) RetryJob(ctx context.Context, req *hodeiv1.RetryJobRequest)
 	if done {
 		return resp, err
 	}
+	if err := a.leaderJobWritable(ctx, sh, req.GetId()); err != nil {
+		return nil, err
+	}
 	job, err := a.b.RetryJob(ctx, sh, req.GetId(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
@@ -58,6 +61,14 @@ func (s *jobService) RequeueJobs(ctx context.Context, req *hodeiv1.RequeueJobsRe
 	}
 	if err := a.b.ValidateRequeue(req.GetTenant(), req.GetKind(), req.GetSinceMs(), req.GetUntilMs(), limit); err != nil {
 		return nil, invalid("%v", err)
+	}
+	// auth: a requeue names its tenant, or is an admin's (every tenant).
+	if req.GetTenant() != "" {
+		if err := requireSubmit(ctx, req.GetTenant()); err != nil {
+			return nil, err
+		}
+	} else if !isAdmin(ctx) {
+		return nil, permissionDenied(PrincipalFrom(ctx), "requeue the dead jobs of every tenant (name a tenant)")
 	}
 	var shards []uint32
 	if sh, ok := pinnedShard(ctx); ok && isForwarded(ctx) {

@@ -220,6 +220,12 @@ func (s *jobService) GetJobLogs(ctx context.Context, req *hodeiv1.GetJobLogsRequ
 	}
 	q := LogQuery{JobID: req.GetJobId(), Token: req.GetToken(), Attempt: req.GetAttempt(), AfterSeq: req.GetAfterSeq(), Limit: limit}
 	if req.GetLocalOnly() {
+		// auth: the fan-out carries the caller's token; this node checks
+		// the job's tenant on its own replica (the coordinating node
+		// checked it on the leader's).
+		if !a.localReadable(ctx, req.GetJobId()) {
+			return nil, jobNotFound(req.GetJobId())
+		}
 		r := a.localLogs(ctx, q, wait)
 		return &hodeiv1.GetJobLogsResponse{Lines: r.Lines, Attempt: r.Attempt, Truncated: r.Truncated, More: r.More,
 			FromResultTail: !r.Found}, nil

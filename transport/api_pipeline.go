@@ -71,6 +71,9 @@ func (s *pipelineService) SubmitPipeline(ctx context.Context, req *hodeiv1.Submi
 	if err != nil {
 		return nil, invalid("%v", err)
 	}
+	if err := requireSubmit(ctx, tenant); err != nil { // auth
+		return nil, err
+	}
 	sh := s.a.b.ShardOfTenant(tenant)
 	resp, done, err := forward(s.a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.PipelineResponse, error) {
 		// Forward the decoded spec: the leader need not parse the file again.
@@ -136,8 +139,8 @@ func (s *pipelineService) GetPipeline(ctx context.Context, req *hodeiv1.GetPipel
 		return resp, err
 	}
 	p, ok := s.b.GetPipeline(sh, req.GetId(), req.GetIncludeSpecs())
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "pipeline %s not found", req.GetId())
+	if !ok || !mayRead(ctx, p.GetTenant()) { // auth: another tenant's answers as a missing one
+		return nil, pipelineNotFound(req.GetId())
 	}
 	return &hodeiv1.PipelineResponse{Pipeline: p}, nil
 }
@@ -146,6 +149,11 @@ func (s *pipelineService) GetPipeline(ctx context.Context, req *hodeiv1.GetPipel
 // read on its leader; the page token is "<shard>:<seq>", the last pipeline
 // shown.
 func (s *pipelineService) ListPipelines(ctx context.Context, req *hodeiv1.ListPipelinesRequest) (*hodeiv1.ListPipelinesResponse, error) {
+	if req.GetTenant() != "" {
+		if err := requireRead(ctx, req.GetTenant()); err != nil { // auth
+			return nil, err
+		}
+	}
 	limit := int(req.GetLimit())
 	switch {
 	case limit == 0:
@@ -203,7 +211,11 @@ func (s *pipelineService) ListPipelines(ctx context.Context, req *hodeiv1.ListPi
 		} else {
 			page, next = s.b.ListPipelines(sh, req.GetTenant(), req.GetState(), after, limit-len(out.Pipelines))
 		}
-		out.Pipelines = append(out.Pipelines, page...)
+		for _, p := range page {
+			if mayRead(ctx, p.GetTenant()) { // auth: a wildcard list shows only the caller's tenants
+				out.Pipelines = append(out.Pipelines, p)
+			}
+		}
 		if next != 0 {
 			out.NextPageToken = pipelineToken(sh, next)
 			return out, nil
@@ -247,6 +259,9 @@ func (s *pipelineService) CancelPipeline(ctx context.Context, req *hodeiv1.Cance
 	if done {
 		return resp, err
 	}
+	if err := s.writable(ctx, sh, req.GetId()); err != nil {
+		return nil, err
+	}
 	p, err := s.b.CancelPipeline(ctx, sh, req.GetId(), req.GetReason(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
@@ -265,9 +280,32 @@ func (s *pipelineService) RetryPipeline(ctx context.Context, req *hodeiv1.RetryP
 	if done {
 		return resp, err
 	}
+	if err := s.writable(ctx, sh, req.GetId()); err != nil {
+		return nil, err
+	}
 	p, err := s.b.RetryPipeline(ctx, sh, req.GetId(), req.GetFromStep(), req.GetRequestId())
 	if err != nil {
 		return nil, ToStatus(err)
 	}
 	return &hodeiv1.PipelineResponse{Pipeline: p}, nil
+}
+
+// pipelineNotFound is the answer for a missing pipeline and for another
+// tenant's (auth: no existence leak).
+func pipelineNotFound(id string) error {
+	return status.Errorf(codes.NotFound, "pipeline %s not found", id)
+}
+
+// writable checks, on the shard leader, that the caller may change
+// pipeline id: a pipeline of a tenant it may not submit to is not found.
+// Without auth it checks nothing (the command reports a missing pipeline).
+func (s *pipelineService) writable(ctx context.Context, sh uint32, id string) error {
+	if PrincipalFrom(ctx) == nil {
+		return nil
+	}
+	p, ok := s.b.GetPipeline(sh, id, false)
+	if !ok || !maySubmit(ctx, p.GetTenant()) {
+		return pipelineNotFound(id)
+	}
+	return nil
 }

@@ -50,8 +50,29 @@ func needID(id string) error {
 	return nil
 }
 
+// scheduleNotFound is the answer for a missing schedule and, so that no
+// existence leaks, for a schedule of a tenant the caller may not use (auth).
+func scheduleNotFound(tenant, id string) error {
+	return status.Errorf(codes.NotFound, "schedule %q of tenant %q not found", id, tenantOr(tenant))
+}
+
+// scheduleWrite checks a change to schedule (tenant, id): an id, and a
+// caller that may submit to tenant (else the schedule is not found).
+func scheduleWrite(ctx context.Context, tenant, id string) error {
+	if err := needID(id); err != nil {
+		return err
+	}
+	if !maySubmit(ctx, tenant) {
+		return scheduleNotFound(tenant, id)
+	}
+	return nil
+}
+
 func (s *scheduleService) CreateSchedule(ctx context.Context, req *hodeiv1.CreateScheduleRequest) (*hodeiv1.ScheduleResponse, error) {
 	sc := req.GetSchedule()
+	if err := requireSubmit(ctx, sc.GetTenant()); err != nil { // auth
+		return nil, err
+	}
 	if err := s.b.ValidateSchedule(sc); err != nil {
 		return nil, invalid("%v", err)
 	}
@@ -92,6 +113,9 @@ func (s *scheduleService) GetSchedule(ctx context.Context, req *hodeiv1.GetSched
 	if err := needID(req.GetId()); err != nil {
 		return nil, err
 	}
+	if !mayRead(ctx, req.GetTenant()) { // auth
+		return nil, scheduleNotFound(req.GetTenant(), req.GetId())
+	}
 	sh := s.a.b.ShardOfTenant(tenantOr(req.GetTenant()))
 	resp, done, err := readShard(s, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.ScheduleResponse, error) {
 		return hodeiv1.NewScheduleServiceClient(cc).GetSchedule(ctx, req)
@@ -101,12 +125,17 @@ func (s *scheduleService) GetSchedule(ctx context.Context, req *hodeiv1.GetSched
 	}
 	sc, ok := s.b.GetSchedule(sh, tenantOr(req.GetTenant()), req.GetId())
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "schedule %q of tenant %q not found", req.GetId(), tenantOr(req.GetTenant()))
+		return nil, scheduleNotFound(req.GetTenant(), req.GetId())
 	}
 	return &hodeiv1.ScheduleResponse{Schedule: sc}, nil
 }
 
 func (s *scheduleService) ListSchedules(ctx context.Context, req *hodeiv1.ListSchedulesRequest) (*hodeiv1.ListSchedulesResponse, error) {
+	if req.GetTenant() != "" {
+		if err := requireRead(ctx, req.GetTenant()); err != nil { // auth
+			return nil, err
+		}
+	}
 	var shards []uint32
 	if p, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
 		shards = []uint32{p}
@@ -131,12 +160,21 @@ func (s *scheduleService) ListSchedules(ctx context.Context, req *hodeiv1.ListSc
 		}
 		out.Schedules = append(out.Schedules, s.b.ListSchedules(sh, req.GetTenant())...)
 	}
+	if p := PrincipalFrom(ctx); p != nil && !p.Admin { // auth: only the caller's tenants
+		kept := out.Schedules[:0]
+		for _, sc := range out.Schedules {
+			if p.CanRead(sc.GetTenant()) {
+				kept = append(kept, sc)
+			}
+		}
+		out.Schedules = kept
+	}
 	return out, nil
 }
 
 func (s *scheduleService) pause(ctx context.Context, tenant, id string, paused bool, note, requestID string,
 	fwd func(context.Context, hodeiv1.ScheduleServiceClient) (*hodeiv1.ScheduleResponse, error)) (*hodeiv1.ScheduleResponse, error) {
-	if err := needID(id); err != nil {
+	if err := scheduleWrite(ctx, tenant, id); err != nil {
 		return nil, err
 	}
 	sh := s.a.b.ShardOfTenant(tenantOr(tenant))
@@ -166,7 +204,7 @@ func (s *scheduleService) ResumeSchedule(ctx context.Context, req *hodeiv1.Resum
 }
 
 func (s *scheduleService) TriggerSchedule(ctx context.Context, req *hodeiv1.TriggerScheduleRequest) (*hodeiv1.TriggerScheduleResponse, error) {
-	if err := needID(req.GetId()); err != nil {
+	if err := scheduleWrite(ctx, req.GetTenant(), req.GetId()); err != nil {
 		return nil, err
 	}
 	sh := s.a.b.ShardOfTenant(tenantOr(req.GetTenant()))
@@ -184,7 +222,7 @@ func (s *scheduleService) TriggerSchedule(ctx context.Context, req *hodeiv1.Trig
 }
 
 func (s *scheduleService) BackfillSchedule(ctx context.Context, req *hodeiv1.BackfillScheduleRequest) (*hodeiv1.BackfillScheduleResponse, error) {
-	if err := needID(req.GetId()); err != nil {
+	if err := scheduleWrite(ctx, req.GetTenant(), req.GetId()); err != nil {
 		return nil, err
 	}
 	if req.GetFromMs() <= 0 || req.GetToMs() < req.GetFromMs() {
@@ -205,7 +243,7 @@ func (s *scheduleService) BackfillSchedule(ctx context.Context, req *hodeiv1.Bac
 }
 
 func (s *scheduleService) DeleteSchedule(ctx context.Context, req *hodeiv1.DeleteScheduleRequest) (*hodeiv1.DeleteScheduleResponse, error) {
-	if err := needID(req.GetId()); err != nil {
+	if err := scheduleWrite(ctx, req.GetTenant(), req.GetId()); err != nil {
 		return nil, err
 	}
 	sh := s.a.b.ShardOfTenant(tenantOr(req.GetTenant()))

@@ -29,11 +29,12 @@ const (
 type WorkerBackend interface {
 	// Connect opens a session for a worker's hello. Errors are CodedErrors
 	// (InvalidArgument, AlreadyExists) or Unavailable.
-	Connect(hello *hodeiv1.WorkerHello) (WorkerSession, error)
+	// tenants is the worker token's tenant limit (nil = every tenant).
+	Connect(hello *hodeiv1.WorkerHello, tenants []string) (WorkerSession, error)
 	// MaxSlots is the most credit the node keeps for one stream.
 	MaxSlots() int
 	// Lease serves a unary long-poll through the node's dispatcher.
-	Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration) ([]*hodeiv1.Lease, error)
+	Lease(ctx context.Context, req *hodeiv1.LeaseRequest, wait time.Duration, tenants []string) ([]*hodeiv1.Lease, error)
 	// CompleteJobs records completions of any shards through the node's
 	// dispatcher; results are in request order.
 	CompleteJobs(ctx context.Context, items []*hodeiv1.Completion) ([]*hodeiv1.CompletionResult, error)
@@ -48,6 +49,8 @@ type WorkerSession interface {
 	AddSlots(n int) error
 	Complete(items []*hodeiv1.Completion)
 	Extend(ctx context.Context, refs []*hodeiv1.LeaseRef)
+	// Refuse answers items the transport refused itself (auth).
+	Refuse(completed []*hodeiv1.CompletionResult, extended []*hodeiv1.ExtendResult)
 	Ready() <-chan struct{}
 	Done() <-chan struct{}
 	Messages() []*hodeiv1.ServerMessage
@@ -70,7 +73,14 @@ func (s *workerService) Connect(stream grpc.BidiStreamingServer[hodeiv1.WorkerMe
 	if hello == nil {
 		return invalid("the first message of a worker stream must be a hello, got %T", first.GetMsg())
 	}
-	sess, err := wb.Connect(hello)
+	// auth: the token's tenant limit goes with the session; its kinds
+	// limit narrows the kinds the worker asks for.
+	tenants, kinds, err := workerLimits(stream.Context(), hello.GetKinds())
+	if err != nil {
+		return err
+	}
+	hello.Kinds = kinds
+	sess, err := wb.Connect(hello, tenants)
 	if err != nil {
 		return ToStatus(err)
 	}
@@ -155,7 +165,7 @@ func (s *workerService) Connect(stream grpc.BidiStreamingServer[hodeiv1.WorkerMe
 			}
 			return nil
 		case m := <-recvd:
-			if err := s.handleWorkerMessage(sess, m, extends); err != nil {
+			if err := s.handleWorkerMessage(ctx, sess, m, extends); err != nil {
 				return err
 			}
 		}
@@ -164,7 +174,7 @@ func (s *workerService) Connect(stream grpc.BidiStreamingServer[hodeiv1.WorkerMe
 
 // handleWorkerMessage validates one stream message and hands it on. An
 // error ends the stream (and only it); nothing of the bad message is used.
-func (s *workerService) handleWorkerMessage(sess WorkerSession, m *hodeiv1.WorkerMessage, extends chan<- []*hodeiv1.LeaseRef) error {
+func (s *workerService) handleWorkerMessage(ctx context.Context, sess WorkerSession, m *hodeiv1.WorkerMessage, extends chan<- []*hodeiv1.LeaseRef) error {
 	switch k := m.GetMsg().(type) {
 	case *hodeiv1.WorkerMessage_Hello:
 		return invalid("hello sent twice on one stream")
@@ -178,7 +188,11 @@ func (s *workerService) handleWorkerMessage(sess WorkerSession, m *hodeiv1.Worke
 		if err := validateCompletions(cs); err != nil {
 			return err
 		}
-		sess.Complete(cs)
+		cs, refused := s.a.splitCompletions(ctx, cs)
+		sess.Refuse(refused, nil)
+		if len(cs) > 0 {
+			sess.Complete(cs)
+		}
 	case *hodeiv1.WorkerMessage_Extend:
 		refs := k.Extend.GetLeases()
 		if len(refs) > maxStreamItems {
@@ -188,6 +202,11 @@ func (s *workerService) handleWorkerMessage(sess WorkerSession, m *hodeiv1.Worke
 			if r.GetJobId() == "" || r.GetToken() == 0 {
 				return invalid("extend lease %d: job_id and token are required", i)
 			}
+		}
+		refs, refused := s.a.splitExtends(ctx, refs)
+		sess.Refuse(nil, refused)
+		if len(refs) == 0 {
+			return nil
 		}
 		select {
 		case extends <- refs:
@@ -251,6 +270,10 @@ func (s *workerService) CompleteJobs(ctx context.Context, req *hodeiv1.CompleteJ
 			return nil, s.notProposedTrailer(ctx, err)
 		}
 		return &hodeiv1.CompleteJobsResponse{Results: res}, nil
+	}
+	ok, refused := s.a.splitCompletions(ctx, req.GetCompletions()) // auth: another tenant's jobs
+	if len(refused) > 0 {
+		return s.completeSome(ctx, req.GetCompletions(), ok, refused)
 	}
 	res, err := wb.CompleteJobs(ctx, req.GetCompletions())
 	if err != nil {

@@ -38,5 +38,14 @@ func (s *adminService) ListTenants(ctx context.Context, _ *hodeiv1.ListTenantsRe
 	if err != nil {
 		return nil, ToStatus(err)
 	}
+	if p := PrincipalFrom(ctx); p != nil && !p.Admin { // auth: only the caller's tenants
+		kept := list[:0]
+		for _, t := range list {
+			if p.CanRead(t.GetTenant()) {
+				kept = append(kept, t)
+			}
+		}
+		list = kept
+	}
 	return &hodeiv1.ListTenantsResponse{Tenants: list}, nil
 }

@@ -175,6 +175,19 @@ func (s *jobService) WatchJobs(req *hodeiv1.WatchJobsRequest, stream hodeiv1.Job
 	if err != nil {
 		return err
 	}
+	// auth (issue 12): a named tenant needs read on it; a wildcard watch
+	// sends only the events of tenants the caller may read (nomad#25089:
+	// a wildcard must not bypass the check). Skipped events still move
+	// the cursor, like events the filter skips.
+	p := PrincipalFrom(stream.Context())
+	if p != nil && p.Admin {
+		p = nil
+	}
+	if f.Tenant != "" {
+		if err := requireRead(stream.Context(), f.Tenant); err != nil {
+			return err
+		}
+	}
 	var from []WatchPos
 	if req.GetCursor() != "" {
 		for _, sh := range shards {
@@ -204,6 +217,9 @@ func (s *jobService) WatchJobs(req *hodeiv1.WatchJobsRequest, stream hodeiv1.Job
 		for i := range buf {
 			e := &buf[i]
 			cur.Pos[e.Shard] = WatchPos{Index: e.Index, N: e.Pos + 1}
+			if p != nil && !p.CanRead(e.Tenant) {
+				continue
+			}
 			ev := &hodeiv1.JobEvent{JobId: e.JobID, Tenant: e.Tenant, Kind: e.Kind, From: e.From, To: e.To,
 				Shard: e.Shard, Index: e.Index, Position: e.Pos, TimeMs: e.NowMs}
 			if req.GetIncludeJob() && e.To != hodeiv1.JobState_JOB_STATE_UNSPECIFIED {

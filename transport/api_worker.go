@@ -54,19 +54,27 @@ func (s *workerService) Lease(ctx context.Context, req *hodeiv1.LeaseRequest) (*
 	if req.GetWaitMs() < 0 || req.GetTtlMs() < 0 {
 		return nil, invalid("wait_ms and ttl_ms must be >= 0")
 	}
+	// auth: lease only what the worker's token allows.
+	tenants, kinds, err := workerLimits(ctx, req.GetKinds())
+	if err != nil {
+		return nil, err
+	}
+	if len(kinds) != len(req.GetKinds()) {
+		req.Kinds = kinds
+	}
 	if sh, ok := pinnedShard(ctx); ok && isForwarded(ctx) {
 		if req.GetRequestId() == "" {
 			return nil, invalid("a forwarded lease needs a request_id")
 		}
 		grants, err := wb.LeaseFor(ctx, sh, &hodeiv1.LeaseForRequest{RequestId: req.GetRequestId(), Resolve: true, TtlMs: req.GetTtlMs(),
-			Demands: []*hodeiv1.LeaseDemand{{WorkerId: req.GetWorkerId(), Capacity: req.GetCapacity(), Labels: req.GetLabels(), Kinds: req.GetKinds()}}})
+			Demands: []*hodeiv1.LeaseDemand{{WorkerId: req.GetWorkerId(), Capacity: req.GetCapacity(), Labels: req.GetLabels(), Kinds: req.GetKinds(), Tenants: tenants}}})
 		if err != nil {
 			return nil, s.notProposedTrailer(ctx, err)
 		}
 		return &hodeiv1.LeaseResponse{Leases: grants[0].GetLeases()}, nil
 	}
 	wait := min(time.Duration(req.GetWaitMs())*time.Millisecond, maxLeaseWait)
-	leases, err := wb.Lease(ctx, req, wait)
+	leases, err := wb.Lease(ctx, req, wait, tenants)
 	if err != nil {
 		return nil, ToStatus(err)
 	}
@@ -85,6 +93,10 @@ func (s *workerService) ExtendLeases(ctx context.Context, req *hodeiv1.ExtendLea
 	var order []uint32
 	out := make([]*hodeiv1.ExtendResult, len(req.GetLeases()))
 	for i, ref := range req.GetLeases() {
+		if !a.workerMayTouch(ctx, ref.GetJobId()) { // auth: another tenant's job
+			out[i] = &hodeiv1.ExtendResult{JobId: ref.GetJobId(), Reason: refusedReason}
+			continue
+		}
 		sh, err := a.b.ShardOfJob(ref.GetJobId())
 		if err != nil {
 			out[i] = &hodeiv1.ExtendResult{JobId: ref.GetJobId(), Ok: false, Reason: err.Error()}
@@ -131,6 +143,9 @@ func (s *workerService) CompleteJob(ctx context.Context, req *hodeiv1.CompleteJo
 	}
 	if req.GetToken() == 0 {
 		return nil, invalid("token is required")
+	}
+	if !a.workerMayTouch(ctx, req.GetJobId()) { // auth: another tenant's job
+		return nil, jobNotFound(req.GetJobId())
 	}
 	resp, done, err := forward(a, ctx, sh, func(ctx context.Context, cc *grpc.ClientConn) (*hodeiv1.CompleteJobResponse, error) {
 		return hodeiv1.NewWorkerServiceClient(cc).CompleteJob(ctx, req)

@@ -23,12 +23,13 @@ func (r *recordingSession) AddSlots(n int) error { r.slots = append(r.slots, n);
 func (r *recordingSession) Complete(items []*hodeiv1.Completion) {
 	r.completions = append(r.completions, items)
 }
-func (r *recordingSession) Extend(context.Context, []*hodeiv1.LeaseRef) {}
-func (r *recordingSession) Ready() <-chan struct{}                      { return nil }
-func (r *recordingSession) Done() <-chan struct{}                       { return nil }
-func (r *recordingSession) Messages() []*hodeiv1.ServerMessage          { return nil }
-func (r *recordingSession) Pending() int                                { return 0 }
-func (r *recordingSession) Close()                                      {}
+func (r *recordingSession) Extend(context.Context, []*hodeiv1.LeaseRef)                 {}
+func (r *recordingSession) Refuse([]*hodeiv1.CompletionResult, []*hodeiv1.ExtendResult) {}
+func (r *recordingSession) Ready() <-chan struct{}                                      { return nil }
+func (r *recordingSession) Done() <-chan struct{}                                       { return nil }
+func (r *recordingSession) Messages() []*hodeiv1.ServerMessage                          { return nil }
+func (r *recordingSession) Pending() int                                                { return 0 }
+func (r *recordingSession) Close()                                                      {}
 
 // recordingLogs is a LogBackend that records the lines handed to it.
 type recordingLogs struct {
@@ -83,7 +84,7 @@ func FuzzWorkerMessage(f *testing.F) {
 		sent := len(m.GetLogs().GetLines())
 		sess := &recordingSession{}
 		extends := make(chan []*hodeiv1.LeaseRef, 1)
-		err := s.handleWorkerMessage(sess, m, extends)
+		err := s.handleWorkerMessage(context.Background(), sess, m, extends)
 		var ext []*hodeiv1.LeaseRef
 		select {
 		case ext = <-extends:

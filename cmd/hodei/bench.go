@@ -41,7 +41,12 @@ type benchOptions struct {
 	prof     benchProfile
 	goJobs   bool // jobs are no-op Go-handler jobs (e2e-go, latency)
 	steps    int  // pipeline modes: steps (0 = the mode's default)
+	auth     bool // issue 12: --dev with tokens on (the clients use the admin token, the workers a worker token)
 }
+
+// benchToken is the token of the bench's clients and workers: the dev
+// cluster's admin token with --dev --auth, else --token.
+var benchToken string
 
 type benchReport struct {
 	Mode          string  `json:"mode"`
@@ -139,7 +144,7 @@ free loopback ports; otherwise it targets --addr.`,
 			}
 			if o.dev {
 				var err error
-				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup, tls: o.tls}
+				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup, tls: o.tls, auth: o.auth}
 				if o.waves >= 0 {
 					do.waves = &o.waves
 				}
@@ -152,6 +157,13 @@ free loopback ports; otherwise it targets --addr.`,
 				if o.tls {
 					clientTLSFiles = d.clientTLS // the bench's clients use the dev cluster's client certificate
 				}
+				benchToken = d.adminToken
+			} else {
+				tok, err := clientToken()
+				if err != nil {
+					return err
+				}
+				benchToken = tok
 			}
 			var nodes []*cluster.Node
 			if o.dev {
@@ -273,6 +285,7 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.cmdBytes, "cmd-bytes", 0, "pad each job's command with an argument of this many bytes")
 	f.BoolVar(&o.dev, "dev", false, "start an in-process cluster instead of using --addr")
 	f.BoolVar(&o.tls, "tls", false, "with --dev: mutual TLS everywhere and encrypted gossip (hodei dev --tls); against --addr give --tls-ca/--tls-cert/--tls-key instead")
+	f.BoolVar(&o.auth, "auth", false, "with --dev: run the cluster with tokens on (measures the cost of auth)")
 	f.IntVar(&o.nodes, "nodes", 3, "with --dev: nodes")
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")

@@ -71,7 +71,7 @@ func startGoWorkers(targets []string, perNode int, onStart func()) (*goWorkers, 
 	g := &goWorkers{cancel: cancel, onStart: onStart}
 	for i := range targets {
 		addrs := append(append([]string(nil), targets[i:]...), targets[:i]...)
-		c, err := client.New(client.Config{Addrs: addrs, TLSFiles: clientTLSFiles})
+		c, err := client.New(client.Config{Addrs: addrs, TLSFiles: clientTLSFiles, Token: benchToken})
 		if err != nil {
 			g.stop()
 			return nil, err

@@ -45,7 +45,7 @@ func newBenchClients(targets []string, route string, nodes []*cluster.Node) (*be
 	b := &benchClients{route: route, index: map[string]int{}, nodes: nodes}
 	for i := range targets {
 		addrs := append(append([]string(nil), targets[i:]...), targets[:i]...)
-		c, err := client.New(client.Config{Addrs: addrs, Routing: routing, TLSFiles: clientTLSFiles})
+		c, err := client.New(client.Config{Addrs: addrs, Routing: routing, TLSFiles: clientTLSFiles, Token: benchToken})
 		if err != nil {
 			b.Close()
 			return nil, err

@@ -92,6 +92,7 @@ invariant violation. Partitions need root and network namespaces (ip netns).`,
 	f.StringArrayVar(&cfg.ServerArgs, "server-arg", nil, "extra flag for every server, repeatable (e.g. --server-arg=--unsafe-ack-before-commit)")
 	f.StringArrayVar(&cfg.WorkerArgs, "worker-arg", nil, "extra flag for every worker, repeatable")
 	f.BoolVar(&cfg.TLS, "tls", false, "run servers, workers and the harness with mutual TLS and encrypted gossip (certificates made in --out/tls)")
+	f.BoolVar(&cfg.Auth, "auth", false, "run the servers with tokens on (the harness's clients and workers use an admin token it makes)")
 	f.BoolVar(&unsafeDemo, "unsafe-ack-demo", false, "run the servers with --unsafe-ack-before-commit (and --faults kill-leader unless set): the checker must FAIL (exit non-zero) with lost jobs")
 	root.AddCommand(run)
 	return root

@@ -32,6 +32,8 @@ type devCluster struct {
 	done   chan error
 	// clientTLS: with --tls, the client files for talking to the cluster.
 	clientTLS tlsutil.Files
+	// adminToken is the bootstrap admin token when auth is on (issue 12).
+	adminToken string
 }
 
 type devOptions struct {
@@ -46,6 +48,7 @@ type devOptions struct {
 	perGroup bool
 	waves    *int // Config.ProposeWaves; nil keeps the default
 	tls      bool // mutual TLS everywhere, certificates in DATA/tls (dev_tls.go)
+	auth     bool // issue 12: tokens on, a fresh node secret shared by the nodes
 }
 
 func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster, error) {
@@ -87,8 +90,13 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		}
 		d.clientTLS = devTLS.client
 	}
+	nodeSecret := ""
+	if o.auth {
+		nodeSecret = cluster.NewNodeSecret()
+	}
 	for i := 0; i < o.nodes; i++ {
 		cfg := cluster.DefaultConfig()
+		cfg.Auth = cluster.AuthConfig{Enabled: o.auth, NodeSecret: nodeSecret}
 		cfg.NodeID = peers[i].ID
 		cfg.DataDir = filepath.Join(d.dir, peers[i].ID)
 		cfg.Listener = lis[i]
@@ -143,8 +151,26 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	workerToken := ""
+	if o.auth {
+		var dirs []string
+		for _, p := range peers {
+			dirs = append(dirs, filepath.Join(d.dir, p.ID))
+		}
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		tok, err := readBootstrapToken(tctx, dirs)
+		if err == nil && o.workers > 0 {
+			workerToken, err = devWorkerToken(tctx, d.addrs, tok)
+		}
+		cancel()
+		if err != nil {
+			d.Close()
+			return nil, err
+		}
+		d.adminToken = tok
+	}
 	if o.workers > 0 {
-		cl, err := client.New(client.Config{Addrs: d.addrs, TLSFiles: d.clientTLS})
+		cl, err := client.New(client.Config{Addrs: d.addrs, TLSFiles: d.clientTLS, Token: workerToken})
 		if err != nil {
 			d.Close()
 			return nil, err
@@ -225,6 +251,12 @@ func newDevCmd() *cobra.Command {
 				f := d.clientTLS
 				fmt.Fprintf(out, "mutual TLS on; for the CLI:\n  export HODEI_TLS_CA=%s HODEI_TLS_CERT=%s HODEI_TLS_KEY=%s\n", f.CA, f.Cert, f.Key)
 			}
+			if o.auth {
+				fmt.Fprintf(out, "auth on; admin token (also in %s under the first meta leader's data dir): %s\n", cluster.BootstrapTokenFile, d.adminToken)
+				fmt.Fprintf(out, "  export HODEI_TOKEN=%s\n", d.adminToken)
+			} else {
+				fmt.Fprintln(out, "auth is OFF (start with --auth for tokens and roles)")
+			}
 			fmt.Fprintf(out, "hodei dev ready: %d nodes at %s (try: hodei job submit -- echo hello)\n", len(d.addrs), strings.Join(d.addrs, ","))
 			<-ctx.Done()
 			fmt.Fprintln(out, "shutting down")
@@ -241,5 +273,6 @@ func newDevCmd() *cobra.Command {
 	f.DurationVar(&o.leaseTTL, "lease-ttl", 0, "lease TTL (default 30s)")
 	f.StringVar(&o.logLevel, "log-level", "warn", "debug, info, warn or error")
 	f.BoolVar(&o.tls, "tls", false, "mutual TLS between every party and encrypted gossip, with a CA and certificates made in DATA/tls (kept with --data)")
+	f.BoolVar(&o.auth, "auth", false, "require bearer tokens; prints the bootstrap admin token")
 	return cmd
 }

@@ -137,7 +137,11 @@ func newMembersCmd() *cobra.Command {
 
 // probe asks one node for its status directly.
 func probe(ctx context.Context, addr string) (*hodeiv1.StatusResponse, error) {
-	c, err := client.New(client.Config{Addrs: []string{addr}, Retry: time.Millisecond, TLSFiles: clientTLSFiles})
+	tok, err := clientToken()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(client.Config{Addrs: []string{addr}, Retry: time.Millisecond, TLSFiles: clientTLSFiles, Token: tok})
 	if err != nil {
 		return nil, err
 	}

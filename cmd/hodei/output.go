@@ -23,7 +23,11 @@ import (
 
 // newAPIClient connects to the --addr nodes.
 func newAPIClient() (*client.Client, error) {
-	return client.New(client.Config{Addrs: addrs(), TLSFiles: clientTLSFiles})
+	tok, err := clientToken()
+	if err != nil {
+		return nil, err
+	}
+	return client.New(client.Config{Addrs: addrs(), TLSFiles: clientTLSFiles, Token: tok})
 }
 
 // jsonOutput reports whether --output json was asked for.

@@ -43,6 +43,7 @@ func newServerCmd() *cobra.Command {
 	var bootstrap, join, logLevel string
 	applyDead := func() {}
 	applyTLS := func() error { return nil }
+	applyAuth := func() error { return nil }
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run one Hodei server node",
@@ -60,6 +61,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			cfg.Logger = log.With("node", cfg.NodeID)
 			applyDead()
 			if err := applyTLS(); err != nil {
+				return err
+			}
+			if err := applyAuth(); err != nil {
 				return err
 			}
 			if bootstrap != "" {
@@ -81,6 +85,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			stopHUP := onSIGHUP(log, "tls files and gossip keys", n.ReloadTLS) // tls.go
 			defer stopHUP()
 			fmt.Fprintf(cmd.OutOrStdout(), "hodei node %s serving gRPC on %s, HTTP on %s, data in %s\n", cfg.NodeID, n.Addr(), n.HTTPAddr(), cfg.DataDir)
+			if !cfg.Auth.Enabled {
+				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: auth is off: anyone who reaches this node can do anything (start with --auth)")
+			}
 			if len(cfg.Join) > 0 {
 				if err := n.JoinCluster(ctx); err != nil {
 					stopHUP()
@@ -124,6 +131,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	_ = f.MarkHidden("test-clock-offset")
 	applyDead = addDeadServerFlags(cmd, &cfg) // issue 11 dead, job_dead.go
 	applyTLS = addTLSFlags(cmd, &cfg)         // issue 12 tls, tls.go
+	applyAuth = addAuthServerFlags(cmd, &cfg) // issue 12 auth, auth_server.go
 	_ = time.Second
 	return cmd
 }

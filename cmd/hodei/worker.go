@@ -55,7 +55,11 @@ SIGINT/SIGTERM it takes no new work, lets running jobs finish for up to
 			for _, kv := range kvs {
 				lm[kv.GetKey()] = kv.GetValue()
 			}
-			c, err := client.New(client.Config{Addrs: addrList, TLSFiles: clientTLSFiles})
+			tok, err := clientToken()
+			if err != nil {
+				return err
+			}
+			c, err := client.New(client.Config{Addrs: addrList, TLSFiles: clientTLSFiles, Token: tok})
 			if err != nil {
 				return err
 			}

@@ -3183,12 +3183,15 @@ func (*ServerMessage_Cancel) isServerMessage_Msg() {}
 func (*ServerMessage_Drain) isServerMessage_Msg() {}
 
 type LeaseDemand struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
-	Labels        []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
-	Kinds         []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
-	TtlMs         int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the request's ttl_ms
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Capacity int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"` // 1..1000
+	Labels   []*KeyValue            `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
+	Kinds    []string               `protobuf:"bytes,4,rep,name=kinds,proto3" json:"kinds,omitempty"`
+	TtlMs    int64                  `protobuf:"varint,5,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the request's ttl_ms
+	// auth (issue 12): tenants this demand may be leased (from the worker's
+	// token); empty = every tenant.
+	Tenants       []string `protobuf:"bytes,20,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3256,6 +3259,13 @@ func (x *LeaseDemand) GetTtlMs() int64 {
 		return x.TtlMs
 	}
 	return 0
+}
+
+func (x *LeaseDemand) GetTenants() []string {
+	if x != nil {
+		return x.Tenants
+	}
+	return nil
 }
 
 type LeaseForRequest struct {
@@ -3702,6 +3712,7 @@ type StatusResponse struct {
 	// only once every voter understands version 2).
 	ClusterId     string `protobuf:"bytes,70,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	MetaVersion   uint32 `protobuf:"varint,71,opt,name=meta_version,json=metaVersion,proto3" json:"meta_version,omitempty"`
+	AuthEnabled   bool   `protobuf:"varint,50,opt,name=auth_enabled,json=authEnabled,proto3" json:"auth_enabled,omitempty"` // auth (issue 12): bearer tokens are required
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3811,6 +3822,13 @@ func (x *StatusResponse) GetMetaVersion() uint32 {
 		return x.MetaVersion
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetAuthEnabled() bool {
+	if x != nil {
+		return x.AuthEnabled
+	}
+	return false
 }
 
 type Member struct {
@@ -8138,6 +8156,405 @@ func (x *RetryPipelineRequest) GetRequestId() string {
 	return ""
 }
 
+// TokenInfo describes a token; the secret is never in it.
+type TokenInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Roles         []string               `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`
+	CreatedAtMs   int64                  `protobuf:"varint,4,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	ExpiresAtMs   int64                  `protobuf:"varint,5,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"` // 0 = never
+	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedAtMs   int64                  `protobuf:"varint,7,opt,name=revoked_at_ms,json=revokedAtMs,proto3" json:"revoked_at_ms,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	RevokedBy     string                 `protobuf:"bytes,9,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenInfo) Reset() {
+	*x = TokenInfo{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[111]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenInfo) ProtoMessage() {}
+
+func (x *TokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[111]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenInfo.ProtoReflect.Descriptor instead.
+func (*TokenInfo) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{111}
+}
+
+func (x *TokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *TokenInfo) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *TokenInfo) GetRevokedAtMs() int64 {
+	if x != nil {
+		return x.RevokedAtMs
+	}
+	return 0
+}
+
+func (x *TokenInfo) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *TokenInfo) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+type TokenCreateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"` // [A-Za-z0-9._-]{1,64}
+	// Roles: "admin", "tenant:<name>:submit", "tenant:<name>:read", "worker",
+	// "worker:tenants=a,b", "worker:tenants=a;kinds=x,y" (docs/security.md).
+	Roles         []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	TtlMs         int64    `protobuf:"varint,3,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"` // 0 = the token never expires
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenCreateRequest) Reset() {
+	*x = TokenCreateRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[112]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenCreateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenCreateRequest) ProtoMessage() {}
+
+func (x *TokenCreateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[112]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenCreateRequest.ProtoReflect.Descriptor instead.
+func (*TokenCreateRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{112}
+}
+
+func (x *TokenCreateRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TokenCreateRequest) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *TokenCreateRequest) GetTtlMs() int64 {
+	if x != nil {
+		return x.TtlMs
+	}
+	return 0
+}
+
+type TokenCreateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *TokenInfo             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	Secret        string                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"` // the whole bearer token "hodei_<id>_<secret>": shown once, not stored
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenCreateResponse) Reset() {
+	*x = TokenCreateResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[113]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenCreateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenCreateResponse) ProtoMessage() {}
+
+func (x *TokenCreateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[113]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenCreateResponse.ProtoReflect.Descriptor instead.
+func (*TokenCreateResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{113}
+}
+
+func (x *TokenCreateResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *TokenCreateResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type TokenListRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	IncludeRevoked bool                   `protobuf:"varint,1,opt,name=include_revoked,json=includeRevoked,proto3" json:"include_revoked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TokenListRequest) Reset() {
+	*x = TokenListRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[114]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenListRequest) ProtoMessage() {}
+
+func (x *TokenListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[114]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenListRequest.ProtoReflect.Descriptor instead.
+func (*TokenListRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{114}
+}
+
+func (x *TokenListRequest) GetIncludeRevoked() bool {
+	if x != nil {
+		return x.IncludeRevoked
+	}
+	return false
+}
+
+type TokenListResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*TokenInfo           `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"` // sorted by id
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenListResponse) Reset() {
+	*x = TokenListResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[115]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenListResponse) ProtoMessage() {}
+
+func (x *TokenListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[115]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenListResponse.ProtoReflect.Descriptor instead.
+func (*TokenListResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{115}
+}
+
+func (x *TokenListResponse) GetTokens() []*TokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type TokenRevokeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRevokeRequest) Reset() {
+	*x = TokenRevokeRequest{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[116]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRevokeRequest) ProtoMessage() {}
+
+func (x *TokenRevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[116]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRevokeRequest.ProtoReflect.Descriptor instead.
+func (*TokenRevokeRequest) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{116}
+}
+
+func (x *TokenRevokeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TokenRevokeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Token         *TokenInfo             `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenRevokeResponse) Reset() {
+	*x = TokenRevokeResponse{}
+	mi := &file_hodei_v1_hodei_proto_msgTypes[117]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenRevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenRevokeResponse) ProtoMessage() {}
+
+func (x *TokenRevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_v1_hodei_proto_msgTypes[117]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenRevokeResponse.ProtoReflect.Descriptor instead.
+func (*TokenRevokeResponse) Descriptor() ([]byte, []int) {
+	return file_hodei_v1_hodei_proto_rawDescGZIP(), []int{117}
+}
+
+func (x *TokenRevokeResponse) GetToken() *TokenInfo {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
 var File_hodei_v1_hodei_proto protoreflect.FileDescriptor
 
 const file_hodei_v1_hodei_proto_rawDesc = "" +
@@ -8343,13 +8760,14 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\bextended\x18\x04 \x01(\v2\x18.hodei.v1.ServerExtendedH\x00R\bextended\x120\n" +
 	"\x06cancel\x18\x05 \x01(\v2\x16.hodei.v1.ServerCancelH\x00R\x06cancel\x12-\n" +
 	"\x05drain\x18\x06 \x01(\v2\x15.hodei.v1.ServerDrainH\x00R\x05drainB\x05\n" +
-	"\x03msg\"\x9f\x01\n" +
+	"\x03msg\"\xb9\x01\n" +
 	"\vLeaseDemand\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x14\n" +
 	"\x05kinds\x18\x04 \x03(\tR\x05kinds\x12\x15\n" +
-	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\"\x92\x01\n" +
+	"\x06ttl_ms\x18\x05 \x01(\x03R\x05ttlMs\x12\x18\n" +
+	"\atenants\x18\x14 \x03(\tR\atenants\"\x92\x01\n" +
 	"\x0fLeaseForRequest\x12/\n" +
 	"\ademands\x18\x01 \x03(\v2\x15.hodei.v1.LeaseDemandR\ademands\x12\x15\n" +
 	"\x06ttl_ms\x18\x02 \x01(\x03R\x05ttlMs\x12\x1d\n" +
@@ -8386,7 +8804,7 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\rfinished_jobs\x18\r \x01(\x03R\ffinishedJobs\x12\x12\n" +
 	"\x04jobs\x18\x0e \x01(\x03R\x04jobs\"6\n" +
 	"\rStatusRequest\x12%\n" +
-	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xae\x03\n" +
+	"\x0einclude_digest\x18\x01 \x01(\bR\rincludeDigest\"\xd1\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12-\n" +
@@ -8399,7 +8817,8 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\amembers\x18\t \x03(\v2\x10.hodei.v1.MemberR\amembers\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18F \x01(\tR\tclusterId\x12!\n" +
-	"\fmeta_version\x18G \x01(\rR\vmetaVersion\"x\n" +
+	"\fmeta_version\x18G \x01(\rR\vmetaVersion\x12!\n" +
+	"\fauth_enabled\x182 \x01(\bR\vauthEnabled\"x\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fgrpc_address\x18\x02 \x01(\tR\vgrpcAddress\x12%\n" +
@@ -8760,7 +9179,34 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tfrom_step\x18\x02 \x01(\tR\bfromStep\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x03 \x01(\tR\trequestId*\xaf\x01\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"\x89\x02\n" +
+	"\tTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\"\n" +
+	"\rcreated_at_ms\x18\x04 \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rexpires_at_ms\x18\x05 \x01(\x03R\vexpiresAtMs\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12\"\n" +
+	"\rrevoked_at_ms\x18\a \x01(\x03R\vrevokedAtMs\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\t \x01(\tR\trevokedBy\"U\n" +
+	"\x12TokenCreateRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x15\n" +
+	"\x06ttl_ms\x18\x03 \x01(\x03R\x05ttlMs\"X\n" +
+	"\x13TokenCreateResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.hodei.v1.TokenInfoR\x05token\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\";\n" +
+	"\x10TokenListRequest\x12'\n" +
+	"\x0finclude_revoked\x18\x01 \x01(\bR\x0eincludeRevoked\"@\n" +
+	"\x11TokenListResponse\x12+\n" +
+	"\x06tokens\x18\x01 \x03(\v2\x13.hodei.v1.TokenInfoR\x06tokens\"$\n" +
+	"\x12TokenRevokeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"@\n" +
+	"\x13TokenRevokeResponse\x12)\n" +
+	"\x05token\x18\x01 \x01(\v2\x13.hodei.v1.TokenInfoR\x05token*\xaf\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -8857,7 +9303,12 @@ const file_hodei_v1_hodei_proto_rawDesc = "" +
 	"\vGetPipeline\x12\x1c.hodei.v1.GetPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse\x12P\n" +
 	"\rListPipelines\x12\x1e.hodei.v1.ListPipelinesRequest\x1a\x1f.hodei.v1.ListPipelinesResponse\x12M\n" +
 	"\x0eCancelPipeline\x12\x1f.hodei.v1.CancelPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse\x12K\n" +
-	"\rRetryPipeline\x12\x1e.hodei.v1.RetryPipelineRequest\x1a\x1a.hodei.v1.PipelineResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
+	"\rRetryPipeline\x12\x1e.hodei.v1.RetryPipelineRequest\x1a\x1a.hodei.v1.PipelineResponse2\xec\x01\n" +
+	"\vAuthService\x12J\n" +
+	"\vCreateToken\x12\x1c.hodei.v1.TokenCreateRequest\x1a\x1d.hodei.v1.TokenCreateResponse\x12E\n" +
+	"\n" +
+	"ListTokens\x12\x1a.hodei.v1.TokenListRequest\x1a\x1b.hodei.v1.TokenListResponse\x12J\n" +
+	"\vRevokeToken\x12\x1c.hodei.v1.TokenRevokeRequest\x1a\x1d.hodei.v1.TokenRevokeResponseB1Z/github.com/hodei-io/hodei/proto/hodeiv1;hodeiv1b\x06proto3"
 
 var (
 	file_hodei_v1_hodei_proto_rawDescOnce sync.Once
@@ -8872,7 +9323,7 @@ func file_hodei_v1_hodei_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_v1_hodei_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 111)
+var file_hodei_v1_hodei_proto_msgTypes = make([]protoimpl.MessageInfo, 118)
 var file_hodei_v1_hodei_proto_goTypes = []any{
 	(JobState)(0),                    // 0: hodei.v1.JobState
 	(OverlapPolicy)(0),               // 1: hodei.v1.OverlapPolicy
@@ -8993,6 +9444,13 @@ var file_hodei_v1_hodei_proto_goTypes = []any{
 	(*ListPipelinesResponse)(nil),    // 116: hodei.v1.ListPipelinesResponse
 	(*CancelPipelineRequest)(nil),    // 117: hodei.v1.CancelPipelineRequest
 	(*RetryPipelineRequest)(nil),     // 118: hodei.v1.RetryPipelineRequest
+	(*TokenInfo)(nil),                // 119: hodei.v1.TokenInfo
+	(*TokenCreateRequest)(nil),       // 120: hodei.v1.TokenCreateRequest
+	(*TokenCreateResponse)(nil),      // 121: hodei.v1.TokenCreateResponse
+	(*TokenListRequest)(nil),         // 122: hodei.v1.TokenListRequest
+	(*TokenListResponse)(nil),        // 123: hodei.v1.TokenListResponse
+	(*TokenRevokeRequest)(nil),       // 124: hodei.v1.TokenRevokeRequest
+	(*TokenRevokeResponse)(nil),      // 125: hodei.v1.TokenRevokeResponse
 }
 var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	8,   // 0: hodei.v1.JobSpec.env:type_name -> hodei.v1.KeyValue
@@ -9089,89 +9547,98 @@ var file_hodei_v1_hodei_proto_depIdxs = []int32{
 	111, // 91: hodei.v1.PipelineResponse.pipeline:type_name -> hodei.v1.Pipeline
 	4,   // 92: hodei.v1.ListPipelinesRequest.state:type_name -> hodei.v1.PipelineState
 	111, // 93: hodei.v1.ListPipelinesResponse.pipelines:type_name -> hodei.v1.Pipeline
-	12,  // 94: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
-	14,  // 95: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
-	16,  // 96: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
-	18,  // 97: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
-	20,  // 98: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
-	91,  // 99: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
-	96,  // 100: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
-	98,  // 101: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
-	104, // 102: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
-	106, // 103: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
-	39,  // 104: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
-	23,  // 105: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
-	26,  // 106: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
-	29,  // 107: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
-	33,  // 108: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
-	48,  // 109: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
-	53,  // 110: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
-	56,  // 111: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
-	58,  // 112: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
-	60,  // 113: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
-	62,  // 114: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
-	64,  // 115: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
-	68,  // 116: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
-	70,  // 117: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
-	73,  // 118: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
-	75,  // 119: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
-	78,  // 120: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
-	80,  // 121: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
-	81,  // 122: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
-	83,  // 123: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
-	84,  // 124: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
-	85,  // 125: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
-	87,  // 126: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
-	89,  // 127: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
-	112, // 128: hodei.v1.PipelineService.SubmitPipeline:input_type -> hodei.v1.SubmitPipelineRequest
-	114, // 129: hodei.v1.PipelineService.GetPipeline:input_type -> hodei.v1.GetPipelineRequest
-	115, // 130: hodei.v1.PipelineService.ListPipelines:input_type -> hodei.v1.ListPipelinesRequest
-	117, // 131: hodei.v1.PipelineService.CancelPipeline:input_type -> hodei.v1.CancelPipelineRequest
-	118, // 132: hodei.v1.PipelineService.RetryPipeline:input_type -> hodei.v1.RetryPipelineRequest
-	13,  // 133: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
-	15,  // 134: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
-	17,  // 135: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
-	19,  // 136: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
-	21,  // 137: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
-	92,  // 138: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
-	97,  // 139: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
-	99,  // 140: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
-	105, // 141: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
-	107, // 142: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
-	46,  // 143: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
-	24,  // 144: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
-	28,  // 145: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
-	30,  // 146: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
-	34,  // 147: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
-	50,  // 148: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
-	54,  // 149: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
-	57,  // 150: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
-	59,  // 151: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
-	61,  // 152: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
-	63,  // 153: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
-	67,  // 154: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
-	69,  // 155: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
-	71,  // 156: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
-	74,  // 157: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
-	76,  // 158: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
-	79,  // 159: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
-	79,  // 160: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
-	82,  // 161: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
-	79,  // 162: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
-	79,  // 163: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
-	86,  // 164: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
-	88,  // 165: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
-	90,  // 166: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
-	113, // 167: hodei.v1.PipelineService.SubmitPipeline:output_type -> hodei.v1.PipelineResponse
-	113, // 168: hodei.v1.PipelineService.GetPipeline:output_type -> hodei.v1.PipelineResponse
-	116, // 169: hodei.v1.PipelineService.ListPipelines:output_type -> hodei.v1.ListPipelinesResponse
-	113, // 170: hodei.v1.PipelineService.CancelPipeline:output_type -> hodei.v1.PipelineResponse
-	113, // 171: hodei.v1.PipelineService.RetryPipeline:output_type -> hodei.v1.PipelineResponse
-	133, // [133:172] is the sub-list for method output_type
-	94,  // [94:133] is the sub-list for method input_type
-	94,  // [94:94] is the sub-list for extension type_name
-	94,  // [94:94] is the sub-list for extension extendee
-	0,   // [0:94] is the sub-list for field type_name
+	119, // 94: hodei.v1.TokenCreateResponse.token:type_name -> hodei.v1.TokenInfo
+	119, // 95: hodei.v1.TokenListResponse.tokens:type_name -> hodei.v1.TokenInfo
+	119, // 96: hodei.v1.TokenRevokeResponse.token:type_name -> hodei.v1.TokenInfo
+	12,  // 97: hodei.v1.JobService.SubmitJob:input_type -> hodei.v1.SubmitJobRequest
+	14,  // 98: hodei.v1.JobService.SubmitJobs:input_type -> hodei.v1.SubmitJobsRequest
+	16,  // 99: hodei.v1.JobService.GetJob:input_type -> hodei.v1.GetJobRequest
+	18,  // 100: hodei.v1.JobService.ListJobs:input_type -> hodei.v1.ListJobsRequest
+	20,  // 101: hodei.v1.JobService.CancelJob:input_type -> hodei.v1.CancelJobRequest
+	91,  // 102: hodei.v1.JobService.WatchJobs:input_type -> hodei.v1.WatchJobsRequest
+	96,  // 103: hodei.v1.JobService.GetJobLogs:input_type -> hodei.v1.GetJobLogsRequest
+	98,  // 104: hodei.v1.JobService.FollowJobLogs:input_type -> hodei.v1.FollowJobLogsRequest
+	104, // 105: hodei.v1.JobService.RetryJob:input_type -> hodei.v1.RetryJobRequest
+	106, // 106: hodei.v1.JobService.RequeueJobs:input_type -> hodei.v1.RequeueJobsRequest
+	39,  // 107: hodei.v1.WorkerService.Connect:input_type -> hodei.v1.WorkerMessage
+	23,  // 108: hodei.v1.WorkerService.Lease:input_type -> hodei.v1.LeaseRequest
+	26,  // 109: hodei.v1.WorkerService.ExtendLeases:input_type -> hodei.v1.ExtendLeasesRequest
+	29,  // 110: hodei.v1.WorkerService.CompleteJob:input_type -> hodei.v1.CompleteJobRequest
+	33,  // 111: hodei.v1.WorkerService.CompleteJobs:input_type -> hodei.v1.CompleteJobsRequest
+	48,  // 112: hodei.v1.WorkerService.LeaseFor:input_type -> hodei.v1.LeaseForRequest
+	53,  // 113: hodei.v1.AdminService.Status:input_type -> hodei.v1.StatusRequest
+	56,  // 114: hodei.v1.AdminService.Join:input_type -> hodei.v1.JoinRequest
+	58,  // 115: hodei.v1.AdminService.Remove:input_type -> hodei.v1.RemoveRequest
+	60,  // 116: hodei.v1.AdminService.TransferLeader:input_type -> hodei.v1.TransferLeaderRequest
+	62,  // 117: hodei.v1.AdminService.SnapshotSave:input_type -> hodei.v1.SnapshotSaveRequest
+	64,  // 118: hodei.v1.AdminService.SnapshotRestore:input_type -> hodei.v1.SnapshotRestoreRequest
+	68,  // 119: hodei.v1.AdminService.SnapshotGroup:input_type -> hodei.v1.GroupSnapshotRequest
+	70,  // 120: hodei.v1.AdminService.RestoreGroup:input_type -> hodei.v1.RestoreGroupRequest
+	73,  // 121: hodei.v1.AdminService.SetTenant:input_type -> hodei.v1.SetTenantRequest
+	75,  // 122: hodei.v1.AdminService.ListTenants:input_type -> hodei.v1.ListTenantsRequest
+	78,  // 123: hodei.v1.ScheduleService.CreateSchedule:input_type -> hodei.v1.CreateScheduleRequest
+	80,  // 124: hodei.v1.ScheduleService.GetSchedule:input_type -> hodei.v1.GetScheduleRequest
+	81,  // 125: hodei.v1.ScheduleService.ListSchedules:input_type -> hodei.v1.ListSchedulesRequest
+	83,  // 126: hodei.v1.ScheduleService.PauseSchedule:input_type -> hodei.v1.PauseScheduleRequest
+	84,  // 127: hodei.v1.ScheduleService.ResumeSchedule:input_type -> hodei.v1.ResumeScheduleRequest
+	85,  // 128: hodei.v1.ScheduleService.TriggerSchedule:input_type -> hodei.v1.TriggerScheduleRequest
+	87,  // 129: hodei.v1.ScheduleService.BackfillSchedule:input_type -> hodei.v1.BackfillScheduleRequest
+	89,  // 130: hodei.v1.ScheduleService.DeleteSchedule:input_type -> hodei.v1.DeleteScheduleRequest
+	112, // 131: hodei.v1.PipelineService.SubmitPipeline:input_type -> hodei.v1.SubmitPipelineRequest
+	114, // 132: hodei.v1.PipelineService.GetPipeline:input_type -> hodei.v1.GetPipelineRequest
+	115, // 133: hodei.v1.PipelineService.ListPipelines:input_type -> hodei.v1.ListPipelinesRequest
+	117, // 134: hodei.v1.PipelineService.CancelPipeline:input_type -> hodei.v1.CancelPipelineRequest
+	118, // 135: hodei.v1.PipelineService.RetryPipeline:input_type -> hodei.v1.RetryPipelineRequest
+	120, // 136: hodei.v1.AuthService.CreateToken:input_type -> hodei.v1.TokenCreateRequest
+	122, // 137: hodei.v1.AuthService.ListTokens:input_type -> hodei.v1.TokenListRequest
+	124, // 138: hodei.v1.AuthService.RevokeToken:input_type -> hodei.v1.TokenRevokeRequest
+	13,  // 139: hodei.v1.JobService.SubmitJob:output_type -> hodei.v1.SubmitJobResponse
+	15,  // 140: hodei.v1.JobService.SubmitJobs:output_type -> hodei.v1.SubmitJobsResponse
+	17,  // 141: hodei.v1.JobService.GetJob:output_type -> hodei.v1.GetJobResponse
+	19,  // 142: hodei.v1.JobService.ListJobs:output_type -> hodei.v1.ListJobsResponse
+	21,  // 143: hodei.v1.JobService.CancelJob:output_type -> hodei.v1.CancelJobResponse
+	92,  // 144: hodei.v1.JobService.WatchJobs:output_type -> hodei.v1.WatchJobsResponse
+	97,  // 145: hodei.v1.JobService.GetJobLogs:output_type -> hodei.v1.GetJobLogsResponse
+	99,  // 146: hodei.v1.JobService.FollowJobLogs:output_type -> hodei.v1.FollowJobLogsResponse
+	105, // 147: hodei.v1.JobService.RetryJob:output_type -> hodei.v1.RetryJobResponse
+	107, // 148: hodei.v1.JobService.RequeueJobs:output_type -> hodei.v1.RequeueJobsResponse
+	46,  // 149: hodei.v1.WorkerService.Connect:output_type -> hodei.v1.ServerMessage
+	24,  // 150: hodei.v1.WorkerService.Lease:output_type -> hodei.v1.LeaseResponse
+	28,  // 151: hodei.v1.WorkerService.ExtendLeases:output_type -> hodei.v1.ExtendLeasesResponse
+	30,  // 152: hodei.v1.WorkerService.CompleteJob:output_type -> hodei.v1.CompleteJobResponse
+	34,  // 153: hodei.v1.WorkerService.CompleteJobs:output_type -> hodei.v1.CompleteJobsResponse
+	50,  // 154: hodei.v1.WorkerService.LeaseFor:output_type -> hodei.v1.LeaseForResponse
+	54,  // 155: hodei.v1.AdminService.Status:output_type -> hodei.v1.StatusResponse
+	57,  // 156: hodei.v1.AdminService.Join:output_type -> hodei.v1.JoinResponse
+	59,  // 157: hodei.v1.AdminService.Remove:output_type -> hodei.v1.RemoveResponse
+	61,  // 158: hodei.v1.AdminService.TransferLeader:output_type -> hodei.v1.TransferLeaderResponse
+	63,  // 159: hodei.v1.AdminService.SnapshotSave:output_type -> hodei.v1.SnapshotChunk
+	67,  // 160: hodei.v1.AdminService.SnapshotRestore:output_type -> hodei.v1.SnapshotRestoreResponse
+	69,  // 161: hodei.v1.AdminService.SnapshotGroup:output_type -> hodei.v1.GroupSnapshotChunk
+	71,  // 162: hodei.v1.AdminService.RestoreGroup:output_type -> hodei.v1.RestoreGroupResponse
+	74,  // 163: hodei.v1.AdminService.SetTenant:output_type -> hodei.v1.SetTenantResponse
+	76,  // 164: hodei.v1.AdminService.ListTenants:output_type -> hodei.v1.ListTenantsResponse
+	79,  // 165: hodei.v1.ScheduleService.CreateSchedule:output_type -> hodei.v1.ScheduleResponse
+	79,  // 166: hodei.v1.ScheduleService.GetSchedule:output_type -> hodei.v1.ScheduleResponse
+	82,  // 167: hodei.v1.ScheduleService.ListSchedules:output_type -> hodei.v1.ListSchedulesResponse
+	79,  // 168: hodei.v1.ScheduleService.PauseSchedule:output_type -> hodei.v1.ScheduleResponse
+	79,  // 169: hodei.v1.ScheduleService.ResumeSchedule:output_type -> hodei.v1.ScheduleResponse
+	86,  // 170: hodei.v1.ScheduleService.TriggerSchedule:output_type -> hodei.v1.TriggerScheduleResponse
+	88,  // 171: hodei.v1.ScheduleService.BackfillSchedule:output_type -> hodei.v1.BackfillScheduleResponse
+	90,  // 172: hodei.v1.ScheduleService.DeleteSchedule:output_type -> hodei.v1.DeleteScheduleResponse
+	113, // 173: hodei.v1.PipelineService.SubmitPipeline:output_type -> hodei.v1.PipelineResponse
+	113, // 174: hodei.v1.PipelineService.GetPipeline:output_type -> hodei.v1.PipelineResponse
+	116, // 175: hodei.v1.PipelineService.ListPipelines:output_type -> hodei.v1.ListPipelinesResponse
+	113, // 176: hodei.v1.PipelineService.CancelPipeline:output_type -> hodei.v1.PipelineResponse
+	113, // 177: hodei.v1.PipelineService.RetryPipeline:output_type -> hodei.v1.PipelineResponse
+	121, // 178: hodei.v1.AuthService.CreateToken:output_type -> hodei.v1.TokenCreateResponse
+	123, // 179: hodei.v1.AuthService.ListTokens:output_type -> hodei.v1.TokenListResponse
+	125, // 180: hodei.v1.AuthService.RevokeToken:output_type -> hodei.v1.TokenRevokeResponse
+	139, // [139:181] is the sub-list for method output_type
+	97,  // [97:139] is the sub-list for method input_type
+	97,  // [97:97] is the sub-list for extension type_name
+	97,  // [97:97] is the sub-list for extension extendee
+	0,   // [0:97] is the sub-list for field type_name
 }
 
 func init() { file_hodei_v1_hodei_proto_init() }
@@ -9201,9 +9668,9 @@ func file_hodei_v1_hodei_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_v1_hodei_proto_rawDesc), len(file_hodei_v1_hodei_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   111,
+			NumMessages:   118,
 			NumExtensions: 0,
-			NumServices:   5,
+			NumServices:   6,
 		},
 		GoTypes:           file_hodei_v1_hodei_proto_goTypes,
 		DependencyIndexes: file_hodei_v1_hodei_proto_depIdxs,

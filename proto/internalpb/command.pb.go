@@ -703,12 +703,15 @@ func (x *SubmitJobs) GetSpecs() []*hodeiv1.JobSpec {
 }
 
 type LeaseJobs struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Capacity      int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	Labels        []*hodeiv1.KeyValue    `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
-	TtlMs         int64                  `protobuf:"varint,4,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
-	Kinds         []string               `protobuf:"bytes,5,rep,name=kinds,proto3" json:"kinds,omitempty"` // kinds the worker runs ("shell" = command jobs); empty = all (version >= 3)
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Capacity int32                  `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	Labels   []*hodeiv1.KeyValue    `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty"`
+	TtlMs    int64                  `protobuf:"varint,4,opt,name=ttl_ms,json=ttlMs,proto3" json:"ttl_ms,omitempty"`
+	Kinds    []string               `protobuf:"bytes,5,rep,name=kinds,proto3" json:"kinds,omitempty"` // kinds the worker runs ("shell" = command jobs); empty = all (version >= 3)
+	// auth (issue 12): the tenants whose jobs this demand may be leased, from
+	// the worker's token; empty = every tenant. Only in entries of version >= 5.
+	Tenants       []string `protobuf:"bytes,20,rep,name=tenants,proto3" json:"tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -774,6 +777,13 @@ func (x *LeaseJobs) GetTtlMs() int64 {
 func (x *LeaseJobs) GetKinds() []string {
 	if x != nil {
 		return x.Kinds
+	}
+	return nil
+}
+
+func (x *LeaseJobs) GetTenants() []string {
+	if x != nil {
+		return x.Tenants
 	}
 	return nil
 }
@@ -2349,7 +2359,8 @@ type MetaState struct {
 	AppliedIndex uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	// The cluster's identity (random, set once by the first meta leader whose
 	// voters all understand meta version 2). Only in snapshot version 2.
-	ClusterId     string `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	ClusterId     string       `protobuf:"bytes,6,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	Tokens        []*AuthToken `protobuf:"bytes,10,rep,name=tokens,proto3" json:"tokens,omitempty"` // auth (issue 12): sorted by id; version >= 2
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2426,6 +2437,13 @@ func (x *MetaState) GetClusterId() string {
 	return ""
 }
 
+func (x *MetaState) GetTokens() []*AuthToken {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
 type MetaCommand struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Version uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
@@ -2437,6 +2455,8 @@ type MetaCommand struct {
 	//	*MetaCommand_RemoveMember
 	//	*MetaCommand_PutTenant
 	//	*MetaCommand_InitClusterId
+	//	*MetaCommand_PutToken
+	//	*MetaCommand_RevokeToken
 	Kind          isMetaCommand_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2538,6 +2558,24 @@ func (x *MetaCommand) GetInitClusterId() string {
 	return ""
 }
 
+func (x *MetaCommand) GetPutToken() *AuthToken {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_PutToken); ok {
+			return x.PutToken
+		}
+	}
+	return nil
+}
+
+func (x *MetaCommand) GetRevokeToken() *AuthTokenRevoke {
+	if x != nil {
+		if x, ok := x.Kind.(*MetaCommand_RevokeToken); ok {
+			return x.RevokeToken
+		}
+	}
+	return nil
+}
+
 type isMetaCommand_Kind interface {
 	isMetaCommand_Kind()
 }
@@ -2562,6 +2600,14 @@ type MetaCommand_InitClusterId struct {
 	InitClusterId string `protobuf:"bytes,14,opt,name=init_cluster_id,json=initClusterId,proto3,oneof"` // version >= 2: first writer wins; later values are ignored
 }
 
+type MetaCommand_PutToken struct {
+	PutToken *AuthToken `protobuf:"bytes,20,opt,name=put_token,json=putToken,proto3,oneof"` // auth (issue 12): create a token (version >= 2)
+}
+
+type MetaCommand_RevokeToken struct {
+	RevokeToken *AuthTokenRevoke `protobuf:"bytes,21,opt,name=revoke_token,json=revokeToken,proto3,oneof"` // auth (issue 12): revoke a token (version >= 2)
+}
+
 func (*MetaCommand_InitShards) isMetaCommand_Kind() {}
 
 func (*MetaCommand_PutMember) isMetaCommand_Kind() {}
@@ -2571,6 +2617,10 @@ func (*MetaCommand_RemoveMember) isMetaCommand_Kind() {}
 func (*MetaCommand_PutTenant) isMetaCommand_Kind() {}
 
 func (*MetaCommand_InitClusterId) isMetaCommand_Kind() {}
+
+func (*MetaCommand_PutToken) isMetaCommand_Kind() {}
+
+func (*MetaCommand_RevokeToken) isMetaCommand_Kind() {}
 
 // SetTenantLimits sets a tenant's quotas in this shard (all fields replace
 // the current ones; zero = unlimited). The meta group's tenant settings are
@@ -2957,6 +3007,177 @@ func (x *RetryPipeline) GetFromStep() string {
 	return ""
 }
 
+// AuthToken is a bearer token as the meta group stores it: never the
+// secret, only its SHA-256. Roles are validated by fsm.ParseRole.
+type AuthToken struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                                         // 16 lowercase hex digits, unique
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`                                     // operator's label, [A-Za-z0-9._-]{1,64}
+	Roles         []string               `protobuf:"bytes,3,rep,name=roles,proto3" json:"roles,omitempty"`                                   // sorted, unique
+	CreatedAtMs   int64                  `protobuf:"varint,4,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"` // the proposing leader's clock
+	ExpiresAtMs   int64                  `protobuf:"varint,5,opt,name=expires_at_ms,json=expiresAtMs,proto3" json:"expires_at_ms,omitempty"` // 0 = never
+	Revoked       bool                   `protobuf:"varint,6,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	RevokedAtMs   int64                  `protobuf:"varint,7,opt,name=revoked_at_ms,json=revokedAtMs,proto3" json:"revoked_at_ms,omitempty"`
+	SecretSha256  []byte                 `protobuf:"bytes,8,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"` // SHA-256 of the secret part, 32 bytes
+	CreatedBy     string                 `protobuf:"bytes,9,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`          // id and name of the token that created it ("bootstrap" for the first)
+	RevokedBy     string                 `protobuf:"bytes,10,opt,name=revoked_by,json=revokedBy,proto3" json:"revoked_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthToken) Reset() {
+	*x = AuthToken{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthToken) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthToken) ProtoMessage() {}
+
+func (x *AuthToken) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthToken.ProtoReflect.Descriptor instead.
+func (*AuthToken) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *AuthToken) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthToken) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AuthToken) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *AuthToken) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *AuthToken) GetExpiresAtMs() int64 {
+	if x != nil {
+		return x.ExpiresAtMs
+	}
+	return 0
+}
+
+func (x *AuthToken) GetRevoked() bool {
+	if x != nil {
+		return x.Revoked
+	}
+	return false
+}
+
+func (x *AuthToken) GetRevokedAtMs() int64 {
+	if x != nil {
+		return x.RevokedAtMs
+	}
+	return 0
+}
+
+func (x *AuthToken) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+func (x *AuthToken) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *AuthToken) GetRevokedBy() string {
+	if x != nil {
+		return x.RevokedBy
+	}
+	return ""
+}
+
+// AuthTokenRevoke revokes one token (revoking a revoked token is a no-op).
+type AuthTokenRevoke struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuthTokenRevoke) Reset() {
+	*x = AuthTokenRevoke{}
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuthTokenRevoke) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuthTokenRevoke) ProtoMessage() {}
+
+func (x *AuthTokenRevoke) ProtoReflect() protoreflect.Message {
+	mi := &file_hodei_internal_v1_command_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuthTokenRevoke.ProtoReflect.Descriptor instead.
+func (*AuthTokenRevoke) Descriptor() ([]byte, []int) {
+	return file_hodei_internal_v1_command_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *AuthTokenRevoke) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuthTokenRevoke) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
 var File_hodei_internal_v1_command_proto protoreflect.FileDescriptor
 
 const file_hodei_internal_v1_command_proto_rawDesc = "" +
@@ -3000,13 +3221,14 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x04kind\"5\n" +
 	"\n" +
 	"SubmitJobs\x12'\n" +
-	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\"\x9d\x01\n" +
+	"\x05specs\x18\x01 \x03(\v2\x11.hodei.v1.JobSpecR\x05specs\"\xb7\x01\n" +
 	"\tLeaseJobs\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12*\n" +
 	"\x06labels\x18\x03 \x03(\v2\x12.hodei.v1.KeyValueR\x06labels\x12\x15\n" +
 	"\x06ttl_ms\x18\x04 \x01(\x03R\x05ttlMs\x12\x14\n" +
-	"\x05kinds\x18\x05 \x03(\tR\x05kinds\"D\n" +
+	"\x05kinds\x18\x05 \x03(\tR\x05kinds\x12\x18\n" +
+	"\atenants\x18\x14 \x03(\tR\atenants\"D\n" +
 	"\n" +
 	"LeaseBatch\x126\n" +
 	"\ademands\x18\x01 \x03(\v2\x1c.hodei.internal.v1.LeaseJobsR\ademands\":\n" +
@@ -3126,7 +3348,7 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x0eTenantSettings\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\x12.\n" +
-	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xfc\x01\n" +
+	"\x06limits\x18\x03 \x01(\v2\x16.hodei.v1.TenantLimitsR\x06limits\"\xb2\x02\n" +
 	"\tMetaState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x1f\n" +
 	"\vshard_count\x18\x02 \x01(\rR\n" +
@@ -3135,7 +3357,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\atenants\x18\x04 \x03(\v2!.hodei.internal.v1.TenantSettingsR\atenants\x12#\n" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12\x1d\n" +
 	"\n" +
-	"cluster_id\x18\x06 \x01(\tR\tclusterId\"\xba\x02\n" +
+	"cluster_id\x18\x06 \x01(\tR\tclusterId\x124\n" +
+	"\x06tokens\x18\n" +
+	" \x03(\v2\x1c.hodei.internal.v1.AuthTokenR\x06tokens\"\xc0\x03\n" +
 	"\vMetaCommand\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x15\n" +
 	"\x06now_ms\x18\x02 \x01(\x03R\x05nowMs\x12!\n" +
@@ -3147,7 +3371,9 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\rremove_member\x18\f \x01(\tH\x00R\fremoveMember\x12B\n" +
 	"\n" +
 	"put_tenant\x18\r \x01(\v2!.hodei.internal.v1.TenantSettingsH\x00R\tputTenant\x12(\n" +
-	"\x0finit_cluster_id\x18\x0e \x01(\tH\x00R\rinitClusterIdB\x06\n" +
+	"\x0finit_cluster_id\x18\x0e \x01(\tH\x00R\rinitClusterId\x12;\n" +
+	"\tput_token\x18\x14 \x01(\v2\x1c.hodei.internal.v1.AuthTokenH\x00R\bputToken\x12G\n" +
+	"\frevoke_token\x18\x15 \x01(\v2\".hodei.internal.v1.AuthTokenRevokeH\x00R\vrevokeTokenB\x06\n" +
 	"\x04kind\"Y\n" +
 	"\x0fSetTenantLimits\x12\x16\n" +
 	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12.\n" +
@@ -3173,7 +3399,24 @@ const file_hodei_internal_v1_command_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"<\n" +
 	"\rRetryPipeline\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
-	"\tfrom_step\x18\x02 \x01(\tR\bfromStep*\x96\x01\n" +
+	"\tfrom_step\x18\x02 \x01(\tR\bfromStep\"\xae\x02\n" +
+	"\tAuthToken\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x03 \x03(\tR\x05roles\x12\"\n" +
+	"\rcreated_at_ms\x18\x04 \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rexpires_at_ms\x18\x05 \x01(\x03R\vexpiresAtMs\x12\x18\n" +
+	"\arevoked\x18\x06 \x01(\bR\arevoked\x12\"\n" +
+	"\rrevoked_at_ms\x18\a \x01(\x03R\vrevokedAtMs\x12#\n" +
+	"\rsecret_sha256\x18\b \x01(\fR\fsecretSha256\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\t \x01(\tR\tcreatedBy\x12\x1d\n" +
+	"\n" +
+	"revoked_by\x18\n" +
+	" \x01(\tR\trevokedBy\"1\n" +
+	"\x0fAuthTokenRevoke\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by*\x96\x01\n" +
 	"\x04Code\x12\v\n" +
 	"\aCODE_OK\x10\x00\x12\x19\n" +
 	"\x15CODE_INVALID_ARGUMENT\x10\x01\x12\x12\n" +
@@ -3208,7 +3451,7 @@ func file_hodei_internal_v1_command_proto_rawDescGZIP() []byte {
 }
 
 var file_hodei_internal_v1_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_hodei_internal_v1_command_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(Code)(0),                         // 0: hodei.internal.v1.Code
 	(RequestKind)(0),                  // 1: hodei.internal.v1.RequestKind
@@ -3247,21 +3490,23 @@ var file_hodei_internal_v1_command_proto_goTypes = []any{
 	(*SubmitPipeline)(nil),            // 34: hodei.internal.v1.SubmitPipeline
 	(*CancelPipeline)(nil),            // 35: hodei.internal.v1.CancelPipeline
 	(*RetryPipeline)(nil),             // 36: hodei.internal.v1.RetryPipeline
-	(*hodeiv1.JobSpec)(nil),           // 37: hodei.v1.JobSpec
-	(*hodeiv1.KeyValue)(nil),          // 38: hodei.v1.KeyValue
-	(*hodeiv1.Completion)(nil),        // 39: hodei.v1.Completion
-	(*hodeiv1.LeaseRef)(nil),          // 40: hodei.v1.LeaseRef
-	(*hodeiv1.JobResult)(nil),         // 41: hodei.v1.JobResult
-	(*hodeiv1.SubmitJobResponse)(nil), // 42: hodei.v1.SubmitJobResponse
-	(*hodeiv1.Job)(nil),               // 43: hodei.v1.Job
-	(*hodeiv1.Lease)(nil),             // 44: hodei.v1.Lease
-	(*hodeiv1.ExtendResult)(nil),      // 45: hodei.v1.ExtendResult
-	(*hodeiv1.LeaseGrant)(nil),        // 46: hodei.v1.LeaseGrant
-	(*hodeiv1.CompletionResult)(nil),  // 47: hodei.v1.CompletionResult
-	(*hodeiv1.Schedule)(nil),          // 48: hodei.v1.Schedule
-	(*hodeiv1.Pipeline)(nil),          // 49: hodei.v1.Pipeline
-	(*hodeiv1.TenantLimits)(nil),      // 50: hodei.v1.TenantLimits
-	(*hodeiv1.PipelineSpec)(nil),      // 51: hodei.v1.PipelineSpec
+	(*AuthToken)(nil),                 // 37: hodei.internal.v1.AuthToken
+	(*AuthTokenRevoke)(nil),           // 38: hodei.internal.v1.AuthTokenRevoke
+	(*hodeiv1.JobSpec)(nil),           // 39: hodei.v1.JobSpec
+	(*hodeiv1.KeyValue)(nil),          // 40: hodei.v1.KeyValue
+	(*hodeiv1.Completion)(nil),        // 41: hodei.v1.Completion
+	(*hodeiv1.LeaseRef)(nil),          // 42: hodei.v1.LeaseRef
+	(*hodeiv1.JobResult)(nil),         // 43: hodei.v1.JobResult
+	(*hodeiv1.SubmitJobResponse)(nil), // 44: hodei.v1.SubmitJobResponse
+	(*hodeiv1.Job)(nil),               // 45: hodei.v1.Job
+	(*hodeiv1.Lease)(nil),             // 46: hodei.v1.Lease
+	(*hodeiv1.ExtendResult)(nil),      // 47: hodei.v1.ExtendResult
+	(*hodeiv1.LeaseGrant)(nil),        // 48: hodei.v1.LeaseGrant
+	(*hodeiv1.CompletionResult)(nil),  // 49: hodei.v1.CompletionResult
+	(*hodeiv1.Schedule)(nil),          // 50: hodei.v1.Schedule
+	(*hodeiv1.Pipeline)(nil),          // 51: hodei.v1.Pipeline
+	(*hodeiv1.TenantLimits)(nil),      // 52: hodei.v1.TenantLimits
+	(*hodeiv1.PipelineSpec)(nil),      // 53: hodei.v1.PipelineSpec
 }
 var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	3,  // 0: hodei.internal.v1.Entry.commands:type_name -> hodei.internal.v1.Command
@@ -3288,44 +3533,47 @@ var file_hodei_internal_v1_command_proto_depIdxs = []int32{
 	34, // 21: hodei.internal.v1.Command.submit_pipeline:type_name -> hodei.internal.v1.SubmitPipeline
 	35, // 22: hodei.internal.v1.Command.cancel_pipeline:type_name -> hodei.internal.v1.CancelPipeline
 	36, // 23: hodei.internal.v1.Command.retry_pipeline:type_name -> hodei.internal.v1.RetryPipeline
-	37, // 24: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
-	38, // 25: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
+	39, // 24: hodei.internal.v1.SubmitJobs.specs:type_name -> hodei.v1.JobSpec
+	40, // 25: hodei.internal.v1.LeaseJobs.labels:type_name -> hodei.v1.KeyValue
 	5,  // 26: hodei.internal.v1.LeaseBatch.demands:type_name -> hodei.internal.v1.LeaseJobs
-	39, // 27: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
-	40, // 28: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
-	41, // 29: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
-	40, // 30: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
+	41, // 27: hodei.internal.v1.CompleteJobs.items:type_name -> hodei.v1.Completion
+	42, // 28: hodei.internal.v1.ExtendLeases.leases:type_name -> hodei.v1.LeaseRef
+	43, // 29: hodei.internal.v1.CompleteJob.result:type_name -> hodei.v1.JobResult
+	42, // 30: hodei.internal.v1.ExpireLeases.leases:type_name -> hodei.v1.LeaseRef
 	0,  // 31: hodei.internal.v1.CommandResult.code:type_name -> hodei.internal.v1.Code
-	42, // 32: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
-	43, // 33: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
-	44, // 34: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
-	45, // 35: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
-	46, // 36: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
-	47, // 37: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
-	48, // 38: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
-	42, // 39: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
-	49, // 40: hodei.internal.v1.CommandResult.pipeline:type_name -> hodei.v1.Pipeline
+	44, // 32: hodei.internal.v1.CommandResult.submitted:type_name -> hodei.v1.SubmitJobResponse
+	45, // 33: hodei.internal.v1.CommandResult.job:type_name -> hodei.v1.Job
+	46, // 34: hodei.internal.v1.CommandResult.leases:type_name -> hodei.v1.Lease
+	47, // 35: hodei.internal.v1.CommandResult.extended:type_name -> hodei.v1.ExtendResult
+	48, // 36: hodei.internal.v1.CommandResult.grants:type_name -> hodei.v1.LeaseGrant
+	49, // 37: hodei.internal.v1.CommandResult.completed:type_name -> hodei.v1.CompletionResult
+	50, // 38: hodei.internal.v1.CommandResult.schedule:type_name -> hodei.v1.Schedule
+	44, // 39: hodei.internal.v1.CommandResult.schedule_jobs:type_name -> hodei.v1.SubmitJobResponse
+	51, // 40: hodei.internal.v1.CommandResult.pipeline:type_name -> hodei.v1.Pipeline
 	18, // 41: hodei.internal.v1.SnapshotHeader.deficits:type_name -> hodei.internal.v1.TenantDeficit
 	28, // 42: hodei.internal.v1.SnapshotHeader.weights:type_name -> hodei.internal.v1.TenantSettings
 	32, // 43: hodei.internal.v1.SnapshotHeader.quotas:type_name -> hodei.internal.v1.TenantQuota
 	16, // 44: hodei.internal.v1.RequestRecord.result:type_name -> hodei.internal.v1.CommandResult
 	1,  // 45: hodei.internal.v1.RequestRecord.kind:type_name -> hodei.internal.v1.RequestKind
 	0,  // 46: hodei.internal.v1.RequestRecord.code:type_name -> hodei.internal.v1.Code
-	48, // 47: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
+	50, // 47: hodei.internal.v1.CreateSchedule.schedule:type_name -> hodei.v1.Schedule
 	26, // 48: hodei.internal.v1.FireSchedules.fires:type_name -> hodei.internal.v1.ScheduleFire
-	50, // 49: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
+	52, // 49: hodei.internal.v1.TenantSettings.limits:type_name -> hodei.v1.TenantLimits
 	27, // 50: hodei.internal.v1.MetaState.members:type_name -> hodei.internal.v1.Member
 	28, // 51: hodei.internal.v1.MetaState.tenants:type_name -> hodei.internal.v1.TenantSettings
-	27, // 52: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
-	28, // 53: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
-	50, // 54: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
-	50, // 55: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
-	51, // 56: hodei.internal.v1.SubmitPipeline.spec:type_name -> hodei.v1.PipelineSpec
-	57, // [57:57] is the sub-list for method output_type
-	57, // [57:57] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	37, // 52: hodei.internal.v1.MetaState.tokens:type_name -> hodei.internal.v1.AuthToken
+	27, // 53: hodei.internal.v1.MetaCommand.put_member:type_name -> hodei.internal.v1.Member
+	28, // 54: hodei.internal.v1.MetaCommand.put_tenant:type_name -> hodei.internal.v1.TenantSettings
+	37, // 55: hodei.internal.v1.MetaCommand.put_token:type_name -> hodei.internal.v1.AuthToken
+	38, // 56: hodei.internal.v1.MetaCommand.revoke_token:type_name -> hodei.internal.v1.AuthTokenRevoke
+	52, // 57: hodei.internal.v1.SetTenantLimits.limits:type_name -> hodei.v1.TenantLimits
+	52, // 58: hodei.internal.v1.TenantQuota.limits:type_name -> hodei.v1.TenantLimits
+	53, // 59: hodei.internal.v1.SubmitPipeline.spec:type_name -> hodei.v1.PipelineSpec
+	60, // [60:60] is the sub-list for method output_type
+	60, // [60:60] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_hodei_internal_v1_command_proto_init() }
@@ -3364,6 +3612,8 @@ func file_hodei_internal_v1_command_proto_init() {
 		(*MetaCommand_RemoveMember)(nil),
 		(*MetaCommand_PutTenant)(nil),
 		(*MetaCommand_InitClusterId)(nil),
+		(*MetaCommand_PutToken)(nil),
+		(*MetaCommand_RevokeToken)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3371,7 +3621,7 @@ func file_hodei_internal_v1_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hodei_internal_v1_command_proto_rawDesc), len(file_hodei_internal_v1_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
