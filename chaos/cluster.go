@@ -49,8 +49,8 @@ type ClusterConfig struct {
 	Log         *slog.Logger
 	// TLS, when set, runs every server, worker and harness client with
 	// mutual TLS and every server with encrypted gossip (tls.go).
-	TLS *PKI
-	Token       string // bearer token of the harness's clients (auth on)
+	TLS   *PKI
+	Token string // bearer token of the harness's clients (auth on)
 }
 
 // Cluster is a running set of server and worker processes.

@@ -117,7 +117,6 @@ func (n *Node) newAuth(reg prometheus.Registerer) *transport.Auth {
 	})
 }
 
-
 // ---- verified-token cache ----
 
 const maxCachedTokens = 4096

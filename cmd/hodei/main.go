@@ -47,7 +47,7 @@ func newRootCmd() *cobra.Command {
 	root.PersistentFlags().StringVarP(&global.output, "output", "o", "text", "output format: text or json")
 	root.PersistentFlags().StringVar(&global.logFmt, "log-format", "text", "log line format of server, dev and worker: text or json (one object per line)")
 	addClientTLSFlags(root) // tls.go (issue 12)
-	addAuthFlags(root) // --token, --token-file (token.go)
+	addAuthFlags(root)      // --token, --token-file (token.go)
 
 	for _, c := range subcommands {
 		root.AddCommand(c())
