@@ -62,6 +62,9 @@ type Cluster struct {
 	mu      sync.Mutex
 	nextID  int    // ids of nodes started by membership faults: n<nextID>
 	Disks   *Disks // each slot's own file system (disk faults only), by slot index
+	// insecure: the servers need --insecure (the binary has the flag and
+	// the run is not both TLS and auth).
+	insecure bool
 }
 
 // freePort picks a free loopback port below the kernel's ephemeral range
@@ -95,7 +98,8 @@ func freePort(taken map[int]bool) (int, error) {
 
 // NewCluster lays out addresses and data directories; Start starts it.
 func NewCluster(cfg ClusterConfig) (*Cluster, error) {
-	c := &Cluster{cfg: cfg, nextID: cfg.Nodes + cfg.Spares + 1}
+	c := &Cluster{cfg: cfg, nextID: cfg.Nodes + cfg.Spares + 1,
+		insecure: (cfg.TLS == nil || cfg.Token == "") && ServerSupports(cfg.Binary, "--insecure")}
 	var boot []string
 	taken := map[int]bool{}
 	for i := 1; i <= cfg.Nodes+cfg.Spares; i++ {
@@ -167,6 +171,9 @@ func (c *Cluster) setNodeID(n *Node, id string, extra []string) error {
 	}
 	args := []string{"server", "--id", n.ID, "--data", n.Data, "--grpc", n.GRPC, "--http", n.HTTP}
 	args = append(append(args, extra...), c.cfg.ServerArgs...)
+	if c.insecure {
+		args = append(args, "--insecure") // a lab cluster on purpose (the servers refuse to start open otherwise)
+	}
 	if c.cfg.TLS != nil {
 		targs, err := c.cfg.TLS.ServerArgs(id)
 		if err != nil {

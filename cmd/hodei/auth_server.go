@@ -16,6 +16,7 @@ import (
 
 	"github.com/hodei-io/hodei/client"
 	"github.com/hodei-io/hodei/cluster"
+	"github.com/hodei-io/hodei/transport/tlsutil"
 )
 
 // addAuthServerFlags adds --auth and --auth-node-secret-file to `hodei
@@ -81,8 +82,8 @@ func readBootstrapToken(ctx context.Context, dirs []string) (string, error) {
 }
 
 // devWorkerToken makes the token of a dev cluster's embedded workers.
-func devWorkerToken(ctx context.Context, addrs []string, admin string) (string, error) {
-	c, err := client.New(client.Config{Addrs: addrs, Token: admin})
+func devWorkerToken(ctx context.Context, addrs []string, admin string, tlsFiles tlsutil.Files) (string, error) {
+	c, err := client.New(client.Config{Addrs: addrs, Token: admin, TLSFiles: tlsFiles})
 	if err != nil {
 		return "", err
 	}

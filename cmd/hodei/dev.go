@@ -160,7 +160,7 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		tok, err := readBootstrapToken(tctx, dirs)
 		if err == nil && o.workers > 0 {
-			workerToken, err = devWorkerToken(tctx, d.addrs, tok)
+			workerToken, err = devWorkerToken(tctx, d.addrs, tok, d.clientTLS)
 		}
 		cancel()
 		if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -44,6 +45,7 @@ func newServerCmd() *cobra.Command {
 	applyDead := func() {}
 	applyTLS := func() error { return nil }
 	applyAuth := func() error { return nil }
+	checkGate := func(cluster.Config, *slog.Logger, io.Writer) error { return nil }
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run one Hodei server node",
@@ -51,7 +53,10 @@ func newServerCmd() *cobra.Command {
 
 Start a new 3-node cluster by giving every node the same --bootstrap list:
   hodei server --id n1 --data /var/lib/hodei --grpc 10.0.0.1:7401 --bootstrap n1=10.0.0.1:7401,n2=10.0.0.2:7401,n3=10.0.0.3:7401
-Add a node to a running cluster with --join ADDR (any member).`,
+Add a node to a running cluster with --join ADDR (any member).
+
+The server refuses to start without mutual TLS (--tls-ca/--tls-cert/--tls-key)
+and tokens (--auth) unless --insecure is given (docs/security.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(logLevel)
@@ -64,6 +69,9 @@ Add a node to a running cluster with --join ADDR (any member).`,
 				return err
 			}
 			if err := applyAuth(); err != nil {
+				return err
+			}
+			if err := checkGate(cfg, cfg.Logger, cmd.ErrOrStderr()); err != nil { // server_secure.go
 				return err
 			}
 			if bootstrap != "" {
@@ -85,9 +93,6 @@ Add a node to a running cluster with --join ADDR (any member).`,
 			stopHUP := onSIGHUP(log, "tls files and gossip keys", n.ReloadTLS) // tls.go
 			defer stopHUP()
 			fmt.Fprintf(cmd.OutOrStdout(), "hodei node %s serving gRPC on %s, HTTP on %s, data in %s\n", cfg.NodeID, n.Addr(), n.HTTPAddr(), cfg.DataDir)
-			if !cfg.Auth.Enabled {
-				fmt.Fprintln(cmd.ErrOrStderr(), "WARNING: auth is off: anyone who reaches this node can do anything (start with --auth)")
-			}
 			if len(cfg.Join) > 0 {
 				if err := n.JoinCluster(ctx); err != nil {
 					stopHUP()
@@ -132,6 +137,7 @@ Add a node to a running cluster with --join ADDR (any member).`,
 	applyDead = addDeadServerFlags(cmd, &cfg) // issue 11 dead, job_dead.go
 	applyTLS = addTLSFlags(cmd, &cfg)         // issue 12 tls, tls.go
 	applyAuth = addAuthServerFlags(cmd, &cfg) // issue 12 auth, auth_server.go
+	checkGate = addInsecureFlag(cmd)          // issue 12: refuse an open production node, server_secure.go
 	_ = time.Second
 	return cmd
 }

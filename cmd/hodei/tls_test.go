@@ -50,7 +50,7 @@ func TestTLSInitAndCert(t *testing.T) {
 	}
 	// A server on a client certificate refuses to start, naming the file.
 	client := filepath.Join(dir, "client.pem")
-	_, err := run(t, "server", "--id", "n1", "--data", t.TempDir(), "--grpc", "127.0.0.1:0",
+	_, err := run(t, "server", "--id", "n1", "--data", t.TempDir(), "--grpc", "127.0.0.1:0", "--insecure",
 		"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", client, "--tls-key", filepath.Join(dir, "client-key.pem"))
 	if err == nil || !strings.Contains(err.Error(), "no server role") || !strings.Contains(err.Error(), client) {
 		t.Fatalf("server on a client certificate: %v", err)

@@ -165,8 +165,11 @@ func (m *manifests) need(t *testing.T) (boot, extra *appsv1.StatefulSet, headles
 	return
 }
 
-// flags parses a container's args ("--name value" or "--name=value") after
-// the subcommand.
+// boolFlags are the server's flags that take no value ("--name" = true).
+var boolFlags = map[string]bool{"insecure": true, "auth": true, "commit-nudge": true, "dead-letters": true}
+
+// flags parses a container's args ("--name value", "--name=value", or a
+// boolean "--name") after the subcommand.
 func flags(t *testing.T, args []string, sub string) map[string]string {
 	t.Helper()
 	if len(args) == 0 || args[0] != sub {
@@ -179,7 +182,9 @@ func flags(t *testing.T, args []string, sub string) map[string]string {
 			t.Fatalf("unexpected argument %q in %q", a, args)
 		}
 		name, val, hasEq := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if !hasEq {
+		if !hasEq && boolFlags[name] {
+			val = "true"
+		} else if !hasEq {
 			if i+1 >= len(args) {
 				t.Fatalf("flag --%s has no value", name)
 			}
@@ -348,6 +353,14 @@ func serverChecks(t *testing.T, sts *appsv1.StatefulSet, headless *corev1.Servic
 		t.Errorf("%s: command %q overrides the image's /hodei entrypoint", sts.Name, c.Command)
 	}
 	f := flags(t, c.Args, "server")
+
+	// Security (issue 12): a server either runs with mutual TLS and tokens
+	// or says --insecure on purpose; the binary refuses to start otherwise,
+	// so a manifest with neither would never become ready.
+	secured := f["tls-ca"] != "" && f["tls-cert"] != "" && f["tls-key"] != "" && f["auth"] == "true"
+	if !secured && f["insecure"] != "true" {
+		t.Errorf("%s: neither --tls-ca/--tls-cert/--tls-key with --auth nor --insecure: the server would refuse to start", sts.Name)
+	}
 
 	// Ports: each listen flag's port is the named container port.
 	for flag, names := range map[string][]string{"grpc": {"grpc"}, "http": {"http"}, "gossip": {"gossip-tcp", "gossip-udp"}} {
