@@ -104,7 +104,7 @@ func (n *Node) newAuth(reg prometheus.Registerer) *transport.Auth {
 	if n.cfg.Auth.Enabled {
 		n.cfg.Logger.Info("auth is on: every call needs a bearer token", "node_credential", n.cfg.Auth.NodeSecret != "", "mtls_node_check", n.cfg.Auth.NodePeer != nil)
 	} else {
-		n.cfg.Logger.Warn("AUTH IS OFF: any client that reaches this node can submit as any tenant, read every job, change membership and restore snapshots; start with --auth for tokens and roles")
+		n.cfg.Logger.Log(context.Background(), n.cfg.securityLevel(), "AUTH IS OFF: any client that reaches this node can submit as any tenant, read every job, change membership and restore snapshots; start with --auth for tokens and roles")
 	}
 	return transport.NewAuth(transport.AuthConfig{
 		Enabled:    n.cfg.Auth.Enabled,

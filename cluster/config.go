@@ -116,6 +116,11 @@ type Config struct {
 	Keepalive        time.Duration
 	KeepaliveTimeout time.Duration
 
+	// SecurityWarnings: a node without TLS or without auth says so at WARN
+	// (default). Off, it says so at INFO: for a caller that warns once for
+	// all its nodes (hodei dev's single-process lab cluster).
+	SecurityWarnings bool
+
 	// IdentityProbeTimeout bounds each probe of a --peers or --join address
 	// made at start to check the peer list and the data dir's cluster
 	// (identity.go); a peer that does not answer in time is not judged.
@@ -231,6 +236,7 @@ func DefaultConfig() Config {
 		Keepalive:            10 * time.Second,
 		KeepaliveTimeout:     5 * time.Second,
 		IdentityProbeTimeout: time.Second,
+		SecurityWarnings:     true,
 		FSM:                  fsm.DefaultConfig(),
 		Watch:                DefaultEventBusConfig(),
 	}

@@ -48,7 +48,8 @@ var raftRoutine = []string{
 	"nothing new to snapshot",
 	"failed to take snapshot", // when there is nothing new; a real failure shows in snapshot metrics
 	"previous log term mis-match",
-	"peer has newer term, stopping replication", // another node won an election
+	"peer has newer term, stopping replication",  // another node won an election
+	"appendEntries rejected, sending older logs", // a follower catching up (every new group does)
 }
 
 // raftPeerTrouble are raft messages about one peer being unreachable.

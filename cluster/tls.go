@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -141,7 +143,7 @@ func (n *Node) logSecurity() {
 	log := n.cfg.Logger
 	switch {
 	case n.tls == nil:
-		log.Warn("TLS is off: any process that reaches the gRPC port is trusted, and Raft traffic is plaintext")
+		log.Log(context.Background(), n.cfg.securityLevel(), "TLS is off: any process that reaches the gRPC port is trusted, and Raft traffic is plaintext")
 	case !n.GossipEncrypted():
 		id, _ := n.TLSIdentity()
 		log.Warn("TLS is on but gossip is not encrypted (give --gossip-key-file): gossip messages can be read and forged on the network", "cert", id.Name)
@@ -150,6 +152,14 @@ func (n *Node) logSecurity() {
 		log.Info("mutual TLS on, gossip encrypted", "cert", id.Name, "serial", id.Serial,
 			"not_after", n.tls.Current().Leaf.NotAfter.UTC().Format("2006-01-02T15:04:05Z"))
 	}
+}
+
+// securityLevel is the level of the "TLS is off" and "auth is off" lines.
+func (c *Config) securityLevel() slog.Level {
+	if c.SecurityWarnings {
+		return slog.LevelWarn
+	}
+	return slog.LevelInfo
 }
 
 // registerTLSMetrics exports, with TLS on, when the node's certificate and

@@ -96,6 +96,7 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 	}
 	for i := 0; i < o.nodes; i++ {
 		cfg := cluster.DefaultConfig()
+		cfg.SecurityWarnings = false // one line for the whole lab cluster below, not a WARN per node
 		cfg.Auth = cluster.AuthConfig{Enabled: o.auth, NodeSecret: nodeSecret}
 		cfg.NodeID = peers[i].ID
 		cfg.DataDir = filepath.Join(d.dir, peers[i].ID)
@@ -251,11 +252,12 @@ func newDevCmd() *cobra.Command {
 				f := d.clientTLS
 				fmt.Fprintf(out, "mutual TLS on; for the CLI:\n  export HODEI_TLS_CA=%s HODEI_TLS_CERT=%s HODEI_TLS_KEY=%s\n", f.CA, f.Cert, f.Key)
 			}
+			if !o.tls || !o.auth {
+				fmt.Fprintf(out, "a lab cluster: %s (hodei dev --tls --auth turns them on)\n", devOpenParts(o.tls, o.auth))
+			}
 			if o.auth {
 				fmt.Fprintf(out, "auth on; admin token (also in %s under the first meta leader's data dir): %s\n", cluster.BootstrapTokenFile, d.adminToken)
 				fmt.Fprintf(out, "  export HODEI_TOKEN=%s\n", d.adminToken)
-			} else {
-				fmt.Fprintln(out, "auth is OFF (start with --auth for tokens and roles)")
 			}
 			fmt.Fprintf(out, "hodei dev ready: %d nodes at %s (try: hodei job submit -- echo hello)\n", len(d.addrs), strings.Join(d.addrs, ","))
 			<-ctx.Done()
@@ -275,4 +277,15 @@ func newDevCmd() *cobra.Command {
 	f.BoolVar(&o.tls, "tls", false, "mutual TLS between every party and encrypted gossip, with a CA and certificates made in DATA/tls (kept with --data)")
 	f.BoolVar(&o.auth, "auth", false, "require bearer tokens; prints the bootstrap admin token")
 	return cmd
+}
+
+// devOpenParts says what of TLS and auth a dev cluster runs without.
+func devOpenParts(tls, auth bool) string {
+	switch {
+	case !tls && !auth:
+		return "TLS and auth are OFF"
+	case !tls:
+		return "TLS is OFF"
+	}
+	return "auth is OFF"
 }
