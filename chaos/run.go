@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.RunDir = out
-	for _, p := range []string{"nodes", "workers", "exec.log", "history.jsonl", "report.json", "summary.txt"} {
+	for _, p := range []string{"nodes", "workers", "exec.log", "history.jsonl", "report.json", "summary.txt", "tls", "admin-token", "node-secret"} {
 		_ = os.RemoveAll(filepath.Join(out, p))
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
@@ -259,6 +259,19 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	}
 
 	h := NewHistory(time.Now())
+	var schedules []*ScheduleEvidence
+	if cfg.Schedules > 0 {
+		sapi, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS(), Token: token})
+		if err != nil {
+			return err
+		}
+		schedules, err = createSchedules(ctx, sapi, cfg.Schedules)
+		sapi.Close()
+		if err != nil {
+			return err
+		}
+		log.Info("schedules created", "count", len(schedules), "every", scheduleEvery)
+	}
 	wl, err := NewWorkload(WorkloadConfig{Seed: cfg.Seed, Clients: cfg.Clients, JobRate: cfg.Rate, ReadRate: cfg.ReadRate,
 		ShellRate: cfg.ShellRate, BatchShare: cfg.BatchShare, Tenants: cfg.Tenants,
 		OpTimeout: cfg.OpTimeout, ExecLog: execLog, Addrs: c.Addrs(), TLSFiles: c.clientTLS(), Token: token}, h)
@@ -271,21 +284,6 @@ func run(ctx context.Context, cfg Config, out string, rep *Report) error {
 	if err != nil {
 		wl.Wait(0)
 		return err
-	}
-	var schedules []*ScheduleEvidence
-	if cfg.Schedules > 0 {
-		sapi, err := client.New(client.Config{Addrs: c.Addrs(), CallTimeout: 5 * time.Second, Retry: 20 * time.Second, TLSFiles: c.clientTLS()})
-		if err != nil {
-			wl.Wait(0)
-			return err
-		}
-		schedules, err = createSchedules(ctx, sapi, cfg.Schedules)
-		sapi.Close()
-		if err != nil {
-			wl.Wait(0)
-			return err
-		}
-		log.Info("schedules created", "count", len(schedules), "every", scheduleEvery)
 	}
 	warmup := min(max(cfg.Duration/8, 10*time.Second), 30*time.Second)
 	wl.Start(ctx)
