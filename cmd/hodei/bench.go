@@ -35,6 +35,7 @@ type benchOptions struct {
 	mode     string
 	shards   int
 	perGroup bool
+	nudge    bool // --dev: cluster.Config.CommitNudge
 	tls      bool // with dev: mutual TLS everywhere (issue 12)
 	waves    int
 	route    string
@@ -144,7 +145,7 @@ free loopback ports; otherwise it targets --addr.`,
 			}
 			if o.dev {
 				var err error
-				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup, tls: o.tls, auth: o.auth}
+				do := devOptions{nodes: o.nodes, workers: o.workers, shards: o.shards, perGroup: o.perGroup, nudge: o.nudge, tls: o.tls, auth: o.auth}
 				if o.waves >= 0 {
 					do.waves = &o.waves
 				}
@@ -290,6 +291,7 @@ free loopback ports; otherwise it targets --addr.`,
 	f.IntVar(&o.workers, "workers", 64, "with --dev: embedded worker concurrency")
 	f.IntVar(&o.shards, "shards", 8, "with --dev: shards")
 	f.IntVar(&o.waves, "waves", -1, "with --dev: proposal waves each node keeps in Raft (0 = off, each shard pipelines alone; default: the server default)")
+	f.BoolVar(&o.nudge, "commit-nudge", false, "with --dev: shard leaders follow each burst with a barrier so followers learn commits at once (hodei server --commit-nudge)")
 	f.BoolVar(&o.perGroup, "per-group-log-store", false, "with --dev: one raft-boltdb file per Raft group instead of the shared log store")
 	f.StringVar(&o.route, "route", "client", "which node each submit goes to: client (the Go client's default: the shard's leader, learned from Status), first (all to the first node, which forwards), spread (submitters spread evenly over the nodes) or leader (--dev: the tenant's shard leader, from the in-process nodes)")
 	f.StringVar(&o.prof.cpu, "cpuprofile", "", "write a CPU profile of the measured phase to this file")

@@ -46,6 +46,7 @@ type devOptions struct {
 	logLevel string
 	shards   int
 	perGroup bool
+	nudge    bool // cluster.Config.CommitNudge
 	waves    *int // Config.ProposeWaves; nil keeps the default
 	tls      bool // mutual TLS everywhere, certificates in DATA/tls (dev_tls.go)
 	auth     bool // issue 12: tokens on, a fresh node secret shared by the nodes
@@ -106,6 +107,7 @@ func startDev(ctx context.Context, o devOptions, log *slog.Logger) (*devCluster,
 			cfg.Shards = o.shards
 		}
 		cfg.PerGroupLogStore = o.perGroup
+		cfg.CommitNudge = o.nudge
 		if o.waves != nil {
 			cfg.ProposeWaves = *o.waves
 		}
