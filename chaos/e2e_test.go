@@ -20,12 +20,7 @@ func TestChaosSmoke(t *testing.T) {
 		t.Skip("set HODEI_CHAOS=1 (and no -short) to run the chaos smoke test")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "hodei")
-	build := exec.Command("go", "build", "-o", bin, "github.com/hodei-io/hodei/cmd/hodei")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildHodei(t, dir)
 	cfg := DefaultConfig()
 	cfg.Binary, cfg.Out = bin, filepath.Join(dir, "report")
 	cfg.Duration, cfg.Clients = 45*time.Second, 4
@@ -58,12 +53,7 @@ func TestChaosTLSSmoke(t *testing.T) {
 		t.Skip("set HODEI_CHAOS=1 (and no -short) to run the chaos smoke test")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "hodei")
-	build := exec.Command("go", "build", "-o", bin, "github.com/hodei-io/hodei/cmd/hodei")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildHodei(t, dir)
 	cfg := DefaultConfig()
 	cfg.Binary, cfg.Out, cfg.TLS = bin, filepath.Join(dir, "report"), true
 	cfg.Duration, cfg.Clients, cfg.Rate, cfg.ShellRate, cfg.Workers = 30*time.Second, 2, 100, 5, 2
@@ -82,4 +72,16 @@ func TestChaosTLSSmoke(t *testing.T) {
 	if rep.Warmup.OKOps == 0 {
 		t.Fatal("no submit was acknowledged before the first fault")
 	}
+}
+
+// buildHodei builds the static hodei binary into dir.
+func buildHodei(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "hodei")
+	build := exec.Command("go", "build", "-o", bin, "github.com/hodei-io/hodei/cmd/hodei")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }

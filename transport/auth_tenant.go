@@ -112,14 +112,7 @@ func (a *API) workerMayTouch(ctx context.Context, id string) bool {
 	if p == nil || p.Admin || p.IsNode() || (p.Worker && p.WorkerTenants == nil) {
 		return true
 	}
-	if a.auth == nil {
-		return false
-	}
-	sh, err := a.b.ShardOfJob(id)
-	if err != nil {
-		return false
-	}
-	t, ok := a.auth.JobTenant(sh, id)
+	t, ok := a.localJobTenant(id)
 	return ok && p.CanWork(t)
 }
 
@@ -165,15 +158,21 @@ func (a *API) localReadable(ctx context.Context, id string) bool {
 	if p == nil || p.Admin {
 		return true
 	}
+	t, ok := a.localJobTenant(id)
+	return ok && p.CanRead(t)
+}
+
+// localJobTenant is job id's tenant in this node's replica (false for a
+// malformed id or a job the replica does not hold).
+func (a *API) localJobTenant(id string) (string, bool) {
 	if a.auth == nil {
-		return false
+		return "", false
 	}
 	sh, err := a.b.ShardOfJob(id)
 	if err != nil {
-		return false
+		return "", false
 	}
-	t, ok := a.auth.JobTenant(sh, id)
-	return ok && p.CanRead(t)
+	return a.auth.JobTenant(sh, id)
 }
 
 // refusedReason is what a worker is told about another tenant's job: the

@@ -114,21 +114,7 @@ func newPipelineSubmitCmd() *cobra.Command {
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				p, err := c.SubmitPipeline(ctx, spec)
-				if err != nil {
-					return err
-				}
-				if wait {
-					if p, err = waitPipeline(ctx, c, p.GetId()); err != nil {
-						return err
-					}
-				}
-				if err := printPipeline(cmd.OutOrStdout(), p); err != nil {
-					return err
-				}
-				if wait {
-					return pipelineExit(p)
-				}
-				return nil
+				return showPipeline(ctx, cmd, c, p, err, wait)
 			})
 		},
 	}
@@ -239,21 +225,7 @@ too, even if they succeeded.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				p, err := c.RetryPipeline(ctx, args[0], from)
-				if err != nil {
-					return err
-				}
-				if wait {
-					if p, err = waitPipeline(ctx, c, p.GetId()); err != nil {
-						return err
-					}
-				}
-				if err := printPipeline(cmd.OutOrStdout(), p); err != nil {
-					return err
-				}
-				if wait {
-					return pipelineExit(p)
-				}
-				return nil
+				return showPipeline(ctx, cmd, c, p, err, wait)
 			})
 		},
 	}
@@ -316,4 +288,24 @@ func printPipeline(w io.Writer, p *hodeiv1.Pipeline) error {
 			dash(s.GetJobId()), pipeline.RuleName(s.GetTriggerRule()), dash(deps), dash(s.GetReason()))
 	}
 	return tw.Flush()
+}
+
+// showPipeline finishes a submit or retry: with wait, until the pipeline
+// ends (the exit code then says how); then prints it.
+func showPipeline(ctx context.Context, cmd *cobra.Command, c *client.Client, p *hodeiv1.Pipeline, err error, wait bool) error {
+	if err != nil {
+		return err
+	}
+	if wait {
+		if p, err = waitPipeline(ctx, c, p.GetId()); err != nil {
+			return err
+		}
+	}
+	if err := printPipeline(cmd.OutOrStdout(), p); err != nil {
+		return err
+	}
+	if wait {
+		return pipelineExit(p)
+	}
+	return nil
 }
